@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs openvertex with its test tools into .venv (Python 3.11+). llama-cpp-python is
+# compiled from source once (about 5 minutes on 2 cores) and the wheel is kept in
+# ~/.cache/openvertex, keyed by version and build flags, for the next install.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+LLAMA_CPP_VERSION=0.3.36
+# -march=native turns on every ISA extension the CPU reports. Some virtual machines report
+# AMX but fault on its tile instructions (SIGILL in llama.cpp's AMX matmul), so on x86-64
+# AMX is left out; it only speeds up large int8 batches on Sapphire Rapids and later.
+CMAKE_ARGS=${CMAKE_ARGS:-}
+if [ "$(uname -m)" = "x86_64" ] && [ -z "$CMAKE_ARGS" ]; then
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
+fi
+export CMAKE_ARGS
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+
+key=$(printf '%s|%s|%s' "$LLAMA_CPP_VERSION" "$CMAKE_ARGS" "$(uname -m)" | sha256sum | cut -c1-16)
+wheels="${XDG_CACHE_HOME:-$HOME/.cache}/openvertex/wheels/$key"
+if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python $LLAMA_CPP_VERSION (CMAKE_ARGS=$CMAKE_ARGS); this takes a few minutes"
+  .venv/bin/python -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
+    -w "$wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"
+fi
+.venv/bin/python -m pip install --quiet --find-links "$wheels" -e ".[test]"
+echo "installed: .venv/bin/openvertex"

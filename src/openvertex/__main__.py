@@ -1,0 +1,5 @@
+"""`python -m openvertex` is the `openvertex` command."""
+
+from openvertex.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Model backends: each turns a GenerateContentRequest into GenerateContentResponse(s)."""

@@ -1,0 +1,65 @@
+"""The backend contract: what every model provider implements, and what it can honour."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from openvertex.protocol import generate_content as gc
+from openvertex.protocol.generate_content import GenerateContentRequest, GenerateContentResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can honour; anything else in a request is a 400 naming the parameter."""
+
+    function_calling: bool = False
+    input_mime_prefixes: tuple[str, ...] = ()  # e.g. ("image/", "audio/") for a multimodal model
+    thinking: bool = False
+    output_modalities: frozenset[str] = frozenset({"TEXT"})
+    response_mime_types: frozenset[str] | None = None  # None: any
+    safety_filtering: bool = False
+    cached_content: bool = False
+    native_tools: frozenset[str] = frozenset()  # googleSearch, codeExecution, …
+    max_candidates: int = 8
+
+
+class Backend(Protocol):
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def ready(self) -> bool:
+        """True once the backend can answer (a local model is loaded)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def generate(self, request: GenerateContentRequest, *, model: str) -> GenerateContentResponse: ...
+
+    def stream(self, request: GenerateContentRequest, *, model: str) -> AsyncIterator[GenerateContentResponse]: ...
+
+
+def merge_chunks(chunks: Iterable[GenerateContentResponse]) -> GenerateContentResponse:
+    """Fold streamed chunks into one response: parts concatenated per candidate, last values win."""
+    merged = GenerateContentResponse()
+    candidates: dict[int, gc.Candidate] = {}
+    for chunk in chunks:
+        for position, candidate in enumerate(chunk.candidates or []):
+            index = candidate.index if candidate.index is not None else position
+            target = candidates.setdefault(index, gc.Candidate(index=index, content=gc.Content(role="model", parts=[])))
+            assert target.content is not None
+            target.content.parts.extend(candidate.content.parts if candidate.content else [])
+            target.finish_reason = candidate.finish_reason or target.finish_reason
+        merged.usage_metadata = chunk.usage_metadata or merged.usage_metadata
+        merged.prompt_feedback = chunk.prompt_feedback or merged.prompt_feedback
+        merged.response_id = chunk.response_id or merged.response_id
+        merged.model_version = chunk.model_version or merged.model_version
+    merged.candidates = [candidates[i] for i in sorted(candidates)] or None
+    return merged
+
+
+async def collect_stream(stream: AsyncIterator[GenerateContentResponse]) -> GenerateContentResponse:
+    return merge_chunks([chunk async for chunk in stream])

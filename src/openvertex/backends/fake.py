@@ -1,0 +1,87 @@
+"""A scripted backend for tests: records every request and replays scripted responses.
+
+With nothing scripted it echoes the last user text, which is enough to drive the spine.
+It never stands in for the real engine where the behaviour is the engine's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+
+from openvertex.backends.base import Capabilities, collect_stream
+from openvertex.protocol import generate_content as gc
+
+# A turn is the chunks of one answer; an exception in it is raised when the stream reaches it.
+Turn = Sequence[gc.GenerateContentResponse | Exception] | Exception
+
+
+class FakeBackend:
+    def __init__(self, script: Iterable[Turn] = (), *, capabilities: Capabilities | None = None) -> None:
+        self._script: deque[Turn] = deque(script)
+        self._capabilities = capabilities or Capabilities(
+            function_calling=True,
+            input_mime_prefixes=("image/", "audio/", "video/", "application/", "text/"),
+            thinking=True,
+            output_modalities=frozenset({"TEXT", "IMAGE", "AUDIO"}),
+            safety_filtering=True,
+            cached_content=True,
+            native_tools=frozenset({"googleSearch", "codeExecution", "urlContext"}),
+        )
+        self.requests: list[gc.GenerateContentRequest] = []
+
+    @classmethod
+    def from_file(cls, path: Path) -> FakeBackend:
+        """A JSON list of turns; each turn is a list of GenerateContentResponse chunks."""
+        turns = json.loads(path.read_text())
+        return cls([[gc.GenerateContentResponse.model_validate(c) for c in turn] for turn in turns])
+
+    def add(self, turn: Turn) -> None:
+        self._script.append(turn)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _next_turn(self, request: gc.GenerateContentRequest) -> Sequence[gc.GenerateContentResponse | Exception]:
+        self.requests.append(request)
+        turn = self._script.popleft() if self._script else [_echo(request)]
+        if isinstance(turn, Exception):
+            raise turn
+        return turn
+
+    async def generate(self, request: gc.GenerateContentRequest, *, model: str) -> gc.GenerateContentResponse:
+        return await collect_stream(self.stream(request, model=model))
+
+    async def stream(
+        self, request: gc.GenerateContentRequest, *, model: str
+    ) -> AsyncIterator[gc.GenerateContentResponse]:
+        for item in self._next_turn(request):
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+def _echo(request: gc.GenerateContentRequest) -> gc.GenerateContentResponse:
+    texts = [p.text for c in request.contents if c.role == "user" for p in c.parts if p.text]
+    text = texts[-1] if texts else ""
+    words = len(text.split())
+    return gc.GenerateContentResponse(
+        candidates=[
+            gc.Candidate(index=0, content=gc.Content(role="model", parts=[gc.Part(text=text)]), finish_reason="STOP")
+        ],
+        usage_metadata=gc.UsageMetadata(
+            prompt_token_count=words, candidates_token_count=words, total_token_count=2 * words
+        ),
+    )

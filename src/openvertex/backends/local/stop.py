@@ -1,0 +1,41 @@
+"""Stop sequences on streamed text: never emit a stop sequence, even one split across tokens."""
+
+from __future__ import annotations
+
+
+class StopMatcher:
+    """Holds back the shortest tail that could still grow into a stop sequence."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self._stops = [s for s in stops if s]
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Append generated text; return what is safe to emit. Sets `stopped` on a match."""
+        if self.stopped:
+            return ""
+        buffer = self._pending + text
+        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            self._pending = ""
+            return buffer[: min(hits)]
+        keep = self._longest_partial(buffer)
+        self._pending = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def _longest_partial(self, buffer: str) -> int:
+        """Length of the longest suffix of `buffer` that is a proper prefix of a stop sequence."""
+        best = 0
+        for stop in self._stops:
+            for size in range(min(len(stop) - 1, len(buffer)), best, -1):
+                if buffer.endswith(stop[:size]):
+                    best = size
+                    break
+        return best
+
+    def flush(self) -> str:
+        """At the end of generation, held-back text that never became a stop sequence."""
+        pending, self._pending = self._pending, ""
+        return "" if self.stopped else pending

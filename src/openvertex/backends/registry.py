@@ -1,0 +1,30 @@
+"""Backend types by name: built-in backends register here exactly as a plugin would."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from openvertex.backends.base import Backend
+from openvertex.settings import BackendSettings, FakeBackendSettings, LocalBackendSettings
+
+
+def _local(settings: Any) -> Backend:
+    from openvertex.backends.local.backend import LocalBackend  # imports llama.cpp: only when used
+
+    assert isinstance(settings, LocalBackendSettings)
+    return LocalBackend(settings)
+
+
+def _fake(settings: Any) -> Backend:
+    from openvertex.backends.fake import FakeBackend
+
+    assert isinstance(settings, FakeBackendSettings)
+    return FakeBackend.from_file(settings.script) if settings.script else FakeBackend()
+
+
+FACTORIES: dict[str, Callable[[Any], Backend]] = {"local": _local, "fake": _fake}
+
+
+def create_backend(settings: BackendSettings) -> Backend:
+    return FACTORIES[settings.type](settings)

@@ -1,0 +1,105 @@
+"""`openvertex serve | models`: argument parsing and start-up only."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from openvertex.settings import LocalBackendSettings, Route, Settings, load_settings
+
+BASE_PATH = "/v1/projects/local/locations/us-central1/endpoints/openapi"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openvertex", description="Vertex AI's Chat Completions API, self-hosted.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the API")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks a free one)")
+    serve.add_argument("--model", help="GGUF path or alias for the local backend (default smollm2)")
+    serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument(
+        "--insecure-no-auth", action="store_true", default=None, help="allow a non-loopback bind with no API keys"
+    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    models = commands.add_parser("models", help="list the models this configuration serves")
+    models.add_argument("--config", type=Path, help="TOML configuration file")
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_model(settings: Settings, model: str) -> Settings:
+    """--model replaces the local backend's model and makes its id routable."""
+    from openvertex.backends.local.model import model_id
+
+    local = settings.backends.get("local")
+    if not isinstance(local, LocalBackendSettings):
+        raise SystemExit("--model needs a backend named 'local' of type 'local' in the configuration")
+    settings.backends["local"] = local.model_copy(update={"model": model})
+    if all(route.model != model_id(model) for route in settings.routes):
+        settings.routes.append(Route(model=model_id(model), backend="local"))
+    return settings
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from openvertex.app import create_app
+
+    settings = load_settings(
+        args.config, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth, log_level=args.log_level
+    )
+    if args.model:
+        settings = _with_model(settings, args.model)
+    if not settings.api_keys and not _is_loopback(settings.host) and not settings.insecure_no_auth:
+        raise SystemExit(
+            f"refusing to serve on {settings.host} without API keys: set OPENVERTEX_API_KEYS "
+            "(or api_keys in the config file), or pass --insecure-no-auth"
+        )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app(settings)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.create_server((settings.host, settings.port), family=family)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"openvertex listening on http://{shown}:{port}", flush=True)
+    print(f"OpenAI SDK base_url: http://{shown}:{port}{BASE_PATH}", flush=True)
+    config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def models(args: argparse.Namespace) -> None:
+    from openvertex.backends.local.model import ALIASES
+
+    settings = load_settings(args.config)
+    print("model (glob)\tbackend")
+    for route in settings.routes:
+        print(f"{route.model}\t{route.backend}")
+    print("\nembedded aliases:")
+    for alias, packaged in ALIASES.items():
+        where = packaged.path()
+        print(f"{alias}\t{packaged.description}\t{where or 'not installed'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    {"serve": serve, "models": models}[args.command](args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,90 @@
+"""The one exception tree; raised anywhere, rendered once at the HTTP edge.
+
+ApiError                       (http_status, google_status, message)
+├── InvalidArgumentError       400 INVALID_ARGUMENT   (carries the parameter path)
+├── FailedPreconditionError    400 FAILED_PRECONDITION
+├── UnauthenticatedError       401 UNAUTHENTICATED
+├── PermissionDeniedError      403 PERMISSION_DENIED
+├── NotFoundError              404 NOT_FOUND
+├── ResourceExhaustedError     429 RESOURCE_EXHAUSTED
+├── CancelledError             499 CANCELLED
+├── InternalError              500 INTERNAL
+├── UnavailableError           503 UNAVAILABLE
+└── DeadlineExceededError      504 DEADLINE_EXCEEDED
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ApiError(Exception):
+    """An error with a Google canonical status; `message` is safe to show the client."""
+
+    http_status: ClassVar[int] = 500
+    google_status: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgumentError(ApiError):
+    http_status = 400
+    google_status = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        # The parameter path leads the message, so SDK users (whose error object keeps only
+        # the body text) see which field was wrong.
+        super().__init__(f"{param}: {message}" if param else message)
+        self.param = param
+
+
+class FailedPreconditionError(ApiError):
+    http_status = 400
+    google_status = "FAILED_PRECONDITION"
+
+
+class UnauthenticatedError(ApiError):
+    http_status = 401
+    google_status = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(ApiError):
+    http_status = 403
+    google_status = "PERMISSION_DENIED"
+
+
+class NotFoundError(ApiError):
+    http_status = 404
+    google_status = "NOT_FOUND"
+
+
+class ResourceExhaustedError(ApiError):
+    http_status = 429
+    google_status = "RESOURCE_EXHAUSTED"
+
+
+class CancelledError(ApiError):
+    http_status = 499
+    google_status = "CANCELLED"
+
+
+class InternalError(ApiError):
+    http_status = 500
+    google_status = "INTERNAL"
+
+
+class UnavailableError(ApiError):
+    http_status = 503
+    google_status = "UNAVAILABLE"
+
+
+class DeadlineExceededError(ApiError):
+    http_status = 504
+    google_status = "DEADLINE_EXCEEDED"
+
+
+def unsupported(param: str, what: str) -> InvalidArgumentError:
+    """The 400 for a documented feature that the chosen backend cannot honour."""
+    return InvalidArgumentError(f"{what} is not supported by this model's backend", param=param)

@@ -1,0 +1,74 @@
+"""Reading a request body: size limit, JSON, and validation errors named by parameter path."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from openvertex.errors import InvalidArgumentError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _too_large(limit: int) -> InvalidArgumentError:
+    return InvalidArgumentError(f"Request payload size exceeds the limit: {limit} bytes.")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_branch_label(segment: str | int) -> bool:
+    """pydantic puts union-member labels (`str`, `list[...]`, `NamedToolChoice`) into error paths."""
+    if isinstance(segment, int):
+        return False
+    return not segment.isidentifier() or segment in {"str", "int", "float", "bool", "none"} or segment[0].isupper()
+
+
+def format_path(loc: tuple[str | int, ...]) -> str:
+    path = ""
+    for segment in loc:
+        if _is_branch_label(segment):
+            continue
+        path += f"[{segment}]" if isinstance(segment, int) else (f".{segment}" if path else segment)
+    return path
+
+
+def _validation_to_error(error: ValidationError) -> InvalidArgumentError:
+    details = error.errors(include_url=False)
+    # The deepest path is the most specific of the union members' complaints.
+    detail = max(details, key=lambda d: len(format_path(d["loc"])))
+    path = format_path(detail["loc"])
+    if detail["type"] == "extra_forbidden":
+        parent, _, name = path.rpartition(".")
+        return InvalidArgumentError(
+            f"Invalid JSON payload received. Unknown name \"{name}\" at '{parent}': Cannot find field."
+        )
+    message = detail["msg"].removeprefix("Value error, ")
+    return InvalidArgumentError(message, param=path or None)
+
+
+def parse_json(body: bytes, model: type[ModelT]) -> ModelT:
+    try:
+        data: Any = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidArgumentError(f"Invalid JSON payload received. {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgumentError("Invalid JSON payload received. Expected a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise _validation_to_error(error) from None

@@ -1,0 +1,82 @@
+"""Route handlers: the Vertex chat completions surface, OpenAI conveniences, health."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from openvertex.errors import NotFoundError, UnavailableError
+from openvertex.http.auth import Authenticator
+from openvertex.http.body import parse_json, read_body
+from openvertex.http.sse import sse_stream
+from openvertex.protocol import chat_completions as oa
+from openvertex.service.chat import ChatService
+
+VERTEX_CHAT = "/{version:str}/projects/{project:str}/locations/{location:str}/endpoints/{endpoint:str}/chat/completions"
+_VERSIONS = frozenset({"v1", "v1beta1"})
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class Handlers:
+    def __init__(self, service: ChatService, auth: Authenticator, max_body_bytes: int) -> None:
+        self.service = service
+        self.auth = auth
+        self.max_body_bytes = max_body_bytes
+        self.started = int(time.time())
+
+    async def vertex_chat(self, request: Request) -> Response:
+        params = request.path_params
+        if params["version"] not in _VERSIONS:
+            raise NotFoundError("The requested URL was not found on this server.")
+        if params["endpoint"] != "openapi":
+            # Self-deployed endpoints (…/endpoints/{ENDPOINT_ID}) need an upstream configured.
+            raise NotFoundError(f"Endpoint `{params['endpoint']}` not found.")
+        return await self.chat(request)
+
+    async def chat(self, request: Request) -> Response:
+        self.auth.check(request)
+        body = parse_json(await read_body(request, self.max_body_bytes), oa.ChatCompletionRequest)
+        prepared = self.service.prepare(body)
+        if not body.stream:
+            completion = await self.service.complete(prepared)
+            return Response(completion.model_dump_json(), media_type="application/json")
+        chunks = self.service.stream(prepared)
+        # Pull the first chunk before answering, so errors found while starting (a prompt
+        # too long for the context, say) get a real HTTP status instead of an SSE event.
+        first = await _first(chunks)
+        return StreamingResponse(sse_stream(first, chunks), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def models(self, request: Request) -> Response:
+        self.auth.check(request)
+        cards = [
+            oa.ModelCard(id=m, created=self.started, owned_by="openvertex") for m in self.service.router.model_ids()
+        ]
+        return Response(oa.ModelList(data=cards).model_dump_json(), media_type="application/json")
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        if not self.service.router.ready():
+            raise UnavailableError("The model is still loading.")
+        return JSONResponse({"status": "ready"})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(VERTEX_CHAT, self.vertex_chat, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+        ]
+
+
+async def _first(chunks: AsyncIterator[oa.ChatCompletionChunk]) -> oa.ChatCompletionChunk:
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        raise UnavailableError("The backend ended the stream without a response.") from None

@@ -1,0 +1,1 @@
+"""Wire types only: the OpenAI Chat Completions surface and Gemini GenerateContent."""

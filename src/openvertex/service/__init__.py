@@ -1,0 +1,1 @@
+"""The request pipeline between the HTTP edge and the backends."""

@@ -1,0 +1,29 @@
+"""Model string → backend, by the configured table of glob patterns (first match wins)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from openvertex.backends.base import Backend
+from openvertex.errors import NotFoundError
+from openvertex.settings import Route
+
+
+@dataclass(frozen=True, slots=True)
+class Router:
+    backends: Mapping[str, Backend]
+    routes: Sequence[Route]
+
+    def resolve(self, model: str) -> Backend:
+        for route in self.routes:
+            if fnmatchcase(model, route.model):
+                return self.backends[route.backend]
+        raise NotFoundError(f"Model `{model}` not found. Configured models: {', '.join(self.model_ids())}.")
+
+    def model_ids(self) -> list[str]:
+        return [route.model for route in self.routes]
+
+    def ready(self) -> bool:
+        return all(backend.ready() for backend in self.backends.values())

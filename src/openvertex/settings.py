@@ -1,0 +1,110 @@
+"""Configuration: a TOML file (--config or OPENVERTEX_CONFIG), OPENVERTEX_* variables, CLI flags.
+
+Precedence, highest first: CLI flags, environment, file, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_MODEL_ALIAS = "smollm2"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalBackendSettings(_Section):
+    """The embedded llama.cpp engine running one GGUF model in-process."""
+
+    type: Literal["local"] = "local"
+    model: str = DEFAULT_MODEL_ALIAS  # a GGUF path or a registered alias
+    n_ctx: int = Field(8192, ge=256)
+    n_threads: int | None = Field(None, ge=1)  # None: every core
+    n_batch: int = Field(512, ge=32)
+
+
+class FakeBackendSettings(_Section):
+    """Scripted responses from a JSON file (tests and demos), or an echo when none."""
+
+    type: Literal["fake"]
+    script: Path | None = None
+
+
+BackendSettings = Annotated[LocalBackendSettings | FakeBackendSettings, Field(discriminator="type")]
+
+
+class Route(_Section):
+    """Requests whose model matches `model` (a glob) go to `backend`; first match wins."""
+
+    model: str
+    backend: str
+
+
+def _default_backends() -> dict[str, BackendSettings]:
+    return {"local": LocalBackendSettings()}
+
+
+def _default_routes() -> list[Route]:
+    return [Route(model="google/*", backend="local"), Route(model=DEFAULT_MODEL_ALIAS, backend="local")]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPENVERTEX_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    insecure_no_auth: bool = False
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
+    routes: list[Route] = Field(default_factory=_default_routes)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        # OPENVERTEX_API_KEYS="key1,key2"
+        return [k.strip() for k in value.split(",") if k.strip()] if isinstance(value, str) else value
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_name_backends(cls, routes: list[Route], info: Any) -> list[Route]:
+        backends = info.data.get("backends", {})
+        for route in routes:
+            if route.backend not in backends:
+                raise ValueError(f"route {route.model!r} names unknown backend {route.backend!r}")
+        return routes
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the file (if any), the environment and explicit overrides."""
+    path = config_file or (Path(os.environ["OPENVERTEX_CONFIG"]) if os.environ.get("OPENVERTEX_CONFIG") else None)
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+    from_file = type("Settings", (Settings,), {"model_config": config})
+    settings: Settings = from_file(**{k: v for k, v in overrides.items() if v is not None})
+    return settings

@@ -1,0 +1,30 @@
+"""What response translation needs from outside: ids, the clock and the echoed model string."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from openvertex.translate.tables import TOOL_CALL_ID_PREFIX
+
+
+def new_response_id() -> str:
+    """22 base64url characters, like Gemini's responseId (spec §4.1)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+
+
+def new_tool_call_id() -> str:
+    return f"{TOOL_CALL_ID_PREFIX}{uuid.uuid4()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseContext:
+    model: str  # the request's model string, echoed verbatim (spec §1.3)
+    response_id: str = field(default_factory=new_response_id)
+    created: int = field(default_factory=lambda: int(time.time()))
+    tool_call_id: Callable[[], str] = new_tool_call_id
+    thought_marker: str | None = None

@@ -1,0 +1,135 @@
+"""GenerateContentResponse → chat.completion (spec §4).
+
+Parts become deltas through `PartTranslator`, the same code the stream uses; a whole
+response is those deltas merged, so streamed and unstreamed answers cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from openvertex.protocol import chat_completions as oa
+from openvertex.protocol import generate_content as gc
+from openvertex.translate.context import ResponseContext
+from openvertex.translate.tables import FINISH_REASON_DEFAULT, FINISH_REASON_TO_OPENAI
+from openvertex.translate.thoughts import close_tag, open_tag
+from openvertex.translate.usage import usage_metadata_to_usage
+
+
+def _google(**fields: object) -> oa.ExtraContentOut:
+    return oa.ExtraContentOut(google=oa.GoogleExtrasOut.model_validate(fields))
+
+
+@dataclass
+class PartTranslator:
+    """One candidate's parts → deltas; tracks the open thought tag and tool-call indexes."""
+
+    ctx: ResponseContext
+    in_thought: bool = False
+    tool_calls: int = 0
+    saw_tool_call: bool = field(default=False)
+
+    def translate(self, part: gc.Part) -> oa.Delta | None:
+        if part.function_call is not None:
+            return self._tool_call(part)
+        if part.inline_data is not None:
+            blob = part.inline_data
+            return oa.Delta(audio=oa.AudioOut(data=blob.data, extra_content=_google(mime_type=blob.mime_type)))
+        if part.text is None:
+            # A signature-only part still reaches the client (spec §3.4).
+            return (
+                oa.Delta(extra_content=_google(thought_signature=part.thought_signature))
+                if part.thought_signature
+                else None
+            )
+        return self._text(part.text, thought=bool(part.thought), signature=part.thought_signature)
+
+    def _text(self, text: str, *, thought: bool, signature: str | None) -> oa.Delta:
+        marker = self.ctx.thought_marker
+        prefix = ""
+        if marker is not None and thought and not self.in_thought:
+            prefix = open_tag(marker)
+        elif marker is not None and not thought and self.in_thought:
+            prefix = close_tag(marker)
+        self.in_thought = thought
+        extras = _google(thought=True if thought else None, thought_signature=signature)
+        # An empty text part that only carries a signature becomes a metadata-only delta.
+        return oa.Delta(content=(prefix + text) or None, extra_content=extras if (thought or signature) else None)
+
+    def _tool_call(self, part: gc.Part) -> oa.Delta:
+        call = part.function_call
+        assert call is not None
+        self.saw_tool_call = True
+        delta_call = oa.DeltaToolCall(
+            index=self.tool_calls,
+            id=self.ctx.tool_call_id(),
+            function=oa.FunctionCallOut(name=call.name, arguments=json.dumps(call.args or {}, separators=(",", ":"))),
+            extra_content=_google(thought_signature=part.thought_signature) if part.thought_signature else None,
+        )
+        self.tool_calls += 1
+        return oa.Delta(tool_calls=[delta_call])
+
+    def close(self) -> oa.Delta | None:
+        """At the end of a candidate: close a thought tag that no answer text closed."""
+        if self.in_thought and self.ctx.thought_marker is not None:
+            self.in_thought = False
+            return oa.Delta(content=close_tag(self.ctx.thought_marker))
+        return None
+
+    def finish_reason(self, reason: str | None) -> str:
+        if reason in (None, "STOP") and self.saw_tool_call:
+            return "tool_calls"
+        return FINISH_REASON_TO_OPENAI.get(reason or "STOP", FINISH_REASON_DEFAULT)
+
+
+def merge_deltas(deltas: list[oa.Delta]) -> oa.ResponseMessage:
+    content = "".join(d.content for d in deltas if d.content is not None)
+    calls = [
+        oa.ToolCallOut(id=c.id, function=c.function, extra_content=c.extra_content)
+        for d in deltas
+        for c in d.tool_calls or []
+    ]
+    signatures = [
+        d.extra_content.google.thought_signature
+        for d in deltas
+        if d.extra_content is not None
+        and d.extra_content.google is not None
+        and d.extra_content.google.thought_signature
+    ]
+    audio = [d.audio for d in deltas if d.audio is not None]
+    return oa.ResponseMessage(
+        content=content or None,
+        tool_calls=calls or None,
+        audio=audio[-1] if audio else None,
+        extra_content=_google(thought_signature=signatures[-1]) if signatures else None,
+    )
+
+
+def candidate_to_choice(candidate: gc.Candidate, index: int, ctx: ResponseContext) -> oa.Choice:
+    translator = PartTranslator(ctx)
+    parts = candidate.content.parts if candidate.content is not None else []
+    deltas = [d for d in map(translator.translate, parts) if d is not None]
+    closing = translator.close()
+    if closing is not None:
+        deltas.append(closing)
+    return oa.Choice(
+        index=index, finish_reason=translator.finish_reason(candidate.finish_reason), message=merge_deltas(deltas)
+    )
+
+
+def blocked_choice() -> oa.Choice:
+    """A prompt blocked before any candidate: content_filter with an empty message (spec §4.3 [I])."""
+    return oa.Choice(index=0, finish_reason="content_filter", message=oa.ResponseMessage(content=None))
+
+
+def generate_content_to_completion(response: gc.GenerateContentResponse, ctx: ResponseContext) -> oa.ChatCompletion:
+    candidates = response.candidates or []
+    choices = [candidate_to_choice(c, c.index if c.index is not None else i, ctx) for i, c in enumerate(candidates)]
+    return oa.ChatCompletion(
+        id=response.response_id or ctx.response_id,
+        created=ctx.created,
+        model=ctx.model,
+        choices=choices or [blocked_choice()],
+        usage=usage_metadata_to_usage(response.usage_metadata or gc.UsageMetadata()),
+    )

@@ -1,0 +1,54 @@
+"""Configuration: file, environment and overrides, and the routing table they produce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from openvertex.backends.fake import FakeBackend
+from openvertex.errors import NotFoundError
+from openvertex.service.routing import Router
+from openvertex.settings import FakeBackendSettings, LocalBackendSettings, load_settings
+
+
+def test_defaults_route_google_models_to_the_embedded_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENVERTEX_CONFIG", raising=False)
+    settings = load_settings()
+    assert settings.host == "127.0.0.1" and settings.port == 8080
+    assert settings.backends == {"local": LocalBackendSettings()}
+    assert settings.max_body_bytes == 20 * 1024 * 1024
+    router = Router(backends={"local": FakeBackend()}, routes=settings.routes)
+    router.resolve("google/gemini-2.5-flash")
+    router.resolve("smollm2")
+    with pytest.raises(NotFoundError):
+        router.resolve("gpt-4o")
+
+
+def test_file_then_environment_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "openvertex.toml"
+    config.write_text(
+        'port = 9000\nhost = "127.0.0.2"\napi_keys = ["from-file"]\n'
+        '[backends.scripted]\ntype = "fake"\n'
+        '[[routes]]\nmodel = "team/*"\nbackend = "scripted"\n'
+    )
+    monkeypatch.setenv("OPENVERTEX_API_KEYS", "env-1, env-2")
+    settings = load_settings(config, port=9100)
+    assert settings.port == 9100  # override beats the file
+    assert settings.host == "127.0.0.2"  # file beats the default
+    assert settings.api_keys == ["env-1", "env-2"]  # environment beats the file
+    assert settings.backends == {"scripted": FakeBackendSettings(type="fake")}
+    assert [(r.model, r.backend) for r in settings.routes] == [("team/*", "scripted")]
+
+
+def test_bad_configuration_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[routes]]\nmodel = "x"\nbackend = "nowhere"\n')
+    with pytest.raises(ValidationError, match="unknown backend"):
+        load_settings(config)
+    config.write_text("colour = 3\n")
+    with pytest.raises(ValidationError, match="colour"):
+        load_settings(config)
+    with pytest.raises(FileNotFoundError):
+        load_settings(tmp_path / "missing.toml")
