@@ -27,5 +27,7 @@ if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   .venv/bin/python -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
     -w "$wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"
 fi
+# Always this wheel, even over one already installed with other build flags.
+.venv/bin/python -m pip install --quiet --no-deps --force-reinstall "$wheels"/llama_cpp_python-*.whl
 .venv/bin/python -m pip install --quiet --find-links "$wheels" -e ".[test]"
 echo "installed: .venv/bin/openvertex"

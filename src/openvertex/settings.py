@@ -33,6 +33,10 @@ class LocalBackendSettings(_Section):
     n_ctx: int = Field(8192, ge=256)
     n_threads: int | None = Field(None, ge=1)  # None: every core
     n_batch: int = Field(512, ge=32)
+    # For requests that leave them unset; None: the model's recommendation, else Gemini's (1.0, 0.95).
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(None, ge=1.0, le=2.0)  # None: the model's, else 1.0 (off)
 
 
 class FakeBackendSettings(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import httpx
 import openai
@@ -172,25 +173,35 @@ def test_penalties_are_applied(client: openai.OpenAI) -> None:
     assert plain != penalised
 
 
+def _bad_request_message(call: Callable[[], object]) -> str:
+    with pytest.raises(openai.BadRequestError) as raised:
+        call()
+    body = raised.value.body
+    assert isinstance(body, list)
+    return str(body[0]["error"]["message"])
+
+
 def test_unsupported_input_on_the_text_model(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="image/jpeg input is not supported"):
-        client.chat.completions.create(
-            model=MODEL,
-            messages=[
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "image_url",
-                            "image_url": {"url": "gs://cloud-samples-data/generative-ai/image/scones.jpg"},
-                        }
-                    ],
-                }
-            ],
-        )
-    with pytest.raises(openai.BadRequestError, match="function calling"):
-        client.chat.completions.create(
-            model=MODEL,
-            messages=STORY,
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-        )
+    image = [{"type": "image_url", "image_url": {"url": "gs://cloud-samples-data/generative-ai/image/scones.jpg"}}]
+    message = _bad_request_message(
+        lambda: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": image}])  # type: ignore[misc,list-item]
+    )
+    assert message == "messages[0].content[0]: image/jpeg input is not supported by this model's backend"
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    message = _bad_request_message(lambda: client.chat.completions.create(model=MODEL, messages=STORY, tools=tools))  # type: ignore[arg-type]
+    assert message == "tools: function calling is not supported by this model's backend"
+
+
+def test_a_client_that_leaves_frees_the_engine(local_server: RunningServer) -> None:
+    # The grammar forces at least 3000 array items: minutes of decoding unless cancelled.
+    endless = {
+        "type": "json_schema",
+        "json_schema": {"name": "Many", "schema": {"type": "array", "items": {"type": "integer"}, "minItems": 3000}},
+    }
+    body = {"model": MODEL, "messages": STORY, "response_format": endless, "stream": True}
+    with httpx.stream("POST", local_server.chat_url, json=body, headers=AUTH, timeout=60) as response:
+        next(line for line in response.iter_lines() if line.startswith("data: {"))
+    # Had the abandoned stream kept the engine, this would wait behind it and time out.
+    short = {"model": MODEL, "messages": STORY, "max_tokens": 4}
+    response = httpx.post(local_server.chat_url, json=short, headers=AUTH, timeout=20)
+    assert response.status_code == 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mimetypes
 import re
 
 from openvertex.errors import InvalidArgumentError
@@ -10,6 +9,7 @@ from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.tables import (
     AUDIO_FORMAT_TO_MIME,
+    EXTENSION_TO_MIME,
     IMAGE_DETAIL_TO_MEDIA_RESOLUTION,
     URL_DEFAULT_MIME,
 )
@@ -26,8 +26,9 @@ def _data_uri_to_blob(uri: str, *, param: str) -> gc.Blob:
 
 
 def _mime_from_url(url: str, default: str) -> str:
-    guessed, _ = mimetypes.guess_type(url.split("?", 1)[0])
-    return guessed or default
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    extension = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    return EXTENSION_TO_MIME.get(extension, default)
 
 
 def uri_to_part(uri: str, *, default_mime: str, param: str) -> gc.Part:

@@ -49,6 +49,29 @@ AUDIO_FORMAT_TO_MIME: Final[dict[str, str]] = {"wav": "audio/wav", "mp3": "audio
 # §2.3 — a URL without a recognisable extension "will default to the image/* MIME-type".
 URL_DEFAULT_MIME: Final = "image/*"
 
+# §2.3 — MIME types of file URIs by extension: the types Gemini accepts for fileData [I].
+EXTENSION_TO_MIME: Final[dict[str, str]] = {
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "heic": "image/heic",
+    "heif": "image/heif",
+    "wav": "audio/wav",
+    "mp3": "audio/mp3",
+    "aac": "audio/aac",
+    "ogg": "audio/ogg",
+    "flac": "audio/flac",
+    "m4a": "audio/m4a",
+    "mp4": "video/mp4",
+    "mpeg": "video/mpeg",
+    "mov": "video/mov",
+    "webm": "video/webm",
+    "pdf": "application/pdf",
+    "txt": "text/plain",
+}
+
 # §2.1 — image `detail` → part-level media resolution [I].
 IMAGE_DETAIL_TO_MEDIA_RESOLUTION: Final[dict[str, str]] = {
     "low": "MEDIA_RESOLUTION_LOW",

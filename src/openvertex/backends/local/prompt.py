@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -29,10 +30,25 @@ def _visible_text(content: gc.Content) -> str:
     return "".join(part.text or "" for part in content.parts if not part.thought)
 
 
-def contents_to_messages(system: gc.Content | None, contents: list[gc.Content]) -> list[dict[str, str]]:
+def output_instruction(config: gc.GenerationConfig) -> str | None:
+    """JSON output is enforced by grammar; saying so in the prompt too keeps small models on
+    track (they otherwise start JSON they never close). OpenAI does the same for schemas."""
+    if config.response_mime_type != "application/json":
+        return None
+    if config.response_json_schema is None:
+        return "Answer with a JSON object."
+    return "Answer with JSON that matches this JSON schema:\n" + json.dumps(config.response_json_schema)
+
+
+def contents_to_messages(
+    system: gc.Content | None, contents: list[gc.Content], *, output_format: str | None = None
+) -> list[dict[str, str]]:
     messages: list[dict[str, str]] = []
-    if system is not None:
-        messages.append({"role": "system", "content": "\n\n".join(p.text or "" for p in system.parts)})
+    instructions = [p.text or "" for p in system.parts] if system is not None else []
+    if output_format is not None:
+        instructions.append(output_format)
+    if instructions:
+        messages.append({"role": "system", "content": "\n\n".join(instructions)})
     for content in contents:
         messages.append({"role": _ROLE[content.role or "user"], "content": _visible_text(content)})
     return messages
