@@ -7,13 +7,16 @@ cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
 LLAMA_CPP_VERSION=0.3.36
+# llamafile's sgemm picks its tiling from the batch shape, so a sequence's numbers would
+# depend on what else shares the batch; without it every sequence decodes exactly as it
+# would alone (seeded requests stay reproducible under load).
 # -march=native turns on every ISA extension the CPU reports. Some virtual machines report
 # AMX but fault on its tile instructions (SIGILL in llama.cpp's AMX matmul), so on x86-64
 # AMX is left out; it only speeds up large int8 batches on Sapphire Rapids and later.
-CMAKE_ARGS=${CMAKE_ARGS:-}
-if [ "$(uname -m)" = "x86_64" ] && [ -z "$CMAKE_ARGS" ]; then
+CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_LLAMAFILE=OFF"}
+if [ "$(uname -m)" = "x86_64" ] && [ "$CMAKE_ARGS" = "-DGGML_LLAMAFILE=OFF" ]; then
   no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
+  CMAKE_ARGS="$CMAKE_ARGS -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
 fi
 export CMAKE_ARGS
 

@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from openvertex.backends.base import Backend
 from openvertex.backends.registry import create_backend
 from openvertex.errors import ApiError
 from openvertex.http.auth import Authenticator
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
+from openvertex.http.metrics import CountRequests, register_backend_readings
 from openvertex.http.routes import Handlers
+from openvertex.metrics import Metrics
 from openvertex.service.chat import ChatService
 from openvertex.service.routing import Router
 from openvertex.settings import Settings
@@ -28,7 +31,10 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     if backends is None:
         backends = {name: create_backend(config) for name, config in settings.backends.items()}
     router = Router(backends=backends, routes=settings.routes)
-    handlers = Handlers(ChatService(router), Authenticator(settings.api_keys), settings.max_body_bytes)
+    metrics = Metrics()
+    register_backend_readings(metrics, router)
+    service = ChatService(router, metrics=metrics, timeout_s=settings.request_timeout_s)
+    handlers = Handlers(service, Authenticator(settings.api_keys), settings.max_body_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -44,6 +50,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
 
     return Starlette(
         routes=handlers.routes(),
+        middleware=[Middleware(CountRequests, metrics=metrics)],
         lifespan=lifespan,
         exception_handlers={
             ApiError: api_error_handler,

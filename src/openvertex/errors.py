@@ -27,6 +27,7 @@ class ApiError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}
 
 
 class InvalidArgumentError(ApiError):
@@ -63,6 +64,11 @@ class NotFoundError(ApiError):
 class ResourceExhaustedError(ApiError):
     http_status = 429
     google_status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        if retry_after_s is not None:
+            self.headers["Retry-After"] = str(retry_after_s)
 
 
 class CancelledError(ApiError):

@@ -30,9 +30,12 @@ class LocalBackendSettings(_Section):
 
     type: Literal["local"] = "local"
     model: str = DEFAULT_MODEL_ALIAS  # a GGUF path or a registered alias
-    n_ctx: int = Field(8192, ge=256)
+    n_ctx: int = Field(4096, ge=256)  # context of each sequence (prompt + answer)
+    n_parallel: int = Field(8, ge=1, le=256)  # sequences decoded together; KV = n_ctx * n_parallel
     n_threads: int | None = Field(None, ge=1)  # None: every core
-    n_batch: int = Field(512, ge=32)
+    n_batch: int = Field(512, ge=32)  # tokens per decode step, prompts included
+    n_gpu_layers: int = Field(0, ge=-1)  # layers offloaded to a GPU build of llama.cpp; -1: all
+    max_waiting: int = Field(64, ge=0)  # requests queued beyond n_parallel; more get 429
     # For requests that leave them unset; None: the model's recommendation, else Gemini's (1.0, 0.95).
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
@@ -72,6 +75,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     insecure_no_auth: bool = False
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(600.0, gt=0)  # a request still running after this ends with 504
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
     routes: list[Route] = Field(default_factory=_default_routes)

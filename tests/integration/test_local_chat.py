@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 
 import httpx
@@ -160,11 +161,11 @@ def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
 
 
 def test_prompt_too_long_for_the_context(local_server: RunningServer) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 9000}]}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 5000}]}
     response = httpx.post(local_server.chat_url, json=body, headers=AUTH, timeout=60)
     assert response.status_code == 400
     message = response.json()[0]["error"]["message"]
-    assert "input token count" in message and "(8191)" in message
+    assert "input token count" in message and "(4095)" in message
 
 
 def test_penalties_are_applied(client: openai.OpenAI) -> None:
@@ -205,3 +206,30 @@ def test_a_client_that_leaves_frees_the_engine(local_server: RunningServer) -> N
     short = {"model": MODEL, "messages": STORY, "max_tokens": 4}
     response = httpx.post(local_server.chat_url, json=short, headers=AUTH, timeout=20)
     assert response.status_code == 200
+
+
+def test_logprobs_when_asked(client: openai.OpenAI) -> None:
+    plain = client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=6)
+    assert plain.choices[0].logprobs is None  # as Vertex: null unless asked
+    result = client.chat.completions.create(
+        model=MODEL, messages=STORY, max_tokens=6, logprobs=True, top_logprobs=3, temperature=0
+    )
+    content = result.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 6
+    assert "".join(t.token for t in content) == result.choices[0].message.content
+    for token in content:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        top = token.top_logprobs
+        assert top[0].logprob >= top[1].logprob >= top[2].logprob >= -50
+        assert sum(math.exp(t.logprob) for t in top) <= 1 + 1e-6
+        # The model's own distribution: the chosen token is never likelier than the best.
+        assert token.logprob <= top[0].logprob + 1e-6
+        assert all(t.logprob == pytest.approx(token.logprob) for t in top if t.token == token.token)
+    assert any(token.top_logprobs[0].token == token.token for token in content)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=STORY, max_tokens=6, logprobs=True, temperature=0, stream=True
+    )
+    streamed = [
+        t.token for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []
+    ]
+    assert streamed == [t.token for t in content]

@@ -25,12 +25,24 @@ class Capabilities:
     max_candidates: int = 8
 
 
+@dataclass(frozen=True, slots=True)
+class BackendLoad:
+    running: int = 0  # sequences being decoded
+    waiting: int = 0  # requests admitted but not started
+    tokens_generated: int = 0  # since start
+    tokens_prefilled: int = 0  # prompt tokens computed since start (reused prefixes excluded)
+
+
 class Backend(Protocol):
     @property
     def capabilities(self) -> Capabilities: ...
 
     def ready(self) -> bool:
         """True once the backend can answer (a local model is loaded)."""
+        ...
+
+    def load(self) -> BackendLoad:
+        """What the backend is doing now, for /metrics."""
         ...
 
     async def start(self) -> None: ...
@@ -53,12 +65,22 @@ def merge_chunks(chunks: Iterable[GenerateContentResponse]) -> GenerateContentRe
             assert target.content is not None
             target.content.parts.extend(candidate.content.parts if candidate.content else [])
             target.finish_reason = candidate.finish_reason or target.finish_reason
+            target.logprobs_result = _join_logprobs(target.logprobs_result, candidate.logprobs_result)
         merged.usage_metadata = chunk.usage_metadata or merged.usage_metadata
         merged.prompt_feedback = chunk.prompt_feedback or merged.prompt_feedback
         merged.response_id = chunk.response_id or merged.response_id
         merged.model_version = chunk.model_version or merged.model_version
     merged.candidates = [candidates[i] for i in sorted(candidates)] or None
     return merged
+
+
+def _join_logprobs(a: gc.LogprobsResult | None, b: gc.LogprobsResult | None) -> gc.LogprobsResult | None:
+    if a is None or b is None:
+        return a or b
+    return gc.LogprobsResult(
+        chosen_candidates=(a.chosen_candidates or []) + (b.chosen_candidates or []),
+        top_candidates=(a.top_candidates or []) + (b.top_candidates or []),
+    )
 
 
 async def collect_stream(stream: AsyncIterator[GenerateContentResponse]) -> GenerateContentResponse:

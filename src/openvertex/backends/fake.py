@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
-from openvertex.backends.base import Capabilities, collect_stream
+from openvertex.backends.base import BackendLoad, Capabilities, collect_stream
 from openvertex.protocol import generate_content as gc
 
 # A turn is the chunks of one answer; an exception in it is raised when the stream reaches it.
@@ -47,6 +47,9 @@ class FakeBackend:
 
     def ready(self) -> bool:
         return True
+
+    def load(self) -> BackendLoad:
+        return BackendLoad()
 
     async def start(self) -> None:
         return None

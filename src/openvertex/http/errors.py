@@ -27,9 +27,9 @@ def error_body(error: ApiError) -> dict[str, object]:
     return {"error": {"code": error.http_status, "message": error.message, "status": error.google_status}}
 
 
-def error_response(error: ApiError, headers: dict[str, str] | None = None) -> Response:
+def error_response(error: ApiError) -> Response:
     body = json.dumps([error_body(error)]).encode()
-    return Response(body, status_code=error.http_status, media_type="application/json", headers=headers)
+    return Response(body, status_code=error.http_status, media_type="application/json", headers=error.headers)
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:

@@ -57,6 +57,9 @@ class Handlers:
         ]
         return Response(oa.ModelList(data=cards).model_dump_json(), media_type="application/json")
 
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.service.metrics.render(), media_type="text/plain; version=0.0.4")
+
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -72,6 +75,7 @@ class Handlers:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
         ]
 
 

@@ -178,8 +178,7 @@ class StreamOptions(_Lenient):
 
 KNOWN_IGNORED = frozenset(
     # Documented by Vertex as ignored (spec §2.1); accepted without a log line.
-    {"logprobs", "top_logprobs", "user", "parallel_tool_calls", "logit_bias", "metadata"}
-    | {"store", "prediction", "audio", "service_tier"}
+    {"user", "parallel_tool_calls", "logit_bias", "metadata", "store", "prediction", "audio", "service_tier"}
 )
 
 
@@ -195,6 +194,9 @@ class ChatCompletionRequest(_Lenient):
     response_format: ResponseFormat | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
+    # Vertex ignores these (logprobs: null); backends that can report them do (spec §2.1).
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -267,10 +269,25 @@ class ResponseMessage(BaseModel):
     extra_content: ExtraContentOut | None = omit_none()
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class Choice(BaseModel):
     index: int
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     message: ResponseMessage
 
 
@@ -328,7 +345,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = omit_none()  # absent, not null, until the last chunk [D V-EX]
 
 

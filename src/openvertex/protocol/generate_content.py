@@ -90,6 +90,8 @@ class GenerationConfig(GeminiModel):
     response_mime_type: str | None = None
     response_json_schema: dict[str, Any] | None = None
     response_modalities: list[str] | None = None
+    response_logprobs: bool | None = None
+    logprobs: int | None = None  # how many top candidates per position
     media_resolution: str | None = None
     thinking_config: ThinkingConfig | None = None
 
@@ -134,11 +136,28 @@ class GenerateContentRequest(GeminiModel):
     generation_config: GenerationConfig | None = None
 
 
+class LogprobsCandidate(GeminiModel):
+    token: str | None = None
+    token_id: int | None = None
+    log_probability: float | None = None
+
+
+class TopCandidates(GeminiModel):
+    candidates: list[LogprobsCandidate] | None = None
+
+
+class LogprobsResult(GeminiModel):
+    top_candidates: list[TopCandidates] | None = None
+    chosen_candidates: list[LogprobsCandidate] | None = None
+
+
 class Candidate(GeminiModel):
     index: int | None = None
     content: Content | None = None
     finish_reason: str | None = None
     finish_message: str | None = None
+    logprobs_result: LogprobsResult | None = None
+    avg_logprobs: float | None = None
 
 
 class UsageMetadata(GeminiModel):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from openvertex.backends.base import Backend
-from openvertex.errors import InvalidArgumentError
+from openvertex.errors import DeadlineExceededError, InvalidArgumentError
+from openvertex.metrics import Metrics
 from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.service.capabilities import check_capabilities
@@ -27,8 +30,10 @@ class PreparedChat:
 
 
 class ChatService:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, *, metrics: Metrics, timeout_s: float) -> None:
         self.router = router
+        self.metrics = metrics
+        self.timeout_s = timeout_s
 
     def prepare(self, request: oa.ChatCompletionRequest, *, default_model: str | None = None) -> PreparedChat:
         """Everything that can fail with a 400/404 before any generation starts."""
@@ -48,18 +53,51 @@ class ChatService:
             include_usage=options is None or options.include_usage is not False,
         )
 
+    def _deadline_error(self) -> DeadlineExceededError:
+        return DeadlineExceededError(f"The request did not finish within {self.timeout_s:g} s.")
+
     async def complete(self, chat: PreparedChat) -> oa.ChatCompletion:
-        response = await chat.backend.generate(chat.request, model=chat.ctx.model)
+        try:
+            response = await asyncio.wait_for(chat.backend.generate(chat.request, model=chat.ctx.model), self.timeout_s)
+        except TimeoutError:
+            raise self._deadline_error() from None
         return generate_content_to_completion(response, chat.ctx)
 
     async def stream(self, chat: PreparedChat) -> AsyncIterator[oa.ChatCompletionChunk]:
         translator = ChunkTranslator(chat.ctx, candidate_count=chat.candidate_count, include_usage=chat.include_usage)
         upstream = chat.backend.stream(chat.request, model=chat.ctx.model)
+        clock = _StreamClock(self.metrics)
+        deadline = time.monotonic() + self.timeout_s
         try:
-            async for response in upstream:
+            while True:
+                try:
+                    response = await asyncio.wait_for(anext(upstream), deadline - time.monotonic())
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise self._deadline_error() from None
                 for chunk in translator.feed(response):
+                    clock.tick()
                     yield chunk
         finally:
             await upstream.aclose()  # type: ignore[attr-defined]
         for chunk in translator.finish():
             yield chunk
+
+
+class _StreamClock:
+    """Time to first chunk and the gaps between chunks, for the latency histograms."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._started = self._last = time.monotonic()
+        self._first = True
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self._first:
+            self._metrics.time_to_first_token.observe(now - self._started)
+            self._first = False
+        else:
+            self._metrics.time_per_token.observe(now - self._last)
+        self._last = now

@@ -83,6 +83,9 @@ def request_to_generation_config(request: oa.ChatCompletionRequest) -> gc.Genera
     )
     if request.response_format is not None:
         _apply_response_format(config, request.response_format)
+    if request.logprobs:
+        config.response_logprobs = True
+        config.logprobs = request.top_logprobs
     if request.modalities is not None:
         config.response_modalities = [MODALITY_TO_GEMINI[m] for m in request.modalities]
     return config

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.context import ResponseContext
+from openvertex.translate.logprobs import logprobs_result_to_openai
 from openvertex.translate.tables import FINISH_REASON_DEFAULT, FINISH_REASON_TO_OPENAI
 from openvertex.translate.thoughts import close_tag, open_tag
 from openvertex.translate.usage import usage_metadata_to_usage
@@ -114,7 +115,10 @@ def candidate_to_choice(candidate: gc.Candidate, index: int, ctx: ResponseContex
     if closing is not None:
         deltas.append(closing)
     return oa.Choice(
-        index=index, finish_reason=translator.finish_reason(candidate.finish_reason), message=merge_deltas(deltas)
+        index=index,
+        finish_reason=translator.finish_reason(candidate.finish_reason),
+        message=merge_deltas(deltas),
+        logprobs=logprobs_result_to_openai(candidate.logprobs_result),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.context import ResponseContext
+from openvertex.translate.logprobs import logprobs_result_to_openai
 from openvertex.translate.response import PartTranslator
 from openvertex.translate.usage import usage_metadata_to_usage
 
@@ -51,15 +52,20 @@ class ChunkTranslator:
         translator = self._translator(index)
         parts = candidate.content.parts if candidate.content is not None else []
         deltas = [d for d in map(translator.translate, parts) if d is not None]
-        if candidate.finish_reason is None:
-            return [self._chunk(index, d) for d in deltas]
-        closing = translator.close()
-        if closing is not None:
-            deltas.append(closing)
+        reason = None
+        if candidate.finish_reason is not None:
+            closing = translator.close()
+            if closing is not None:
+                deltas.append(closing)
+            self._finished.add(index)
+            reason = translator.finish_reason(candidate.finish_reason)
+        logprobs = logprobs_result_to_openai(candidate.logprobs_result)
+        if not deltas and reason is None and logprobs is None:
+            return []
         last = deltas.pop() if deltas else oa.Delta()
-        self._finished.add(index)
-        reason = translator.finish_reason(candidate.finish_reason)
-        return [self._chunk(index, d) for d in deltas] + [self._chunk(index, last, reason)]
+        chunks = [self._chunk(index, d) for d in deltas] + [self._chunk(index, last, reason)]
+        chunks[-1].choices[0].logprobs = logprobs  # this response's tokens, on its last chunk
+        return chunks
 
     def _with_usage(self, chunks: list[oa.ChatCompletionChunk]) -> list[oa.ChatCompletionChunk]:
         done = len(self._finished) >= self._candidate_count

@@ -10,13 +10,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import llama_cpp
+from llama_cpp._internals import LlamaModel
+from llama_cpp._logger import set_verbose as set_llama_verbose
 
-from openvertex.backends.base import Capabilities, collect_stream
-from openvertex.backends.local.engine import CandidateDone, Engine, Event, Failed, Job, Sampling, TextDelta
+from openvertex.backends.base import BackendLoad, Capabilities, collect_stream
+from openvertex.backends.local.engine import (
+    CandidateDone,
+    Engine,
+    Event,
+    Failed,
+    Job,
+    Sampling,
+    TextDelta,
+    TokenLogprob,
+)
 from openvertex.backends.local.grammar import SUPPORTED_MIME_TYPES, check_grammar, grammar_for
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
 from openvertex.backends.local.prompt import ChatTemplate, contents_to_messages, output_instruction
-from openvertex.errors import InvalidArgumentError, UnavailableError
+from openvertex.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from openvertex.protocol import generate_content as gc
 from openvertex.settings import LocalBackendSettings
 
@@ -40,7 +51,7 @@ class LocalBackend:
         self._default_temperature = _first(settings.temperature, model_defaults.temperature, GEMINI_TEMPERATURE)
         self._default_top_p = _first(settings.top_p, model_defaults.top_p, GEMINI_TOP_P)
         self._repeat_penalty = _first(settings.repeat_penalty, model_defaults.repeat_penalty, 1.0)
-        self._llama: llama_cpp.Llama | None = None
+        self._model: LlamaModel | None = None
         self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
         self._loaded = asyncio.Event()
@@ -52,6 +63,22 @@ class LocalBackend:
     def ready(self) -> bool:
         return self._engine is not None
 
+    def load(self) -> BackendLoad:
+        engine = self._engine
+        if engine is None:
+            return BackendLoad()
+        return BackendLoad(engine.running(), engine.waiting(), engine.tokens_generated, engine.tokens_prefilled)
+
+    def _admit(self) -> None:
+        """Bounded admission: past the slots and the waiting room, answer 429 at once."""
+        capacity = self.settings.n_parallel + self.settings.max_waiting
+        if len(self._jobs) >= capacity:
+            raise ResourceExhaustedError(
+                f"Resource exhausted: the local model is serving {len(self._jobs)} requests "
+                f"({self.settings.n_parallel} at a time, {self.settings.max_waiting} waiting). Please try again later.",
+                retry_after_s=1,
+            )
+
     async def start(self) -> None:
         try:
             await asyncio.to_thread(self._load)
@@ -62,70 +89,74 @@ class LocalBackend:
             self._loaded.set()
 
     def _load(self) -> None:
-        threads = self.settings.n_threads or os.cpu_count() or 1
-        llama = llama_cpp.Llama(
-            model_path=str(self.model_path),
-            n_ctx=self.settings.n_ctx,
-            n_batch=self.settings.n_batch,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-        )
+        settings = self.settings
+        threads = settings.n_threads or os.cpu_count() or 1
+        set_llama_verbose(log.isEnabledFor(logging.DEBUG))  # llama.cpp's own log lines
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = settings.n_gpu_layers
+        model = LlamaModel(path_model=str(self.model_path), params=params, verbose=False)
         bos = (
-            llama.detokenize([llama.token_bos()], special=True).decode(errors="ignore")
-            if llama.token_bos() >= 0
+            model.detokenize([model.token_bos()], special=True).decode(errors="ignore")
+            if model.token_bos() >= 0
             else ""
         )
         eos = (
-            llama.detokenize([llama.token_eos()], special=True).decode(errors="ignore")
-            if llama.token_eos() >= 0
+            model.detokenize([model.token_eos()], special=True).decode(errors="ignore")
+            if model.token_eos() >= 0
             else ""
         )
-        self._template = ChatTemplate(llama.metadata.get("tokenizer.chat_template"), bos_token=bos, eos_token=eos)
-        self._llama = llama
-        self._engine = Engine(llama)
-        log.info("loaded %s (context %d, %d threads)", self.model_path.name, llama.n_ctx(), threads)
+        self._template = ChatTemplate(model.metadata().get("tokenizer.chat_template"), bos_token=bos, eos_token=eos)
+        self._engine = Engine(
+            model.model, n_ctx=settings.n_ctx, n_slots=settings.n_parallel, n_batch=settings.n_batch, n_threads=threads
+        )
+        self._model = model
+        log.info(
+            "loaded %s (%d slots of %d tokens, %d threads)",
+            self.model_path.name,
+            settings.n_parallel,
+            settings.n_ctx,
+            threads,
+        )
 
     async def close(self) -> None:
         for job in self._jobs:
             job.cancelled.set()
         if self._engine is not None:
             await asyncio.to_thread(self._engine.close)
-        if self._llama is not None:
-            self._llama.close()
-        self._engine = self._llama = None
+        if self._model is not None:
+            self._model.close()  # type: ignore[no-untyped-call]
+        self._engine = self._model = None
 
-    async def _wait_loaded(self) -> tuple[llama_cpp.Llama, Engine, ChatTemplate]:
+    async def _wait_loaded(self) -> tuple[LlamaModel, Engine, ChatTemplate]:
         await self._loaded.wait()
-        if self._llama is None or self._engine is None or self._template is None:
+        if self._model is None or self._engine is None or self._template is None:
             raise UnavailableError(
                 f"The model could not be loaded: {self._load_error or 'the server is shutting down'}"
             )
-        return self._llama, self._engine, self._template
+        return self._model, self._engine, self._template
 
     # ------------------------------------------------------------------ requests
 
     def _plan(
-        self, llama: llama_cpp.Llama, template: ChatTemplate, request: gc.GenerateContentRequest
+        self, model: LlamaModel, n_ctx: int, template: ChatTemplate, request: gc.GenerateContentRequest
     ) -> tuple[list[int], Sampling]:
         """Prompt tokens and sampling for a request (runs off the event loop: it can be slow)."""
         config = request.generation_config or gc.GenerationConfig()
         messages = contents_to_messages(
             request.system_instruction, request.contents, output_format=output_instruction(config)
         )
-        tokens = llama.tokenize(template.render(messages).encode(), add_bos=True, special=True)
-        limit = llama.n_ctx() - 1  # room for at least one generated token
+        tokens = model.tokenize(template.render(messages).encode(), add_bos=True, special=True)
+        limit = n_ctx - 1  # room for at least one generated token
         if len(tokens) > limit:
             raise InvalidArgumentError(
                 f"The input token count ({len(tokens)}) exceeds the maximum number of tokens allowed ({limit})."
             )
-        return tokens, self._sampling(llama, config, len(tokens))
+        return tokens, self._sampling(model, config, room=n_ctx - len(tokens))
 
-    def _sampling(self, llama: llama_cpp.Llama, config: gc.GenerationConfig, prompt_tokens: int) -> Sampling:
-        room = llama.n_ctx() - prompt_tokens
+    def _sampling(self, model: LlamaModel, config: gc.GenerationConfig, *, room: int) -> Sampling:
         grammar = grammar_for(config.response_mime_type, config.response_json_schema)
         if grammar is not None:
-            check_grammar(llama_cpp.llama_model_get_vocab(llama.model), grammar)
+            check_grammar(model.vocab, grammar)
         return Sampling(
             temperature=_first(config.temperature, self._default_temperature),
             top_p=_first(config.top_p, self._default_top_p),
@@ -138,14 +169,19 @@ class LocalBackend:
             max_tokens=min(config.max_output_tokens or room, room),
             stop=tuple(config.stop_sequences or ()),
             grammar=grammar,
+            logprobs=(config.logprobs or 0) if config.response_logprobs else None,
         )
 
     async def stream(
         self, request: gc.GenerateContentRequest, *, model: str
     ) -> AsyncIterator[gc.GenerateContentResponse]:
-        llama, engine, template = await self._wait_loaded()
-        prompt, sampling = await asyncio.to_thread(self._plan, llama, template, request)
+        loaded, engine, template = await self._wait_loaded()
+        prompt, sampling = await asyncio.to_thread(self._plan, loaded, engine.n_ctx, template, request)
         candidates = (request.generation_config or gc.GenerationConfig()).candidate_count or 1
+        if candidates > engine.n_slots:
+            raise InvalidArgumentError(
+                f"candidateCount must be at most {engine.n_slots}, the server's slots", param="n"
+            )
         events: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -154,9 +190,10 @@ class LocalBackend:
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
         job = Job(prompt=prompt, sampling=sampling, candidates=candidates, emit=emit)
+        self._admit()  # no await between the check and the add: the count cannot race
         self._jobs.add(job)
         engine.submit(job)
-        generated = 0
+        generated = cached = 0
         try:
             finished = 0
             while finished < candidates:
@@ -166,7 +203,8 @@ class LocalBackend:
                     if isinstance(event, CandidateDone):
                         finished += 1
                         generated += event.tokens
-                    usage = _usage(len(prompt), generated) if finished == candidates else None
+                        cached = event.cached_tokens
+                    usage = _usage(len(prompt), generated, cached) if finished == candidates else None
                     yield _chunk(event, model, usage)
         finally:
             job.cancelled.set()  # a consumer that left frees the engine at the next token
@@ -187,25 +225,42 @@ async def _next_batch(events: asyncio.Queue[Event]) -> list[Event]:
         event = events.get_nowait()
         last = batch[-1]
         if isinstance(event, TextDelta) and isinstance(last, TextDelta) and last.candidate == event.candidate:
-            batch[-1] = TextDelta(event.candidate, last.text + event.text)
+            batch[-1] = TextDelta(event.candidate, last.text + event.text, last.logprobs + event.logprobs)
         else:
             batch.append(event)
     return batch
 
 
-def _usage(prompt_tokens: int, generated: int) -> gc.UsageMetadata:
+def _usage(prompt_tokens: int, generated: int, cached: int) -> gc.UsageMetadata:
     return gc.UsageMetadata(
         prompt_token_count=prompt_tokens,
+        cached_content_token_count=cached or None,
         candidates_token_count=generated,
         total_token_count=prompt_tokens + generated,
         traffic_type="ON_DEMAND",
     )
 
 
+def _logprobs_result(logprobs: tuple[TokenLogprob, ...]) -> gc.LogprobsResult | None:
+    if not logprobs:
+        return None
+
+    def candidate(token_id: int, token: str, logprob: float) -> gc.LogprobsCandidate:
+        return gc.LogprobsCandidate(token=token, token_id=token_id, log_probability=logprob)
+
+    return gc.LogprobsResult(
+        chosen_candidates=[candidate(lp.token_id, lp.token, lp.logprob) for lp in logprobs],
+        top_candidates=[gc.TopCandidates(candidates=[candidate(*top) for top in lp.top]) for lp in logprobs],
+    )
+
+
 def _chunk(event: TextDelta | CandidateDone, model: str, usage: gc.UsageMetadata | None) -> gc.GenerateContentResponse:
     if isinstance(event, TextDelta):
+        parts = [gc.Part(text=event.text)] if event.text else []
         candidate = gc.Candidate(
-            index=event.candidate, content=gc.Content(role="model", parts=[gc.Part(text=event.text)])
+            index=event.candidate,
+            content=gc.Content(role="model", parts=parts),
+            logprobs_result=_logprobs_result(event.logprobs),
         )
     else:
         candidate = gc.Candidate(index=event.candidate, finish_reason=event.finish_reason)

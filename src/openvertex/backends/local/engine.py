@@ -1,25 +1,37 @@
-"""The decoding thread: owns the llama.cpp model and runs generation jobs one after another.
+"""The decoding thread: continuous batching over llama.cpp's low-level API.
 
-Results cross to the event loop through `Job.emit`, which is thread-safe; a job whose
-consumer went away is marked cancelled and stops at the next token.
+Every active sequence goes into one `llama_decode` per step: one token for each sequence
+that is generating, and the rest of the batch for prompts, prefilled in chunks so a long
+prompt never stalls running streams. Each sequence owns a slot: a KV stream of its own
+(so what else is in the batch cannot change its numbers) and a sampler chain of its own
+(so its seed alone decides its samples). Candidates of one request (n > 1) copy the
+prompt's KV instead of computing it again; a finished slot keeps its KV, and the next
+request whose prompt starts the same way reuses that prefix.
+
+Results cross to the event loop through `Job.emit`; a job whose consumer went away is
+marked cancelled and its slots are freed before the next step.
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import logging
 import queue
 import random
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp
-from llama_cpp.llama_grammar import LlamaGrammar
+import numpy as np
 
 from openvertex.backends.local.stop import StopMatcher
 
 log = logging.getLogger(__name__)
+
+PENALTY_LAST_N = 64  # tokens the repetition penalties look back over (llama.cpp's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +47,24 @@ class Sampling:
     max_tokens: int  # already clamped to the context left after the prompt
     stop: tuple[str, ...]
     grammar: str | None
+    logprobs: int | None = None  # None: not asked; else how many top alternatives per token
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A sampled token's log-probability (before sampling transforms), with the top alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     candidate: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +72,7 @@ class CandidateDone:
     candidate: int
     finish_reason: str  # Gemini FinishReason: STOP or MAX_TOKENS
     tokens: int
+    cached_tokens: int  # prompt tokens whose KV was reused instead of computed
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,67 +99,288 @@ def candidate_seed(seed: int | None, candidate: int) -> int:
     return (seed + candidate) % 2**32
 
 
+def _sampler_chain(
+    vocab: llama_cpp.llama_vocab_p, n_vocab: int, sampling: Sampling, seed: int
+) -> llama_cpp.llama_sampler_p:
+    """The same chain, in the same order, that llama-cpp-python's Llama.generate builds."""
+    chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(
+        llama_cpp.llama_sampler_chain_default_params()
+    )
+    steps = [
+        llama_cpp.llama_sampler_init_penalties(
+            n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty
+        )
+    ]
+    if sampling.grammar is not None:
+        steps.append(llama_cpp.llama_sampler_init_grammar(vocab, sampling.grammar.encode(), b"root"))
+    if sampling.temperature == 0.0:
+        steps.append(llama_cpp.llama_sampler_init_greedy())
+    else:
+        steps += [
+            llama_cpp.llama_sampler_init_top_k(sampling.top_k),
+            llama_cpp.llama_sampler_init_typical(1.0, 1),
+            llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1),
+            llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1),
+            llama_cpp.llama_sampler_init_temp(sampling.temperature),
+            llama_cpp.llama_sampler_init_dist(seed),
+        ]
+    for step in steps:
+        llama_cpp.llama_sampler_chain_add(chain, step)
+    return chain
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One candidate being generated in one slot."""
+
+    job: Job
+    candidate: int
+    sampler: llama_cpp.llama_sampler_p
+    matcher: StopMatcher
+    decoder: codecs.IncrementalDecoder
+    cached_tokens: int
+    tokens: int = 0
+    next_token: int | None = None  # sampled, not yet decoded
+
+
+@dataclass(eq=False)
+class Slot:
+    seq_id: int
+    context: list[int] = field(default_factory=list)  # tokens whose KV this slot holds
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
+    sequence: Sequence | None = None
+    siblings: list[Slot] = field(default_factory=list)  # slots that copy this prompt's KV (n > 1)
+
+
 class Engine:
-    def __init__(self, llama: llama_cpp.Llama) -> None:
-        self._llama = llama
-        self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+    def __init__(
+        self, model: llama_cpp.llama_model_p, *, n_ctx: int, n_slots: int, n_batch: int, n_threads: int
+    ) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx * n_slots
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_slots
+        params.kv_unified = False  # a KV stream per slot: n_ctx cells each
+        params.n_threads = params.n_threads_batch = n_threads
+        # Flash attention is slower on CPUs for a model this small (about 10% measured here).
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._ctx = llama_cpp.llama_init_from_model(model, params)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create a context")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._n_batch = n_batch
+        self.n_ctx = n_ctx
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._slots = [Slot(seq_id) for seq_id in range(n_slots)]
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._waiting: deque[Job] = deque()
+        self.tokens_generated = 0
+        self.tokens_prefilled = 0
         self._thread = threading.Thread(target=self._run, name="openvertex-engine", daemon=True)
         self._thread.start()
 
+    @property
+    def n_slots(self) -> int:
+        return len(self._slots)
+
+    def running(self) -> int:
+        return sum(1 for slot in self._slots if slot.sequence is not None)
+
+    def waiting(self) -> int:
+        return len(self._waiting) + self._inbox.qsize()
+
     def submit(self, job: Job) -> None:
-        self._jobs.put(job)
+        self._inbox.put(job)
 
     def close(self) -> None:
-        self._jobs.put(None)
+        self._inbox.put(None)
         self._thread.join()
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+
+    # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            busy = any(slot.sequence for slot in self._slots)
             try:
-                for candidate in range(job.candidates):
-                    if job.cancelled.is_set():
-                        break
-                    self._generate(job, candidate)
-            except Exception as error:  # reported to the request, the engine carries on
-                log.exception("generation failed")
-                job.emit(Failed(error))
+                # Block only when there is nothing to decode.
+                job = self._inbox.get(block=not busy and not self._waiting)
+                if job is None:
+                    break
+                self._waiting.append(job)
+                continue  # drain the inbox before stepping
+            except queue.Empty:
+                pass
+            self._drop_cancelled()
+            self._admit()
+            if any(slot.sequence for slot in self._slots):
+                try:
+                    self._step()
+                except Exception as error:  # reported to every running request; the engine carries on
+                    log.exception("decode step failed")
+                    for slot in self._slots:
+                        if slot.sequence is not None:
+                            slot.sequence.job.emit(Failed(error))
+                            self._release(slot)
+        for slot in self._slots:
+            if slot.sequence is not None:
+                self._release(slot)
 
-    def _generate(self, job: Job, candidate: int) -> None:
-        sampling = job.sampling
-        llama = self._llama
-        llama.set_seed(candidate_seed(sampling.seed, candidate))
-        grammar = LlamaGrammar.from_string(sampling.grammar, verbose=False) if sampling.grammar else None
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        matcher = StopMatcher(list(sampling.stop))
-        tokens = 0
-        finish = "MAX_TOKENS"
-        for token in llama.generate(
-            job.prompt,
-            temp=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            presence_penalty=sampling.presence_penalty,
-            frequency_penalty=sampling.frequency_penalty,
-            repeat_penalty=sampling.repeat_penalty,
-            grammar=grammar,
-        ):
-            if job.cancelled.is_set():
+    def _drop_cancelled(self) -> None:
+        self._waiting = deque(job for job in self._waiting if not job.cancelled.is_set())
+        for slot in self._slots:
+            if slot.sequence is not None and slot.sequence.job.cancelled.is_set():
+                self._release(slot)
+
+    def _admit(self) -> None:
+        """Start waiting jobs, in order, while there are free slots for all their candidates."""
+        while self._waiting:
+            job = self._waiting[0]
+            free = [slot for slot in self._slots if slot.sequence is None]
+            if len(free) < job.candidates:
                 return
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                finish = "STOP"
-                break
-            tokens += 1
-            text = matcher.feed(decoder.decode(llama.detokenize([token])))
-            if text:
-                job.emit(TextDelta(candidate, text))
-            if matcher.stopped:
-                finish = "STOP"
-                break
-            if tokens >= sampling.max_tokens:
-                break
-        tail = matcher.feed(decoder.decode(b"", final=True)) + matcher.flush()
+            self._waiting.popleft()
+            primary = max(free, key=lambda slot: _common_prefix(slot.context, job.prompt))
+            free.remove(primary)
+            self._start(job, primary, free[: job.candidates - 1])
+
+    def _start(self, job: Job, primary: Slot, siblings: list[Slot]) -> None:
+        # Reuse the longest prefix this slot already holds; at least one prompt token is
+        # decoded again, because sampling needs its logits.
+        reuse = min(_common_prefix(primary.context, job.prompt), len(job.prompt) - 1)
+        llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, reuse, -1)
+        primary.context = job.prompt[:reuse]
+        primary.pending = job.prompt[reuse:]
+        primary.siblings = siblings
+        for candidate, slot in enumerate([primary, *siblings]):
+            seed = candidate_seed(job.sampling.seed, candidate)
+            slot.sequence = Sequence(
+                job=job,
+                candidate=candidate,
+                sampler=_sampler_chain(self._vocab, self._n_vocab, job.sampling, seed),
+                matcher=StopMatcher(list(job.sampling.stop)),
+                decoder=codecs.getincrementaldecoder("utf-8")("replace"),
+                cached_tokens=reuse,
+            )
+
+    # ------------------------------------------------------------------ one step
+
+    def _step(self) -> None:
+        batch = self._batch
+        outputs: list[tuple[Slot, int]] = []  # (slot, batch index) whose logits we sample
+
+        def add(slot: Slot, token: int, logits: bool) -> None:
+            i = batch.n_tokens
+            batch.token[i] = token
+            batch.pos[i] = len(slot.context)
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = slot.seq_id
+            batch.logits[i] = logits
+            batch.n_tokens = i + 1
+            slot.context.append(token)
+            if logits:
+                outputs.append((slot, i))
+
+        batch.n_tokens = 0
+        generating = [s for s in self._slots if s.sequence is not None and s.sequence.next_token is not None]
+        for slot in generating:  # one token each: running streams never wait for prompts
+            assert slot.sequence is not None and slot.sequence.next_token is not None
+            add(slot, slot.sequence.next_token, True)
+            slot.sequence.next_token = None
+        for slot in self._slots:  # then prompts, in chunks, with what room is left
+            while slot.pending and batch.n_tokens < self._n_batch:
+                add(slot, slot.pending.pop(0), not slot.pending)
+                self.tokens_prefilled += 1
+        if batch.n_tokens == 0:
+            return
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for slot, index in outputs:
+            if slot.siblings:  # the prompt is in: the other candidates copy its KV
+                for sibling in slot.siblings:
+                    llama_cpp.llama_memory_seq_rm(self._memory, sibling.seq_id, -1, -1)
+                    llama_cpp.llama_memory_seq_cp(self._memory, slot.seq_id, sibling.seq_id, -1, -1)
+                    sibling.context = list(slot.context)
+                    self._sample(sibling, index)
+                slot.siblings = []
+            self._sample(slot, index)
+
+    def _sample(self, slot: Slot, index: int) -> None:
+        sequence = slot.sequence
+        if sequence is None:
+            return
+        token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, index)
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, "STOP")
+            return
+        sequence.tokens += 1
+        self.tokens_generated += 1
+        piece = _piece(self._vocab, token)
+        text = sequence.matcher.feed(sequence.decoder.decode(piece))
+        top_n = sequence.job.sampling.logprobs
+        # A token's logprob travels with the delta it was sampled in, even when a stop
+        # sequence holds its text back.
+        logprobs = (self._logprob(index, token, top_n),) if top_n is not None else ()
+        if text or logprobs:
+            sequence.job.emit(TextDelta(sequence.candidate, text, logprobs))
+        if sequence.matcher.stopped:
+            self._finish(slot, "STOP")
+        elif sequence.tokens >= sequence.job.sampling.max_tokens or len(slot.context) + 1 >= self.n_ctx:
+            self._finish(slot, "MAX_TOKENS")
+        else:
+            sequence.next_token = token
+
+    def _logprob(self, index: int, token: int, top_n: int) -> TokenLogprob:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+        shifted = logits - logits.max()
+        logprobs = shifted - np.log(np.exp(shifted).sum())
+        best = np.argpartition(-logprobs, top_n)[:top_n] if top_n else np.array([], dtype=int)
+        best = best[np.argsort(-logprobs[best])]
+        top = tuple((int(t), self._text(int(t)), float(logprobs[t])) for t in best)
+        return TokenLogprob(token, self._text(token), float(logprobs[token]), top)
+
+    def _text(self, token: int) -> str:
+        return _piece(self._vocab, token).decode("utf-8", errors="replace")
+
+    def _finish(self, slot: Slot, reason: str) -> None:
+        sequence = slot.sequence
+        assert sequence is not None
+        tail = sequence.matcher.feed(sequence.decoder.decode(b"", final=True)) + sequence.matcher.flush()
         if tail:
-            job.emit(TextDelta(candidate, tail))
-        job.emit(CandidateDone(candidate, finish, tokens))
+            sequence.job.emit(TextDelta(sequence.candidate, tail))
+        sequence.job.emit(CandidateDone(sequence.candidate, reason, sequence.tokens, sequence.cached_tokens))
+        self._release(slot, keep_cache=True)
+
+    def _release(self, slot: Slot, *, keep_cache: bool = False) -> None:
+        """Free the slot; a finished one keeps its KV for the next request's prefix."""
+        if slot.sequence is not None:
+            llama_cpp.llama_sampler_free(slot.sequence.sampler)
+        slot.sequence = None
+        slot.pending = []
+        for sibling in slot.siblings:  # candidates that never got the prompt
+            self._release(sibling)
+        slot.siblings = []
+        if not keep_cache:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.context = []
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+_PIECE = ctypes.create_string_buffer(256)
+
+
+def _piece(vocab: llama_cpp.llama_vocab_p, token: int) -> bytes:
+    size = llama_cpp.llama_token_to_piece(vocab, token, _PIECE, len(_PIECE), 0, False)
+    return _PIECE.raw[:size] if size > 0 else b""

@@ -1,0 +1,57 @@
+"""What the HTTP edge reports to /metrics: requests by route and status, and backend load."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from openvertex.metrics import Metrics
+from openvertex.service.routing import Router
+
+_ROUTES: tuple[tuple[str, str], ...] = (
+    ("/chat/completions", "chat_completions"),
+    ("/v1/models", "models"),
+    ("/healthz", "healthz"),
+    ("/readyz", "readyz"),
+    ("/metrics", "metrics"),
+)
+
+
+def route_name(path: str) -> str:
+    return next((name for suffix, name in _ROUTES if path.endswith(suffix)), "other")
+
+
+class CountRequests:
+    """ASGI middleware: one count per response, by route and status code."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.inc(route=route_name(scope["path"]), code=str(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def register_backend_readings(metrics: Metrics, router: Router) -> None:
+    def total(field: str) -> float:
+        return float(sum(getattr(backend.load(), field) for backend in router.backends.values()))
+
+    metrics.reading("openvertex_sequences_running", "Sequences being decoded.", lambda: total("running"))
+    metrics.reading("openvertex_requests_waiting", "Requests admitted, waiting for a slot.", lambda: total("waiting"))
+    metrics.reading(
+        "openvertex_tokens_generated_total", "Tokens generated.", lambda: total("tokens_generated"), "counter"
+    )
+    metrics.reading(
+        "openvertex_prompt_tokens_computed_total",
+        "Prompt tokens prefilled (reused prefixes excluded).",
+        lambda: total("tokens_prefilled"),
+        "counter",
+    )

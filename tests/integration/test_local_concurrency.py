@@ -1,0 +1,64 @@
+"""The batching engine with the real model: many requests at once, shared prompts, prefix reuse."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tests.support.server import RunningServer
+
+AUTH = {"Authorization": "Bearer test"}
+MODEL = "google/gemini-2.5-flash"
+
+
+def _ask(server: RunningServer, seed: int, **extra: object) -> dict[str, object]:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Tell me a fact about the number {seed}."}],
+        "max_tokens": 24,
+        "seed": seed,
+        "temperature": 1.0,
+        **extra,
+    }
+    response = httpx.post(server.chat_url, json=body, headers=AUTH, timeout=120)
+    assert response.status_code == 200, response.text
+    result: dict[str, object] = response.json()
+    return result
+
+
+def _text(result: dict[str, object]) -> list[str]:
+    return [c["message"]["content"] for c in result["choices"]]  # type: ignore[attr-defined, index]
+
+
+def test_sixteen_at_once_answer_as_each_does_alone(local_server: RunningServer) -> None:
+    seeds = list(range(100, 116))
+    alone = {seed: _text(_ask(local_server, seed)) for seed in seeds}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        together = dict(zip(seeds, pool.map(lambda s: _text(_ask(local_server, s)), seeds), strict=True))
+    assert together == alone
+
+
+def test_candidates_share_the_prompt_and_stay_reproducible(local_server: RunningServer) -> None:
+    first = _text(_ask(local_server, 7, n=4))
+    assert len(first) == 4 and len(set(first)) > 1
+    with ThreadPoolExecutor(max_workers=3) as pool:  # also with other work in the batch
+        others = [pool.submit(_ask, local_server, s) for s in (1, 2)]
+        again = _text(_ask(local_server, 7, n=4))
+        [o.result() for o in others]
+    assert again == first
+
+
+def test_next_turn_reuses_the_cached_prefix(local_server: RunningServer) -> None:
+    history = [
+        {"role": "system", "content": "You are a terse assistant who answers in one sentence. " * 8},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    body = {"model": MODEL, "messages": history, "max_tokens": 8, "temperature": 0}
+    first = httpx.post(local_server.chat_url, json=body, headers=AUTH, timeout=60).json()
+    reply = first["choices"][0]["message"]["content"]
+    turn = [*history, {"role": "assistant", "content": reply}, {"role": "user", "content": "Another one."}]
+    second = httpx.post(local_server.chat_url, json={**body, "messages": turn}, headers=AUTH, timeout=60).json()
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    # The whole first prompt (system prompt and first question) is reused.
+    assert first["usage"]["prompt_tokens"] <= cached < second["usage"]["prompt_tokens"]
