@@ -28,10 +28,12 @@ from typing import Any
 import httpx
 import llama_cpp
 from llama_cpp._internals import LlamaModel
+from llama_cpp._logger import set_verbose
 
 from openvertex.backends.local.model import resolve_model_path
 
 TOKENS = 128
+FAILURES: list[str] = []
 PROMPT = "Write a long, detailed story about a magic backpack that travels the world."
 THREADS = os.cpu_count() or 1
 MODEL_PATH = str(resolve_model_path("smollm2"))
@@ -72,13 +74,16 @@ def start_peer() -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", MODEL_PATH, "--n_threads", str(THREADS)]
     command += ["--n_threads_batch", str(THREADS), "--n_ctx", "4096", "--host", "127.0.0.1", "--port", str(port)]
+    # By default a new request interrupts the one streaming; queue them instead, as documented.
+    command += ["--interrupt_requests", "False"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_ready(f"http://127.0.0.1:{port}/v1/models", process)
     return process, f"http://127.0.0.1:{port}"
 
 
 def one_stream(base: str, seed: int) -> tuple[float, int, float]:
-    """(seconds to first token, tokens, finish time) for one streaming request."""
+    """(seconds to first token, tokens, finish time) for one streaming request; a stream the
+    server breaks off counts the tokens it delivered."""
     body = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": PROMPT}],
@@ -90,18 +95,21 @@ def one_stream(base: str, seed: int) -> tuple[float, int, float]:
     started = time.perf_counter()
     first = 0.0
     tokens = 0
-    with httpx.stream(
-        "POST", f"{base}/v1/chat/completions", json=body, headers={"Authorization": "Bearer b"}, timeout=600
-    ) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                first = first or time.perf_counter() - started
-                tokens += 1  # both servers send one token a chunk when idle; usage corrects below
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+    url = f"{base}/v1/chat/completions"
+    try:
+        with httpx.stream("POST", url, json=body, headers={"Authorization": "Bearer b"}, timeout=600) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = first or time.perf_counter() - started
+                    tokens += 1  # one token a chunk when idle; usage corrects it below
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+    except httpx.HTTPError as error:
+        print(f"  {base}: stream {seed} broke off after {tokens} tokens: {error}", file=sys.stderr)
+        FAILURES.append(base)
     return first, tokens, time.perf_counter()
 
 
@@ -141,6 +149,7 @@ def healthz_during(base: str, work: Any) -> tuple[Any, list[float]]:
 
 def raw_ceiling(sequences: int) -> float:
     """Tokens/s of llama_decode over `sequences` streams, one token each a step, no server."""
+    set_verbose(False)
     model = LlamaModel(path_model=MODEL_PATH, params=llama_cpp.llama_model_default_params(), verbose=False)
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 1024 * sequences, 512, 512, sequences
@@ -212,6 +221,8 @@ def main() -> None:
             f" {level['ratio_vs_peer']:>8.2f} {level['ratio_vs_raw']:>7.2f} {ov['ttft_median_s']:>8.3f}"
             f" {peer['ttft_median_s']:>9.3f} {ov['healthz_p99_s'] * 1000:>9.1f}ms"
         )
+    result["broken_streams"] = len(FAILURES)
+    print(f"streams broken off: {len(FAILURES)} ({', '.join(sorted(set(FAILURES))) or 'none'})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
