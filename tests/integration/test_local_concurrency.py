@@ -12,10 +12,12 @@ AUTH = {"Authorization": "Bearer test"}
 MODEL = "google/gemini-2.5-flash"
 
 
-def _ask(server: RunningServer, seed: int, **extra: object) -> dict[str, object]:
+def _ask(server: RunningServer, seed: int, topic: int | None = None, **extra: object) -> dict[str, object]:
     body = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": f"Tell me a fact about the number {seed}."}],
+        "messages": [
+            {"role": "user", "content": f"Tell me a fact about the number {seed if topic is None else topic}."}
+        ],
         "max_tokens": 24,
         "seed": seed,
         "temperature": 1.0,
@@ -47,6 +49,9 @@ def test_candidates_share_the_prompt_and_stay_reproducible(local_server: Running
         again = _text(_ask(local_server, 7, n=4))
         [o.result() for o in others]
     assert again == first
+    # Candidate i of seed s samples like a lone request with seed s + i: the copied prompt KV
+    # is exactly the KV the lone request computes for itself.
+    assert first[1:] == [_text(_ask(local_server, 7 + i, topic=7))[0] for i in (1, 2, 3)]
 
 
 def test_next_turn_reuses_the_cached_prefix(local_server: RunningServer) -> None:
