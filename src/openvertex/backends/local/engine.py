@@ -291,9 +291,11 @@ class Engine:
             add(slot, slot.sequence.next_token, True)
             slot.sequence.next_token = None
         for slot in self._slots:  # then prompts, in chunks, with what room is left
-            while slot.pending and batch.n_tokens < self._n_batch:
-                add(slot, slot.pending.pop(0), not slot.pending)
-                self.tokens_prefilled += 1
+            chunk = slot.pending[: self._n_batch - batch.n_tokens]
+            slot.pending = slot.pending[len(chunk) :]
+            for position, token in enumerate(chunk, start=1):
+                add(slot, token, position == len(chunk) and not slot.pending)
+            self.tokens_prefilled += len(chunk)
         if batch.n_tokens == 0:
             return
         status = llama_cpp.llama_decode(self._ctx, batch)
