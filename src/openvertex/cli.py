@@ -57,6 +57,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from openvertex.app import create_app
+    from openvertex.http.listener import bind_listener
 
     settings = load_settings(
         args.config, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth, log_level=args.log_level
@@ -73,10 +74,9 @@ def serve(args: argparse.Namespace) -> None:
         app = create_app(settings)
     except FileNotFoundError as error:
         raise SystemExit(str(error)) from None
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.create_server((settings.host, settings.port), family=family)
+    sock = bind_listener(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
     print(f"openvertex listening on http://{shown}:{port}", flush=True)
     print(f"OpenAI SDK base_url: http://{shown}:{port}{BASE_PATH}", flush=True)
     config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)

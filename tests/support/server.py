@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -13,6 +12,7 @@ import uvicorn
 
 from openvertex.app import create_app
 from openvertex.backends.base import Backend
+from openvertex.http.listener import bind_listener
 from openvertex.settings import Settings
 
 VERTEX_PATH = "/v1beta1/projects/test-project/locations/us-central1/endpoints/openapi"
@@ -32,7 +32,7 @@ def serve(
     settings: Settings, *, backends: Mapping[str, Backend] | None = None, ready_timeout: float = 60
 ) -> Iterator[RunningServer]:
     app = create_app(settings, backends=backends)
-    sock = socket.create_server(("127.0.0.1", 0))
+    sock = bind_listener("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
