@@ -95,16 +95,7 @@ class LocalBackend:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = settings.n_gpu_layers
         model = LlamaModel(path_model=str(self.model_path), params=params, verbose=False)
-        bos = (
-            model.detokenize([model.token_bos()], special=True).decode(errors="ignore")
-            if model.token_bos() >= 0
-            else ""
-        )
-        eos = (
-            model.detokenize([model.token_eos()], special=True).decode(errors="ignore")
-            if model.token_eos() >= 0
-            else ""
-        )
+        bos, eos = _special_text(model, model.token_bos()), _special_text(model, model.token_eos())
         self._template = ChatTemplate(model.metadata().get("tokenizer.chat_template"), bos_token=bos, eos_token=eos)
         self._engine = Engine(
             model.model, n_ctx=settings.n_ctx, n_slots=settings.n_parallel, n_batch=settings.n_batch, n_threads=threads
@@ -212,6 +203,10 @@ class LocalBackend:
 
     async def generate(self, request: gc.GenerateContentRequest, *, model: str) -> gc.GenerateContentResponse:
         return await collect_stream(self.stream(request, model=model))
+
+
+def _special_text(model: LlamaModel, token: int) -> str:
+    return model.detokenize([token], special=True).decode(errors="ignore") if token >= 0 else ""
 
 
 def _first(*values: float | None) -> float:
