@@ -56,7 +56,8 @@ class LocalBackend:
         self._template: ChatTemplate | None = None
         self._loaded = asyncio.Event()
         self._load_error: str | None = None
-        self._jobs: set[Job] = set()  # in flight, cancelled on close
+        self._queues: dict[Job, asyncio.Queue[Event]] = {}  # jobs in flight and where their events go
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -72,14 +73,15 @@ class LocalBackend:
     def _admit(self) -> None:
         """Bounded admission: past the slots and the waiting room, answer 429 at once."""
         capacity = self.settings.n_parallel + self.settings.max_waiting
-        if len(self._jobs) >= capacity:
+        if len(self._queues) >= capacity:
             raise ResourceExhaustedError(
-                f"Resource exhausted: the local model is serving {len(self._jobs)} requests "
+                f"Resource exhausted: the local model is serving {len(self._queues)} requests "
                 f"({self.settings.n_parallel} at a time, {self.settings.max_waiting} waiting). Please try again later.",
                 retry_after_s=1,
             )
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             await asyncio.to_thread(self._load)
         except Exception as error:
@@ -98,7 +100,12 @@ class LocalBackend:
         bos, eos = _special_text(model, model.token_bos()), _special_text(model, model.token_eos())
         self._template = ChatTemplate(model.metadata().get("tokenizer.chat_template"), bos_token=bos, eos_token=eos)
         self._engine = Engine(
-            model.model, n_ctx=settings.n_ctx, n_slots=settings.n_parallel, n_batch=settings.n_batch, n_threads=threads
+            model.model,
+            self._deliver,
+            n_ctx=settings.n_ctx,
+            n_slots=settings.n_parallel,
+            n_batch=settings.n_batch,
+            n_threads=threads,
         )
         self._model = model
         log.info(
@@ -109,8 +116,20 @@ class LocalBackend:
             threads,
         )
 
+    def _deliver(self, batch: list[tuple[Job, Event]]) -> None:
+        """Engine thread: hand a step's events to the event loop in one wake-up."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                self._loop.call_soon_threadsafe(self._dispatch, batch)
+
+    def _dispatch(self, batch: list[tuple[Job, Event]]) -> None:
+        for job, event in batch:
+            events = self._queues.get(job)
+            if events is not None:  # a consumer that already left gets nothing
+                events.put_nowait(event)
+
     async def close(self) -> None:
-        for job in self._jobs:
+        for job in self._queues:
             job.cancelled.set()
         if self._engine is not None:
             await asyncio.to_thread(self._engine.close)
@@ -173,16 +192,10 @@ class LocalBackend:
             raise InvalidArgumentError(
                 f"candidateCount must be at most {engine.n_slots}, the server's slots", param="n"
             )
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def emit(event: Event) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
-        job = Job(prompt=prompt, sampling=sampling, candidates=candidates, emit=emit)
+        job = Job(prompt=prompt, sampling=sampling, candidates=candidates)
         self._admit()  # no await between the check and the add: the count cannot race
-        self._jobs.add(job)
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        self._queues[job] = events
         engine.submit(job)
         generated = cached = 0
         try:
@@ -199,7 +212,7 @@ class LocalBackend:
                     yield _chunk(event, model, usage)
         finally:
             job.cancelled.set()  # a consumer that left frees the engine at the next token
-            self._jobs.discard(job)
+            self._queues.pop(job, None)
 
     async def generate(self, request: gc.GenerateContentRequest, *, model: str) -> gc.GenerateContentResponse:
         return await collect_stream(self.stream(request, model=model))

@@ -8,7 +8,8 @@ prompt never stalls running streams. Each sequence owns a slot: a KV stream of i
 prompt's KV instead of computing it again; a finished slot keeps its KV, and the next
 request whose prompt starts the same way reuses that prefix.
 
-Results cross to the event loop through `Job.emit`; a job whose consumer went away is
+Results cross to the event loop once per step, all jobs' events in one `deliver` call (one
+wake-up of the loop, not one per token per stream); a job whose consumer went away is
 marked cancelled and its slots are freed before the next step.
 """
 
@@ -88,8 +89,10 @@ class Job:
     prompt: list[int]
     sampling: Sampling
     candidates: int
-    emit: Callable[[Event], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+Deliver = Callable[[list[tuple[Job, Event]]], None]
 
 
 def candidate_seed(seed: int | None, candidate: int) -> int:
@@ -154,7 +157,14 @@ class Slot:
 
 class Engine:
     def __init__(
-        self, model: llama_cpp.llama_model_p, *, n_ctx: int, n_slots: int, n_batch: int, n_threads: int
+        self,
+        model: llama_cpp.llama_model_p,
+        deliver: Deliver,
+        *,
+        n_ctx: int,
+        n_slots: int,
+        n_batch: int,
+        n_threads: int,
     ) -> None:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * n_slots
@@ -176,6 +186,8 @@ class Engine:
         self._slots = [Slot(seq_id) for seq_id in range(n_slots)]
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
+        self._deliver = deliver
+        self._outbox: list[tuple[Job, Event]] = []
         self.tokens_generated = 0
         self.tokens_prefilled = 0
         self._thread = threading.Thread(target=self._run, name="openvertex-engine", daemon=True)
@@ -223,11 +235,20 @@ class Engine:
                     log.exception("decode step failed")
                     for slot in self._slots:
                         if slot.sequence is not None:
-                            slot.sequence.job.emit(Failed(error))
+                            self._emit(slot.sequence.job, Failed(error))
                             self._release(slot)
+            self._flush()
         for slot in self._slots:
             if slot.sequence is not None:
                 self._release(slot)
+
+    def _emit(self, job: Job, event: Event) -> None:
+        self._outbox.append((job, event))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            self._deliver(batch)
 
     def _drop_cancelled(self) -> None:
         self._waiting = deque(job for job in self._waiting if not job.cancelled.is_set())
@@ -328,7 +349,7 @@ class Engine:
         # sequence holds its text back.
         logprobs = (self._logprob(index, token, top_n),) if top_n is not None else ()
         if text or logprobs:
-            sequence.job.emit(TextDelta(sequence.candidate, text, logprobs))
+            self._emit(sequence.job, TextDelta(sequence.candidate, text, logprobs))
         if sequence.matcher.stopped:
             self._finish(slot, "STOP")
         elif sequence.tokens >= sequence.job.sampling.max_tokens or len(slot.context) + 1 >= self.n_ctx:
@@ -353,8 +374,8 @@ class Engine:
         assert sequence is not None
         tail = sequence.matcher.feed(sequence.decoder.decode(b"", final=True)) + sequence.matcher.flush()
         if tail:
-            sequence.job.emit(TextDelta(sequence.candidate, tail))
-        sequence.job.emit(CandidateDone(sequence.candidate, reason, sequence.tokens, sequence.cached_tokens))
+            self._emit(sequence.job, TextDelta(sequence.candidate, tail))
+        self._emit(sequence.job, CandidateDone(sequence.candidate, reason, sequence.tokens, sequence.cached_tokens))
         self._release(slot, keep_cache=True)
 
     def _release(self, slot: Slot, *, keep_cache: bool = False) -> None:
