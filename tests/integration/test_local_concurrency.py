@@ -67,3 +67,26 @@ def test_next_turn_reuses_the_cached_prefix(local_server: RunningServer) -> None
     cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
     # The whole first prompt (system prompt and first question) is reused.
     assert first["usage"]["prompt_tokens"] <= cached < second["usage"]["prompt_tokens"]
+
+
+def test_a_shared_system_prompt_is_computed_once(local_server: RunningServer) -> None:
+    system = {"role": "system", "content": "You are the ship's computer. Answer in the ship's log style. " * 6}
+    endless = {"type": "json_schema", "json_schema": {"name": "N", "schema": {"type": "array", "minItems": 3000}}}
+    running = {"model": MODEL, "messages": [system, {"role": "user", "content": "Log everything."}]}
+    with httpx.stream(
+        "POST",
+        local_server.chat_url,
+        json={**running, "response_format": endless, "stream": True},
+        headers=AUTH,
+        timeout=60,
+    ) as stream:
+        lines = stream.iter_lines()
+        next(line for line in lines if line.startswith("data: {"))
+        # While that request still runs in its slot, another one starts with the same system prompt.
+        other = {"model": MODEL, "messages": [system, {"role": "user", "content": "Status?"}], "max_tokens": 4}
+        result = httpx.post(local_server.chat_url, json=other, headers=AUTH, timeout=60).json()
+    cached = result["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert 60 < cached < result["usage"]["prompt_tokens"]
+    alone = httpx.post(local_server.chat_url, json={**other, "seed": 5, "temperature": 1.0}, headers=AUTH, timeout=60)
+    again = httpx.post(local_server.chat_url, json={**other, "seed": 5, "temperature": 1.0}, headers=AUTH, timeout=60)
+    assert alone.json()["choices"] == again.json()["choices"]

@@ -33,6 +33,7 @@ from openvertex.backends.local.stop import StopMatcher
 log = logging.getLogger(__name__)
 
 PENALTY_LAST_N = 64  # tokens the repetition penalties look back over (llama.cpp's default)
+MIN_SHARED_PREFIX = 16  # tokens a copy from another slot's KV must save to be worth copying
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,9 +270,22 @@ class Engine:
             self._start(job, primary, free[: job.candidates - 1])
 
     def _start(self, job: Job, primary: Slot, siblings: list[Slot]) -> None:
-        # Reuse the longest prefix this slot already holds; at least one prompt token is
-        # decoded again, because sampling needs its logits.
-        reuse = min(_common_prefix(primary.context, job.prompt), len(job.prompt) - 1)
+        # Reuse the longest prefix any slot holds (this slot's last conversation, or a system
+        # prompt another request shares); at least one prompt token is decoded again,
+        # because sampling needs its logits.
+        limit = len(job.prompt) - 1
+        source = max(
+            (slot for slot in self._slots if slot not in siblings),
+            key=lambda slot: (_common_prefix(slot.context, job.prompt), slot is primary),
+        )
+        reuse = min(_common_prefix(source.context, job.prompt), limit)
+        if source is not primary and reuse >= MIN_SHARED_PREFIX:
+            # A copy between KV streams: llama.cpp moves the cells' bookkeeping at once and
+            # the data at the start of the next decode, before that decode writes anything.
+            llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, primary.seq_id, -1, -1)
+        elif source is not primary:
+            reuse = min(_common_prefix(primary.context, job.prompt), limit)
         llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, reuse, -1)
         primary.context = job.prompt[:reuse]
         primary.pending = job.prompt[reuse:]
