@@ -20,13 +20,13 @@ from openvertex.backends.local.engine import (
     Event,
     Failed,
     Job,
-    Sampling,
     TextDelta,
     TokenLogprob,
 )
 from openvertex.backends.local.grammar import SUPPORTED_MIME_TYPES, check_grammar, grammar_for
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
 from openvertex.backends.local.prompt import ChatTemplate, contents_to_messages, output_instruction
+from openvertex.backends.local.sampling import Sampling
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from openvertex.protocol import generate_content as gc
 from openvertex.settings import LocalBackendSettings
