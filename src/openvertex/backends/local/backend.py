@@ -39,13 +39,16 @@ GEMINI_TEMPERATURE = 1.0
 GEMINI_TOP_P = 0.95
 DEFAULT_TOP_K = 64
 MIN_P = 0.05
+MAX_CANDIDATES = 8  # Vertex's limit for n
 
 
 class LocalBackend:
-    capabilities = Capabilities(response_mime_types=SUPPORTED_MIME_TYPES)
-
     def __init__(self, settings: LocalBackendSettings) -> None:
         self.settings = settings
+        # Candidates of one request decode side by side, one slot each.
+        self.capabilities = Capabilities(
+            response_mime_types=SUPPORTED_MIME_TYPES, max_candidates=min(MAX_CANDIDATES, settings.n_parallel)
+        )
         self.model_path: Path = resolve_model_path(settings.model)  # fail fast on a bad path
         model_defaults = sampling_defaults(settings.model)
         self._default_temperature = _first(settings.temperature, model_defaults.temperature, GEMINI_TEMPERATURE)
@@ -188,10 +191,6 @@ class LocalBackend:
         loaded, engine, template = await self._wait_loaded()
         prompt, sampling = await asyncio.to_thread(self._plan, loaded, engine.n_ctx, template, request)
         candidates = (request.generation_config or gc.GenerationConfig()).candidate_count or 1
-        if candidates > engine.n_slots:
-            raise InvalidArgumentError(
-                f"candidateCount must be at most {engine.n_slots}, the server's slots", param="n"
-            )
         job = Job(prompt=prompt, sampling=sampling, candidates=candidates)
         self._admit()  # no await between the check and the add: the count cannot race
         events: asyncio.Queue[Event] = asyncio.Queue()

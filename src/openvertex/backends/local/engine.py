@@ -130,6 +130,7 @@ class Engine:
         self._n_batch = n_batch
         self.n_ctx = n_ctx
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._piece_buffer = ctypes.create_string_buffer(256)  # this engine's thread only
         self._slots = [Slot(seq_id) for seq_id in range(n_slots)]
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
@@ -139,10 +140,6 @@ class Engine:
         self.tokens_prefilled = 0
         self._thread = threading.Thread(target=self._run, name="openvertex-engine", daemon=True)
         self._thread.start()
-
-    @property
-    def n_slots(self) -> int:
-        return len(self._slots)
 
     def running(self) -> int:
         return sum(1 for slot in self._slots if slot.sequence is not None)
@@ -302,7 +299,7 @@ class Engine:
             return
         sequence.tokens += 1
         self.tokens_generated += 1
-        piece = _piece(self._vocab, token)
+        piece = self._piece(token)
         text = sequence.matcher.feed(sequence.decoder.decode(piece))
         top_n = sequence.job.sampling.logprobs
         # A token's logprob travels with the delta it was sampled in, even when a stop
@@ -326,8 +323,13 @@ class Engine:
         top = tuple((int(t), self._text(int(t)), float(logprobs[t])) for t in best)
         return TokenLogprob(token, self._text(token), float(logprobs[token]), top)
 
+    def _piece(self, token: int) -> bytes:
+        buffer = self._piece_buffer
+        size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        return buffer.raw[:size] if size > 0 else b""
+
     def _text(self, token: int) -> str:
-        return _piece(self._vocab, token).decode("utf-8", errors="replace")
+        return self._piece(token).decode("utf-8", errors="replace")
 
     def _finish(self, slot: Slot, reason: str) -> None:
         sequence = slot.sequence
@@ -359,11 +361,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
-
-
-_PIECE = ctypes.create_string_buffer(256)
-
-
-def _piece(vocab: llama_cpp.llama_vocab_p, token: int) -> bytes:
-    size = llama_cpp.llama_token_to_piece(vocab, token, _PIECE, len(_PIECE), 0, False)
-    return _PIECE.raw[:size] if size > 0 else b""
