@@ -2,12 +2,12 @@
 
 Drives openvertex and llama-cpp-python's own server (`python -m llama_cpp.server`, same
 model, same threads) with the same load — 1, 4, 8 and 16 concurrent streaming clients,
-128 new tokens each — on loopback, one level after the other, and measures the raw
-batched-decode ceiling with llama.cpp's low-level API in the same run. While openvertex
+128 new tokens each — on loopback, and measures the raw batched-decode ceiling with
+llama.cpp's low-level API in the same run, the three interleaved round by round. While openvertex
 is saturated, /healthz is polled to show the event loop stays responsive.
 
     .venv/bin/pip install 'llama-cpp-python[server]'   # the peer's own dependencies
-    .venv/bin/python benchmarks/concurrency.py [--levels 1 4 8 16] [--out FILE]
+    .venv/bin/python benchmarks/concurrency.py [--levels 1 4 8 16] [--rounds 3] [--out FILE]
 """
 
 from __future__ import annotations
@@ -185,47 +185,65 @@ def raw_ceiling(sequences: int) -> float:
     return rate
 
 
+def _median_of(rounds: list[dict[str, Any]], key: str) -> float:
+    return median(r[key] for r in rounds)
+
+
+def measure_level(ov: str, peer: str, clients: int, rounds: int) -> dict[str, Any]:
+    """Interleave openvertex, the peer and the raw ceiling round by round, so this VM's drift
+    (±20% between minutes) lands on all three alike; ratios are medians of per-round ratios."""
+    per_round: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        measured, health = healthz_during(ov, lambda: load(ov, clients))
+        peer_measured = load(peer, clients)
+        raw = raw_ceiling(clients)
+        per_round.append(
+            {
+                "openvertex_tokens_per_s": measured["tokens_per_s"],
+                "peer_tokens_per_s": peer_measured["tokens_per_s"],
+                "raw_tokens_per_s": raw,
+                "openvertex_ttft_median_s": measured["ttft_median_s"],
+                "peer_ttft_median_s": peer_measured["ttft_median_s"],
+                "healthz_p99_s": quantiles(health, n=100)[98] if len(health) >= 2 else health[0],
+                "ratio_vs_peer": measured["tokens_per_s"] / peer_measured["tokens_per_s"],
+                "ratio_vs_raw": measured["tokens_per_s"] / raw,
+                "ttft_ratio_vs_peer": measured["ttft_median_s"] / peer_measured["ttft_median_s"],
+            }
+        )
+    return {key: _median_of(per_round, key) for key in per_round[0]} | {"rounds": per_round}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/concurrency.json"))
     args = parser.parse_args()
     result: dict[str, Any] = {"tokens_per_client": TOKENS, "threads": THREADS, "levels": {}}
 
-    process, base = start_openvertex(max(args.levels))
+    ov_process, ov = start_openvertex(max(args.levels))
+    peer_process, peer = start_peer()  # both idle (no CPU) while the other is driven
     try:
-        load(base, 1)  # warm-up
+        load(ov, 1)  # warm-up
+        load(peer, 1)
         for clients in args.levels:
-            measured, health = healthz_during(base, lambda c=clients: load(base, c))
-            p99 = quantiles(health, n=100)[98] if len(health) >= 2 else health[0]
-            result["levels"].setdefault(str(clients), {})["openvertex"] = measured | {"healthz_p99_s": p99}
+            result["levels"][str(clients)] = measure_level(ov, peer, clients, args.rounds)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-    process, base = start_peer()
-    try:
-        load(base, 1)
-        for clients in args.levels:
-            result["levels"][str(clients)]["llama_cpp_server"] = load(base, clients)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    for clients in args.levels:
-        result["levels"][str(clients)]["raw_llama_cpp_tokens_per_s"] = raw_ceiling(clients)
+        for process in (ov_process, peer_process):
+            process.terminate()
+            process.wait(timeout=30)
 
+    print(f"medians of {args.rounds} interleaved rounds")
     print(
         f"{'clients':>7} {'openvertex tok/s':>17} {'peer tok/s':>11} {'raw tok/s':>10} {'vs peer':>8} {'vs raw':>7}"
         f" {'TTFT ov':>8} {'TTFT peer':>9} {'healthz p99':>11}"
     )
     for clients, level in result["levels"].items():
-        ov, peer, raw = level["openvertex"], level["llama_cpp_server"], level["raw_llama_cpp_tokens_per_s"]
-        level["ratio_vs_peer"] = ov["tokens_per_s"] / peer["tokens_per_s"]
-        level["ratio_vs_raw"] = ov["tokens_per_s"] / raw
-        level["ttft_ratio_vs_peer"] = ov["ttft_median_s"] / peer["ttft_median_s"]
         print(
-            f"{clients:>7} {ov['tokens_per_s']:>17.1f} {peer['tokens_per_s']:>11.1f} {raw:>10.1f}"
-            f" {level['ratio_vs_peer']:>8.2f} {level['ratio_vs_raw']:>7.2f} {ov['ttft_median_s']:>8.3f}"
-            f" {peer['ttft_median_s']:>9.3f} {ov['healthz_p99_s'] * 1000:>9.1f}ms"
+            f"{clients:>7} {level['openvertex_tokens_per_s']:>17.1f} {level['peer_tokens_per_s']:>11.1f}"
+            f" {level['raw_tokens_per_s']:>10.1f} {level['ratio_vs_peer']:>8.2f} {level['ratio_vs_raw']:>7.2f}"
+            f" {level['openvertex_ttft_median_s']:>8.3f} {level['peer_ttft_median_s']:>9.3f}"
+            f" {level['healthz_p99_s'] * 1000:>9.1f}ms"
         )
     result["broken_streams"] = len(FAILURES)
     print(f"streams broken off: {len(FAILURES)} ({', '.join(sorted(set(FAILURES))) or 'none'})")
