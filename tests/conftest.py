@@ -1,13 +1,21 @@
-"""Shared fixtures: a loopback-only network guard and the --update-golden flag."""
+"""Shared fixtures: a loopback-only network guard, a scratch state directory and --update-golden."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Servers started by tests keep their state (the thought-signature secret) in a scratch
+    # directory, never in the user's own; subprocesses inherit it.
+    os.environ.setdefault("OPENVERTEX_STATE_DIR", tempfile.mkdtemp(prefix="openvertex-test-state-"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -21,6 +21,7 @@ from openvertex.http.routes import Handlers
 from openvertex.metrics import Metrics
 from openvertex.service.chat import ChatService
 from openvertex.service.routing import Router
+from openvertex.service.signatures import SECRET_FILE, ThoughtSigner, load_or_create_secret
 from openvertex.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,14 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     router = Router(backends=backends, routes=settings.routes)
     metrics = Metrics()
     register_backend_readings(metrics, router)
-    service = ChatService(router, metrics=metrics, timeout_s=settings.request_timeout_s)
+    signer = ThoughtSigner(load_or_create_secret(settings.state_dir / SECRET_FILE))
+    service = ChatService(
+        router,
+        metrics=metrics,
+        timeout_s=settings.request_timeout_s,
+        signer=signer,
+        optional_signatures=settings.optional_thought_signatures,
+    )
     handlers = Handlers(service, Authenticator(settings.api_keys), settings.max_body_bytes)
 
     @contextlib.asynccontextmanager

@@ -67,6 +67,11 @@ def _default_routes() -> list[Route]:
     return [Route(model="google/*", backend="local"), Route(model=DEFAULT_MODEL_ALIAS, backend="local")]
 
 
+def _default_state_dir() -> Path:
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "openvertex"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENVERTEX_", env_nested_delimiter="__", extra="forbid")
 
@@ -79,12 +84,22 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
     routes: list[Route] = Field(default_factory=_default_routes)
+    # Where openvertex keeps what must outlive a restart: the thought-signature secret.
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    # Models (globs) on which a replayed function call may lack its thought signature, as on
+    # Gemini 2.5; everywhere else a missing one is a 400, as on Gemini 3.
+    optional_thought_signatures: list[str] = Field(default_factory=list)
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         # OPENVERTEX_API_KEYS="key1,key2"
         return [k.strip() for k in value.split(",") if k.strip()] if isinstance(value, str) else value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @field_validator("routes")
     @classmethod

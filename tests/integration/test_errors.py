@@ -124,6 +124,7 @@ INVALID = [
         "extra_body.google.thought_tag_marker",
     ),
     ("tool_choice_unknown", _body(tool_choice="sometimes"), "tool_choice"),
+    ("tool_choice_without_tools", _body(tool_choice="required"), "tool_choice: a function must be called"),
     ("tool_bad_name", _body(tools=[{"type": "function", "function": {"name": "9lives"}}]), "tools[0].function.name"),
     (
         "tool_choice_undeclared",

@@ -188,9 +188,14 @@ def test_unsupported_input_on_the_text_model(client: openai.OpenAI) -> None:
         lambda: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": image}])  # type: ignore[misc,list-item]
     )
     assert message == "messages[0].content[0]: image/jpeg input is not supported by this model's backend"
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    message = _bad_request_message(lambda: client.chat.completions.create(model=MODEL, messages=STORY, tools=tools))  # type: ignore[arg-type]
-    assert message == "tools: function calling is not supported by this model's backend"
+    native = {"extra_body": {"google": {"tools": [{"code_execution": {}}]}}}
+    message = _bad_request_message(
+        lambda: client.chat.completions.create(model=MODEL, messages=STORY, extra_body=native)  # type: ignore[arg-type]
+    )
+    assert (
+        message
+        == "extra_body.google.tools[0]: the native tool 'codeExecution' is not supported by this model's backend"
+    )
 
 
 def test_a_client_that_leaves_frees_the_engine(local_server: RunningServer) -> None:

@@ -23,6 +23,8 @@ class Capabilities:
     cached_content: bool = False
     native_tools: frozenset[str] = frozenset()  # googleSearch, codeExecution, …
     max_candidates: int = 8
+    # The backend issues and checks its own thought signatures (Gemini); else openvertex does.
+    thought_signatures: bool = False
 
 
 @dataclass(frozen=True, slots=True)

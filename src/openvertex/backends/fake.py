@@ -29,6 +29,7 @@ class FakeBackend:
             safety_filtering=True,
             cached_content=True,
             native_tools=frozenset({"googleSearch", "codeExecution", "urlContext"}),
+            thought_signatures=True,  # scripted signatures pass through, like Gemini's
         )
         self.requests: list[gc.GenerateContentRequest] = []
 

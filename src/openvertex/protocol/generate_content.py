@@ -30,10 +30,23 @@ class FileData(GeminiModel):
     display_name: str | None = None
 
 
+class PartialArg(GeminiModel):
+    """One streamed piece of a call's arguments (streamFunctionCallArguments)."""
+
+    json_path: str | None = None  # RFC 9535, e.g. "$.location"
+    string_value: str | None = None
+    number_value: float | None = None
+    bool_value: bool | None = None
+    null_value: Literal["NULL_VALUE"] | None = None
+    will_continue: bool | None = None  # more of this path's string follows
+
+
 class FunctionCall(GeminiModel):
     id: str | None = None
-    name: str
+    name: str | None = None  # may be left out on a streamed call's later pieces
     args: dict[str, Any] | None = None
+    partial_args: list[PartialArg] | None = None
+    will_continue: bool | None = None  # more pieces of this call follow
 
 
 class FunctionResponsePart(GeminiModel):
@@ -105,6 +118,7 @@ class SafetySetting(GeminiModel):
 class FunctionDeclaration(GeminiModel):
     name: str
     description: str | None = None
+    parameters: dict[str, Any] | None = None  # Gemini's OpenAPI 3.0 subset
     parameters_json_schema: dict[str, Any] | None = None
 
 

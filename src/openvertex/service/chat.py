@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from openvertex.backends.base import Backend
@@ -14,6 +15,7 @@ from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.service.capabilities import check_capabilities
 from openvertex.service.routing import Router
+from openvertex.service.signatures import ThoughtSigner
 from openvertex.translate.context import ResponseContext
 from openvertex.translate.request import chat_request_to_generate_content
 from openvertex.translate.response import generate_content_to_completion
@@ -30,10 +32,24 @@ class PreparedChat:
 
 
 class ChatService:
-    def __init__(self, router: Router, *, metrics: Metrics, timeout_s: float) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        metrics: Metrics,
+        timeout_s: float,
+        signer: ThoughtSigner,
+        optional_signatures: Sequence[str] = (),
+    ) -> None:
         self.router = router
         self.metrics = metrics
         self.timeout_s = timeout_s
+        self.signer = signer
+        self.optional_signatures = optional_signatures
+
+    def _signs(self, backend: Backend) -> bool:
+        """openvertex signs and checks thoughts for backends that do not do it themselves."""
+        return not backend.capabilities.thought_signatures
 
     def prepare(self, request: oa.ChatCompletionRequest, *, default_model: str | None = None) -> PreparedChat:
         """Everything that can fail with a 400/404 before any generation starts."""
@@ -43,6 +59,9 @@ class ChatService:
         backend = self.router.resolve(model)
         translated = chat_request_to_generate_content(request)
         check_capabilities(request, translated, backend.capabilities)
+        if self._signs(backend):
+            optional = any(fnmatch.fnmatchcase(model, glob) for glob in self.optional_signatures)
+            self.signer.check_request(translated.contents, required=not optional)
         options = request.stream_options
         return PreparedChat(
             backend=backend,
@@ -61,11 +80,15 @@ class ChatService:
             response = await asyncio.wait_for(chat.backend.generate(chat.request, model=chat.ctx.model), self.timeout_s)
         except TimeoutError:
             raise self._deadline_error() from None
+        if self._signs(chat.backend):
+            self.signer.sign_response(response)
         return generate_content_to_completion(response, chat.ctx)
 
     async def stream(self, chat: PreparedChat) -> AsyncIterator[oa.ChatCompletionChunk]:
         translator = ChunkTranslator(chat.ctx, candidate_count=chat.candidate_count, include_usage=chat.include_usage)
         upstream = chat.backend.stream(chat.request, model=chat.ctx.model)
+        if self._signs(chat.backend):
+            upstream = self.signer.sign_stream(upstream)
         clock = _StreamClock(self.metrics)
         deadline = time.monotonic() + self.timeout_s
         try:

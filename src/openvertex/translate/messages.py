@@ -148,6 +148,27 @@ def _tool_response_part(message: oa.Message, conversation: _Conversation, *, par
     return gc.Part(function_response=response)
 
 
+def _check_call_order(contents: list[gc.Content]) -> None:
+    """All calls of a step, then all their results, in the next turn (Gemini's rule and words)."""
+    for index, content in enumerate(contents):
+        responses = [p for p in content.parts if p.function_response is not None]
+        if not responses:
+            continue
+        previous = contents[index - 1] if index else None
+        calls = [p for p in previous.parts if p.function_call is not None] if previous is not None else []
+        if not calls:
+            raise InvalidArgumentError(
+                "Please ensure that function response turn comes immediately after a function call turn.",
+                param="messages",
+            )
+        if len(calls) != len(responses):
+            raise InvalidArgumentError(
+                "Please ensure that the number of function response parts is equal to the number of function"
+                " call parts of the function call turn.",
+                param="messages",
+            )
+
+
 def messages_to_contents(
     messages: list[oa.Message], *, thought_marker: str | None
 ) -> tuple[gc.Content | None, list[gc.Content]]:
@@ -168,5 +189,6 @@ def messages_to_contents(
             )
     if not conversation.contents:
         raise InvalidArgumentError("at least one non-system message is required", param="messages")
+    _check_call_order(conversation.contents)
     system = gc.Content(parts=conversation.system) if conversation.system else None
     return system, conversation.contents

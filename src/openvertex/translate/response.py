@@ -6,11 +6,11 @@ response is those deltas merged, so streamed and unstreamed answers cannot drift
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
+from openvertex.translate.arguments import ArgumentWriter, compact_json
 from openvertex.translate.context import ResponseContext
 from openvertex.translate.logprobs import logprobs_result_to_openai
 from openvertex.translate.tables import FINISH_REASON_DEFAULT, FINISH_REASON_TO_OPENAI
@@ -23,6 +23,16 @@ def _google(**fields: object) -> oa.ExtraContentOut:
 
 
 @dataclass
+class _StreamedCall:
+    """A call whose arguments arrive in pieces (spec §3.5): every piece repeats id and name."""
+
+    index: int
+    id: str
+    name: str
+    writer: ArgumentWriter = field(default_factory=ArgumentWriter)
+
+
+@dataclass
 class PartTranslator:
     """One candidate's parts → deltas; tracks the open thought tag and tool-call indexes."""
 
@@ -30,6 +40,7 @@ class PartTranslator:
     in_thought: bool = False
     tool_calls: int = 0
     saw_tool_call: bool = field(default=False)
+    streamed: _StreamedCall | None = None
 
     def translate(self, part: gc.Part) -> oa.Delta | None:
         if part.function_call is not None:
@@ -62,14 +73,33 @@ class PartTranslator:
         call = part.function_call
         assert call is not None
         self.saw_tool_call = True
+        streamed = self.streamed
+        if streamed is not None and call.name in (None, streamed.name):
+            arguments = self._pieces(streamed.writer, call)
+            index, call_id, name = streamed.index, streamed.id, streamed.name
+        elif call.partial_args is not None or call.will_continue:
+            self.streamed = _StreamedCall(self.tool_calls, self.ctx.tool_call_id(), call.name or "")
+            arguments = self._pieces(self.streamed.writer, call)
+            index, call_id, name = self.streamed.index, self.streamed.id, self.streamed.name
+            self.tool_calls += 1
+        else:
+            arguments = compact_json(call.args or {})
+            index, call_id, name = self.tool_calls, self.ctx.tool_call_id(), call.name or ""
+            self.tool_calls += 1
         delta_call = oa.DeltaToolCall(
-            index=self.tool_calls,
-            id=self.ctx.tool_call_id(),
-            function=oa.FunctionCallOut(name=call.name, arguments=json.dumps(call.args or {}, separators=(",", ":"))),
+            index=index,
+            id=call_id,
+            function=oa.FunctionCallOut(name=name, arguments=arguments),
             extra_content=_google(thought_signature=part.thought_signature) if part.thought_signature else None,
         )
-        self.tool_calls += 1
         return oa.Delta(tool_calls=[delta_call])
+
+    def _pieces(self, writer: ArgumentWriter, call: gc.FunctionCall) -> str:
+        text = "".join(writer.feed(arg) for arg in call.partial_args or [])
+        if not call.will_continue:
+            text += writer.finish(call.args)
+            self.streamed = None
+        return text
 
     def close(self) -> oa.Delta | None:
         """At the end of a candidate: close a thought tag that no answer text closed."""
@@ -84,13 +114,24 @@ class PartTranslator:
         return FINISH_REASON_TO_OPENAI.get(reason or "STOP", FINISH_REASON_DEFAULT)
 
 
+def _merge_tool_calls(deltas: list[oa.Delta]) -> list[oa.ToolCallOut]:
+    """Pieces of one streamed call share its id; their arguments concatenate."""
+    calls: dict[str, oa.ToolCallOut] = {}
+    for call in (c for d in deltas for c in d.tool_calls or []):
+        known = calls.get(call.id)
+        if known is None:
+            calls[call.id] = oa.ToolCallOut(id=call.id, function=call.function, extra_content=call.extra_content)
+        else:
+            known.function = oa.FunctionCallOut(
+                name=known.function.name, arguments=known.function.arguments + call.function.arguments
+            )
+            known.extra_content = known.extra_content or call.extra_content
+    return list(calls.values())
+
+
 def merge_deltas(deltas: list[oa.Delta]) -> oa.ResponseMessage:
     content = "".join(d.content for d in deltas if d.content is not None)
-    calls = [
-        oa.ToolCallOut(id=c.id, function=c.function, extra_content=c.extra_content)
-        for d in deltas
-        for c in d.tool_calls or []
-    ]
+    calls = _merge_tool_calls(deltas)
     signatures = [
         d.extra_content.google.thought_signature
         for d in deltas

@@ -65,6 +65,8 @@ def request_to_tools(request: oa.ChatCompletionRequest) -> list[gc.Tool] | None:
 def _choice_to_config(
     choice: str | oa.NamedToolChoice | oa.NamedFunction, names: set[str], param: str
 ) -> gc.FunctionCallingConfig:
+    if choice not in ("none", "auto") and not names:
+        raise InvalidArgumentError("a function must be called, but no functions are declared", param=param)
     if isinstance(choice, str):
         return gc.FunctionCallingConfig(mode=TOOL_CHOICE_TO_MODE[choice])
     name = choice.function.name if isinstance(choice, oa.NamedToolChoice) else choice.name

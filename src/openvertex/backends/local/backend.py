@@ -14,6 +14,7 @@ from llama_cpp._internals import LlamaModel
 from llama_cpp._logger import set_verbose as set_llama_verbose
 
 from openvertex.backends.base import BackendLoad, Capabilities, collect_stream
+from openvertex.backends.local.calls import CallReader, FunctionCalling, plan_function_calling
 from openvertex.backends.local.engine import (
     CandidateDone,
     Engine,
@@ -23,7 +24,7 @@ from openvertex.backends.local.engine import (
     TextDelta,
     TokenLogprob,
 )
-from openvertex.backends.local.grammar import SUPPORTED_MIME_TYPES, check_grammar, grammar_for
+from openvertex.backends.local.grammar import SUPPORTED_MIME_TYPES, TOOL_CALL_TRIGGER, check_grammar, grammar_for
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
 from openvertex.backends.local.prompt import ChatTemplate, contents_to_messages, output_instruction
 from openvertex.backends.local.sampling import Sampling
@@ -47,7 +48,9 @@ class LocalBackend:
         self.settings = settings
         # Candidates of one request decode side by side, one slot each.
         self.capabilities = Capabilities(
-            response_mime_types=SUPPORTED_MIME_TYPES, max_candidates=min(MAX_CANDIDATES, settings.n_parallel)
+            function_calling=True,
+            response_mime_types=SUPPORTED_MIME_TYPES,
+            max_candidates=min(MAX_CANDIDATES, settings.n_parallel),
         )
         self.model_path: Path = resolve_model_path(settings.model)  # fail fast on a bad path
         model_defaults = sampling_defaults(settings.model)
@@ -152,24 +155,39 @@ class LocalBackend:
 
     def _plan(
         self, model: LlamaModel, n_ctx: int, template: ChatTemplate, request: gc.GenerateContentRequest
-    ) -> tuple[list[int], Sampling]:
-        """Prompt tokens and sampling for a request (runs off the event loop: it can be slow)."""
+    ) -> tuple[list[int], Sampling, FunctionCalling | None]:
+        """Prompt tokens, sampling and function calling for a request (off the event loop: it can be slow)."""
         config = request.generation_config or gc.GenerationConfig()
+        tools = plan_function_calling(request)
         messages = contents_to_messages(
-            request.system_instruction, request.contents, output_format=output_instruction(config)
+            request.system_instruction,
+            request.contents,
+            output_format=output_instruction(config),
+            tools=tools.declarations if tools else None,
+            native_tools=template.native_tools,
         )
-        tokens = model.tokenize(template.render(messages).encode(), add_bos=True, special=True)
+        prompt = template.render(messages, tools=tools.declarations if tools else None)
+        tokens = model.tokenize(prompt.encode(), add_bos=True, special=True)
         limit = n_ctx - 1  # room for at least one generated token
         if len(tokens) > limit:
             raise InvalidArgumentError(
                 f"The input token count ({len(tokens)}) exceeds the maximum number of tokens allowed ({limit})."
             )
-        return tokens, self._sampling(model, config, room=n_ctx - len(tokens))
+        return tokens, self._sampling(model, config, tools, room=n_ctx - len(tokens)), tools
 
-    def _sampling(self, model: LlamaModel, config: gc.GenerationConfig, *, room: int) -> Sampling:
+    def _sampling(
+        self, model: LlamaModel, config: gc.GenerationConfig, tools: FunctionCalling | None, *, room: int
+    ) -> Sampling:
         grammar = grammar_for(config.response_mime_type, config.response_json_schema)
+        if grammar is not None and tools is not None:
+            raise InvalidArgumentError(
+                "JSON output cannot be combined with function calling on the local model", param="response_format"
+            )
         if grammar is not None:
-            check_grammar(model.vocab, grammar)
+            check_grammar(model.vocab, grammar, param="response_format")
+        elif tools is not None:
+            grammar = tools.grammar
+            check_grammar(model.vocab, grammar, param="tools")
         return Sampling(
             temperature=_first(config.temperature, self._default_temperature),
             top_p=_first(config.top_p, self._default_top_p),
@@ -183,14 +201,27 @@ class LocalBackend:
             stop=tuple(config.stop_sequences or ()),
             grammar=grammar,
             logprobs=(config.logprobs or 0) if config.response_logprobs else None,
+            grammar_trigger=TOOL_CALL_TRIGGER if tools is not None and tools.lazy else None,
         )
 
-    async def stream(
-        self, request: gc.GenerateContentRequest, *, model: str
+    def stream(self, request: gc.GenerateContentRequest, *, model: str) -> AsyncIterator[gc.GenerateContentResponse]:
+        return self._run(request, model=model, streaming=True)
+
+    async def generate(self, request: gc.GenerateContentRequest, *, model: str) -> gc.GenerateContentResponse:
+        return await collect_stream(self._run(request, model=model, streaming=False))
+
+    async def _run(
+        self, request: gc.GenerateContentRequest, *, model: str, streaming: bool
     ) -> AsyncIterator[gc.GenerateContentResponse]:
         loaded, engine, template = await self._wait_loaded()
-        prompt, sampling = await asyncio.to_thread(self._plan, loaded, engine.n_ctx, template, request)
+        prompt, sampling, tools = await asyncio.to_thread(self._plan, loaded, engine.n_ctx, template, request)
         candidates = (request.generation_config or gc.GenerationConfig()).candidate_count or 1
+        # Arguments arrive in pieces only in a stream that asked for them (spec §3.5).
+        readers = (
+            [CallReader(stream_arguments=streaming and tools.stream_arguments) for _ in range(candidates)]
+            if tools is not None
+            else None
+        )
         job = Job(prompt=prompt, sampling=sampling, candidates=candidates)
         self._admit()  # no await between the check and the add: the count cannot race
         events: asyncio.Queue[Event] = asyncio.Queue()
@@ -208,13 +239,10 @@ class LocalBackend:
                         generated += event.tokens
                         cached = event.cached_tokens
                     usage = _usage(len(prompt), generated, cached) if finished == candidates else None
-                    yield _chunk(event, model, usage)
+                    yield _chunk(event, _parts(event, readers), model, usage)
         finally:
             job.cancelled.set()  # a consumer that left frees the engine at the next token
             self._queues.pop(job, None)
-
-    async def generate(self, request: gc.GenerateContentRequest, *, model: str) -> gc.GenerateContentResponse:
-        return await collect_stream(self.stream(request, model=model))
 
 
 def _special_text(model: LlamaModel, token: int) -> str:
@@ -261,14 +289,25 @@ def _logprobs_result(logprobs: tuple[TokenLogprob, ...]) -> gc.LogprobsResult | 
     )
 
 
-def _chunk(event: TextDelta | CandidateDone, model: str, usage: gc.UsageMetadata | None) -> gc.GenerateContentResponse:
+def _parts(event: TextDelta | CandidateDone, readers: list[CallReader] | None) -> list[gc.Part]:
+    reader = readers[event.candidate] if readers is not None else None
+    if isinstance(event, CandidateDone):
+        return reader.finish() if reader is not None else []
+    if reader is not None:
+        return reader.feed(event.text)
+    return [gc.Part(text=event.text)] if event.text else []
+
+
+def _chunk(
+    event: TextDelta | CandidateDone, parts: list[gc.Part], model: str, usage: gc.UsageMetadata | None
+) -> gc.GenerateContentResponse:
     if isinstance(event, TextDelta):
-        parts = [gc.Part(text=event.text)] if event.text else []
         candidate = gc.Candidate(
             index=event.candidate,
             content=gc.Content(role="model", parts=parts),
             logprobs_result=_logprobs_result(event.logprobs),
         )
     else:
-        candidate = gc.Candidate(index=event.candidate, finish_reason=event.finish_reason)
+        content = gc.Content(role="model", parts=parts) if parts else None
+        candidate = gc.Candidate(index=event.candidate, content=content, finish_reason=event.finish_reason)
     return gc.GenerateContentResponse(candidates=[candidate], usage_metadata=usage, model_version=model)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
-from openvertex.backends.local.sampling import Sampling, candidate_seed, sampler_chain
+from openvertex.backends.local.sampling import Sampling, SequenceSampler, candidate_seed
 from openvertex.backends.local.stop import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Sequence:
 
     job: Job
     candidate: int
-    sampler: llama_cpp.llama_sampler_p
+    sampler: SequenceSampler
     matcher: StopMatcher
     decoder: codecs.IncrementalDecoder
     cached_tokens: int
@@ -238,7 +238,7 @@ class Engine:
             slot.sequence = Sequence(
                 job=job,
                 candidate=candidate,
-                sampler=sampler_chain(self._vocab, self._n_vocab, job.sampling, seed),
+                sampler=SequenceSampler(self._vocab, self._n_vocab, job.sampling, seed),
                 matcher=StopMatcher(list(job.sampling.stop)),
                 decoder=codecs.getincrementaldecoder("utf-8")("replace"),
                 cached_tokens=reuse,
@@ -293,7 +293,7 @@ class Engine:
         sequence = slot.sequence
         if sequence is None:
             return
-        token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, index)
+        token = sequence.sampler.sample(self._ctx, index)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, "STOP")
             return
@@ -343,7 +343,7 @@ class Engine:
     def _release(self, slot: Slot, *, keep_cache: bool = False) -> None:
         """Free the slot; a finished one keeps its KV for the next request's prefix."""
         if slot.sequence is not None:
-            llama_cpp.llama_sampler_free(slot.sequence.sampler)
+            slot.sequence.sampler.free()
         slot.sequence = None
         slot.pending = []
         for sibling in slot.siblings:  # candidates that never got the prompt

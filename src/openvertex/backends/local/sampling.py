@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import random
 from dataclasses import dataclass
 
 import llama_cpp
+import numpy as np
+import numpy.typing as npt
 
 PENALTY_LAST_N = 64  # tokens the repetition penalties look back over (llama.cpp's default)
 
@@ -24,6 +27,7 @@ class Sampling:
     stop: tuple[str, ...]
     grammar: str | None
     logprobs: int | None = None  # None: not asked; else how many top alternatives per token
+    grammar_trigger: str | None = None  # a regex: the grammar applies from where it matches on
 
 
 def candidate_seed(seed: int | None, candidate: int) -> int:
@@ -33,20 +37,43 @@ def candidate_seed(seed: int | None, candidate: int) -> int:
     return (seed + candidate) % 2**32
 
 
+def _grammar_sampler(vocab: llama_cpp.llama_vocab_p, grammar: str, trigger: str | None) -> llama_cpp.llama_sampler_p:
+    sampler: llama_cpp.llama_sampler_p
+    if trigger is None:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    else:
+        patterns = (ctypes.c_char_p * 1)(trigger.encode())
+        sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+            vocab, grammar.encode(), b"root", patterns, 1, None, 0
+        )
+    return sampler
+
+
+def _penalties_only_lower(sampling: Sampling) -> bool:
+    return sampling.repeat_penalty >= 1.0 and sampling.frequency_penalty >= 0.0 and sampling.presence_penalty >= 0.0
+
+
 def sampler_chain(
     vocab: llama_cpp.llama_vocab_p, n_vocab: int, sampling: Sampling, seed: int
 ) -> llama_cpp.llama_sampler_p:
-    """The same chain, in the same order, that llama-cpp-python's Llama.generate builds."""
+    """llama-cpp-python's Llama.generate chain (penalties, top-k, typical, top-p, min-p,
+    temperature, seeded draw), with an exact top-k cut in front of the penalties; the grammar
+    is applied apart (`SequenceSampler`)."""
     chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(
         llama_cpp.llama_sampler_chain_default_params()
     )
-    steps = [
+    steps = []
+    keep = 1 if sampling.temperature == 0.0 else sampling.top_k
+    if keep > 0 and _penalties_only_lower(sampling):
+        # The penalties touch at most PENALTY_LAST_N distinct tokens and only lower them, so
+        # the `keep` best after them are among the keep + PENALTY_LAST_N best before them:
+        # cutting to those first is exact, and spares scoring the whole vocabulary.
+        steps.append(llama_cpp.llama_sampler_init_top_k(keep + PENALTY_LAST_N))
+    steps.append(
         llama_cpp.llama_sampler_init_penalties(
             n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty
         )
-    ]
-    if sampling.grammar is not None:
-        steps.append(llama_cpp.llama_sampler_init_grammar(vocab, sampling.grammar.encode(), b"root"))
+    )
     if sampling.temperature == 0.0:
         steps.append(llama_cpp.llama_sampler_init_greedy())
     else:
@@ -61,3 +88,58 @@ def sampler_chain(
     for step in steps:
         llama_cpp.llama_sampler_chain_add(chain, step)
     return chain
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+
+
+class SequenceSampler:
+    """One sequence's sampling. With a grammar, the token is first drawn as if there were none
+    and only checked against the grammar; the grammar masks the whole vocabulary only when it
+    rejects that token (llama.cpp's own common sampler does the same): most tokens of a JSON
+    answer are what the grammar allows anyway, and masking 49k candidates a token is the
+    expensive part of constrained decoding."""
+
+    def __init__(self, vocab: llama_cpp.llama_vocab_p, n_vocab: int, sampling: Sampling, seed: int) -> None:
+        self._chain = sampler_chain(vocab, n_vocab, sampling, seed)
+        self._grammar = (
+            _grammar_sampler(vocab, sampling.grammar, sampling.grammar_trigger) if sampling.grammar else None
+        )
+        self._n_vocab = n_vocab
+        self._candidates = np.zeros(n_vocab if self._grammar else 0, dtype=_TOKEN_DATA)
+        self._ids = np.arange(n_vocab if self._grammar else 0, dtype=np.int32)
+        self._one = (llama_cpp.llama_token_data * 1)()
+
+    def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
+        if self._grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
+        token = self._draw(logits, with_grammar=False)
+        if not self._allowed(token, float(logits[token])):
+            token = self._draw(logits, with_grammar=True)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _draw(self, logits: npt.NDArray[np.float32], *, with_grammar: bool) -> int:
+        candidates = self._candidates
+        candidates["id"] = self._ids  # the chain sorts the array in place
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        data = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        array = llama_cpp.llama_token_data_array(data=data, size=self._n_vocab, selected=-1, sorted=False)
+        if with_grammar:
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
+        return int(candidates["id"][array.selected])
+
+    def _allowed(self, token: int, logit: float) -> bool:
+        self._one[0] = llama_cpp.llama_token_data(token, logit, 0.0)
+        single = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(single))
+        return bool(np.isfinite(self._one[0].logit))
+
+    def free(self) -> None:
+        llama_cpp.llama_sampler_free(self._chain)
+        if self._grammar is not None:
+            llama_cpp.llama_sampler_free(self._grammar)
