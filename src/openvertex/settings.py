@@ -40,6 +40,11 @@ class LocalBackendSettings(_Section):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(None, ge=1.0, le=2.0)  # None: the model's, else 1.0 (off)
+    # How the model thinks: "native" (its template has <think> reasoning: Qwen3, DeepSeek-R1
+    # distills), "prompted" (an explicit reasoning phase for any instruct model), "off" (a
+    # thinking request is a 400); "auto" picks native when the template knows <think>.
+    thinking: Literal["auto", "native", "prompted", "off"] = "auto"
+    dynamic_thinking_budget: int = Field(512, ge=1)  # what thinking_budget -1 (dynamic) means here
 
 
 class FakeBackendSettings(_Section):

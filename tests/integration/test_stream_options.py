@@ -36,6 +36,14 @@ def test_usage_on_the_last_chunk_unless_include_usage_is_false(fake_server: Runn
     assert all("usage" not in chunk for chunk in chunks)
 
 
+def test_thoughts_are_not_returned_unless_asked(fake_server: RunningServer, fake: FakeBackend) -> None:
+    thought = gc.Candidate(index=0, content=gc.Content(role="model", parts=[gc.Part(text="hmm", thought=True)]))
+    answer = gc.Candidate(index=0, content=gc.Content(role="model", parts=[gc.Part(text="4")]), finish_reason="STOP")
+    fake.add([gc.GenerateContentResponse(candidates=[thought]), gc.GenerateContentResponse(candidates=[answer])])
+    chunks = _chunks(fake_server, extra_body={"google": {"thought_tag_marker": "think"}})
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "4"
+
+
 def test_thought_tags_and_flags_cross_the_wire(fake_server: RunningServer, fake: FakeBackend) -> None:
     def part_chunk(part: gc.Part, finish: str | None = None) -> gc.GenerateContentResponse:
         candidate = gc.Candidate(index=0, content=gc.Content(role="model", parts=[part]), finish_reason=finish)
@@ -44,7 +52,8 @@ def test_thought_tags_and_flags_cross_the_wire(fake_server: RunningServer, fake:
         )
 
     fake.add([part_chunk(gc.Part(text="hmm", thought=True)), part_chunk(gc.Part(text="4"), "STOP")])
-    chunks = _chunks(fake_server, extra_body={"google": {"thought_tag_marker": "think"}})
+    thoughts = {"thought_tag_marker": "think", "thinking_config": {"include_thoughts": True}}
+    chunks = _chunks(fake_server, extra_body={"google": thoughts})
     assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["<think>hmm", "</think>\n\n4"]
     assert chunks[0]["choices"][0]["delta"]["extra_content"] == {"google": {"thought": True}}
     assert chunks[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 3}

@@ -29,6 +29,7 @@ class PreparedChat:
     ctx: ResponseContext
     candidate_count: int
     include_usage: bool
+    include_thoughts: bool
 
 
 class ChatService:
@@ -70,6 +71,7 @@ class ChatService:
             candidate_count=request.n or 1,
             # Vertex always puts usage on the last chunk; only an explicit false removes it [I].
             include_usage=options is None or options.include_usage is not False,
+            include_thoughts=_includes_thoughts(translated),
         )
 
     def _deadline_error(self) -> DeadlineExceededError:
@@ -82,13 +84,15 @@ class ChatService:
             raise self._deadline_error() from None
         if self._signs(chat.backend):
             self.signer.sign_response(response)
+        if not chat.include_thoughts:
+            _drop_thoughts(response)
         return generate_content_to_completion(response, chat.ctx)
 
     async def stream(self, chat: PreparedChat) -> AsyncIterator[oa.ChatCompletionChunk]:
         translator = ChunkTranslator(chat.ctx, candidate_count=chat.candidate_count, include_usage=chat.include_usage)
         upstream = chat.backend.stream(chat.request, model=chat.ctx.model)
         if self._signs(chat.backend):
-            upstream = self.signer.sign_stream(upstream)
+            upstream = self.signer.sign_stream(upstream)  # sees the thoughts it seals
         clock = _StreamClock(self.metrics)
         deadline = time.monotonic() + self.timeout_s
         try:
@@ -99,6 +103,8 @@ class ChatService:
                     break
                 except TimeoutError:
                     raise self._deadline_error() from None
+                if not chat.include_thoughts:
+                    _drop_thoughts(response)
                 for chunk in translator.feed(response):
                     clock.tick()
                     yield chunk
@@ -106,6 +112,19 @@ class ChatService:
             await upstream.aclose()  # type: ignore[attr-defined]
         for chunk in translator.finish():
             yield chunk
+
+
+def _includes_thoughts(request: gc.GenerateContentRequest) -> bool:
+    thinking = request.generation_config.thinking_config if request.generation_config else None
+    return bool(thinking and thinking.include_thoughts)
+
+
+def _drop_thoughts(response: gc.GenerateContentResponse) -> None:
+    """Thoughts reach the client only when asked for (include_thoughts); their signatures
+    carry them either way."""
+    for candidate in response.candidates or []:
+        if candidate.content is not None:
+            candidate.content.parts = [part for part in candidate.content.parts if not part.thought]
 
 
 class _StreamClock:

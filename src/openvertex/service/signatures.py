@@ -1,11 +1,13 @@
 """Thought signatures for backends that issue none of their own (spec §3.4).
 
-Gemini signs the first function call of each step and the last part of an answer, and
-Gemini 3 refuses a conversation whose current turn replays a call without its signature.
-openvertex does the same for local and self-deployed models: a signature is
-`version · kind · nonce · HMAC-SHA256(key, version · kind · nonce · bound)[:16]`, base64,
-where `bound` is the function name for a call. The key comes from a server secret that is
-generated once and kept on disk, so signatures survive restarts.
+Gemini signs the first function call of each step and the last part of an answer with its
+encrypted reasoning state, and Gemini 3 refuses a conversation whose current turn replays a
+call without its signature. openvertex does the same for local and self-deployed models:
+a signature is `version · kind · nonce · AES-GCM(thoughts)`, base64, where the thoughts are
+those of the turn (compressed; empty when the model did not think) and the function name of
+a signed call is authenticated with it. Given back, a signature restores its turn's
+thoughts for the model. The key comes from a server secret that is generated once and kept
+on disk, so signatures survive restarts.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import hashlib
 import hmac
 import os
 import secrets
+import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
@@ -28,7 +34,7 @@ VERSION = 1
 SECRET_FILE = "thought-signature.key"  # in the state directory
 SKIP_VALIDATOR = "skip_thought_signature_validator"  # the one dummy value Vertex accepts [D V-TS]
 _NONCE_BYTES = 12
-_TAG_BYTES = 16
+_HEADER_BYTES = 2 + _NONCE_BYTES
 _LEARN_MORE = "https://docs.cloud.google.com/vertex-ai/generative-ai/docs/thought-signatures"
 
 
@@ -55,34 +61,43 @@ def invalid_signature() -> InvalidArgumentError:
 
 class ThoughtSigner:
     def __init__(self, secret: bytes) -> None:
-        self._key = hmac.new(secret, b"openvertex thought signature", hashlib.sha256).digest()
+        self._cipher = AESGCM(hmac.new(secret, b"openvertex thought signature", hashlib.sha256).digest())
 
-    def _tag(self, header: bytes, bound: bytes) -> bytes:
-        return hmac.new(self._key, header + bound, hashlib.sha256).digest()[:_TAG_BYTES]
-
-    def sign(self, kind: Kind, bound: str = "") -> str:
+    def sign(self, kind: Kind, bound: str = "", thoughts: str = "") -> str:
         header = bytes([VERSION, kind]) + secrets.token_bytes(_NONCE_BYTES)
-        return base64.b64encode(header + self._tag(header, bound.encode())).decode()
+        sealed = self._cipher.encrypt(header[2:], zlib.compress(thoughts.encode()), header + bound.encode())
+        return base64.b64encode(header + sealed).decode()
 
-    def verify(self, signature: str, kind: Kind, bound: str = "") -> bool:
+    def open(self, signature: str, kind: Kind, bound: str = "") -> str | None:
+        """The thoughts a signature carries, or None when it is not ours or not for this part."""
         try:
             raw = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
-            return False
-        header, tag = raw[: 2 + _NONCE_BYTES], raw[2 + _NONCE_BYTES :]
-        if len(tag) != _TAG_BYTES or header[:2] != bytes([VERSION, kind]):
-            return False
-        return hmac.compare_digest(tag, self._tag(header, bound.encode()))
+            return None
+        header = raw[:_HEADER_BYTES]
+        if len(raw) <= _HEADER_BYTES or header[:2] != bytes([VERSION, kind]):
+            return None
+        try:
+            return zlib.decompress(
+                self._cipher.decrypt(header[2:], raw[_HEADER_BYTES:], header + bound.encode())
+            ).decode()
+        except (InvalidTag, zlib.error, UnicodeDecodeError):
+            return None
+
+    def verify(self, signature: str, kind: Kind, bound: str = "") -> bool:
+        return self.open(signature, kind, bound) is not None
 
     # ------------------------------------------------------------------ requests
 
     def check_request(self, contents: list[gc.Content], *, required: bool) -> None:
         """Every signature given back must be ours and match its part; with `required`, the
-        first call of each step of the current turn must carry one (Gemini 3's rule)."""
+        first call of each step of the current turn must carry one (Gemini 3's rule). A turn
+        sent back without its thoughts gets them back from its signature."""
         for content in contents:
             if content.role == "model":
-                for part in content.parts:
-                    self._check_part(part)
+                thoughts = "".join(filter(None, (self._check_part(part) for part in content.parts)))
+                if thoughts and not any(part.thought for part in content.parts):
+                    content.parts.insert(0, gc.Part(text=thoughts, thought=True))
         if required:
             for position, content in _current_turn(contents):
                 calls = [p for p in content.parts if p.function_call is not None]
@@ -93,18 +108,20 @@ class ThoughtSigner:
                         f"{position}. content block is missing a `thought_signature`. Learn more: {_LEARN_MORE}"
                     )
 
-    def _check_part(self, part: gc.Part) -> None:
+    def _check_part(self, part: gc.Part) -> str | None:
+        """The thoughts the part's signature carries; a bad signature is a 400."""
         signature = part.thought_signature
         if not signature or signature == SKIP_VALIDATOR:
-            return
+            return None
         call = part.function_call
-        valid = (
-            self.verify(signature, Kind.FUNCTION_CALL, call.name or "")
+        thoughts = (
+            self.open(signature, Kind.FUNCTION_CALL, call.name or "")
             if call is not None
-            else self.verify(signature, Kind.TEXT)
+            else self.open(signature, Kind.TEXT)
         )
-        if not valid:
+        if thoughts is None:
             raise invalid_signature()
+        return thoughts
 
     # ------------------------------------------------------------------ responses
 
@@ -133,18 +150,23 @@ class ThoughtSigner:
 @dataclass
 class _CandidateSigning:
     called: bool = False
+    thoughts: list[str] = field(default_factory=list)
 
     def sign(self, signer: ThoughtSigner, candidate: gc.Candidate, *, finished: bool) -> None:
         parts = candidate.content.parts if candidate.content is not None else []
         for part in parts:
+            if part.thought and part.text:
+                self.thoughts.append(part.text)
             call = part.function_call
             if call is not None and not self.called:
                 self.called = True
-                part.thought_signature = part.thought_signature or signer.sign(Kind.FUNCTION_CALL, call.name or "")
+                if not part.thought_signature:
+                    part.thought_signature = signer.sign(Kind.FUNCTION_CALL, call.name or "", "".join(self.thoughts))
         if finished and not self.called:
             if candidate.content is None:
                 candidate.content = gc.Content(role="model", parts=[])
-            candidate.content.parts.append(gc.Part(text="", thought_signature=signer.sign(Kind.TEXT)))
+            signature = signer.sign(Kind.TEXT, thoughts="".join(self.thoughts))
+            candidate.content.parts.append(gc.Part(text="", thought_signature=signature))
 
 
 def _current_turn(contents: list[gc.Content]) -> list[tuple[int, gc.Content]]:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp
@@ -14,6 +15,7 @@ from llama_cpp._internals import LlamaModel
 from llama_cpp._logger import set_verbose as set_llama_verbose
 
 from openvertex.backends.base import BackendLoad, Capabilities, collect_stream
+from openvertex.backends.local import thinking
 from openvertex.backends.local.calls import CallReader, FunctionCalling, plan_function_calling
 from openvertex.backends.local.engine import (
     CandidateDone,
@@ -24,10 +26,16 @@ from openvertex.backends.local.engine import (
     TextDelta,
     TokenLogprob,
 )
-from openvertex.backends.local.grammar import SUPPORTED_MIME_TYPES, TOOL_CALL_TRIGGER, check_grammar, grammar_for
+from openvertex.backends.local.grammar import (
+    SUPPORTED_MIME_TYPES,
+    TOOL_CALL_TRIGGER,
+    check_grammar,
+    grammar_for,
+)
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
 from openvertex.backends.local.prompt import ChatTemplate, contents_to_messages, output_instruction
-from openvertex.backends.local.sampling import Sampling
+from openvertex.backends.local.sampling import Sampling, Thinking
+from openvertex.backends.local.thinking import resolve_mode, thinking_budget
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from openvertex.protocol import generate_content as gc
 from openvertex.settings import LocalBackendSettings
@@ -49,6 +57,7 @@ class LocalBackend:
         # Candidates of one request decode side by side, one slot each.
         self.capabilities = Capabilities(
             function_calling=True,
+            thinking=settings.thinking != "off",
             response_mime_types=SUPPORTED_MIME_TYPES,
             max_candidates=min(MAX_CANDIDATES, settings.n_parallel),
         )
@@ -57,6 +66,8 @@ class LocalBackend:
         self._default_temperature = _first(settings.temperature, model_defaults.temperature, GEMINI_TEMPERATURE)
         self._default_top_p = _first(settings.top_p, model_defaults.top_p, GEMINI_TOP_P)
         self._repeat_penalty = _first(settings.repeat_penalty, model_defaults.repeat_penalty, 1.0)
+        self._dynamic_budget = settings.dynamic_thinking_budget
+        self._thinking_mode: thinking.Mode = "off"  # known once the template is read
         self._model: LlamaModel | None = None
         self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
@@ -104,7 +115,9 @@ class LocalBackend:
         params.n_gpu_layers = settings.n_gpu_layers
         model = LlamaModel(path_model=str(self.model_path), params=params, verbose=False)
         bos, eos = _special_text(model, model.token_bos()), _special_text(model, model.token_eos())
-        self._template = ChatTemplate(model.metadata().get("tokenizer.chat_template"), bos_token=bos, eos_token=eos)
+        source = model.metadata().get("tokenizer.chat_template")
+        self._template = ChatTemplate(source, bos_token=bos, eos_token=eos)
+        self._thinking_mode = resolve_mode(settings.thinking, source)
         self._engine = Engine(
             model.model,
             self._deliver,
@@ -159,21 +172,33 @@ class LocalBackend:
         """Prompt tokens, sampling and function calling for a request (off the event loop: it can be slow)."""
         config = request.generation_config or gc.GenerationConfig()
         tools = plan_function_calling(request)
+        budget = thinking_budget(config.thinking_config, self._thinking_mode, dynamic=self._dynamic_budget)
+        reasoning = thinking.INSTRUCTION if budget and self._thinking_mode == "prompted" else None
+        instructions = [text for text in (output_instruction(config), reasoning) if text]
         messages = contents_to_messages(
             request.system_instruction,
             request.contents,
-            output_format=output_instruction(config),
+            instructions=instructions,
             tools=tools.declarations if tools else None,
             native_tools=template.native_tools,
+            thought_tags=None if self._thinking_mode == "off" else (thinking.OPEN_TAG, thinking.CLOSE_TAG),
         )
         prompt = template.render(messages, tools=tools.declarations if tools else None)
+        if budget:
+            prompt += thinking.OPENING  # the answer turn opens with the reasoning
+        elif self._thinking_mode == "native":
+            prompt += thinking.OPENING + thinking.CLOSING.lstrip("\n")  # an empty one: no thinking
         tokens = model.tokenize(prompt.encode(), add_bos=True, special=True)
         limit = n_ctx - 1  # room for at least one generated token
         if len(tokens) > limit:
             raise InvalidArgumentError(
                 f"The input token count ({len(tokens)}) exceeds the maximum number of tokens allowed ({limit})."
             )
-        return tokens, self._sampling(model, config, tools, room=n_ctx - len(tokens)), tools
+        sampling = self._sampling(model, config, tools, room=n_ctx - len(tokens))
+        if budget:
+            close = tuple(model.tokenize(thinking.CLOSING.encode(), add_bos=False, special=True))
+            sampling = replace(sampling, thinking=Thinking(budget, thinking.CLOSE_TAG, close))
+        return tokens, sampling, tools
 
     def _sampling(
         self, model: LlamaModel, config: gc.GenerationConfig, tools: FunctionCalling | None, *, room: int
@@ -227,7 +252,7 @@ class LocalBackend:
         events: asyncio.Queue[Event] = asyncio.Queue()
         self._queues[job] = events
         engine.submit(job)
-        generated = cached = 0
+        generated = cached = thoughts = 0
         try:
             finished = 0
             while finished < candidates:
@@ -237,8 +262,9 @@ class LocalBackend:
                     if isinstance(event, CandidateDone):
                         finished += 1
                         generated += event.tokens
+                        thoughts += event.thought_tokens
                         cached = event.cached_tokens
-                    usage = _usage(len(prompt), generated, cached) if finished == candidates else None
+                    usage = _usage(len(prompt), generated, cached, thoughts) if finished == candidates else None
                     yield _chunk(event, _parts(event, readers), model, usage)
         finally:
             job.cancelled.set()  # a consumer that left frees the engine at the next token
@@ -259,19 +285,26 @@ async def _next_batch(events: asyncio.Queue[Event]) -> list[Event]:
     while not events.empty():
         event = events.get_nowait()
         last = batch[-1]
-        if isinstance(event, TextDelta) and isinstance(last, TextDelta) and last.candidate == event.candidate:
-            batch[-1] = TextDelta(event.candidate, last.text + event.text, last.logprobs + event.logprobs)
+        if (
+            isinstance(event, TextDelta)
+            and isinstance(last, TextDelta)
+            and (last.candidate, last.thought) == (event.candidate, event.thought)
+        ):
+            batch[-1] = TextDelta(
+                event.candidate, last.text + event.text, last.logprobs + event.logprobs, event.thought
+            )
         else:
             batch.append(event)
     return batch
 
 
-def _usage(prompt_tokens: int, generated: int, cached: int) -> gc.UsageMetadata:
+def _usage(prompt_tokens: int, generated: int, cached: int, thoughts: int) -> gc.UsageMetadata:
     return gc.UsageMetadata(
         prompt_token_count=prompt_tokens,
         cached_content_token_count=cached or None,
         candidates_token_count=generated,
-        total_token_count=prompt_tokens + generated,
+        thoughts_token_count=thoughts or None,
+        total_token_count=prompt_tokens + generated + thoughts,
         traffic_type="ON_DEMAND",
     )
 
@@ -293,6 +326,8 @@ def _parts(event: TextDelta | CandidateDone, readers: list[CallReader] | None) -
     reader = readers[event.candidate] if readers is not None else None
     if isinstance(event, CandidateDone):
         return reader.finish() if reader is not None else []
+    if event.thought:
+        return [gc.Part(text=event.text, thought=True)] if event.text else []
     if reader is not None:
         return reader.feed(event.text)
     return [gc.Part(text=event.text)] if event.text else []

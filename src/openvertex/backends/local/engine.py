@@ -50,14 +50,16 @@ class TextDelta:
     candidate: int
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    thought: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class CandidateDone:
     candidate: int
     finish_reason: str  # Gemini FinishReason: STOP or MAX_TOKENS
-    tokens: int
+    tokens: int  # of the answer
     cached_tokens: int  # prompt tokens whose KV was reused instead of computed
+    thought_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +91,12 @@ class Sequence:
     matcher: StopMatcher
     decoder: codecs.IncrementalDecoder
     cached_tokens: int
-    tokens: int = 0
+    tokens: int = 0  # of the answer
     next_token: int | None = None  # sampled, not yet decoded
+    thinking: StopMatcher | None = None  # while reasoning: watches for the closing text
+    thoughts: int = 0
+    answered: bool = False  # the answer's first visible text is out
+    reasoned: bool = False  # the first thought text is out
 
 
 @dataclass(eq=False)
@@ -242,7 +248,9 @@ class Engine:
                 matcher=StopMatcher(list(job.sampling.stop)),
                 decoder=codecs.getincrementaldecoder("utf-8")("replace"),
                 cached_tokens=reuse,
+                thinking=StopMatcher([job.sampling.thinking.close_text]) if job.sampling.thinking else None,
             )
+            slot.sequence.sampler.constrained = job.sampling.thinking is None
 
     # ------------------------------------------------------------------ one step
 
@@ -294,25 +302,75 @@ class Engine:
         if sequence is None:
             return
         token = sequence.sampler.sample(self._ctx, index)
+        if sequence.thinking is not None:
+            self._think(slot, sequence, token)
+            return
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, "STOP")
             return
         sequence.tokens += 1
         self.tokens_generated += 1
-        piece = self._piece(token)
-        text = sequence.matcher.feed(sequence.decoder.decode(piece))
+        self._answer(sequence, sequence.decoder.decode(self._piece(token)), index, token)
+        if sequence.matcher.stopped:
+            self._finish(slot, "STOP")
+        else:
+            self._continue(slot, sequence, token)
+
+    def _answer(self, sequence: Sequence, text: str, index: int | None = None, token: int = -1) -> None:
+        text = sequence.matcher.feed(text)
+        if not sequence.answered and sequence.job.sampling.thinking is not None:
+            text = text.lstrip()  # the blank line after the reasoning is not the answer's
+        sequence.answered = sequence.answered or bool(text)
         top_n = sequence.job.sampling.logprobs
         # A token's logprob travels with the delta it was sampled in, even when a stop
         # sequence holds its text back.
-        logprobs = (self._logprob(index, token, top_n),) if top_n is not None else ()
+        logprobs = (self._logprob(index, token, top_n),) if top_n is not None and index is not None else ()
         if text or logprobs:
             self._emit(sequence.job, TextDelta(sequence.candidate, text, logprobs))
-        if sequence.matcher.stopped:
-            self._finish(slot, "STOP")
-        elif sequence.tokens >= sequence.job.sampling.max_tokens or len(slot.context) + 1 >= self.n_ctx:
+
+    def _continue(self, slot: Slot, sequence: Sequence, token: int) -> None:
+        """Decode `token` next, unless the answer or the context is full."""
+        if (
+            sequence.tokens + sequence.thoughts >= sequence.job.sampling.max_tokens
+            or len(slot.context) + 1 >= self.n_ctx
+        ):
             self._finish(slot, "MAX_TOKENS")
         else:
             sequence.next_token = token
+
+    def _think(self, slot: Slot, sequence: Sequence, token: int) -> None:
+        """A token of reasoning; the end of the budget (or the model stopping) closes it."""
+        matcher, thinking = sequence.thinking, sequence.job.sampling.thinking
+        assert matcher is not None and thinking is not None
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token) or sequence.thoughts >= thinking.budget:
+            # Close the reasoning for the model and let it answer: the closing text is
+            # decoded in place of this token.
+            self._end_thinking(sequence, matcher.flush())
+            if len(slot.context) + len(thinking.close_tokens) + 1 >= self.n_ctx:
+                self._finish(slot, "MAX_TOKENS")
+            else:
+                slot.pending = list(thinking.close_tokens)
+            return
+        sequence.thoughts += 1
+        self.tokens_generated += 1
+        text = matcher.feed(sequence.decoder.decode(self._piece(token)))
+        if not sequence.reasoned:
+            text = text.lstrip()  # the line break after the opening tag is the format's
+            sequence.reasoned = bool(text)
+        if matcher.stopped:  # the model closed its reasoning itself
+            self._end_thinking(sequence, text)
+            self._answer(sequence, matcher.after)
+        elif text:
+            self._emit(sequence.job, TextDelta(sequence.candidate, text, thought=True))
+        self._continue(slot, sequence, token)
+
+    def _end_thinking(self, sequence: Sequence, text: str) -> None:
+        text += sequence.decoder.decode(b"", final=True)
+        if text.strip():
+            self._emit(sequence.job, TextDelta(sequence.candidate, text.rstrip(), thought=True))
+        sequence.thinking = None
+        sequence.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        sequence.sampler.constrained = True
 
     def _logprob(self, index: int, token: int, top_n: int) -> TokenLogprob:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
@@ -334,10 +392,15 @@ class Engine:
     def _finish(self, slot: Slot, reason: str) -> None:
         sequence = slot.sequence
         assert sequence is not None
+        if sequence.thinking is not None:  # cut off while reasoning
+            self._end_thinking(sequence, sequence.thinking.flush())
         tail = sequence.matcher.feed(sequence.decoder.decode(b"", final=True)) + sequence.matcher.flush()
         if tail:
             self._emit(sequence.job, TextDelta(sequence.candidate, tail))
-        self._emit(sequence.job, CandidateDone(sequence.candidate, reason, sequence.tokens, sequence.cached_tokens))
+        self._emit(
+            sequence.job,
+            CandidateDone(sequence.candidate, reason, sequence.tokens, sequence.cached_tokens, sequence.thoughts),
+        )
         self._release(slot, keep_cache=True)
 
     def _release(self, slot: Slot, *, keep_cache: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -98,7 +99,6 @@ def _native_messages(content: gc.Content) -> list[dict[str, Any]]:
 
 
 def _message(content: gc.Content) -> dict[str, str]:
-    # Thoughts are dropped: this model's template has no place for them (issue: thinking).
     pieces = []
     for part in content.parts:
         if part.function_call is not None:
@@ -115,22 +115,28 @@ def contents_to_messages(
     system: gc.Content | None,
     contents: list[gc.Content],
     *,
-    output_format: str | None = None,
+    instructions: Sequence[str] = (),
     tools: list[gc.FunctionDeclaration] | None = None,
     native_tools: bool = False,
+    thought_tags: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """With `native_tools`, the template shows the declarations and renders calls and
-    results itself; otherwise both are written out in the generic format."""
+    """`instructions` follow the system prompt. With `native_tools`, the template shows the
+    declarations and renders calls and results itself; otherwise both are written out in the
+    generic format. Earlier thoughts go back inside `thought_tags`, or are left out."""
     messages: list[dict[str, Any]] = []
-    instructions = [p.text or "" for p in system.parts] if system is not None else []
+    system_texts = [p.text or "" for p in system.parts] if system is not None else []
     if tools and not native_tools:
-        instructions.append(tool_instruction(tools))
-    if output_format is not None:
-        instructions.append(output_format)
-    if instructions:
-        messages.append({"role": "system", "content": "\n\n".join(instructions)})
+        system_texts.append(tool_instruction(tools))
+    system_texts += instructions
+    if system_texts:
+        messages.append({"role": "system", "content": "\n\n".join(system_texts)})
     for content in contents:
-        messages.extend(_native_messages(content) if native_tools else [_message(content)])
+        rendered = _native_messages(content) if native_tools else [_message(content)]
+        thoughts = "".join(p.text or "" for p in content.parts if p.thought)
+        if thought_tags is not None and thoughts and content.role == "model":
+            opening, closing = thought_tags
+            rendered[0]["content"] = f"{opening}\n{thoughts}\n{closing}\n\n{rendered[0]['content']}"
+        messages.extend(rendered)
     return messages
 
 

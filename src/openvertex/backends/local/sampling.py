@@ -14,6 +14,16 @@ PENALTY_LAST_N = 64  # tokens the repetition penalties look back over (llama.cpp
 
 
 @dataclass(frozen=True, slots=True)
+class Thinking:
+    """A reasoning phase before the answer: at most `budget` thought tokens, ended by the model
+    writing `close_text`, or by feeding it `close_tokens` when the budget runs out."""
+
+    budget: int
+    close_text: str
+    close_tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Sampling:
     temperature: float
     top_p: float
@@ -28,6 +38,7 @@ class Sampling:
     grammar: str | None
     logprobs: int | None = None  # None: not asked; else how many top alternatives per token
     grammar_trigger: str | None = None  # a regex: the grammar applies from where it matches on
+    thinking: Thinking | None = None
 
 
 def candidate_seed(seed: int | None, candidate: int) -> int:
@@ -109,9 +120,10 @@ class SequenceSampler:
         self._candidates = np.zeros(n_vocab if self._grammar else 0, dtype=_TOKEN_DATA)
         self._ids = np.arange(n_vocab if self._grammar else 0, dtype=np.int32)
         self._one = (llama_cpp.llama_token_data * 1)()
+        self.constrained = True  # False while the model reasons: the grammar is for the answer
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
-        if self._grammar is None:
+        if self._grammar is None or not self.constrained:
             return int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
         token = self._draw(logits, with_grammar=False)

@@ -10,6 +10,7 @@ class StopMatcher:
         self._stops = [s for s in stops if s]
         self._pending = ""
         self.stopped = False
+        self.after = ""  # text that came after the stop sequence, in the same feed
 
     def feed(self, text: str) -> str:
         """Append generated text; return what is safe to emit. Sets `stopped` on a match."""
@@ -18,9 +19,12 @@ class StopMatcher:
         buffer = self._pending + text
         hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
         if hits:
+            start = min(hits)
+            stop = next(s for s in self._stops if buffer.find(s) == start)
             self.stopped = True
             self._pending = ""
-            return buffer[: min(hits)]
+            self.after = buffer[start + len(stop) :]
+            return buffer[:start]
         keep = self._longest_partial(buffer)
         self._pending = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]
