@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openvertex.backends.local.grammar import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_grammar
+from openvertex.backends.local.stop import partial_suffix
 from openvertex.protocol import generate_content as gc
 
 _OPEN = TOOL_CALL_OPEN.strip()  # the model may put other whitespace around the tags
@@ -222,7 +223,7 @@ class CallReader:
             if self._call is None:
                 start = self._buffer.find(_OPEN)
                 if start < 0:
-                    keep = len(self._buffer) - _partial_suffix(self._buffer, _OPEN)
+                    keep = len(self._buffer) - partial_suffix(self._buffer, _OPEN)
                     parts += self._text(self._buffer[:keep])
                     self._buffer = self._buffer[keep:]
                     return parts
@@ -269,11 +270,3 @@ class CallReader:
         if self._announced:
             final.partial_args, final.will_continue = call.pieces, False
         return [gc.Part(function_call=final)]
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of `text` that is a proper start of `tag`."""
-    for length in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:length]):
-            return length
-    return 0

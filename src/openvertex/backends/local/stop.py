@@ -30,16 +30,17 @@ class StopMatcher:
         return buffer[: len(buffer) - keep]
 
     def _longest_partial(self, buffer: str) -> int:
-        """Length of the longest suffix of `buffer` that is a proper prefix of a stop sequence."""
-        best = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(buffer)), best, -1):
-                if buffer.endswith(stop[:size]):
-                    best = size
-                    break
-        return best
+        return max((partial_suffix(buffer, stop) for stop in self._stops), default=0)
 
     def flush(self) -> str:
         """At the end of generation, held-back text that never became a stop sequence."""
         pending, self._pending = self._pending, ""
         return "" if self.stopped else pending
+
+
+def partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a proper start of `tag` (text to hold back)."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:size]):
+            return size
+    return 0
