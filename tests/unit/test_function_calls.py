@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import pytest
+from llama_cpp import llama_model_default_params as llama_default_params
 
 from openvertex.backends.local.calls import CallReader, json_path
 from openvertex.backends.local.grammar import tool_call_grammar
@@ -176,3 +177,61 @@ def test_declarations_calls_and_results_reach_the_prompt(source: str | None) -> 
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
     assert "<tool_response>" in prompt and '"temp": 21' in prompt
     assert '"name": "map.png", "mime_type": "image/png"' in prompt  # media described, not dropped
+
+
+@pytest.mark.parametrize("text", ["Use <tool_call>, then the JSON.", "<tool_call> is the tag", "a <tool_call>) b"])
+def test_a_tag_not_followed_by_a_call_object_is_text(text: str) -> None:
+    for stream_arguments in (False, True):
+        parts, arguments = _reassemble(text, 2, stream_arguments=stream_arguments)
+        assert arguments == {}
+        assert "".join(p.text or "" for p in parts).replace(" ", "") == text.replace(" ", "")
+
+
+def test_a_whole_call_object_counts_without_its_closing_tag() -> None:
+    _, arguments = _reassemble('<tool_call>\n{"name": "a", "arguments": {"x": [1]}}', 4, stream_arguments=True)
+    assert list(arguments.values()) == ['{"x":[1]}']
+
+
+def test_an_announced_call_cut_off_still_closes_its_json() -> None:
+    _, arguments = _reassemble('<tool_call>\n{"name": "a", "arguments": {"x": "abc', 3, stream_arguments=True)
+    assert list(arguments.values()) == ['{"x":"abc"}']
+
+
+def test_big_integers_stream_as_the_doubles_gemini_holds() -> None:
+    text = '<tool_call>\n{"name": "a", "arguments": {"n": 12345678901234567890, "m": 3}}\n</tool_call>'
+    _, arguments = _reassemble(text, 5, stream_arguments=True)
+    assert list(arguments.values()) == ['{"n":1.2345678901234567e+19,"m":3}']
+
+
+def test_the_grammar_arms_only_where_a_call_really_begins() -> None:
+    from llama_cpp._internals import LlamaModel
+
+    from openvertex.backends.local.grammar import TOOL_CALL_TRIGGER
+    from openvertex.backends.local.model import resolve_model_path
+    from openvertex.backends.local.sampling import Sampling, SequenceSampler
+
+    model = LlamaModel(path_model=str(resolve_model_path("smollm2")), params=llama_default_params(), verbose=False)
+    grammar = tool_call_grammar([gc.FunctionDeclaration(name="f")])
+    sampling = Sampling(
+        temperature=0.0,
+        top_p=1.0,
+        top_k=40,
+        min_p=0.0,
+        repeat_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        seed=1,
+        max_tokens=8,
+        stop=(),
+        grammar=grammar,
+        grammar_trigger=TOOL_CALL_TRIGGER,
+    )
+    sampler = SequenceSampler(model.vocab, model.n_vocab(), sampling, 1)
+    try:
+        sampler.begin_answer("Use <tool_call>, then JSON.")  # would abort llama.cpp's lazy grammar
+        assert not sampler.armed
+        sampler.begin_answer('Sure.\n<tool_call>\n{"na')
+        assert sampler.armed
+    finally:
+        sampler.free()
+        model.close()  # type: ignore[no-untyped-call]

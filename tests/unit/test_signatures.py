@@ -29,6 +29,14 @@ def test_secret_is_created_once_private_and_reused(tmp_path: Path) -> None:
     assert ThoughtSigner(load_or_create_secret(path)).verify(signature, Kind.FUNCTION_CALL, "f")
 
 
+def test_a_damaged_secret_file_is_refused_not_used(tmp_path: Path) -> None:
+    for content in ("", "abc", "zz" * 32, "00" * 16):
+        path = tmp_path / "key"
+        path.write_text(content)
+        with pytest.raises(ValueError, match="32-byte hex secret"):
+            load_or_create_secret(path)
+
+
 def test_a_signature_is_bound_to_its_kind_its_function_and_its_secret(signer: ThoughtSigner, tmp_path: Path) -> None:
     signature = signer.sign(Kind.FUNCTION_CALL, "get_weather")
     assert signer.verify(signature, Kind.FUNCTION_CALL, "get_weather")

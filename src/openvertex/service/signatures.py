@@ -32,6 +32,7 @@ from openvertex.protocol import generate_content as gc
 
 VERSION = 1
 SECRET_FILE = "thought-signature.key"  # in the state directory
+SECRET_BYTES = 32
 SKIP_VALIDATOR = "skip_thought_signature_validator"  # the one dummy value Vertex accepts [D V-TS]
 _NONCE_BYTES = 12
 _HEADER_BYTES = 2 + _NONCE_BYTES
@@ -44,14 +45,36 @@ class Kind(IntEnum):
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """The server secret at `path`, created (32 random bytes, hex, mode 0600) on first use."""
-    if path.is_file():
-        return bytes.fromhex(path.read_text().strip())
+    """The server secret at `path` (32 bytes, hex); made on first use, mode 0600, written to a
+    scratch file and linked into place so a crash or a second replica never sees half a file."""
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    secret = secrets.token_bytes(SECRET_BYTES)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(secret.hex() + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    try:
+        os.link(scratch, path)
+    except FileExistsError:  # another process made it first: use theirs
+        return _read_secret(path)
+    finally:
+        scratch.unlink()
+    return secret
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        secret = b""
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"{path} does not hold a {SECRET_BYTES}-byte hex secret (remove it to make a new one)")
     return secret
 
 

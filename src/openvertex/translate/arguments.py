@@ -14,8 +14,11 @@ _PATH_STEP = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|
 
 
 def _canonical(value: Any) -> Any:
-    """Gemini's Struct numbers are doubles: 5.0 and 5 are one value, written 5."""
-    if isinstance(value, float) and value.is_integer():
+    """Gemini's Struct numbers are doubles: 5.0 and 5 are one value, written 5, and an integer
+    past 2^53 is the double nearest to it."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        value = float(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
         return int(value)
     if isinstance(value, dict):
         return {key: _canonical(item) for key, item in value.items()}
@@ -124,11 +127,12 @@ class ArgumentWriter:
         return piece
 
     def finish(self, args: dict[str, Any] | None) -> str:
-        """The rest of the text: of the whole arguments when the last piece carries them (nothing
-        if the fragments strayed from them), else the closing of what is open."""
+        """The rest of the text: of the whole arguments when the last piece carries them, else
+        (or if the fragments strayed from them) the closing of what is open."""
         if args is not None:
             whole = compact_json(args)
-            return self._emit(whole[len(self._written) :]) if whole.startswith(self._written) else ""
+            if whole.startswith(self._written):
+                return self._emit(whole[len(self._written) :])
         if not self._written:
             return self._emit("{}")
         closing = '"' if self._in_string else ""

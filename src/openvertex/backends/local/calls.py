@@ -143,9 +143,9 @@ class _CallObject:
             return
         if top is not None:
             top.empty = False
+        if top is None and char != "{":
+            raise ValueError("not a call object")
         if char in "{[":
-            if top is None and self._started:
-                return  # text after the call object
             self._started = True
             self._stack.append(_Container(is_object=char == "{", key=None if char == "{" else 0))
             self._stack[-1].expecting = "key" if char == "{" else "value"
@@ -230,17 +230,41 @@ class CallReader:
                 parts += self._text(self._buffer[:start].rstrip())
                 self._buffer = self._buffer[start + len(_OPEN) :]
                 self._call, self._body, self._announced = _CallObject(), "", False
-            parts += self._write()
-            end = self._buffer.find(_CLOSE) if self._call.complete else -1
-            if end < 0:
-                return parts
-            self._buffer = self._buffer[end + len(_CLOSE) :]
-            parts += self._end_call()
+            try:
+                parts += self._write()
+                end = self._buffer.find(_CLOSE) if self._call.complete else -1
+                if end < 0:
+                    return parts
+                self._buffer = self._buffer[end + len(_CLOSE) :]
+                parts += self._end_call()
+            except (ValueError, KeyError, TypeError):
+                return parts + self._not_a_call()
 
     def finish(self) -> list[gc.Part]:
-        """The candidate ended: what is held back is text; a call cut off midway is dropped."""
+        """The candidate ended: what is held back is text; a whole call object counts even
+        without its closing tag; a call cut off midway is closed if it was announced."""
         rest, self._buffer = self._buffer, ""
-        return self._text(rest) if self._call is None else []
+        call = self._call
+        if call is None:
+            return self._text(rest)
+        if call.complete:
+            try:
+                return self._end_call()
+            except (ValueError, KeyError, TypeError):
+                return self._not_a_call()
+        self._call = None
+        # The stream already announced it: its arguments end here, cut off (MAX_TOKENS).
+        return [gc.Part(function_call=gc.FunctionCall(name=call.name, will_continue=False))] if self._announced else []
+
+    def _not_a_call(self) -> list[gc.Part]:
+        """`<tool_call>` followed by something else (the grammar was not armed): plain text."""
+        text = _OPEN + self._body + self._buffer
+        self._call, self._body, self._buffer = None, "", ""
+        return (
+            [gc.Part(function_call=gc.FunctionCall(name=None, will_continue=False))]
+            if self._announced
+            else (self._text(text))
+        )
 
     def _text(self, text: str) -> list[gc.Part]:
         # Whitespace between and after calls is the format's, not the answer's.

@@ -359,7 +359,11 @@ class Engine:
             sequence.reasoned = bool(text)
         if matcher.stopped:  # the model closed its reasoning itself
             self._end_thinking(sequence, text)
+            sequence.sampler.begin_answer(matcher.after)
             self._answer(sequence, matcher.after)
+            if sequence.matcher.stopped:
+                self._finish(slot, "STOP")
+                return
         elif text:
             self._emit(sequence.job, TextDelta(sequence.candidate, text, thought=True))
         self._continue(slot, sequence, token)
@@ -370,7 +374,7 @@ class Engine:
             self._emit(sequence.job, TextDelta(sequence.candidate, text.rstrip(), thought=True))
         sequence.thinking = None
         sequence.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        sequence.sampler.constrained = True
+        sequence.sampler.constrained = True  # the grammar, if any, is for the answer
 
     def _logprob(self, index: int, token: int, top_n: int) -> TokenLogprob:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))

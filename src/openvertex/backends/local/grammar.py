@@ -41,8 +41,8 @@ def check_grammar(vocab: llama_cpp.llama_vocab_p, grammar: str, *, param: str) -
 
 TOOL_CALL_OPEN = "<tool_call>\n"
 TOOL_CALL_CLOSE = "\n</tool_call>"
-# A lazy grammar wakes up where this matches the text so far; the group is where it starts.
-TOOL_CALL_TRIGGER = r"[\s\S]*?(<tool_call>)[\s\S]*"
+# With tool_choice auto the grammar applies from where this first appears in the answer.
+TOOL_CALL_TRIGGER = "<tool_call>"
 
 
 def _json_schema(schema: Any) -> Any:

@@ -37,7 +37,7 @@ class Sampling:
     stop: tuple[str, ...]
     grammar: str | None
     logprobs: int | None = None  # None: not asked; else how many top alternatives per token
-    grammar_trigger: str | None = None  # a regex: the grammar applies from where it matches on
+    grammar_trigger: str | None = None  # the grammar applies from where this text first appears on
     thinking: Thinking | None = None
 
 
@@ -46,18 +46,6 @@ def candidate_seed(seed: int | None, candidate: int) -> int:
     if seed is None:
         return random.getrandbits(32)
     return (seed + candidate) % 2**32
-
-
-def _grammar_sampler(vocab: llama_cpp.llama_vocab_p, grammar: str, trigger: str | None) -> llama_cpp.llama_sampler_p:
-    sampler: llama_cpp.llama_sampler_p
-    if trigger is None:
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    else:
-        patterns = (ctypes.c_char_p * 1)(trigger.encode())
-        sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
-            vocab, grammar.encode(), b"root", patterns, 1, None, 0
-        )
-    return sampler
 
 
 def _penalties_only_lower(sampling: Sampling) -> bool:
@@ -109,29 +97,100 @@ class SequenceSampler:
     and only checked against the grammar; the grammar masks the whole vocabulary only when it
     rejects that token (llama.cpp's own common sampler does the same): most tokens of a JSON
     answer are what the grammar allows anyway, and masking 49k candidates a token is the
-    expensive part of constrained decoding."""
+    expensive part of constrained decoding.
+
+    With a trigger the answer is free until the trigger text appears; from there on it must
+    follow the grammar. The switch is made here, not by llama.cpp's lazy grammar, which aborts
+    the process when the text that completes the trigger goes on in a way the grammar refuses
+    ("use <tool_call>, then…"): here such text is simply not a call.
+    """
 
     def __init__(self, vocab: llama_cpp.llama_vocab_p, n_vocab: int, sampling: Sampling, seed: int) -> None:
-        self._chain = sampler_chain(vocab, n_vocab, sampling, seed)
-        self._grammar = (
-            _grammar_sampler(vocab, sampling.grammar, sampling.grammar_trigger) if sampling.grammar else None
-        )
+        self._vocab = vocab
         self._n_vocab = n_vocab
-        self._candidates = np.zeros(n_vocab if self._grammar else 0, dtype=_TOKEN_DATA)
-        self._ids = np.arange(n_vocab if self._grammar else 0, dtype=np.int32)
+        self._chain = sampler_chain(vocab, n_vocab, sampling, seed)
+        self._rules = sampling.grammar
+        self._trigger = sampling.grammar_trigger
+        self._grammar = self._new_grammar() if self._rules is not None and self._trigger is None else None
+        self._seen = ""  # the answer's recent text while the trigger has not appeared
+        self._candidates = np.zeros(n_vocab if self._rules else 0, dtype=_TOKEN_DATA)
+        self._ids = np.arange(n_vocab if self._rules else 0, dtype=np.int32)
         self._one = (llama_cpp.llama_token_data * 1)()
+        self._piece = ctypes.create_string_buffer(256)
         self.constrained = True  # False while the model reasons: the grammar is for the answer
 
+    def _new_grammar(self) -> llama_cpp.llama_sampler_p:
+        assert self._rules is not None
+        grammar: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_init_grammar(
+            self._vocab, self._rules.encode(), b"root"
+        )
+        return grammar
+
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
-        if self._grammar is None or not self.constrained:
+        if self._rules is None or not self.constrained:
             return int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
+        if self._grammar is None:  # waiting for the trigger
+            token = int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
+            self._watch(token)
+            return token
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
         token = self._draw(logits, with_grammar=False)
-        if not self._allowed(token, float(logits[token])):
+        if not _allowed(self._grammar, self._one, token, float(logits[token])):
             token = self._draw(logits, with_grammar=True)
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
+
+    @property
+    def armed(self) -> bool:
+        """The grammar is in force (from the start, or since its trigger appeared)."""
+        return self._grammar is not None
+
+    def begin_answer(self, text: str) -> None:
+        """The reasoning is over; `text` is what the answer already holds (the rest of the
+        token that closed the reasoning), which the grammar must have seen too."""
+        self.constrained = True
+        text = text.lstrip()
+        if not text or self._rules is None:
+            return
+        if self._grammar is None:
+            self._see(text)
+            return
+        grammar = self._new_grammar()
+        if self._feed(grammar, text):
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = grammar
+        else:
+            llama_cpp.llama_sampler_free(grammar)
+
+    def _watch(self, token: int) -> None:
+        size = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        self._see(self._piece.raw[: max(size, 0)].decode("utf-8", errors="ignore"))
+
+    def _see(self, text: str) -> None:
+        """Arm the grammar once the trigger has appeared and what follows it fits the grammar."""
+        assert self._trigger is not None
+        self._seen += text
+        start = self._seen.find(self._trigger)
+        if start < 0:
+            self._seen = self._seen[-len(self._trigger) :]
+            return
+        grammar = self._new_grammar()
+        if self._feed(grammar, self._seen[start:]):
+            self._grammar = grammar
+        else:
+            llama_cpp.llama_sampler_free(grammar)
+            self._seen = self._seen[start + 1 :]
+
+    def _feed(self, grammar: llama_cpp.llama_sampler_p, text: str) -> bool:
+        encoded = text.encode()
+        tokens = (llama_cpp.llama_token * (len(encoded) + 1))()
+        count = int(llama_cpp.llama_tokenize(self._vocab, encoded, len(encoded), tokens, len(tokens), False, False))
+        for token in tokens[: max(count, 0)]:
+            if not _allowed(grammar, self._one, token, 0.0):
+                return False
+            llama_cpp.llama_sampler_accept(grammar, token)
+        return count >= 0
 
     def _draw(self, logits: npt.NDArray[np.float32], *, with_grammar: bool) -> int:
         candidates = self._candidates
@@ -143,15 +202,21 @@ class SequenceSampler:
         if with_grammar:
             llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
         llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
-        return int(candidates["id"][array.selected])
-
-    def _allowed(self, token: int, logit: float) -> bool:
-        self._one[0] = llama_cpp.llama_token_data(token, logit, 0.0)
-        single = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
-        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(single))
-        return bool(np.isfinite(self._one[0].logit))
+        if array.selected < 0:
+            raise RuntimeError("the grammar allows no token here")
+        return int(array.data[array.selected].id)
 
     def free(self) -> None:
         llama_cpp.llama_sampler_free(self._chain)
         if self._grammar is not None:
             llama_cpp.llama_sampler_free(self._grammar)
+
+
+def _allowed(
+    grammar: llama_cpp.llama_sampler_p, one: ctypes.Array[llama_cpp.llama_token_data], token: int, logit: float
+) -> bool:
+    """Would the grammar take `token` next? (Asked on a one-candidate array: it never throws.)"""
+    one[0] = llama_cpp.llama_token_data(token, logit, 0.0)
+    single = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
+    llama_cpp.llama_sampler_apply(grammar, ctypes.byref(single))
+    return bool(np.isfinite(one[0].logit))
