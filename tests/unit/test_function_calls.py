@@ -72,7 +72,7 @@ def test_whole_calls_and_the_text_before_them() -> None:
         '<tool_call>\n{"name": "b", "arguments": {}}\n</tool_call>'
     )
     parts, arguments = _reassemble(text, 2, stream_arguments=False)
-    assert "".join(p.text or "" for p in parts).strip() == "Let me look."
+    assert "".join(p.text or "" for p in parts) == "Let me look."
     assert [p.function_call.name for p in parts if p.function_call] == ["a", "b"]
     assert list(arguments.values()) == ['{"x":1}', "{}"]
 

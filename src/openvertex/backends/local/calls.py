@@ -223,7 +223,10 @@ class CallReader:
             if self._call is None:
                 start = self._buffer.find(_OPEN)
                 if start < 0:
+                    # Hold back what may begin a tag, and the whitespace before it: a blank
+                    # line ahead of a call is the format's, not the answer's.
                     keep = len(self._buffer) - partial_suffix(self._buffer, _OPEN)
+                    keep = len(self._buffer[:keep].rstrip())
                     parts += self._text(self._buffer[:keep])
                     self._buffer = self._buffer[keep:]
                     return parts
