@@ -206,7 +206,7 @@ def test_big_integers_stream_as_the_doubles_gemini_holds() -> None:
 def test_the_grammar_arms_only_where_a_call_really_begins() -> None:
     from llama_cpp._internals import LlamaModel
 
-    from openvertex.backends.local.grammar import TOOL_CALL_TRIGGER
+    from openvertex.backends.local.grammar import TOOL_CALL_TAG
     from openvertex.backends.local.model import resolve_model_path
     from openvertex.backends.local.sampling import Sampling, SequenceSampler
 
@@ -224,7 +224,7 @@ def test_the_grammar_arms_only_where_a_call_really_begins() -> None:
         max_tokens=8,
         stop=(),
         grammar=grammar,
-        grammar_trigger=TOOL_CALL_TRIGGER,
+        grammar_trigger=TOOL_CALL_TAG,
     )
     sampler = SequenceSampler(model.vocab, model.n_vocab(), sampling, 1)
     try:

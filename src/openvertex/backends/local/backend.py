@@ -28,7 +28,7 @@ from openvertex.backends.local.engine import (
 )
 from openvertex.backends.local.grammar import (
     SUPPORTED_MIME_TYPES,
-    TOOL_CALL_TRIGGER,
+    TOOL_CALL_TAG,
     check_grammar,
     grammar_for,
 )
@@ -68,6 +68,7 @@ class LocalBackend:
         self._repeat_penalty = _first(settings.repeat_penalty, model_defaults.repeat_penalty, 1.0)
         self._dynamic_budget = settings.dynamic_thinking_budget
         self._thinking_mode: thinking.Mode = "off"  # known once the template is read
+        self._thinking_close: tuple[int, ...] = ()  # thinking.CLOSING as tokens, once loaded
         self._model: LlamaModel | None = None
         self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
@@ -118,6 +119,7 @@ class LocalBackend:
         source = model.metadata().get("tokenizer.chat_template")
         self._template = ChatTemplate(source, bos_token=bos, eos_token=eos)
         self._thinking_mode = resolve_mode(settings.thinking, source)
+        self._thinking_close = tuple(model.tokenize(thinking.CLOSING.encode(), add_bos=False, special=True))
         self._engine = Engine(
             model.model,
             self._deliver,
@@ -196,8 +198,7 @@ class LocalBackend:
             )
         sampling = self._sampling(model, config, tools, room=n_ctx - len(tokens))
         if budget:
-            close = tuple(model.tokenize(thinking.CLOSING.encode(), add_bos=False, special=True))
-            sampling = replace(sampling, thinking=Thinking(budget, thinking.CLOSE_TAG, close))
+            sampling = replace(sampling, thinking=Thinking(budget, thinking.CLOSE_TAG, self._thinking_close))
         return tokens, sampling, tools
 
     def _sampling(
@@ -226,7 +227,7 @@ class LocalBackend:
             stop=tuple(config.stop_sequences or ()),
             grammar=grammar,
             logprobs=(config.logprobs or 0) if config.response_logprobs else None,
-            grammar_trigger=TOOL_CALL_TRIGGER if tools is not None and tools.lazy else None,
+            grammar_trigger=TOOL_CALL_TAG if tools is not None and tools.lazy else None,
         )
 
     def stream(self, request: gc.GenerateContentRequest, *, model: str) -> AsyncIterator[gc.GenerateContentResponse]:

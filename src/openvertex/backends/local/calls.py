@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from openvertex.backends.local.grammar import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_grammar
+from openvertex.backends.local.grammar import TOOL_CALL_END_TAG, TOOL_CALL_TAG, tool_call_grammar
 from openvertex.backends.local.stop import partial_suffix
 from openvertex.protocol import generate_content as gc
 
-_OPEN = TOOL_CALL_OPEN.strip()  # the model may put other whitespace around the tags
-_CLOSE = TOOL_CALL_CLOSE.strip()
+_OPEN = TOOL_CALL_TAG  # the model may put other whitespace around the tags
+_CLOSE = TOOL_CALL_END_TAG
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCALAR_CHARS = frozenset("+-0123456789.eEtruefalsn")
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}

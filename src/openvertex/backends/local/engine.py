@@ -250,7 +250,6 @@ class Engine:
                 cached_tokens=reuse,
                 thinking=StopMatcher([job.sampling.thinking.close_text]) if job.sampling.thinking else None,
             )
-            slot.sequence.sampler.constrained = job.sampling.thinking is None
 
     # ------------------------------------------------------------------ one step
 
@@ -358,8 +357,7 @@ class Engine:
             text = text.lstrip()  # the line break after the opening tag is the format's
             sequence.reasoned = bool(text)
         if matcher.stopped:  # the model closed its reasoning itself
-            self._end_thinking(sequence, text)
-            sequence.sampler.begin_answer(matcher.after)
+            self._end_thinking(sequence, text, after=matcher.after)
             self._answer(sequence, matcher.after)
             if sequence.matcher.stopped:
                 self._finish(slot, "STOP")
@@ -368,13 +366,14 @@ class Engine:
             self._emit(sequence.job, TextDelta(sequence.candidate, text, thought=True))
         self._continue(slot, sequence, token)
 
-    def _end_thinking(self, sequence: Sequence, text: str) -> None:
+    def _end_thinking(self, sequence: Sequence, text: str, *, after: str = "") -> None:
+        """Emit the last thought text; `after` is answer text that came with the closing tag."""
         text += sequence.decoder.decode(b"", final=True)
         if text.strip():
             self._emit(sequence.job, TextDelta(sequence.candidate, text.rstrip(), thought=True))
         sequence.thinking = None
         sequence.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        sequence.sampler.constrained = True  # the grammar, if any, is for the answer
+        sequence.sampler.begin_answer(after)
 
     def _logprob(self, index: int, token: int, top_n: int) -> TokenLogprob:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))

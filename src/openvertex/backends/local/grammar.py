@@ -39,10 +39,11 @@ def check_grammar(vocab: llama_cpp.llama_vocab_p, grammar: str, *, param: str) -
 
 # ---------------------------------------------------------------------------- function calls
 
-TOOL_CALL_OPEN = "<tool_call>\n"
-TOOL_CALL_CLOSE = "\n</tool_call>"
-# With tool_choice auto the grammar applies from where this first appears in the answer.
-TOOL_CALL_TRIGGER = "<tool_call>"
+# With tool_choice auto the grammar applies from where TOOL_CALL_TAG first appears.
+TOOL_CALL_TAG = "<tool_call>"
+TOOL_CALL_END_TAG = "</tool_call>"
+TOOL_CALL_OPEN = TOOL_CALL_TAG + "\n"  # as the grammar and the prompt write them
+TOOL_CALL_CLOSE = "\n" + TOOL_CALL_END_TAG
 
 
 def _json_schema(schema: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from openvertex.backends.local.grammar import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parameters_schema
+from openvertex.backends.local.grammar import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_TAG, parameters_schema
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
 
@@ -149,7 +149,7 @@ class ChatTemplate:
         self.eos_token = eos_token
         # Templates that render `tools` and answer in <tool_call> blocks (Qwen, Hermes, SmolLM3)
         # get the declarations their own way; the output format is the same as the generic one.
-        self.native_tools = source is not None and "tools" in source and TOOL_CALL_OPEN.strip() in source
+        self.native_tools = source is not None and "tools" in source and TOOL_CALL_TAG in source
 
     def render(self, messages: list[dict[str, Any]], tools: list[gc.FunctionDeclaration] | None = None) -> str:
         declared = [{"type": "function", "function": _declaration(d)} for d in tools or []]

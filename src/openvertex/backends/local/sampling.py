@@ -117,7 +117,7 @@ class SequenceSampler:
         self._ids = np.arange(n_vocab if self._rules else 0, dtype=np.int32)
         self._one = (llama_cpp.llama_token_data * 1)()
         self._piece = ctypes.create_string_buffer(256)
-        self.constrained = True  # False while the model reasons: the grammar is for the answer
+        self.constrained = sampling.thinking is None  # the grammar is for the answer, not the reasoning
 
     def _new_grammar(self) -> llama_cpp.llama_sampler_p:
         assert self._rules is not None
