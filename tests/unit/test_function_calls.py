@@ -7,10 +7,8 @@ import random
 from typing import Any
 
 import pytest
-from llama_cpp import llama_model_default_params as llama_default_params
 
 from openvertex.backends.local.calls import CallReader, json_path
-from openvertex.backends.local.grammar import tool_call_grammar
 from openvertex.backends.local.prompt import ChatTemplate, contents_to_messages
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.arguments import compact_json, parse_json_path
@@ -100,21 +98,6 @@ def test_json_paths_round_trip(steps: list[str | int]) -> None:
     assert parse_json_path(json_path(steps)) == steps
 
 
-def test_grammar_names_only_allowed_functions_and_accepts_openapi_types() -> None:
-    declarations = [
-        gc.FunctionDeclaration(
-            name="get_weather",
-            parameters={"type": "OBJECT", "properties": {"city": {"type": "STRING", "nullable": True}}},
-        ),
-        gc.FunctionDeclaration(name="no_parameters"),
-    ]
-    grammar = tool_call_grammar(declarations)
-    assert grammar.startswith('root ::= "<tool_call>\\n" tool-call-object')
-    assert '"\\"get_weather\\""' in grammar and '"\\"no_parameters\\""' in grammar
-    assert "null" in grammar
-    assert '"\\"no_parameters\\""' not in tool_call_grammar(declarations[:1])
-
-
 # A tool-aware template in the style of Qwen / Hermes (written for this test).
 NATIVE_TEMPLATE = """{%- if tools %}<|im_start|>system
 {% if messages[0].role == 'system' %}{{ messages[0].content }}
@@ -201,37 +184,3 @@ def test_big_integers_stream_as_the_doubles_gemini_holds() -> None:
     text = '<tool_call>\n{"name": "a", "arguments": {"n": 12345678901234567890, "m": 3}}\n</tool_call>'
     _, arguments = _reassemble(text, 5, stream_arguments=True)
     assert list(arguments.values()) == ['{"n":1.2345678901234567e+19,"m":3}']
-
-
-def test_the_grammar_arms_only_where_a_call_really_begins() -> None:
-    from llama_cpp._internals import LlamaModel
-
-    from openvertex.backends.local.grammar import TOOL_CALL_TAG
-    from openvertex.backends.local.model import resolve_model_path
-    from openvertex.backends.local.sampling import Sampling, SequenceSampler
-
-    model = LlamaModel(path_model=str(resolve_model_path("smollm2")), params=llama_default_params(), verbose=False)
-    grammar = tool_call_grammar([gc.FunctionDeclaration(name="f")])
-    sampling = Sampling(
-        temperature=0.0,
-        top_p=1.0,
-        top_k=40,
-        min_p=0.0,
-        repeat_penalty=1.0,
-        presence_penalty=0.0,
-        frequency_penalty=0.0,
-        seed=1,
-        max_tokens=8,
-        stop=(),
-        grammar=grammar,
-        grammar_trigger=TOOL_CALL_TAG,
-    )
-    sampler = SequenceSampler(model.vocab, model.n_vocab(), sampling, 1)
-    try:
-        sampler.begin_answer("Use <tool_call>, then JSON.")  # would abort llama.cpp's lazy grammar
-        assert not sampler.armed
-        sampler.begin_answer('Sure.\n<tool_call>\n{"na')
-        assert sampler.armed
-    finally:
-        sampler.free()
-        model.close()  # type: ignore[no-untyped-call]

@@ -23,6 +23,8 @@ class Capabilities:
     cached_content: bool = False
     native_tools: frozenset[str] = frozenset()  # googleSearch, codeExecution, …
     max_candidates: int = 8
+    # Output tokens when a request sets none (Gemini models each declare one).
+    max_output_tokens: int | None = None
     # The backend issues and checks its own thought signatures (Gemini); else openvertex does.
     thought_signatures: bool = False
 

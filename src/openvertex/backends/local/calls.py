@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from openvertex.backends.local.grammar import TOOL_CALL_END_TAG, TOOL_CALL_TAG, tool_call_grammar
+from openvertex.backends.local.grammar import TOOL_CALL_END_TAG, TOOL_CALL_TAG
 from openvertex.backends.local.stop import partial_suffix
 from openvertex.protocol import generate_content as gc
 
@@ -24,7 +24,7 @@ _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r"
 @dataclass(frozen=True, slots=True)
 class FunctionCalling:
     declarations: list[gc.FunctionDeclaration]  # shown to the model
-    grammar: str  # what a call must look like
+    allowed: list[gc.FunctionDeclaration]  # what it may call
     lazy: bool  # AUTO: the model may answer in text; a call, once begun, follows the grammar
     stream_arguments: bool
 
@@ -41,7 +41,7 @@ def plan_function_calling(request: gc.GenerateContentRequest) -> FunctionCalling
     allowed = set(config.allowed_function_names or [d.name for d in declarations])
     return FunctionCalling(
         declarations=declarations,
-        grammar=tool_call_grammar([d for d in declarations if d.name in allowed]),
+        allowed=[d for d in declarations if d.name in allowed],
         lazy=not forced,
         stream_arguments=bool(config.stream_function_call_arguments),
     )
@@ -208,8 +208,9 @@ class CallReader:
     Text that might be the start of a `<tool_call>` tag is held back until it is clear.
     """
 
-    def __init__(self, *, stream_arguments: bool) -> None:
+    def __init__(self, *, stream_arguments: bool, names: frozenset[str] | None = None) -> None:
         self._stream_arguments = stream_arguments
+        self._names = names  # the functions the model may call (None: any)
         self._buffer = ""
         self._call: _CallObject | None = None  # the call being written
         self._body = ""
@@ -280,6 +281,8 @@ class CallReader:
         assert call is not None
         read = call.feed(self._buffer)
         self._body, self._buffer = self._body + self._buffer[:read], self._buffer[read:]
+        if call.name_done and self._names is not None and call.name not in self._names:
+            raise ValueError(f"{call.name!r} is not a function the model may call")
         if not self._stream_arguments or not call.name_done:
             return []
         pieces, call.pieces = call.pieces, []
@@ -292,7 +295,9 @@ class CallReader:
         assert call is not None
         self._call = None
         self.calls += 1
-        whole = json.loads(self._body.strip(), strict=False)  # the grammar made it valid
+        whole = json.loads(self._body.strip())  # the grammar made it valid
+        if self._names is not None and whole["name"] not in self._names:
+            raise ValueError(f"{whole['name']!r} is not a function the model may call")
         final = gc.FunctionCall(name=whole["name"], args=whole["arguments"])
         if self._announced:
             final.partial_args, final.will_continue = call.pieces, False

@@ -7,8 +7,13 @@ import random
 from dataclasses import dataclass
 
 import llama_cpp
+import llguidance
+import llguidance.numpy
 import numpy as np
 import numpy.typing as npt
+
+from openvertex.backends.local.grammar import Grammar
+from openvertex.errors import InvalidArgumentError
 
 PENALTY_LAST_N = 64  # tokens the repetition penalties look back over (llama.cpp's default)
 
@@ -35,9 +40,8 @@ class Sampling:
     seed: int | None
     max_tokens: int  # already clamped to the context left after the prompt
     stop: tuple[str, ...]
-    grammar: str | None
+    grammar: Grammar | None
     logprobs: int | None = None  # None: not asked; else how many top alternatives per token
-    grammar_trigger: str | None = None  # the grammar applies from where this text first appears on
     thinking: Thinking | None = None
 
 
@@ -95,128 +99,74 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 class SequenceSampler:
     """One sequence's sampling. With a grammar, the token is first drawn as if there were none
     and only checked against the grammar; the grammar masks the whole vocabulary only when it
-    rejects that token (llama.cpp's own common sampler does the same): most tokens of a JSON
-    answer are what the grammar allows anyway, and masking 49k candidates a token is the
-    expensive part of constrained decoding.
+    rejects that token (llama.cpp's own common sampler does the same). Drawing from p and, if
+    refused, from the masked p gives exactly the masked distribution, and most tokens of a JSON
+    answer are what the grammar allows anyway.
 
-    With a trigger the answer is free until the trigger text appears; from there on it must
-    follow the grammar. The switch is made here, not by llama.cpp's lazy grammar, which aborts
-    the process when the text that completes the trigger goes on in a way the grammar refuses
-    ("use <tool_call>, then…"): here such text is simply not a call.
+    A lazy grammar (function calls with tool_choice auto) lets text through until its trigger
+    appears; llguidance follows the text itself, so what comes after the trigger is always held
+    to the grammar, whichever tokens wrote it.
     """
 
     def __init__(self, vocab: llama_cpp.llama_vocab_p, n_vocab: int, sampling: Sampling, seed: int) -> None:
         self._vocab = vocab
         self._n_vocab = n_vocab
         self._chain = sampler_chain(vocab, n_vocab, sampling, seed)
-        self._rules = sampling.grammar
-        self._trigger = sampling.grammar_trigger
-        self._grammar = self._new_grammar() if self._rules is not None and self._trigger is None else None
-        self._seen = ""  # the answer's recent text while the trigger has not appeared
-        self._candidates = np.zeros(n_vocab if self._rules else 0, dtype=_TOKEN_DATA)
-        self._ids = np.arange(n_vocab if self._rules else 0, dtype=np.int32)
-        self._one = (llama_cpp.llama_token_data * 1)()
-        self._piece = ctypes.create_string_buffer(256)
+        self._grammar = sampling.grammar
+        self._matcher = sampling.grammar.matcher() if sampling.grammar is not None else None
+        self._bitmask = llguidance.numpy.allocate_token_bitmask(1, n_vocab) if self._grammar else None
+        self._candidates = np.zeros(n_vocab if self._grammar else 0, dtype=_TOKEN_DATA)
+        self._ids = np.arange(n_vocab if self._grammar else 0, dtype=np.int32)
         self.constrained = sampling.thinking is None  # the grammar is for the answer, not the reasoning
 
-    def _new_grammar(self) -> llama_cpp.llama_sampler_p:
-        assert self._rules is not None
-        grammar: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_init_grammar(
-            self._vocab, self._rules.encode(), b"root"
-        )
-        return grammar
-
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
-        if self._rules is None or not self.constrained:
+        matcher = self._matcher
+        if matcher is None or not self.constrained:
             return int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
-        if self._grammar is None:  # waiting for the trigger
-            token = int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
-            self._watch(token)
-            return token
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
-        token = self._draw(logits, with_grammar=False)
-        if not _allowed(self._grammar, self._one, token, float(logits[token])):
-            token = self._draw(logits, with_grammar=True)
-        llama_cpp.llama_sampler_accept(self._grammar, token)
+        token = self._draw(logits)
+        if matcher.try_consume_tokens([token]) != 1:
+            token = self._draw(np.where(self._allowed(matcher), logits, -np.inf).astype(np.float32))
+            matcher.consume_token(token)
+        if matcher.is_error():
+            raise InvalidArgumentError(f"the output could not be held to the schema: {matcher.get_error()}")
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
 
     @property
-    def armed(self) -> bool:
-        """The grammar is in force (from the start, or since its trigger appeared)."""
-        return self._grammar is not None
+    def complete(self) -> bool:
+        """The grammar allows nothing more: the answer ends here without another token."""
+        return self._matcher is not None and self.constrained and self._matcher.is_stopped()
 
-    def begin_answer(self, text: str) -> None:
-        """The reasoning is over; `text` is what the answer already holds (the rest of the
-        token that closed the reasoning), which the grammar must have seen too."""
+    def begin_answer(self, text: str) -> str:
+        """The reasoning is over; `text` is what came after its closing tag in the same token.
+        Returns the part of it the grammar takes: the answer starts there, constrained."""
         self.constrained = True
         text = text.lstrip()
-        if not text or self._rules is None:
-            return
-        if self._grammar is None:
-            self._see(text)
-            return
-        grammar = self._new_grammar()
-        if self._feed(grammar, text):
-            llama_cpp.llama_sampler_free(self._grammar)
-            self._grammar = grammar
-        else:
-            llama_cpp.llama_sampler_free(grammar)
+        if self._matcher is None or self._grammar is None or not text:
+            return text
+        tokens = self._grammar.tokenizer.tokenize_str(text)
+        taken = self._matcher.try_consume_tokens(tokens)
+        return text if taken == len(tokens) else self._grammar.tokenizer.decode_str(tokens[:taken])
 
-    def _watch(self, token: int) -> None:
-        size = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
-        self._see(self._piece.raw[: max(size, 0)].decode("utf-8", errors="ignore"))
+    def _allowed(self, matcher: llguidance.LLMatcher) -> npt.NDArray[np.bool_]:
+        assert self._bitmask is not None
+        llguidance.numpy.fill_next_token_bitmask(matcher, self._bitmask)
+        bits = np.unpackbits(self._bitmask[0].view(np.uint8), bitorder="little")[: self._n_vocab]
+        return bits.view(np.bool_)
 
-    def _see(self, text: str) -> None:
-        """Arm the grammar once the trigger has appeared and what follows it fits the grammar."""
-        assert self._trigger is not None
-        self._seen += text
-        start = self._seen.find(self._trigger)
-        if start < 0:
-            self._seen = self._seen[-len(self._trigger) :]
-            return
-        grammar = self._new_grammar()
-        if self._feed(grammar, self._seen[start:]):
-            self._grammar = grammar
-        else:
-            llama_cpp.llama_sampler_free(grammar)
-            self._seen = self._seen[start + 1 :]
-
-    def _feed(self, grammar: llama_cpp.llama_sampler_p, text: str) -> bool:
-        encoded = text.encode()
-        tokens = (llama_cpp.llama_token * (len(encoded) + 1))()
-        count = int(llama_cpp.llama_tokenize(self._vocab, encoded, len(encoded), tokens, len(tokens), False, False))
-        for token in tokens[: max(count, 0)]:
-            if not _allowed(grammar, self._one, token, 0.0):
-                return False
-            llama_cpp.llama_sampler_accept(grammar, token)
-        return count >= 0
-
-    def _draw(self, logits: npt.NDArray[np.float32], *, with_grammar: bool) -> int:
+    def _draw(self, logits: npt.NDArray[np.float32]) -> int:
         candidates = self._candidates
         candidates["id"] = self._ids  # the chain sorts the array in place
         candidates["logit"] = logits
         candidates["p"] = 0.0
         data = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
         array = llama_cpp.llama_token_data_array(data=data, size=self._n_vocab, selected=-1, sorted=False)
-        if with_grammar:
-            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
         llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
-        if array.selected < 0:
-            raise RuntimeError("the grammar allows no token here")
-        return int(array.data[array.selected].id)
+        token = int(array.data[array.selected].id) if array.selected >= 0 else -1
+        if token < 0 or not np.isfinite(logits[token]):
+            raise InvalidArgumentError("the schema allows no output here")
+        return token
 
     def free(self) -> None:
         llama_cpp.llama_sampler_free(self._chain)
-        if self._grammar is not None:
-            llama_cpp.llama_sampler_free(self._grammar)
-
-
-def _allowed(
-    grammar: llama_cpp.llama_sampler_p, one: ctypes.Array[llama_cpp.llama_token_data], token: int, logit: float
-) -> bool:
-    """Would the grammar take `token` next? (Asked on a one-candidate array: it never throws.)"""
-    one[0] = llama_cpp.llama_token_data(token, logit, 0.0)
-    single = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
-    llama_cpp.llama_sampler_apply(grammar, ctypes.byref(single))
-    return bool(np.isfinite(one[0].logit))
