@@ -13,6 +13,7 @@ _ROUTES: tuple[tuple[str, str], ...] = (
     ("/healthz", "healthz"),
     ("/readyz", "readyz"),
     ("/metrics", "metrics"),
+    ("/openapi.json", "openapi"),
 )
 
 

@@ -6,13 +6,15 @@ import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from openvertex.errors import NotFoundError, UnavailableError
 from openvertex.http.auth import Authenticator
-from openvertex.http.body import parse_json, read_body
-from openvertex.http.sse import sse_stream
+from openvertex.http.body import JsonLimits, read_body, read_json
+from openvertex.http.disconnect import until_disconnect
+from openvertex.http.openapi import openapi_json
+from openvertex.http.sse import EventStreamResponse, sse_stream
 from openvertex.protocol import chat_completions as oa
 from openvertex.service.chat import ChatService
 
@@ -22,11 +24,20 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class Handlers:
-    def __init__(self, service: ChatService, auth: Authenticator, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        auth: Authenticator,
+        max_body_bytes: int,
+        *,
+        json_limits: JsonLimits | None = None,
+    ) -> None:
         self.service = service
         self.auth = auth
         self.max_body_bytes = max_body_bytes
+        self.json_limits = json_limits or JsonLimits()
         self.started = int(time.time())
+        self._openapi: bytes | None = None  # built on first request
 
     async def vertex_chat(self, request: Request) -> Response:
         params = request.path_params
@@ -39,23 +50,37 @@ class Handlers:
 
     async def chat(self, request: Request) -> Response:
         self.auth.check(request)
-        body = parse_json(await read_body(request, self.max_body_bytes), oa.ChatCompletionRequest)
+        raw = await read_body(request, self.max_body_bytes)
+        body = await read_json(raw, oa.ChatCompletionRequest, self.json_limits)
         prepared = self.service.prepare(body)
+        # Until the first byte is sent, only the receive channel tells that the client left:
+        # watch it, so a hang-up frees the engine at once instead of at the deadline.
         if not body.stream:
-            completion = await self.service.complete(prepared)
+            completion = await until_disconnect(request.receive, self.service.complete(prepared))
             return Response(completion.model_dump_json(), media_type="application/json")
         chunks = self.service.stream(prepared)
         # Pull the first chunk before answering, so errors found while starting (a prompt
         # too long for the context, say) get a real HTTP status instead of an SSE event.
-        first = await _first(chunks)
-        return StreamingResponse(sse_stream(first, chunks), media_type="text/event-stream", headers=_SSE_HEADERS)
+        first = await until_disconnect(request.receive, _first(chunks))
+        return EventStreamResponse(sse_stream(first, chunks), headers=_SSE_HEADERS)
 
     async def models(self, request: Request) -> Response:
         self.auth.check(request)
         cards = [
-            oa.ModelCard(id=m, created=self.started, owned_by="openvertex") for m in self.service.router.model_ids()
+            oa.ModelCard(
+                id=model,
+                created=self.started,
+                owned_by="openvertex",
+                max_output_tokens=backend.capabilities.max_output_tokens,
+            )
+            for model, backend in self.service.router.models()
         ]
         return Response(oa.ModelList(data=cards).model_dump_json(), media_type="application/json")
+
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = openapi_json(self.routes())
+        return Response(self._openapi, media_type="application/json")
 
     async def metrics(self, request: Request) -> Response:
         return Response(self.service.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -65,7 +90,7 @@ class Handlers:
 
     async def readyz(self, request: Request) -> Response:
         if not self.service.router.ready():
-            raise UnavailableError("The model is still loading.")
+            raise UnavailableError("The model is not ready: still loading, or restarting after a fault.")
         return JSONResponse({"status": "ready"})
 
     def routes(self) -> list[Route]:
@@ -76,6 +101,7 @@ class Handlers:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
 
 

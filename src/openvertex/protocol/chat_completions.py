@@ -364,6 +364,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    max_output_tokens: int | None = omit_none()  # when the backend declares one
 
 
 class ModelList(BaseModel):

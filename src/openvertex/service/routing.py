@@ -25,5 +25,9 @@ class Router:
     def model_ids(self) -> list[str]:
         return [route.model for route in self.routes]
 
+    def models(self) -> list[tuple[str, Backend]]:
+        """Each configured model id (a route's pattern) with the backend that serves it."""
+        return [(route.model, self.backends[route.backend]) for route in self.routes]
+
     def ready(self) -> bool:
         return all(backend.ready() for backend in self.backends.values())

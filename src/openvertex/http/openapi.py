@@ -1,0 +1,252 @@
+"""The OpenAPI 3.1 document for every route, generated from the wire types in protocol/.
+
+Each route is described by an Operation keyed by its handler's name; a route without one is
+an error when the document is built, so a new route cannot go unpublished.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, RootModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.routing import BaseRoute, Route
+
+from openvertex.protocol import chat_completions as oa
+
+_REF = "#/components/schemas/{model}"
+JsonObject = dict[str, Any]
+
+
+class ErrorStatus(BaseModel):
+    """google.rpc.Status as JSON: the canonical code name in `status` (INVALID_ARGUMENT, …)."""
+
+    code: int
+    message: str
+    status: str
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorStatus
+
+
+class ErrorResponse(RootModel[list[ErrorEnvelope]]):
+    """Every error on these routes: a one-element list, as Vertex's OpenAI-compatible surface answers."""
+
+
+_MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
+    (oa.ChatCompletionRequest, "validation"),
+    (oa.ChatCompletion, "serialization"),
+    (oa.ChatCompletionChunk, "serialization"),
+    (oa.ModelList, "serialization"),
+    (ErrorEnvelope, "serialization"),
+    (ErrorResponse, "serialization"),
+)
+
+_ERRORS = {
+    "400": "INVALID_ARGUMENT or FAILED_PRECONDITION; the message names the parameter that was wrong.",
+    "401": "UNAUTHENTICATED: no API key, or not one of the configured keys.",
+    "404": "NOT_FOUND: an unknown model, endpoint or API version.",
+    "429": "RESOURCE_EXHAUSTED: the model's queue is full; retry after `Retry-After` seconds.",
+    "499": "CANCELLED: the client closed the connection.",
+    "500": "INTERNAL.",
+    "503": "UNAVAILABLE: the model is not loaded, or its backend failed.",
+    "504": "DEADLINE_EXCEEDED: the request ran past the configured timeout.",
+}
+
+_PATH_PARAMETERS: dict[str, JsonObject] = {
+    "version": {"type": "string", "enum": ["v1", "v1beta1"]},
+    "project": {"type": "string"},
+    "location": {"type": "string"},
+    # Vertex's OpenAI-compatible surface is the endpoint named `openapi`.
+    "endpoint": {"type": "string", "enum": ["openapi"]},
+}
+
+_STATUS_OK = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    summary: str
+    tag: str
+    authenticated: bool = False
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None  # a JSON 200 body
+    events: type[BaseModel] | None = None  # each SSE event's data, when the request asks to stream
+    plain: JsonObject | None = None  # a 200 body that is not a wire type: (media type → schema)
+    errors: tuple[str, ...] = ("500",)
+
+
+_CHAT = Operation(
+    summary="Create a chat completion (JSON, or server-sent events when `stream` is true).",
+    tag="chat",
+    authenticated=True,
+    request=oa.ChatCompletionRequest,
+    response=oa.ChatCompletion,
+    events=oa.ChatCompletionChunk,
+    errors=("400", "401", "404", "429", "499", "500", "503", "504"),
+)
+
+# Keyed by the route's name (its handler's name in routes.Handlers).
+OPERATIONS: dict[str, Operation] = {
+    "vertex_chat": _CHAT,
+    "chat": _CHAT,
+    "models": Operation(
+        summary="List the configured models.",
+        tag="models",
+        authenticated=True,
+        response=oa.ModelList,
+        errors=("401", "500"),
+    ),
+    "healthz": Operation(
+        summary="Liveness: the process answers.", tag="health", plain={"application/json": _STATUS_OK}
+    ),
+    "readyz": Operation(
+        summary="Readiness: every backend can answer (the local model is loaded).",
+        tag="health",
+        plain={"application/json": _STATUS_OK},
+        errors=("503",),
+    ),
+    "metrics": Operation(
+        summary="Prometheus metrics (text exposition format 0.0.4).",
+        tag="health",
+        plain={"text/plain": {"type": "string"}},
+    ),
+    "openapi": Operation(
+        summary="This document.", tag="health", plain={"application/json": {"type": "object"}}, errors=()
+    ),
+}
+
+
+def _merge_name_keys(by_alias: JsonObject, by_name: JsonObject) -> None:
+    """Gemini extension objects accept snake_case and lowerCamelCase keys alike (spec §1.4), but
+    pydantic describes one spelling; a closed object (additionalProperties false) gets both."""
+    for title, schema in by_alias.items():
+        other = by_name.get(title, {})
+        if schema.get("additionalProperties") is not False or other.get("additionalProperties") is not False:
+            continue
+        names = set(schema.get("properties", {})) & set(other.get("properties", {}))
+        schema["properties"] = {**other.get("properties", {}), **schema.get("properties", {})}
+        if "required" in schema:  # a key required in one spelling may come in the other
+            schema["required"] = [key for key in schema["required"] if key in names]
+
+
+def component_schemas() -> JsonObject:
+    """pydantic's JSON Schemas of the wire types, with `$defs` moved into components/schemas."""
+    _, by_alias = models_json_schema(_MODELS, ref_template=_REF)
+    _, by_name = models_json_schema(_MODELS, ref_template=_REF, by_alias=False)
+    schemas: JsonObject = by_alias.get("$defs", {})
+    _merge_name_keys(schemas, by_name.get("$defs", {}))
+    return schemas
+
+
+def _ref(model: type[BaseModel]) -> JsonObject:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _event_schema(model: type[BaseModel]) -> JsonObject:
+    """One server-sent event, as OpenAPI models them: an object whose `data` is a string."""
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "string",
+                "description": "JSON, then a final `[DONE]`; an error after the stream began is one "
+                '`{"error": …}` event instead of `[DONE]`.',
+                "contentMediaType": "application/json",
+                "contentSchema": {"anyOf": [_ref(model), _ref(ErrorEnvelope)]},
+            }
+        },
+    }
+
+
+def _success(operation: Operation) -> JsonObject:
+    content: JsonObject = {}
+    if operation.response is not None:
+        content["application/json"] = {"schema": _ref(operation.response)}
+    if operation.events is not None:
+        content["text/event-stream"] = {"schema": _event_schema(operation.events)}
+    for media_type, schema in (operation.plain or {}).items():
+        content[media_type] = {"schema": schema}
+    return {"description": "OK", "content": content}
+
+
+def _operation(operation_id: str, operation: Operation, parameters: Sequence[str]) -> JsonObject:
+    error = {"application/json": {"schema": _ref(ErrorResponse)}}
+    document: JsonObject = {
+        "operationId": operation_id,
+        "summary": operation.summary,
+        "tags": [operation.tag],
+        "responses": {
+            "200": _success(operation),
+            **{code: {"description": _ERRORS[code], "content": error} for code in operation.errors},
+        },
+    }
+    if parameters:
+        document["parameters"] = [
+            {"name": p, "in": "path", "required": True, "schema": _PATH_PARAMETERS[p]} for p in parameters
+        ]
+    if operation.request is not None:
+        document["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(operation.request)}},
+        }
+    if operation.authenticated:
+        # Any one of these; without configured keys any token is accepted, but one must be presented.
+        document["security"] = [{"bearer": []}, {"googApiKey": []}, {"queryKey": []}]
+    return document
+
+
+def _path_template(route: Route) -> str:
+    """Starlette's `/{version:str}/…` → OpenAPI's `/{version}/…`."""
+    path = route.path
+    for name in route.param_convertors:
+        path = path.replace(f"{{{name}:str}}", f"{{{name}}}")
+    return path
+
+
+def _paths(routes: Sequence[BaseRoute]) -> JsonObject:
+    paths: JsonObject = {}
+    for route in routes:
+        assert isinstance(route, Route), route
+        if route.name not in OPERATIONS:
+            raise KeyError(f"route {route.path} ({route.name}) has no OpenAPI operation")
+        methods = sorted((route.methods or set()) - {"HEAD"})  # Starlette adds HEAD to every GET
+        for method in methods:
+            operation_id = route.name if len(methods) == 1 else f"{route.name}_{method.lower()}"
+            operation = _operation(operation_id, OPERATIONS[route.name], list(route.param_convertors))
+            paths.setdefault(_path_template(route), {})[method.lower()] = operation
+    return paths
+
+
+def openapi_document(routes: Sequence[BaseRoute]) -> JsonObject:
+    try:
+        version = importlib.metadata.version("openvertex")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        version = "0.0.0"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "openvertex",
+            "version": version,
+            "description": "Vertex AI's OpenAI-compatible Chat Completions API, self-hosted.",
+        },
+        "paths": _paths(routes),
+        "components": {
+            "schemas": component_schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "googApiKey": {"type": "apiKey", "in": "header", "name": "x-goog-api-key"},
+                "queryKey": {"type": "apiKey", "in": "query", "name": "key"},
+            },
+        },
+    }
+
+
+def openapi_json(routes: Sequence[BaseRoute]) -> bytes:
+    return json.dumps(openapi_document(routes), separators=(",", ":")).encode()
