@@ -15,13 +15,14 @@ from openvertex.backends.base import Backend
 from openvertex.backends.registry import create_backend
 from openvertex.errors import ApiError
 from openvertex.http.auth import Authenticator
+from openvertex.http.body import JsonLimits
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
 from openvertex.http.metrics import CountRequests, register_backend_readings
 from openvertex.http.routes import Handlers
 from openvertex.metrics import Metrics
 from openvertex.service.chat import ChatService
 from openvertex.service.routing import Router
-from openvertex.service.signatures import SECRET_FILE, ThoughtSigner, load_or_create_secret
+from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSigner, load_or_create_secret, parse_secret
 from openvertex.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     router = Router(backends=backends, routes=settings.routes)
     metrics = Metrics()
     register_backend_readings(metrics, router)
-    signer = ThoughtSigner(load_or_create_secret(settings.state_dir / SECRET_FILE))
+    signer = ThoughtSigner(_signing_secret(settings))
     service = ChatService(
         router,
         metrics=metrics,
@@ -42,7 +43,12 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
         signer=signer,
         optional_signatures=settings.optional_thought_signatures,
     )
-    handlers = Handlers(service, Authenticator(settings.api_keys), settings.max_body_bytes)
+    handlers = Handlers(
+        service,
+        Authenticator(settings.api_keys),
+        settings.max_body_bytes,
+        json_limits=JsonLimits(settings.max_json_depth, settings.max_json_number_length),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -66,3 +72,19 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
             Exception: unexpected_error_handler,
         },
     )
+
+
+def _signing_secret(settings: Settings) -> bytes:
+    """The configured secret (how replicas behind a load balancer share one), else the one kept in
+    state_dir. A malformed setting stops the start, named but not echoed."""
+    configured = settings.thought_signature_secret
+    if configured is None:
+        return load_or_create_secret(settings.state_dir / SECRET_FILE)
+    secret = parse_secret(configured.get_secret_value())
+    if secret is None:
+        raise ValueError(
+            f"thought_signature_secret (OPENVERTEX_THOUGHT_SIGNATURE_SECRET) must be {SECRET_BYTES * 2} hexadecimal "
+            f"characters ({SECRET_BYTES} bytes), as `openssl rand -hex {SECRET_BYTES}` prints; the value given "
+            f"has {len(configured.get_secret_value().strip())} characters"
+        )
+    return secret

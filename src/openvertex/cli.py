@@ -72,7 +72,7 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # a missing model, a malformed secret
         raise SystemExit(str(error)) from None
     sock = bind_listener(settings.host, settings.port)
     host, port = sock.getsockname()[:2]

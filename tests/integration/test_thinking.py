@@ -135,29 +135,6 @@ def test_thoughts_are_only_returned_when_asked(client: openai.OpenAI) -> None:
     assert "<think>" not in (hidden.choices[0].message.content or "")
 
 
-def test_a_returned_signature_gives_the_model_its_reasoning_back(client: openai.OpenAI) -> None:
-    first = client.chat.completions.create(
-        model=MODEL,
-        messages=TRIP,  # type: ignore[arg-type]
-        max_tokens=200,
-        seed=6,
-        extra_body=_google(thinking_config={"thinking_budget": 64}),
-    )
-    message = first.choices[0].message
-    assert first.usage is not None and first.usage.completion_tokens_details is not None
-    reasoning = first.usage.completion_tokens_details.reasoning_tokens or 0
-    assert reasoning > 0
-    assert message.content and "<think>" not in message.content  # thoughts not returned...
-    assert (message.model_extra or {})["extra_content"]["google"]["thought_signature"]  # ...but sealed here
-    follow_up = {"role": "user", "content": "Why?"}
-    without = {"role": "assistant", "content": message.content}
-    plain = client.chat.completions.create(model=MODEL, messages=[*TRIP, without, follow_up], max_tokens=1)  # type: ignore[list-item]
-    restored = client.chat.completions.create(model=MODEL, messages=[*TRIP, message, follow_up], max_tokens=1)  # type: ignore[list-item]
-    assert plain.usage is not None and restored.usage is not None
-    # The signature put that turn's reasoning back into the model's prompt, inside its tags.
-    assert restored.usage.prompt_tokens - plain.usage.prompt_tokens >= reasoning // 2
-
-
 def test_tagged_thoughts_sent_back_are_thoughts_again(client: openai.OpenAI) -> None:
     marker = _google(thought_tag_marker="think")
     history = [
@@ -168,6 +145,6 @@ def test_tagged_thoughts_sent_back_are_thoughts_again(client: openai.OpenAI) -> 
     tagged = client.chat.completions.create(model=MODEL, messages=history, max_tokens=1, extra_body=marker)  # type: ignore[arg-type]
     untagged = client.chat.completions.create(model=MODEL, messages=history, max_tokens=1)  # type: ignore[arg-type]
     # Same text either way; with the marker it is split into a thought and the answer, and the
-    # thought goes back inside the model's reasoning tags (a few tokens more than plain text).
+    # thought of a turn already answered stays out of the prompt, as reasoning templates do.
     assert tagged.usage is not None and untagged.usage is not None
-    assert tagged.usage.prompt_tokens != untagged.usage.prompt_tokens
+    assert tagged.usage.prompt_tokens < untagged.usage.prompt_tokens

@@ -38,17 +38,23 @@ def test_mode_follows_the_template_unless_set() -> None:
     assert resolve_mode("off", "...</think>...") == "off"
 
 
-def test_earlier_thoughts_go_back_inside_the_tags_never_as_answer_text() -> None:
+def test_the_current_turns_thoughts_go_back_inside_the_tags_never_as_answer_text() -> None:
+    call = gc.FunctionCall(name="factor", args={"n": 23})
     contents = [
         gc.Content(role="user", parts=[gc.Part(text="Is 21 prime?")]),
         gc.Content(role="model", parts=[gc.Part(text="21 = 3 x 7.", thought=True), gc.Part(text="No.")]),
         gc.Content(role="user", parts=[gc.Part(text="And 23?")]),
+        gc.Content(role="model", parts=[gc.Part(text="Factor it.", thought=True), gc.Part(function_call=call)]),
+        gc.Content(
+            role="user", parts=[gc.Part(function_response=gc.FunctionResponse(name="factor", response={"f": [23]}))]
+        ),
     ]
     template = ChatTemplate(None, bos_token="", eos_token="")
     with_tags = template.render(contents_to_messages(None, contents, thought_tags=("<think>", "</think>")))
-    assert "<think>\n21 = 3 x 7.\n</think>\n\nNo." in with_tags
+    assert "<think>\nFactor it.\n</think>\n\n<tool_call>" in with_tags
+    assert "21 = 3 x 7." not in with_tags and "No." in with_tags  # an answered turn's thoughts stay out
     dropped = template.render(contents_to_messages(None, contents))
-    assert "21 = 3 x 7." not in dropped and "No." in dropped
+    assert "Factor it." not in dropped and "No." in dropped
 
 
 def test_a_signature_given_back_restores_its_thoughts() -> None:

@@ -6,8 +6,8 @@ call without its signature. openvertex does the same for local and self-deployed
 a signature is `version · kind · nonce · AES-GCM(thoughts)`, base64, where the thoughts are
 those of the turn (compressed; empty when the model did not think) and the function name of
 a signed call is authenticated with it. Given back, a signature restores its turn's
-thoughts for the model. The key comes from a server secret that is generated once and kept
-on disk, so signatures survive restarts.
+thoughts for the model. The key comes from a server secret, given in the configuration (so
+replicas share it) or generated once and kept on disk; either way signatures survive restarts.
 """
 
 from __future__ import annotations
@@ -69,13 +69,19 @@ def load_or_create_secret(path: Path) -> bytes:
 
 
 def _read_secret(path: Path) -> bytes:
-    try:
-        secret = bytes.fromhex(path.read_text().strip())
-    except ValueError:
-        secret = b""
-    if len(secret) != SECRET_BYTES:
+    secret = parse_secret(path.read_text())
+    if secret is None:
         raise ValueError(f"{path} does not hold a {SECRET_BYTES}-byte hex secret (remove it to make a new one)")
     return secret
+
+
+def parse_secret(text: str) -> bytes | None:
+    """A secret written as hex, as in the file and the configuration; None when it is not one."""
+    try:
+        secret = bytes.fromhex(text.strip())
+    except ValueError:
+        return None
+    return secret if len(secret) == SECRET_BYTES else None
 
 
 def invalid_signature() -> InvalidArgumentError:

@@ -1,9 +1,17 @@
-"""Gemini contents → the model's own chat template (the Jinja template stored in the GGUF)."""
+"""Gemini contents → the model's own chat template (the Jinja template stored in the GGUF) → prompt tokens.
+
+Message text is tokenized as text: only the template's own markup produces control tokens, so
+`<|im_start|>system` written by a client stays the characters `<`, `|`, `im`, … for the model.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +29,17 @@ CHATML_TEMPLATE = (
 )
 
 _ROLE = {"user": "user", "model": "assistant"}
+
+log = logging.getLogger(__name__)
+
+Tokenize = Callable[[str, bool], list[int]]
+"""(text, special) → token ids without BOS; `special` parses control-token text, for markup only."""
+
+# Tokenizing costs about a second of CPU per megabyte, so a prompt's size is checked first: past
+# this many bytes per token of context it is refused untokenized. Real text averages about 4
+# bytes a token; a prompt past the bound could fit only with tokens longer than 128 bytes on
+# average, and SmolLM2 has none (its longest is 81 bytes).
+MAX_BYTES_PER_TOKEN = 128
 
 
 def _raise(message: str) -> None:
@@ -111,6 +130,22 @@ def _message(content: gc.Content) -> dict[str, str]:
     return {"role": _ROLE[content.role or "user"], "content": separator.join(pieces)}
 
 
+def current_turn_start(contents: list[gc.Content]) -> int:
+    """Index of the current turn's first content: the one after the last user message that is not
+    only function responses (the rule of service/signatures.py and of Qwen3's template)."""
+    start = 0
+    for index, content in enumerate(contents):
+        if content.role != "model" and not all(p.function_response is not None for p in content.parts):
+            start = index + 1
+    return start
+
+
+def _thought_text(content: gc.Content, tags: tuple[str, str]) -> str:
+    """A model content's thoughts as they go back before its answer ("" when it has none)."""
+    thoughts = "".join(p.text or "" for p in content.parts if p.thought)
+    return f"{tags[0]}\n{thoughts}\n{tags[1]}\n\n" if thoughts and content.role == "model" else ""
+
+
 def contents_to_messages(
     system: gc.Content | None,
     contents: list[gc.Content],
@@ -119,10 +154,13 @@ def contents_to_messages(
     tools: list[gc.FunctionDeclaration] | None = None,
     native_tools: bool = False,
     thought_tags: tuple[str, str] | None = None,
+    thoughts_from: int | None = None,
 ) -> list[dict[str, Any]]:
     """`instructions` follow the system prompt. With `native_tools`, the template shows the
     declarations and renders calls and results itself; otherwise both are written out in the
-    generic format. Earlier thoughts go back inside `thought_tags`, or are left out."""
+    generic format. Thoughts of the model contents from index `thoughts_from` on (default: the
+    current turn's, as reasoning templates give them back) go back inside `thought_tags`;
+    earlier ones are left out."""
     messages: list[dict[str, Any]] = []
     system_texts = [p.text or "" for p in system.parts] if system is not None else []
     if tools and not native_tools:
@@ -130,14 +168,52 @@ def contents_to_messages(
     system_texts += instructions
     if system_texts:
         messages.append({"role": "system", "content": "\n\n".join(system_texts)})
-    for content in contents:
+    first = current_turn_start(contents) if thoughts_from is None else thoughts_from
+    for index, content in enumerate(contents):
         rendered = _native_messages(content) if native_tools else [_message(content)]
-        thoughts = "".join(p.text or "" for p in content.parts if p.thought)
-        if thought_tags is not None and thoughts and content.role == "model":
-            opening, closing = thought_tags
-            rendered[0]["content"] = f"{opening}\n{thoughts}\n{closing}\n\n{rendered[0]['content']}"
+        if thought_tags is not None and index >= first:
+            rendered[0]["content"] = _thought_text(content, thought_tags) + rendered[0]["content"]
         messages.extend(rendered)
     return messages
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """What a request gives the chat template, before the thoughts that go back are chosen."""
+
+    system: gc.Content | None
+    contents: list[gc.Content]
+    instructions: Sequence[str] = ()
+    tools: list[gc.FunctionDeclaration] | None = None
+    native_tools: bool = False
+    thought_tags: tuple[str, str] | None = None
+
+    def messages(self, *, thoughts_from: int) -> list[dict[str, Any]]:
+        return contents_to_messages(
+            self.system,
+            self.contents,
+            instructions=self.instructions,
+            tools=self.tools,
+            native_tools=self.native_tools,
+            thought_tags=self.thought_tags,
+            thoughts_from=thoughts_from,
+        )
+
+    def current_thoughts(self) -> list[tuple[int, str]]:
+        """(index, thoughts as written) of the current turn's model contents that thought, oldest first."""
+        if self.thought_tags is None:
+            return []
+        start = current_turn_start(self.contents)
+        written = ((i, _thought_text(c, self.thought_tags)) for i, c in enumerate(self.contents) if i >= start)
+        return [(index, text) for index, text in written if text]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A piece of the rendered prompt: the template's markup (its control tokens count), or text."""
+
+    text: str
+    markup: bool
 
 
 class ChatTemplate:
@@ -150,15 +226,155 @@ class ChatTemplate:
         # Templates that render `tools` and answer in <tool_call> blocks (Qwen, Hermes, SmolLM3)
         # get the declarations their own way; the output format is the same as the generic one.
         self.native_tools = source is not None and "tools" in source and TOOL_CALL_TAG in source
+        self._warned = False
 
     def render(self, messages: list[dict[str, Any]], tools: list[gc.FunctionDeclaration] | None = None) -> str:
+        """The prompt as one string, as the template prints it."""
         declared = [{"type": "function", "function": _declaration(d)} for d in tools or []]
-        text = self._template.render(
+        return self._template.render(
             messages=messages,
             tools=declared if declared and self.native_tools else None,
             add_generation_prompt=True,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
         )
-        # The tokenizer adds BOS itself where the model wants one.
-        return text.removeprefix(self.bos_token) if self.bos_token else text
+
+    def segments(
+        self, messages: list[dict[str, Any]], tools: list[gc.FunctionDeclaration] | None = None
+    ) -> list[Segment] | None:
+        """The prompt as markup and message text. The template runs with each message's content
+        replaced by a placeholder made from a fresh random nonce, so no text a client wrote can
+        reach the markup; the rendering is then cut at the placeholders. None when the template
+        changed a placeholder (it transforms message text), as the pieces cannot be told apart."""
+        nonce = secrets.token_hex(8)
+        texts: list[str] = []
+        masked = []
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, str) and content:  # "" stays: templates test it for truth
+                masked.append({**message, "content": f"{nonce}q{len(texts)}q{nonce}"})
+                texts.append(content)
+            else:
+                masked.append(message)
+        pieces = re.split(f"{nonce}q([0-9]+)q{nonce}", self.render(masked, tools))
+        segments = []
+        for position, piece in enumerate(pieces):
+            if position % 2:  # re.split puts the captured index between the markup pieces
+                segments.append(Segment(texts[int(piece)], markup=False))
+            elif nonce[:8] in piece.lower():  # a placeholder cut, cased or rewritten: the template changed it
+                self._warn_once()
+                return None
+            elif piece:
+                segments.append(Segment(piece, markup=True))
+        return segments
+
+    def _warn_once(self) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("the chat template transforms message text; prompts are checked for control-token text instead")
+
+
+def prompt_tokens(
+    template: ChatTemplate,
+    conversation: Conversation,
+    *,
+    opening: str,
+    tokenize: Tokenize,
+    bos: Sequence[int],
+    limit: int,
+) -> list[int]:
+    """The prompt's tokens, at most `limit`; `opening` is markup that follows the template's.
+
+    The current turn's thoughts go back while they fit in half the room the rest of the prompt
+    leaves (the answer keeps the other half), the newest first; older ones are left out.
+    """
+
+    def tokens_with_thoughts_from(first: int) -> list[int]:
+        messages = conversation.messages(thoughts_from=first)
+        return _tokens(template, messages, conversation.tools, opening=opening, tokenize=tokenize, bos=bos, limit=limit)
+
+    everything = len(conversation.contents)
+    tokens = tokens_with_thoughts_from(everything)
+    thoughts = conversation.current_thoughts()
+    if not thoughts:
+        return tokens
+    room, spent, first = (limit - len(tokens)) // 2, 0, everything
+    for index, text in reversed(thoughts):
+        if len(text.encode()) > (room - spent) * MAX_BYTES_PER_TOKEN:  # cannot fit: not worth tokenizing
+            break
+        spent += len(tokenize(text, False))
+        if spent > room:
+            break
+        first = index
+    if first == everything:
+        return tokens
+    with_thoughts = tokens_with_thoughts_from(first)
+    return with_thoughts if len(with_thoughts) <= limit else tokens
+
+
+def _tokens(
+    template: ChatTemplate,
+    messages: list[dict[str, Any]],
+    tools: list[gc.FunctionDeclaration] | None,
+    *,
+    opening: str,
+    tokenize: Tokenize,
+    bos: Sequence[int],
+    limit: int,
+) -> list[int]:
+    segments = template.segments(messages, tools)
+    checked = segments is None
+    if segments is None:  # as the template prints it, once no message text holds control-token text
+        segments = [Segment(template.render(messages, tools), markup=True)]
+    if bos and segments and segments[0].markup and template.bos_token:
+        # BOS is added as a token where the model wants one, not again as the template's text.
+        # (Where it does not, the template's own BOS text stays: SmolLM2's BOS is <|im_start|>.)
+        segments[0] = Segment(segments[0].text.removeprefix(template.bos_token), markup=True)
+    if opening:
+        segments.append(Segment(opening, markup=True))
+    size = sum(len(segment.text.encode()) for segment in segments)
+    if size > limit * MAX_BYTES_PER_TOKEN:
+        raise InvalidArgumentError(
+            f"The input size ({size} bytes) exceeds the maximum allowed ({limit * MAX_BYTES_PER_TOKEN} bytes: "
+            f"{MAX_BYTES_PER_TOKEN} for each of the {limit} tokens allowed)."
+        )
+    if checked:
+        _refuse_control_text([m["content"] for m in messages if isinstance(m.get("content"), str)], tokenize)
+    if template.native_tools:
+        # The template writes calls and declarations from their values: none may hold control tokens.
+        _refuse_control_text(_structured_strings(messages, tools), tokenize)
+    tokens = list(bos)
+    for segment in segments:
+        tokens += tokenize(segment.text, segment.markup)
+    if len(tokens) > limit:
+        raise InvalidArgumentError(
+            f"The input token count ({len(tokens)}) exceeds the maximum number of tokens allowed ({limit})."
+        )
+    return tokens
+
+
+def _refuse_control_text(texts: list[str], tokenize: Tokenize) -> None:
+    """Text holds a control token's text exactly when parsing special tokens changes its tokens."""
+    joined = "\n".join(texts)
+    if joined and tokenize(joined, True) != tokenize(joined, False):
+        raise InvalidArgumentError(
+            "The request contains text that this model reserves for the control tokens of its chat template "
+            "(such as a role marker), which its template cannot keep apart from its own."
+        )
+
+
+def _structured_strings(messages: list[dict[str, Any]], tools: list[gc.FunctionDeclaration] | None) -> list[str]:
+    """Every string the template gets outside message contents: call names and arguments, declarations."""
+    values: list[Any] = [m.get("tool_calls") or [] for m in messages]
+    values += [_declaration(d) for d in tools or []]
+    strings: list[str] = []
+    while values:  # iterative: argument nesting is the client's to choose
+        value = values.pop()
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, dict):
+            strings += [str(key) for key in value]
+            values += value.values()
+        elif isinstance(value, list):
+            values += value
+    return strings
