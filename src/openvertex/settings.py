@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -45,6 +45,23 @@ class LocalBackendSettings(_Section):
     # thinking request is a 400); "auto" picks native when the template knows <think>.
     thinking: Literal["auto", "native", "prompted", "off"] = "auto"
     dynamic_thinking_budget: int = Field(512, ge=1)  # what thinking_budget -1 (dynamic) means here
+    # Output tokens when a request sets none (every Gemini model declares such a limit); without
+    # one a small model can talk until its context is full.
+    max_output_tokens: int = Field(1024, ge=1)
+    # What one response schema or tool set may cost to compile (a 400 past these).
+    max_schema_bytes: int = Field(1 << 20, ge=1024)  # the schema's JSON text
+    grammar_lexer_fuel: int = Field(1_000_000, ge=10_000)  # llguidance's lexer build budget (~50k/ms)
+    max_grammar_size: int = Field(500_000, ge=1000)  # symbols in the compiled grammar
+
+    @model_validator(mode="after")
+    def _fit_together(self) -> LocalBackendSettings:
+        # Refused at start, with the fix, rather than failing on the first busy moment.
+        if self.n_batch < self.n_parallel:
+            raise ValueError(
+                f"n_batch ({self.n_batch}) must be at least n_parallel ({self.n_parallel}): every generating "
+                "sequence adds a token to each decode step; raise n_batch or lower n_parallel"
+            )
+        return self
 
 
 class FakeBackendSettings(_Section):
@@ -85,12 +102,19 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     insecure_no_auth: bool = False
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    # JSON bodies: arrays/objects nested deeper, or a number literal longer, is a 400 naming the limit.
+    max_json_depth: int = Field(64, ge=8, le=512)
+    max_json_number_length: int = Field(100, ge=20)
     request_timeout_s: float = Field(600.0, gt=0)  # a request still running after this ends with 504
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
     routes: list[Route] = Field(default_factory=_default_routes)
     # Where openvertex keeps what must outlive a restart: the thought-signature secret.
     state_dir: Path = Field(default_factory=_default_state_dir)
+    # Or the thought-signature secret itself: 64 hex characters (`openssl rand -hex 32`). Replicas
+    # behind one load balancer given the same one accept each other's signatures, with no shared
+    # disk. Checked when the app is created, so a malformed value is never echoed in an error.
+    thought_signature_secret: SecretStr | None = None
     # Models (globs) on which a replayed function call may lack its thought signature, as on
     # Gemini 2.5; everywhere else a missing one is a 400, as on Gemini 3.
     optional_thought_signatures: list[str] = Field(default_factory=list)

@@ -52,3 +52,17 @@ def test_bad_configuration_is_refused(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_local_settings_that_cannot_work_together_are_refused() -> None:
+    # Each generating sequence adds a token to every decode step: the batch must hold them all.
+    with pytest.raises(ValidationError, match=r"n_batch \(32\) must be at least n_parallel \(64\)"):
+        LocalBackendSettings(n_parallel=64, n_batch=32)
+    assert LocalBackendSettings(n_parallel=64, n_batch=64).n_batch == 64
+
+
+def test_the_refusal_reaches_a_configuration_file(tmp_path: Path) -> None:
+    config = tmp_path / "openvertex.toml"
+    config.write_text('[backends.local]\ntype = "local"\nn_parallel = 64\nn_batch = 32\n')
+    with pytest.raises(ValidationError, match="raise n_batch or lower n_parallel"):
+        load_settings(config)

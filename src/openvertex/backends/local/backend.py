@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,23 +19,17 @@ from llama_cpp._logger import set_verbose as set_llama_verbose
 from openvertex.backends.base import BackendLoad, Capabilities, collect_stream
 from openvertex.backends.local import thinking
 from openvertex.backends.local.calls import CallReader, FunctionCalling, plan_function_calling
-from openvertex.backends.local.engine import (
-    CandidateDone,
-    Engine,
-    Event,
-    Failed,
-    Job,
-    TextDelta,
-    TokenLogprob,
-)
+from openvertex.backends.local.engine import Engine
 from openvertex.backends.local.grammar import (
+    JSON_MIME,
     SUPPORTED_MIME_TYPES,
-    TOOL_CALL_TAG,
-    check_grammar,
-    grammar_for,
+    Grammar,
+    GrammarCompiler,
+    GrammarLimits,
 )
+from openvertex.backends.local.jobs import CandidateDone, Event, Failed, Job, TextDelta, TokenLogprob
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
-from openvertex.backends.local.prompt import ChatTemplate, contents_to_messages, output_instruction
+from openvertex.backends.local.prompt import ChatTemplate, Conversation, output_instruction, prompt_tokens
 from openvertex.backends.local.sampling import Sampling, Thinking
 from openvertex.backends.local.thinking import resolve_mode, thinking_budget
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
@@ -49,6 +45,9 @@ GEMINI_TOP_P = 0.95
 DEFAULT_TOP_K = 64
 MIN_P = 0.05
 MAX_CANDIDATES = 8  # Vertex's limit for n
+# An engine that dies is replaced at once; one that keeps dying, less and less often.
+STABLE_ENGINE_S = 60.0  # an engine that ran this long before dying counts as a first failure
+MAX_RESTART_DELAY_S = 30.0
 
 
 class LocalBackend:
@@ -60,6 +59,7 @@ class LocalBackend:
             thinking=settings.thinking != "off",
             response_mime_types=SUPPORTED_MIME_TYPES,
             max_candidates=min(MAX_CANDIDATES, settings.n_parallel),
+            max_output_tokens=settings.max_output_tokens,
         )
         self.model_path: Path = resolve_model_path(settings.model)  # fail fast on a bad path
         model_defaults = sampling_defaults(settings.model)
@@ -70,33 +70,48 @@ class LocalBackend:
         self._thinking_mode: thinking.Mode = "off"  # known once the template is read
         self._thinking_close: tuple[int, ...] = ()  # thinking.CLOSING as tokens, once loaded
         self._model: LlamaModel | None = None
+        self._grammars: GrammarCompiler | None = None  # for the model's vocabulary, once loaded
         self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
         self._loaded = asyncio.Event()
         self._load_error: str | None = None
         self._queues: dict[Job, asyncio.Queue[Event]] = {}  # jobs in flight and where their events go
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight = 0  # requests admitted: being planned, waiting or running
+        self._restarting: asyncio.Task[None] | None = None  # replacing an engine that died
+        self._closing = asyncio.Event()
+        self._engine_started = 0.0  # monotonic time the current engine started
+        self._failures = 0  # engine deaths in a row, each soon after the previous start
+        self._retired = (0, 0)  # tokens generated and prefilled by engines that died
 
     # ------------------------------------------------------------------ lifecycle
 
     def ready(self) -> bool:
-        return self._engine is not None
+        engine = self._engine
+        return engine is not None and engine.alive()
 
     def load(self) -> BackendLoad:
-        engine = self._engine
+        engine, (generated, prefilled) = self._engine, self._retired
         if engine is None:
-            return BackendLoad()
-        return BackendLoad(engine.running(), engine.waiting(), engine.tokens_generated, engine.tokens_prefilled)
+            return BackendLoad(tokens_generated=generated, tokens_prefilled=prefilled)
+        return BackendLoad(
+            engine.running(),
+            engine.waiting(),
+            generated + engine.tokens_generated,
+            prefilled + engine.tokens_prefilled,
+        )
 
     def _admit(self) -> None:
-        """Bounded admission: past the slots and the waiting room, answer 429 at once."""
+        """Bounded admission, before any work is done for the request: past the slots and the
+        waiting room, answer 429 at once. The caller releases its place when it ends."""
         capacity = self.settings.n_parallel + self.settings.max_waiting
-        if len(self._queues) >= capacity:
+        if self._in_flight >= capacity:
             raise ResourceExhaustedError(
-                f"Resource exhausted: the local model is serving {len(self._queues)} requests "
+                f"Resource exhausted: the local model is serving {self._in_flight} requests "
                 f"({self.settings.n_parallel} at a time, {self.settings.max_waiting} waiting). Please try again later.",
                 retry_after_s=1,
             )
+        self._in_flight += 1
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -120,15 +135,13 @@ class LocalBackend:
         self._template = ChatTemplate(source, bos_token=bos, eos_token=eos)
         self._thinking_mode = resolve_mode(settings.thinking, source)
         self._thinking_close = tuple(model.tokenize(thinking.CLOSING.encode(), add_bos=False, special=True))
-        self._engine = Engine(
-            model.model,
-            self._deliver,
-            n_ctx=settings.n_ctx,
-            n_slots=settings.n_parallel,
-            n_batch=settings.n_batch,
-            n_threads=threads,
+        self._grammars = GrammarCompiler(
+            model.vocab,
+            [t for t in range(model.n_vocab()) if llama_cpp.llama_vocab_is_eog(model.vocab, t)],
+            GrammarLimits(settings.max_schema_bytes, settings.grammar_lexer_fuel, settings.max_grammar_size),
         )
         self._model = model
+        self._engine = self._new_engine(model)  # last: ready() once everything a request needs is here
         log.info(
             "loaded %s (%d slots of %d tokens, %d threads)",
             self.model_path.name,
@@ -136,6 +149,60 @@ class LocalBackend:
             settings.n_ctx,
             threads,
         )
+
+    def _new_engine(self, model: LlamaModel) -> Engine:
+        settings = self.settings
+        engine = Engine(
+            model.model,
+            self._deliver,
+            on_exit=self._engine_exited,
+            n_ctx=settings.n_ctx,
+            n_slots=settings.n_parallel,
+            n_batch=settings.n_batch,
+            n_threads=settings.n_threads or os.cpu_count() or 1,
+        )
+        self._engine_started = time.monotonic()
+        return engine
+
+    def _engine_exited(self, engine: Engine) -> None:
+        """Engine thread: it ended without being closed; the event loop takes it from here."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                self._loop.call_soon_threadsafe(self._engine_failed, engine)
+
+    def _engine_failed(self, engine: Engine) -> None:
+        """Every request it had fails fast with 503, /readyz turns red, and a new engine starts."""
+        if engine is not self._engine or self._closing.is_set():
+            return
+        self._engine = None
+        self._retired = (self._retired[0] + engine.tokens_generated, self._retired[1] + engine.tokens_prefilled)
+        for job, events in self._queues.items():  # running, waiting and just submitted alike
+            job.cancelled.set()
+            events.put_nowait(Failed(_engine_unavailable()))
+        recent = time.monotonic() - self._engine_started < STABLE_ENGINE_S
+        self._failures = self._failures + 1 if recent else 1
+        delay = 0.0 if self._failures == 1 else min(MAX_RESTART_DELAY_S, 2.0 ** (self._failures - 2))
+        log.error("the local engine stopped unexpectedly; starting a new one in %g s", delay)
+        self._restarting = asyncio.create_task(self._restart(engine, delay))
+
+    async def _restart(self, dead: Engine, delay: float) -> None:
+        try:
+            await asyncio.to_thread(dead.close)
+        except Exception:  # its memory is lost; a new one can still start
+            log.exception("could not free the engine that stopped")
+        while True:
+            with contextlib.suppress(TimeoutError):  # close() cuts the delay short
+                await asyncio.wait_for(self._closing.wait(), delay)
+            if self._closing.is_set() or self._model is None:
+                return
+            try:
+                self._engine = await asyncio.to_thread(self._new_engine, self._model)
+            except Exception:
+                log.exception("could not start a new local engine")
+                delay = min(MAX_RESTART_DELAY_S, max(1.0, 2 * delay))
+                continue
+            log.warning("the local engine was restarted")
+            return
 
     def _deliver(self, batch: list[tuple[Job, Event]]) -> None:
         """Engine thread: hand a step's events to the event loop in one wake-up."""
@@ -150,6 +217,9 @@ class LocalBackend:
                 events.put_nowait(event)
 
     async def close(self) -> None:
+        self._closing.set()
+        if self._restarting is not None:  # a restart under way finishes first (it cannot be cut mid-build)
+            await self._restarting
         for job in self._queues:
             job.cancelled.set()
         if self._engine is not None:
@@ -160,11 +230,17 @@ class LocalBackend:
 
     async def _wait_loaded(self) -> tuple[LlamaModel, Engine, ChatTemplate]:
         await self._loaded.wait()
-        if self._model is None or self._engine is None or self._template is None:
+        if self._model is None or self._template is None:
             raise UnavailableError(
                 f"The model could not be loaded: {self._load_error or 'the server is shutting down'}"
             )
-        return self._model, self._engine, self._template
+        return self._model, self._live_engine(), self._template
+
+    def _live_engine(self) -> Engine:
+        engine = self._engine
+        if engine is None or not engine.alive():
+            raise _engine_unavailable()
+        return engine
 
     # ------------------------------------------------------------------ requests
 
@@ -177,7 +253,7 @@ class LocalBackend:
         budget = thinking_budget(config.thinking_config, self._thinking_mode, dynamic=self._dynamic_budget)
         reasoning = thinking.INSTRUCTION if budget and self._thinking_mode == "prompted" else None
         instructions = [text for text in (output_instruction(config), reasoning) if text]
-        messages = contents_to_messages(
+        conversation = Conversation(
             request.system_instruction,
             request.contents,
             instructions=instructions,
@@ -185,35 +261,37 @@ class LocalBackend:
             native_tools=template.native_tools,
             thought_tags=None if self._thinking_mode == "off" else (thinking.OPEN_TAG, thinking.CLOSE_TAG),
         )
-        prompt = template.render(messages, tools=tools.declarations if tools else None)
+        opening = ""  # markup after the template's: the answer turn opens with the reasoning
         if budget:
-            prompt += thinking.OPENING  # the answer turn opens with the reasoning
+            opening = thinking.OPENING
         elif self._thinking_mode == "native":
-            prompt += thinking.OPENING + thinking.CLOSING.lstrip("\n")  # an empty one: no thinking
-        tokens = model.tokenize(prompt.encode(), add_bos=True, special=True)
-        limit = n_ctx - 1  # room for at least one generated token
-        if len(tokens) > limit:
-            raise InvalidArgumentError(
-                f"The input token count ({len(tokens)}) exceeds the maximum number of tokens allowed ({limit})."
-            )
-        sampling = self._sampling(model, config, tools, room=n_ctx - len(tokens))
+            opening = thinking.OPENING + thinking.CLOSING.lstrip("\n")  # an empty one: no thinking
+        tokens = prompt_tokens(
+            template,
+            conversation,
+            opening=opening,
+            tokenize=lambda text, special: model.tokenize(text.encode(), add_bos=False, special=special),
+            bos=[model.token_bos()] if model.add_bos_token() else [],
+            limit=n_ctx - 1,  # room for at least one generated token
+        )
+        sampling = self._sampling(config, tools, room=n_ctx - len(tokens))
         if budget:
             sampling = replace(sampling, thinking=Thinking(budget, thinking.CLOSE_TAG, self._thinking_close))
         return tokens, sampling, tools
 
-    def _sampling(
-        self, model: LlamaModel, config: gc.GenerationConfig, tools: FunctionCalling | None, *, room: int
-    ) -> Sampling:
-        grammar = grammar_for(config.response_mime_type, config.response_json_schema)
-        if grammar is not None and tools is not None:
+    def _sampling(self, config: gc.GenerationConfig, tools: FunctionCalling | None, *, room: int) -> Sampling:
+        assert self._grammars is not None
+        if config.response_mime_type == JSON_MIME and tools is not None:
             raise InvalidArgumentError(
                 "JSON output cannot be combined with function calling on the local model", param="response_format"
             )
-        if grammar is not None:
-            check_grammar(model.vocab, grammar, param="response_format")
-        elif tools is not None:
-            grammar = tools.grammar
-            check_grammar(model.vocab, grammar, param="tools")
+        grammar: Grammar | None
+        if tools is not None:
+            grammar = self._grammars.tool_calls(tools.allowed, lazy=tools.lazy)
+        else:
+            grammar = self._grammars.response(
+                config.response_mime_type, config.response_json_schema, param="response_format"
+            )
         return Sampling(
             temperature=_first(config.temperature, self._default_temperature),
             top_p=_first(config.top_p, self._default_top_p),
@@ -223,11 +301,10 @@ class LocalBackend:
             presence_penalty=config.presence_penalty or 0.0,
             frequency_penalty=config.frequency_penalty or 0.0,
             seed=config.seed,
-            max_tokens=min(config.max_output_tokens or room, room),
+            max_tokens=min(config.max_output_tokens or self.settings.max_output_tokens, room),
             stop=tuple(config.stop_sequences or ()),
             grammar=grammar,
             logprobs=(config.logprobs or 0) if config.response_logprobs else None,
-            grammar_trigger=TOOL_CALL_TAG if tools is not None and tools.lazy else None,
         )
 
     def stream(self, request: gc.GenerateContentRequest, *, model: str) -> AsyncIterator[gc.GenerateContentResponse]:
@@ -239,37 +316,46 @@ class LocalBackend:
     async def _run(
         self, request: gc.GenerateContentRequest, *, model: str, streaming: bool
     ) -> AsyncIterator[gc.GenerateContentResponse]:
-        loaded, engine, template = await self._wait_loaded()
-        prompt, sampling, tools = await asyncio.to_thread(self._plan, loaded, engine.n_ctx, template, request)
-        candidates = (request.generation_config or gc.GenerationConfig()).candidate_count or 1
-        # Arguments arrive in pieces only in a stream that asked for them (spec §3.5).
-        readers = (
-            [CallReader(stream_arguments=streaming and tools.stream_arguments) for _ in range(candidates)]
-            if tools is not None
-            else None
-        )
-        job = Job(prompt=prompt, sampling=sampling, candidates=candidates)
-        self._admit()  # no await between the check and the add: the count cannot race
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        self._queues[job] = events
-        engine.submit(job)
-        generated = cached = thoughts = 0
+        self._admit()  # before any await or work: the check and the count cannot race
         try:
-            finished = 0
-            while finished < candidates:
-                for event in await _next_batch(events):
-                    if isinstance(event, Failed):
-                        raise event.error
-                    if isinstance(event, CandidateDone):
-                        finished += 1
-                        generated += event.tokens
-                        thoughts += event.thought_tokens
-                        cached = event.cached_tokens
-                    usage = _usage(len(prompt), generated, cached, thoughts) if finished == candidates else None
-                    yield _chunk(event, _parts(event, readers), model, usage)
+            loaded, engine, template = await self._wait_loaded()
+            prompt, sampling, tools = await asyncio.to_thread(self._plan, loaded, engine.n_ctx, template, request)
+            candidates = (request.generation_config or gc.GenerationConfig()).candidate_count or 1
+            # Arguments arrive in pieces only in a stream that asked for them (spec §3.5).
+            readers = (
+                [
+                    CallReader(
+                        stream_arguments=streaming and tools.stream_arguments,
+                        names=frozenset(d.name for d in tools.allowed),
+                    )
+                    for _ in range(candidates)
+                ]
+                if tools is not None
+                else None
+            )
+            job = Job(prompt=prompt, sampling=sampling, candidates=candidates)
+            engine = self._live_engine()  # it may have died, or been replaced, while this was planned
+            events: asyncio.Queue[Event] = asyncio.Queue()
+            self._queues[job] = events  # before submitting: if the engine dies now, this job hears of it
+            engine.submit(job)
+            generated = cached = thoughts = finished = 0
+            try:
+                while finished < candidates:
+                    for event in await _next_batch(events, engine, job):
+                        if isinstance(event, Failed):
+                            raise event.error
+                        if isinstance(event, CandidateDone):
+                            finished += 1
+                            generated += event.tokens
+                            thoughts += event.thought_tokens
+                            cached = event.cached_tokens
+                        usage = _usage(len(prompt), generated, cached, thoughts) if finished == candidates else None
+                        yield _chunk(event, _parts(event, readers), model, usage)
+            finally:
+                engine.cancel(job)  # a consumer that left frees its slots at the next step
+                self._queues.pop(job, None)
         finally:
-            job.cancelled.set()  # a consumer that left frees the engine at the next token
-            self._queues.pop(job, None)
+            self._in_flight -= 1
 
 
 def _special_text(model: LlamaModel, token: int) -> str:
@@ -280,23 +366,39 @@ def _first(*values: float | None) -> float:
     return next(v for v in values if v is not None)
 
 
-async def _next_batch(events: asyncio.Queue[Event]) -> list[Event]:
-    """Wait for one event, then take what else is already there, merging adjacent text."""
+async def _next_batch(events: asyncio.Queue[Event], engine: Engine, job: Job) -> list[Event]:
+    """Wait for one event, then take what else is already there, merging adjacent text.
+
+    Taking them frees the job's backlog: a job paused for a slow reader goes on."""
     batch = [await events.get()]
     while not events.empty():
-        event = events.get_nowait()
-        last = batch[-1]
-        if (
-            isinstance(event, TextDelta)
-            and isinstance(last, TextDelta)
-            and (last.candidate, last.thought) == (event.candidate, event.thought)
-        ):
-            batch[-1] = TextDelta(
-                event.candidate, last.text + event.text, last.logprobs + event.logprobs, event.thought
-            )
-        else:
-            batch.append(event)
-    return batch
+        batch.append(events.get_nowait())
+    engine.taken(job, len(batch))
+    return _merge_text(batch)
+
+
+def _merge_text(events: list[Event]) -> list[Event]:
+    """Runs of text for the same candidate and kind become one delta (joined once: linear)."""
+    merged: list[Event] = []
+    for key, run in itertools.groupby(events, key=_text_run):
+        if key is None:
+            merged.extend(run)
+            continue
+        deltas = [event for event in run if isinstance(event, TextDelta)]
+        text = "".join(delta.text for delta in deltas)
+        logprobs = tuple(logprob for delta in deltas for logprob in delta.logprobs)
+        merged.append(TextDelta(deltas[0].candidate, text, logprobs, deltas[0].thought))
+    return merged
+
+
+def _text_run(event: Event) -> tuple[int, bool] | None:
+    return (event.candidate, event.thought) if isinstance(event, TextDelta) else None
+
+
+def _engine_unavailable() -> UnavailableError:
+    error = UnavailableError("The local model's engine stopped unexpectedly and is restarting. Please try again.")
+    error.headers["Retry-After"] = "1"
+    return error
 
 
 def _usage(prompt_tokens: int, generated: int, cached: int, thoughts: int) -> gc.UsageMetadata:

@@ -10,7 +10,14 @@ request whose prompt starts the same way reuses that prefix.
 
 Results cross to the event loop once per step, all jobs' events in one `deliver` call (one
 wake-up of the loop, not one per token per stream); a job whose consumer went away is
-marked cancelled and its slots are freed before the next step.
+marked cancelled and its slots are freed before the next step. A job whose consumer lags
+(a slow reader) stops being decoded once its backlog of undelivered events is full, and
+resumes when the consumer takes them.
+
+Faults stay as small as they can: an error in one sequence's sampling ends that job alone; a
+failed `llama_decode` ends the jobs that were in its batch (their KV is dropped). Anything
+that escapes the loop ends the thread, and `on_exit` tells the owner, which fails the jobs
+and starts a new engine.
 """
 
 from __future__ import annotations
@@ -18,67 +25,22 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
-import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp
 import numpy as np
 
-from openvertex.backends.local.sampling import Sampling, SequenceSampler, candidate_seed
+from openvertex.backends.local.jobs import CandidateDone, Deliver, Event, Failed, Job, TextDelta, TokenLogprob
+from openvertex.backends.local.sampling import SequenceSampler, candidate_seed
+from openvertex.backends.local.scheduling import WaitingRoom
 from openvertex.backends.local.stop import StopMatcher
+from openvertex.errors import ApiError, InternalError
 
 log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX = 16  # tokens a copy from another slot's KV must save to be worth copying
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLogprob:
-    """A sampled token's log-probability (before sampling transforms), with the top alternatives."""
-
-    token_id: int
-    token: str
-    logprob: float
-    top: tuple[tuple[int, str, float], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TextDelta:
-    candidate: int
-    text: str
-    logprobs: tuple[TokenLogprob, ...] = ()
-    thought: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class CandidateDone:
-    candidate: int
-    finish_reason: str  # Gemini FinishReason: STOP or MAX_TOKENS
-    tokens: int  # of the answer
-    cached_tokens: int  # prompt tokens whose KV was reused instead of computed
-    thought_tokens: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error: BaseException
-
-
-Event = TextDelta | CandidateDone | Failed
-
-
-@dataclass(eq=False)  # compared and hashed by identity
-class Job:
-    prompt: list[int]
-    sampling: Sampling
-    candidates: int
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-Deliver = Callable[[list[tuple[Job, Event]]], None]
 
 
 @dataclass(eq=False)
@@ -114,6 +76,7 @@ class Engine:
         model: llama_cpp.llama_model_p,
         deliver: Deliver,
         *,
+        on_exit: Callable[[Engine], None],
         n_ctx: int,
         n_slots: int,
         n_batch: int,
@@ -138,26 +101,59 @@ class Engine:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._piece_buffer = ctypes.create_string_buffer(256)  # this engine's thread only
         self._slots = [Slot(seq_id) for seq_id in range(n_slots)]
-        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._waiting: deque[Job] = deque()
+        # A small job may start ahead of one that does not fit yet, at most once per slot.
+        self._waiting: WaitingRoom[Job] = WaitingRoom(max_bypasses=n_slots)
+        # Other threads reach the engine's thread through these, under `_signal`.
+        self._signal = threading.Condition()
+        self._inbox: list[Job] = []
+        self._woken = False  # something changed that may let a paused job go on
+        self._stopping = False
+        self._exited = False
         self._deliver = deliver
+        self._on_exit = on_exit
         self._outbox: list[tuple[Job, Event]] = []
         self.tokens_generated = 0
         self.tokens_prefilled = 0
         self._thread = threading.Thread(target=self._run, name="openvertex-engine", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return not self._exited and self._thread.is_alive()
+
     def running(self) -> int:
         return sum(1 for slot in self._slots if slot.sequence is not None)
 
     def waiting(self) -> int:
-        return len(self._waiting) + self._inbox.qsize()
+        return len(self._waiting) + len(self._inbox)
 
     def submit(self, job: Job) -> None:
-        self._inbox.put(job)
+        if job.candidates > len(self._slots):  # it could never start, and would hold up the queue
+            raise ValueError(f"a job of {job.candidates} candidates on an engine of {len(self._slots)} slots")
+        with self._signal:
+            self._inbox.append(job)
+            self._signal.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The job's consumer left: its slots are freed at the next step."""
+        job.cancelled.set()
+        self.wake()
+
+    def taken(self, job: Job, count: int) -> None:
+        """The job's consumer took `count` events; a job that was paused may go on."""
+        if job.taken(count):
+            self.wake()
+
+    def wake(self) -> None:
+        with self._signal:
+            self._woken = True
+            self._signal.notify()
 
     def close(self) -> None:
-        self._inbox.put(None)
+        with self._signal:
+            if self._stopping:
+                return  # closed already: llama.cpp's memory must be freed once
+            self._stopping = True
+            self._signal.notify()
         self._thread.join()
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
@@ -165,34 +161,56 @@ class Engine:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
-        while True:
-            busy = any(slot.sequence for slot in self._slots)
+        try:
+            self._serve()
+        except BaseException:  # the thread must not end unseen: the owner restarts the engine
+            log.critical("the engine thread failed", exc_info=True)
+        finally:
+            self._exited = True
             try:
-                # Block only when there is nothing to decode.
-                job = self._inbox.get(block=not busy and not self._waiting)
-                if job is None:
-                    break
-                self._waiting.append(job)
-                continue  # drain the inbox before stepping
-            except queue.Empty:
-                pass
+                self._release_all()
+            except Exception:
+                log.exception("could not free the slots of a failed engine")
+            if not self._stopping:
+                self._on_exit(self)
+
+    def _serve(self) -> None:
+        idle = False
+        while self._receive(block=idle):
             self._drop_cancelled()
             self._admit()
-            if any(slot.sequence for slot in self._slots):
+            # With nothing to decode (no work, or every sequence paused for its reader), wait
+            # for a submit, a cancel or a reader to catch up instead of spinning.
+            idle = not self._decodable()
+            if not idle:
                 try:
                     self._step()
-                except Exception as error:  # reported to every running request; the engine carries on
+                except Exception as error:  # not one job's (those end alone): every running job ends
                     log.exception("decode step failed")
-                    for slot in self._slots:
-                        if slot.sequence is not None:
-                            self._emit(slot.sequence.job, Failed(error))
-                            self._release(slot)
+                    for job in _jobs(self._slots):
+                        self._fail(job, error)
             self._flush()
-        for slot in self._slots:
-            if slot.sequence is not None:
-                self._release(slot)
+
+    def _receive(self, *, block: bool) -> bool:
+        """Move submitted jobs to the waiting room, first waiting for news if `block`; False: stop."""
+        with self._signal:
+            if block:
+                self._signal.wait_for(lambda: bool(self._inbox) or self._woken or self._stopping)
+            jobs, self._inbox, self._woken = self._inbox, [], False
+            stopping = self._stopping
+        for job in jobs:
+            self._waiting.add(job)
+        return not stopping
+
+    def _decodable(self) -> bool:
+        return any(
+            slot.pending or (slot.sequence.next_token is not None and not slot.sequence.job.paused)
+            for slot in self._slots
+            if slot.sequence is not None
+        )
 
     def _emit(self, job: Job, event: Event) -> None:
+        job.emitted()
         self._outbox.append((job, event))
 
     def _flush(self) -> None:
@@ -201,22 +219,42 @@ class Engine:
             self._deliver(batch)
 
     def _drop_cancelled(self) -> None:
-        self._waiting = deque(job for job in self._waiting if not job.cancelled.is_set())
+        self._waiting.discard(lambda job: job.cancelled.is_set())
         for slot in self._slots:
             if slot.sequence is not None and slot.sequence.job.cancelled.is_set():
                 self._release(slot)
 
     def _admit(self) -> None:
-        """Start waiting jobs, in order, while there are free slots for all their candidates."""
-        while self._waiting:
-            job = self._waiting[0]
+        """Start waiting jobs while the waiting room's policy finds one that fits the free slots."""
+        while True:
             free = [slot for slot in self._slots if slot.sequence is None]
-            if len(free) < job.candidates:
+            job = self._waiting.take(len(free))
+            if job is None:
                 return
-            self._waiting.popleft()
             primary = max(free, key=lambda slot: _common_prefix(slot.context, job.prompt))
             free.remove(primary)
-            self._start(job, primary, free[: job.candidates - 1])
+            siblings = free[: job.candidates - 1]
+            try:
+                self._start(job, primary, siblings)
+            except Exception as error:  # e.g. its grammar: that job fails, the others go on
+                log.exception("could not start a request")
+                self._fail(job, error)
+                for slot in (primary, *siblings):  # those it had not given a sequence yet too
+                    self._release(slot)
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        """End one job: its consumer gets the error, its slots (every candidate) are freed, KV dropped."""
+        if not isinstance(error, ApiError):  # the cause is in the log; the client gets a 500
+            error = InternalError("The local engine failed while generating this answer.")
+        self._emit(job, Failed(error))
+        for slot in self._slots:
+            if slot.sequence is not None and slot.sequence.job is job:
+                self._release(slot)
+
+    def _release_all(self) -> None:
+        for slot in self._slots:
+            if slot.sequence is not None:
+                self._release(slot)
 
     def _start(self, job: Job, primary: Slot, siblings: list[Slot]) -> None:
         # Reuse the longest prefix any slot holds (this slot's last conversation, or a system
@@ -254,8 +292,33 @@ class Engine:
     # ------------------------------------------------------------------ one step
 
     def _step(self) -> None:
+        outputs, batched = self._fill_batch()
+        if not batched:
+            return
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            # The batch failed as a whole and its sequences' KV may be half written: the jobs
+            # in it end, their slots start clean; the jobs that were not in it go on.
+            log.error("llama_decode returned %d; failing the %d sequences in its batch", status, len(batched))
+            error = InternalError(f"The local engine could not decode (llama_decode returned {status}).")
+            for job in _jobs(batched):
+                self._fail(job, error)
+            return
+        for slot, index in outputs:
+            sequence = slot.sequence
+            if sequence is None:
+                continue  # its job failed earlier in this step
+            try:
+                self._sample_outputs(slot, index)
+            except Exception as error:  # this job's fault alone (its sampler, grammar or text)
+                log.exception("a request failed while sampling")
+                self._fail(sequence.job, error)
+
+    def _fill_batch(self) -> tuple[list[tuple[Slot, int]], list[Slot]]:
+        """The next batch: (slot, batch index) whose logits are sampled, and every slot in it."""
         batch = self._batch
-        outputs: list[tuple[Slot, int]] = []  # (slot, batch index) whose logits we sample
+        outputs: list[tuple[Slot, int]] = []
+        batched: list[Slot] = []
 
         def add(slot: Slot, token: int, logits: bool) -> None:
             i = batch.n_tokens
@@ -268,33 +331,32 @@ class Engine:
             slot.context.append(token)
             if logits:
                 outputs.append((slot, i))
+            if not batched or batched[-1] is not slot:
+                batched.append(slot)
 
         batch.n_tokens = 0
-        generating = [s for s in self._slots if s.sequence is not None and s.sequence.next_token is not None]
-        for slot in generating:  # one token each: running streams never wait for prompts
-            assert slot.sequence is not None and slot.sequence.next_token is not None
-            add(slot, slot.sequence.next_token, True)
-            slot.sequence.next_token = None
+        for slot in self._slots:  # one token each: running streams never wait for prompts
+            sequence = slot.sequence
+            if sequence is not None and sequence.next_token is not None and not sequence.job.paused:
+                add(slot, sequence.next_token, True)
+                sequence.next_token = None
         for slot in self._slots:  # then prompts, in chunks, with what room is left
             chunk = slot.pending[: self._n_batch - batch.n_tokens]
             slot.pending = slot.pending[len(chunk) :]
             for position, token in enumerate(chunk, start=1):
                 add(slot, token, position == len(chunk) and not slot.pending)
             self.tokens_prefilled += len(chunk)
-        if batch.n_tokens == 0:
-            return
-        status = llama_cpp.llama_decode(self._ctx, batch)
-        if status != 0:
-            raise RuntimeError(f"llama_decode returned {status}")
-        for slot, index in outputs:
-            if slot.siblings:  # the prompt is in: the other candidates copy its KV
-                for sibling in slot.siblings:
-                    llama_cpp.llama_memory_seq_rm(self._memory, sibling.seq_id, -1, -1)
-                    llama_cpp.llama_memory_seq_cp(self._memory, slot.seq_id, sibling.seq_id, -1, -1)
-                    sibling.context = list(slot.context)
-                    self._sample(sibling, index)
-                slot.siblings = []
-            self._sample(slot, index)
+        return outputs, batched
+
+    def _sample_outputs(self, slot: Slot, index: int) -> None:
+        if slot.siblings:  # the prompt is in: the other candidates copy its KV
+            for sibling in slot.siblings:
+                llama_cpp.llama_memory_seq_rm(self._memory, sibling.seq_id, -1, -1)
+                llama_cpp.llama_memory_seq_cp(self._memory, slot.seq_id, sibling.seq_id, -1, -1)
+                sibling.context = list(slot.context)
+                self._sample(sibling, index)
+            slot.siblings = []
+        self._sample(slot, index)
 
     def _sample(self, slot: Slot, index: int) -> None:
         sequence = slot.sequence
@@ -310,7 +372,7 @@ class Engine:
         sequence.tokens += 1
         self.tokens_generated += 1
         self._answer(sequence, sequence.decoder.decode(self._piece(token)), index, token)
-        if sequence.matcher.stopped:
+        if sequence.matcher.stopped or sequence.sampler.complete:  # a stop sequence, or the grammar's end
             self._finish(slot, "STOP")
         else:
             self._continue(slot, sequence, token)
@@ -357,23 +419,23 @@ class Engine:
             text = text.lstrip()  # the line break after the opening tag is the format's
             sequence.reasoned = bool(text)
         if matcher.stopped:  # the model closed its reasoning itself
-            self._end_thinking(sequence, text, after=matcher.after)
-            self._answer(sequence, matcher.after)
-            if sequence.matcher.stopped:
+            self._answer(sequence, self._end_thinking(sequence, text, after=matcher.after))
+            if sequence.matcher.stopped or sequence.sampler.complete:
                 self._finish(slot, "STOP")
                 return
         elif text:
             self._emit(sequence.job, TextDelta(sequence.candidate, text, thought=True))
         self._continue(slot, sequence, token)
 
-    def _end_thinking(self, sequence: Sequence, text: str, *, after: str = "") -> None:
-        """Emit the last thought text; `after` is answer text that came with the closing tag."""
+    def _end_thinking(self, sequence: Sequence, text: str, *, after: str = "") -> str:
+        """Emit the last thought text; `after` is answer text that came with the closing tag, of
+        which the answer keeps what its grammar allows (returned)."""
         text += sequence.decoder.decode(b"", final=True)
         if text.strip():
             self._emit(sequence.job, TextDelta(sequence.candidate, text.rstrip(), thought=True))
         sequence.thinking = None
         sequence.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        sequence.sampler.begin_answer(after)
+        return sequence.sampler.begin_answer(after)
 
     def _logprob(self, index: int, token: int, top_n: int) -> TokenLogprob:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
@@ -427,3 +489,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def _jobs(slots: list[Slot]) -> list[Job]:
+    """The jobs running in `slots`, each once, in slot order."""
+    return list(dict.fromkeys(slot.sequence.job for slot in slots if slot.sequence is not None))
