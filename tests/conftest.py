@@ -9,7 +9,11 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import llama_cpp
 import pytest
+from llama_cpp._internals import LlamaModel
+
+from openvertex.backends.local.model import resolve_model_path
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -20,6 +24,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="rewrite golden expectations from the code")
+
+
+@pytest.fixture(scope="session")
+def model() -> Iterator[LlamaModel]:
+    """The embedded model's weights and vocabulary, without an engine (tokenizer-level tests)."""
+    loaded = LlamaModel(
+        path_model=str(resolve_model_path("smollm2")), params=llama_cpp.llama_model_default_params(), verbose=False
+    )
+    yield loaded
+    loaded.close()  # type: ignore[no-untyped-call]
 
 
 def _is_loopback(address: Any) -> bool:

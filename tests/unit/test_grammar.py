@@ -3,7 +3,6 @@ and the 400s for schemas that cannot be enforced."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import llama_cpp
@@ -11,18 +10,9 @@ import pytest
 from llama_cpp._internals import LlamaModel
 
 from openvertex.backends.local.grammar import Grammar, GrammarCompiler, GrammarLimits
-from openvertex.backends.local.model import resolve_model_path
 from openvertex.backends.local.sampling import Sampling, SequenceSampler
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    params = llama_cpp.llama_model_default_params()
-    loaded = LlamaModel(path_model=str(resolve_model_path("smollm2")), params=params, verbose=False)
-    yield loaded
-    loaded.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="module")

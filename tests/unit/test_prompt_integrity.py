@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import llama_cpp
 import pytest
 from llama_cpp._internals import LlamaModel
 
-from openvertex.backends.local.model import resolve_model_path
 from openvertex.backends.local.prompt import (
     MAX_BYTES_PER_TOKEN,
     ChatTemplate,
@@ -34,13 +30,8 @@ NATIVE = (
 )
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    params = llama_cpp.llama_model_default_params()
-    loaded = LlamaModel(path_model=str(resolve_model_path("smollm2")), params=params, verbose=False)
-    assert loaded.tokenize(b"<|im_start|><|im_end|>", False, True) == [IM_START, IM_END]
-    yield loaded
-    loaded.close()  # type: ignore[no-untyped-call]
+def test_the_control_tokens_are_what_these_tests_assume(model: LlamaModel) -> None:
+    assert model.tokenize(b"<|im_start|><|im_end|>", False, True) == [IM_START, IM_END]
 
 
 @pytest.fixture(scope="module")
