@@ -15,7 +15,6 @@ from openvertex.backends.base import Backend
 from openvertex.backends.registry import create_backend
 from openvertex.errors import ApiError
 from openvertex.http.auth import Authenticator
-from openvertex.http.body import JsonLimits
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
 from openvertex.http.metrics import CountRequests, register_backend_readings
 from openvertex.http.routes import Handlers
@@ -24,6 +23,7 @@ from openvertex.service.chat import ChatService
 from openvertex.service.routing import Router
 from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSigner, load_or_create_secret, parse_secret
 from openvertex.settings import Settings
+from openvertex.translate.bounded_json import JsonLimits
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from openvertex.errors import InvalidArgumentError
-from openvertex.http.body import JsonLimits, load_json
+from openvertex.translate.bounded_json import JsonLimits, load_json
 
 LIMITS = JsonLimits(max_depth=8, max_number_length=10)
 

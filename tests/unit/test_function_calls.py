@@ -184,3 +184,12 @@ def test_big_integers_stream_as_the_doubles_gemini_holds() -> None:
     text = '<tool_call>\n{"name": "a", "arguments": {"n": 12345678901234567890, "m": 3}}\n</tool_call>'
     _, arguments = _reassemble(text, 5, stream_arguments=True)
     assert list(arguments.values()) == ['{"n":1.2345678901234567e+19,"m":3}']
+
+
+def test_arguments_nested_past_the_limit_are_not_a_call() -> None:
+    deep = "[" * 100 + "]" * 100
+    text = f'<tool_call>\n{{"name": "f", "arguments": {{"a": {deep}}}}}\n</tool_call>'
+    reader = CallReader(stream_arguments=False)
+    parts = reader.feed(text) + reader.finish()
+    assert [p.function_call for p in parts if p.function_call] == []
+    assert "".join(p.text or "" for p in parts) == text

@@ -157,3 +157,24 @@ def test_text_after_the_reasoning_keeps_only_what_the_grammar_takes(
         assert sampler.begin_answer("Sure! {") == ""  # free text never reaches the answer
     finally:
         sampler.free()
+
+
+def test_nullable_makes_null_one_more_choice_whatever_the_schema(compiler: GrammarCompiler) -> None:
+    either = {"anyOf": [{"type": "integer"}, {"type": "string"}], "nullable": True}
+    grammar = schema_grammar(compiler, {"type": "object", "properties": {"a": either}, "required": ["a"]})
+    assert admits(grammar, '{"a": null}') and admits(grammar, '{"a": 1}')
+    listed = schema_grammar(compiler, {"type": ["STRING", "INTEGER"], "nullable": True})
+    assert admits(listed, "null") and admits(listed, "7")
+
+
+def test_a_clients_x_guidance_cannot_loosen_the_output(compiler: GrammarCompiler) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "x-guidance": {"key_separator": " = ", "lenient": True},
+    }
+    grammar = schema_grammar(compiler, schema)
+    assert admits(grammar, '{"a": 1}')
+    assert not admits(grammar, '{"a" = 1}')
+    with pytest.raises(InvalidArgumentError, match="uniqueItems"):
+        compiler.response("application/json", {**schema, "uniqueItems": True}, param="response_format")

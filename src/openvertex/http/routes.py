@@ -11,12 +11,13 @@ from starlette.routing import Route
 
 from openvertex.errors import NotFoundError, UnavailableError
 from openvertex.http.auth import Authenticator
-from openvertex.http.body import JsonLimits, read_body, read_json
+from openvertex.http.body import read_body, read_json
 from openvertex.http.disconnect import until_disconnect
 from openvertex.http.openapi import openapi_json
 from openvertex.http.sse import EventStreamResponse, sse_stream
 from openvertex.protocol import chat_completions as oa
 from openvertex.service.chat import ChatService
+from openvertex.translate.bounded_json import JsonLimits
 
 VERTEX_CHAT = "/{version:str}/projects/{project:str}/locations/{location:str}/endpoints/{endpoint:str}/chat/completions"
 _VERSIONS = frozenset({"v1", "v1beta1"})

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
+from openvertex.translate.bounded_json import JsonLimits, load_json
 from openvertex.translate.parts import apply_google_extras, content_part_to_part
 from openvertex.translate.tables import ROLE_TO_GEMINI, SYSTEM_ROLES
 from openvertex.translate.thoughts import split_tagged
@@ -62,9 +62,10 @@ def _assistant_text_parts(text: str, marker: str | None) -> list[gc.Part]:
 
 def _parse_arguments(arguments: str, *, param: str) -> dict[str, Any]:
     try:
-        args = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
-        args = None
+        args = load_json(arguments.encode(), JsonLimits()) if arguments.strip() else {}
+    except InvalidArgumentError as error:
+        message = f"expected a valid JSON object in the function arguments: {error.message}"
+        raise InvalidArgumentError(message, param=param) from None
     if not isinstance(args, dict):
         raise InvalidArgumentError("expected a valid JSON object in the function arguments", param=param)
     return args
@@ -112,8 +113,8 @@ def _signature_only(extra: oa.ExtraContent) -> oa.GoogleContentExtras | None:
 def _response_payload(text: str) -> dict[str, Any]:
     """JSON-object content is the response itself; anything else is wrapped [I]."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
+        value = load_json(text.encode(), JsonLimits())
+    except InvalidArgumentError:  # not JSON, or JSON past the limits: text like any other
         value = None
     return value if isinstance(value, dict) else {"content": text}
 

@@ -29,25 +29,29 @@ def _refs(node: Any) -> list[str]:
 
 
 def check_not_recursive(schema: dict[str, Any], *, param: str) -> None:
-    """Reject schemas whose `$ref`s form a cycle: "Fully recursive schemas are not supported"."""
-    visiting: set[str] = set()
+    """Reject schemas whose `$ref`s form a cycle: "Fully recursive schemas are not supported".
+
+    A depth-first walk over the refs with an explicit stack: a chain of thousands of `$defs`
+    is legitimate, and must not exhaust Python's recursion limit."""
     done: set[str] = set()
-
-    def visit(ref: str) -> None:
-        if ref in done:
-            return
-        if ref in visiting or ref == "#":
-            raise InvalidArgumentError("recursive schemas are not supported", param=param)
-        if not ref.startswith("#"):
-            raise InvalidArgumentError(f"only local $ref values are supported, got {ref!r}", param=param)
-        target = _local_ref_target(schema, ref)
-        if target is None:
-            raise InvalidArgumentError(f"$ref {ref!r} does not resolve", param=param)
-        visiting.add(ref)
-        for inner in _refs(target):
-            visit(inner)
-        visiting.discard(ref)
-        done.add(ref)
-
-    for ref in _refs(schema):
-        visit(ref)
+    for root in _refs(schema):
+        path: list[str] = []  # the refs being visited, each with the refs still to visit under it
+        pending: list[list[str]] = []
+        ref: str | None = root
+        while True:
+            if ref is not None and ref not in done:
+                if ref in path or ref == "#":
+                    raise InvalidArgumentError("recursive schemas are not supported", param=param)
+                if not ref.startswith("#"):
+                    raise InvalidArgumentError(f"only local $ref values are supported, got {ref!r}", param=param)
+                target = _local_ref_target(schema, ref)
+                if target is None:
+                    raise InvalidArgumentError(f"$ref {ref!r} does not resolve", param=param)
+                path.append(ref)
+                pending.append(_refs(target))
+            while pending and not pending[-1]:  # every ref under the last one is checked
+                done.add(path.pop())
+                pending.pop()
+            if not pending:
+                break
+            ref = pending[-1].pop()

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 from llama_cpp._internals import LlamaModel
@@ -117,6 +118,7 @@ class LocalBackend:
         self._loop = asyncio.get_running_loop()
         try:
             await asyncio.to_thread(self._load)
+            self._check_engine()
         except Exception as error:
             self._load_error = str(error)
             log.exception("could not load %s", self.model_path)
@@ -202,7 +204,14 @@ class LocalBackend:
                 delay = min(MAX_RESTART_DELAY_S, max(1.0, 2 * delay))
                 continue
             log.warning("the local engine was restarted")
+            self._check_engine()
             return
+
+    def _check_engine(self) -> None:
+        """An engine that died before it was installed was not recognised as ours: fail it now."""
+        engine = self._engine
+        if engine is not None and not engine.alive():
+            self._engine_failed(engine)
 
     def _deliver(self, batch: list[tuple[Job, Event]]) -> None:
         """Engine thread: hand a step's events to the event loop in one wake-up."""
@@ -317,9 +326,20 @@ class LocalBackend:
         self, request: gc.GenerateContentRequest, *, model: str, streaming: bool
     ) -> AsyncIterator[gc.GenerateContentResponse]:
         self._admit()  # before any await or work: the check and the count cannot race
+        release = True
         try:
             loaded, engine, template = await self._wait_loaded()
-            prompt, sampling, tools = await asyncio.to_thread(self._plan, loaded, engine.n_ctx, template, request)
+            planning = asyncio.get_running_loop().run_in_executor(
+                None, self._plan, loaded, engine.n_ctx, template, request
+            )
+            try:
+                prompt, sampling, tools = await asyncio.shield(planning)
+            except asyncio.CancelledError:
+                # The client left, but the thread plans on: its place stays taken until then,
+                # so clients that hang up at once cannot pile up work that nothing counts.
+                release = False
+                planning.add_done_callback(self._release_after)
+                raise
             candidates = (request.generation_config or gc.GenerationConfig()).candidate_count or 1
             # Arguments arrive in pieces only in a stream that asked for them (spec §3.5).
             readers = (
@@ -355,7 +375,16 @@ class LocalBackend:
                 engine.cancel(job)  # a consumer that left frees its slots at the next step
                 self._queues.pop(job, None)
         finally:
-            self._in_flight -= 1
+            if release:
+                self._release()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+
+    def _release_after(self, planning: asyncio.Future[Any]) -> None:
+        if not planning.cancelled():
+            planning.exception()  # retrieved: a plan nobody waits for may have failed (a 400)
+        self._release()
 
 
 def _special_text(model: LlamaModel, token: int) -> str:

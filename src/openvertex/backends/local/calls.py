@@ -16,6 +16,8 @@ from openvertex.protocol import generate_content as gc
 
 _OPEN = TOOL_CALL_TAG  # the model may put other whitespace around the tags
 _CLOSE = TOOL_CALL_END_TAG
+# Deeper arguments are not read as a call (JSON that deep cannot be serialized back anyway).
+MAX_ARGUMENT_DEPTH = 64
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCALAR_CHARS = frozenset("+-0123456789.eEtruefalsn")
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
@@ -146,6 +148,8 @@ class _CallObject:
         if top is None and char != "{":
             raise ValueError("not a call object")
         if char in "{[":
+            if len(self._stack) >= MAX_ARGUMENT_DEPTH:
+                raise ValueError("the arguments nest too deeply")
             self._started = True
             self._stack.append(_Container(is_object=char == "{", key=None if char == "{" else 0))
             self._stack[-1].expecting = "key" if char == "{" else "value"

@@ -37,9 +37,16 @@ TOOL_CALL_OPEN = TOOL_CALL_TAG + "\n"  # as the grammar and the prompt write the
 TOOL_CALL_CLOSE = "\n" + TOOL_CALL_END_TAG
 
 # A 135M model left free to choose its whitespace pads values with newlines until max_tokens;
-# this allows pretty-printed JSON and nothing more. Server options win over a schema's own
-# "x-guidance", so a client cannot turn on `lenient` (which ignores keywords silently).
-_JSON_OPTIONS: Any = {"whitespace_pattern": r"[ \t]{0,2}|\n[ \t]{0,24}", "lenient": False}
+# this allows pretty-printed JSON and nothing more. Every option is the server's: a schema's own
+# "x-guidance" is dropped, so a client cannot make output that is not JSON (other separators)
+# or have keywords ignored (`lenient`, `coerce_one_of`).
+_JSON_OPTIONS: Any = {
+    "whitespace_pattern": r"[ \t]{0,2}|\n[ \t]{0,24}",
+    "item_separator": ",",
+    "key_separator": ":",
+    "coerce_one_of": False,
+    "lenient": False,
+}
 _ANY_JSON_OBJECT = {"type": "object"}
 # llguidance names what it refuses in a few shapes; these find the keyword to point at.
 _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[([^\]]*)\]")
@@ -138,7 +145,8 @@ class GrammarCompiler:
         # Building the matcher drops the GIL: compiling here never stalls the engine thread.
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, limits=self._parser_limits, log_level=0)
         if not matcher.is_error():
-            # An unsatisfiable schema (a $ref cycle) compiles, and fails at its first mask.
+            # A schema no value can even begin (a bare $ref cycle) compiles, and fails at its
+            # first mask; one that only recurses without end is enforced as written.
             bitmask = llguidance.numpy.allocate_token_bitmask(1, self.tokenizer.vocab_size)
             llguidance.numpy.fill_next_token_bitmask(matcher, bitmask)
         if matcher.is_error():
@@ -211,6 +219,8 @@ def _convert(schema: Any, *, close: bool) -> Any:
         return schema
     converted: dict[str, Any] = {}
     for key, value in schema.items():
+        if key == "x-guidance":
+            continue
         if key in ("enum", "const", "nullable") or not isinstance(value, dict | list):
             converted[key] = value
         elif key in _NAME_MAPS and isinstance(value, dict):  # names → schemas
@@ -218,13 +228,23 @@ def _convert(schema: Any, *, close: bool) -> Any:
         else:
             converted[key] = _convert(value, close=key != "allOf")
     kind = converted.get("type")
-    if isinstance(kind, str):
-        converted["type"] = kind.lower()
-    if converted.pop("nullable", None) is True and isinstance(converted.get("type"), str):
-        converted["type"] = [converted["type"], "null"]
+    if isinstance(kind, str | list):
+        converted["type"] = (
+            kind.lower() if isinstance(kind, str) else [k.lower() if isinstance(k, str) else k for k in kind]
+        )
     if close and "properties" in converted and not {"additionalProperties", "patternProperties"} & converted.keys():
         converted["additionalProperties"] = False
-    return converted
+    return _with_null(converted) if converted.pop("nullable", None) is True else converted
+
+
+def _with_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI's `nullable`: null is one more choice, whatever the schema says otherwise."""
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    if isinstance(kind, list):
+        return {**schema, "type": kind if "null" in kind else [*kind, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}  # anyOf, $ref, enum…
 
 
 def parameters_schema(declaration: gc.FunctionDeclaration) -> dict[str, Any]:
