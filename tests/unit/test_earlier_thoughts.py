@@ -7,10 +7,10 @@ from openvertex.backends.local.prompt import (
     ChatTemplate,
     Conversation,
     contents_to_messages,
-    current_turn_start,
     prompt_tokens,
 )
 from openvertex.protocol import generate_content as gc
+from openvertex.protocol.generate_content import current_turn_start
 
 TAGS = ("<think>", "</think>")
 TEMPLATE = ChatTemplate(None, bos_token="", eos_token="")

@@ -195,3 +195,14 @@ class GenerateContentResponse(GeminiModel):
     model_version: str | None = None
     response_id: str | None = None
     create_time: str | None = None
+
+
+def current_turn_start(contents: list[Content]) -> int:
+    """Index of the current turn's first content: the one after the last user message that is not
+    only function responses (Gemini's rule for thought signatures; Qwen3's template keeps the
+    thoughts of this turn alone)."""
+    start = 0
+    for index, content in enumerate(contents):
+        if content.role != "model" and not all(p.function_response is not None for p in content.parts):
+            start = index + 1
+    return start

@@ -199,10 +199,6 @@ class _CandidateSigning:
 
 
 def _current_turn(contents: list[gc.Content]) -> list[tuple[int, gc.Content]]:
-    """(1-based position, content) of the model turns after the last user message that is
-    not only function responses."""
-    start = 0
-    for index, content in enumerate(contents):
-        if content.role != "model" and not all(p.function_response is not None for p in content.parts):
-            start = index + 1
+    """(1-based position, content) of the current turn's model contents."""
+    start = gc.current_turn_start(contents)
     return [(index + 1, c) for index, c in enumerate(contents) if index >= start and c.role == "model"]

@@ -130,16 +130,6 @@ def _message(content: gc.Content) -> dict[str, str]:
     return {"role": _ROLE[content.role or "user"], "content": separator.join(pieces)}
 
 
-def current_turn_start(contents: list[gc.Content]) -> int:
-    """Index of the current turn's first content: the one after the last user message that is not
-    only function responses (the rule of service/signatures.py and of Qwen3's template)."""
-    start = 0
-    for index, content in enumerate(contents):
-        if content.role != "model" and not all(p.function_response is not None for p in content.parts):
-            start = index + 1
-    return start
-
-
 def _thought_text(content: gc.Content, tags: tuple[str, str]) -> str:
     """A model content's thoughts as they go back before its answer ("" when it has none)."""
     thoughts = "".join(p.text or "" for p in content.parts if p.thought)
@@ -168,7 +158,7 @@ def contents_to_messages(
     system_texts += instructions
     if system_texts:
         messages.append({"role": "system", "content": "\n\n".join(system_texts)})
-    first = current_turn_start(contents) if thoughts_from is None else thoughts_from
+    first = gc.current_turn_start(contents) if thoughts_from is None else thoughts_from
     for index, content in enumerate(contents):
         rendered = _native_messages(content) if native_tools else [_message(content)]
         if thought_tags is not None and index >= first:
@@ -203,7 +193,7 @@ class Conversation:
         """(index, thoughts as written) of the current turn's model contents that thought, oldest first."""
         if self.thought_tags is None:
             return []
-        start = current_turn_start(self.contents)
+        start = gc.current_turn_start(self.contents)
         written = ((i, _thought_text(c, self.thought_tags)) for i, c in enumerate(self.contents) if i >= start)
         return [(index, text) for index, text in written if text]
 
