@@ -298,8 +298,10 @@ def prompt_tokens(
         first = index
     if first == everything:
         return tokens
-    with_thoughts = tokens_with_thoughts_from(first)
-    return with_thoughts if len(with_thoughts) <= limit else tokens
+    try:
+        return tokens_with_thoughts_from(first)
+    except InvalidArgumentError:  # the tags around them tipped it over: thoughts never cost a 400
+        return tokens
 
 
 def _tokens(
