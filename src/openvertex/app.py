@@ -17,12 +17,17 @@ from openvertex.errors import ApiError
 from openvertex.http.auth import Authenticator
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
 from openvertex.http.metrics import CountRequests, register_backend_readings
+from openvertex.http.native import NativeHandlers
 from openvertex.http.routes import Handlers
 from openvertex.metrics import Metrics
+from openvertex.service.cached_contents import CachedContents
 from openvertex.service.chat import ChatService
+from openvertex.service.generation import Generator
 from openvertex.service.routing import Router
 from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSigner, load_or_create_secret, parse_secret
 from openvertex.settings import Settings
+from openvertex.store.cached_contents import CachedContentStore
+from openvertex.store.database import DATABASE_FILE, Database
 from openvertex.translate.bounded_json import JsonLimits
 
 log = logging.getLogger(__name__)
@@ -31,36 +36,46 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = None) -> Starlette:
     """`backends` replaces the configured ones (tests inject a FakeBackend this way)."""
     if backends is None:
-        backends = {name: create_backend(config) for name, config in settings.backends.items()}
+        backends = {
+            name: create_backend(config, settings.state_dir / "kv" / name) for name, config in settings.backends.items()
+        }
     router = Router(backends=backends, routes=settings.routes)
     metrics = Metrics()
     register_backend_readings(metrics, router)
-    signer = ThoughtSigner(_signing_secret(settings))
-    service = ChatService(
+    database = Database(settings.state_dir / DATABASE_FILE)
+    caches = CachedContents(CachedContentStore(database), router)
+    generator = Generator(
         router,
+        caches,
         metrics=metrics,
         timeout_s=settings.request_timeout_s,
-        signer=signer,
+        signer=ThoughtSigner(_signing_secret(settings)),
         optional_signatures=settings.optional_thought_signatures,
     )
+    auth = Authenticator(settings.api_keys)
+    json_limits = JsonLimits(settings.max_json_depth, settings.max_json_number_length)
     handlers = Handlers(
-        service,
-        Authenticator(settings.api_keys),
+        ChatService(generator),
+        NativeHandlers(generator, caches, auth, settings.max_body_bytes, json_limits),
+        auth,
         settings.max_body_bytes,
-        json_limits=JsonLimits(settings.max_json_depth, settings.max_json_number_length),
+        json_limits=json_limits,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
+        sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
         try:
             yield
         finally:
-            starting.cancel()
-            with contextlib.suppress(BaseException):
-                await starting
+            for task in (starting, sweeping):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             await asyncio.gather(*(backend.close() for backend in backends.values()))
+            database.close()
 
     return Starlette(
         routes=handlers.routes(),
@@ -72,6 +87,18 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
             Exception: unexpected_error_handler,
         },
     )
+
+
+async def _sweep(caches: CachedContents, interval_s: float) -> None:
+    """Remove expired context caches on schedule (lookups already refuse them)."""
+    while True:
+        try:
+            removed = await caches.sweep()
+            if removed:
+                log.info("removed %d expired context caches", removed)
+        except Exception:
+            log.exception("could not remove expired context caches")
+        await asyncio.sleep(interval_s)
 
 
 def _signing_secret(settings: Settings) -> bytes:

@@ -52,6 +52,12 @@ class LocalBackendSettings(_Section):
     max_schema_bytes: int = Field(1 << 20, ge=1024)  # the schema's JSON text
     grammar_lexer_fuel: int = Field(1_000_000, ge=10_000)  # llguidance's lexer build budget (~50k/ms)
     max_grammar_size: int = Field(500_000, ge=1000)  # symbols in the compiled grammar
+    # Context caches (cachedContents): the fewest tokens a cache may hold on this model (Vertex:
+    # 1024 to 4096 by model), and the byte budgets for the KV state of cached prefixes: kept in
+    # memory, written through to state_dir/kv/<backend> on disk, least recently used out first.
+    min_cached_content_tokens: int = Field(1024, ge=1)
+    cache_memory_bytes: int = Field(1 << 30, ge=0)
+    cache_disk_bytes: int = Field(8 << 30, ge=0)
 
     @model_validator(mode="after")
     def _fit_together(self) -> LocalBackendSettings:
@@ -109,8 +115,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
     routes: list[Route] = Field(default_factory=_default_routes)
-    # Where openvertex keeps what must outlive a restart: the thought-signature secret.
+    # Where openvertex keeps what must outlive a restart: the thought-signature secret, the
+    # database (openvertex.db: context caches) and the KV of cached prefixes.
     state_dir: Path = Field(default_factory=_default_state_dir)
+    cache_sweep_interval_s: float = Field(30.0, gt=0)  # how often expired context caches are removed
     # Or the thought-signature secret itself: 64 hex characters (`openssl rand -hex 32`). Replicas
     # behind one load balancer given the same one accept each other's signatures, with no shared
     # disk. Checked when the app is created, so a malformed value is never echoed in an error.

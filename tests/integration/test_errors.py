@@ -192,8 +192,11 @@ def test_unknown_model_is_404(fake_server: RunningServer) -> None:
 def test_unknown_endpoint_and_path_are_404(fake_server: RunningServer) -> None:
     endpoint = fake_server.chat_url.replace("/openapi/", "/1234567890/")
     assert_google_error(httpx.post(endpoint, json=_body(), headers=AUTH), 404, "NOT_FOUND", "1234567890")
-    assert_google_error(httpx.post(f"{fake_server.url}/v2/nothing", json=_body(), headers=AUTH), 404, "NOT_FOUND")
     assert_google_error(httpx.get(fake_server.chat_url, headers=AUTH), 405, "NOT_FOUND")
+    # Paths outside the OpenAI-compatible surface answer in the native shape: one object.
+    unknown = httpx.post(f"{fake_server.url}/v2/nothing", json=_body(), headers=AUTH)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["status"] == "NOT_FOUND"
 
 
 def test_body_over_the_limit_is_rejected(fake_server: RunningServer) -> None:

@@ -9,6 +9,23 @@ from typing import Protocol
 from openvertex.protocol import generate_content as gc
 from openvertex.protocol.generate_content import GenerateContentRequest, GenerateContentResponse
 
+# Request fields beyond the common core, as native JSON paths: each is a 400 naming it unless the
+# chosen backend lists it in Capabilities.optional_fields.
+OPTIONAL_FIELDS = frozenset(
+    {
+        "generationConfig.routingConfig",
+        "generationConfig.audioTimestamp",
+        "generationConfig.speechConfig",
+        "generationConfig.imageConfig",
+        "generationConfig.modelConfig",
+        "generationConfig.enableEnhancedCivicAnswers",
+        "generationConfig.enableAffectiveDialog",
+        "toolConfig.retrievalConfig",
+        "toolConfig.includeServerSideToolInvocations",
+        "modelArmorConfig",
+    }
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
@@ -27,6 +44,21 @@ class Capabilities:
     max_output_tokens: int | None = None
     # The backend issues and checks its own thought signatures (Gemini); else openvertex does.
     thought_signatures: bool = False
+    # Prompt tokens the model reads (None: not known), and the fewest a context cache may hold.
+    input_token_limit: int | None = None
+    min_cached_content_tokens: int = 1024
+    # Request fields outside the common core that the backend honours, as native JSON paths
+    # (`generationConfig.speechConfig`, …), of OPTIONAL_FIELDS.
+    optional_fields: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RoleTokens:
+    """The tokens of one turn of the prompt as the model reads it (computeTokens)."""
+
+    role: str
+    ids: list[int]
+    pieces: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +88,23 @@ class Backend(Protocol):
     async def generate(self, request: GenerateContentRequest, *, model: str) -> GenerateContentResponse: ...
 
     def stream(self, request: GenerateContentRequest, *, model: str) -> AsyncIterator[GenerateContentResponse]: ...
+
+    async def count_tokens(self, request: GenerateContentRequest, *, model: str) -> int:
+        """The prompt's tokens as the model would read them."""
+        ...
+
+    async def compute_tokens(self, request: GenerateContentRequest, *, model: str) -> list[RoleTokens]: ...
+
+    async def cache_prefix(self, name: str, request: GenerateContentRequest, *, model: str) -> None:
+        """Get ready to reuse the context cache `name` (whose content `request` holds) as the
+        prefix of later requests that name it in `cachedContent`. Called when the cache is made
+        and before each use, so it must be cheap once done; a backend keeping no state for
+        prefixes does nothing."""
+        ...
+
+    def forget_prefix(self, name: str) -> None:
+        """The context cache `name` was deleted or expired."""
+        ...
 
 
 def merge_chunks(chunks: Iterable[GenerateContentResponse]) -> GenerateContentResponse:

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
-from openvertex.backends.base import BackendLoad, Capabilities, collect_stream
+from openvertex.backends.base import OPTIONAL_FIELDS, BackendLoad, Capabilities, RoleTokens, collect_stream
 from openvertex.protocol import generate_content as gc
 
 # A turn is the chunks of one answer; an exception in it is raised when the stream reaches it.
@@ -30,8 +30,11 @@ class FakeBackend:
             cached_content=True,
             native_tools=frozenset({"googleSearch", "codeExecution", "urlContext"}),
             thought_signatures=True,  # scripted signatures pass through, like Gemini's
+            min_cached_content_tokens=1,
+            optional_fields=OPTIONAL_FIELDS,
         )
         self.requests: list[gc.GenerateContentRequest] = []
+        self.prefixes: dict[str, gc.GenerateContentRequest] = {}  # context caches announced, by name
 
     @classmethod
     def from_file(cls, path: Path) -> FakeBackend:
@@ -75,6 +78,24 @@ class FakeBackend:
             if isinstance(item, Exception):
                 raise item
             yield item
+
+    async def count_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> int:
+        return sum(len(tokens.ids) for tokens in await self.compute_tokens(request, model=model))
+
+    async def compute_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> list[RoleTokens]:
+        """One token per word: enough to drive counting and caching rules."""
+        system = [request.system_instruction] if request.system_instruction is not None else []
+        counted = []
+        for content in system + request.contents:
+            words = [w.encode() for p in content.parts if p.text for w in p.text.split()]
+            counted.append(RoleTokens(content.role or "user", list(range(len(words))), words))
+        return counted
+
+    async def cache_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
+        self.prefixes[name] = request
+
+    def forget_prefix(self, name: str) -> None:
+        self.prefixes.pop(name, None)
 
 
 def _echo(request: gc.GenerateContentRequest) -> gc.GenerateContentResponse:

@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from openvertex.backends.base import Backend
 from openvertex.settings import BackendSettings, FakeBackendSettings, LocalBackendSettings
 
 
-def _local(settings: Any) -> Backend:
+def _local(settings: Any, directory: Path) -> Backend:
     from openvertex.backends.local.backend import LocalBackend  # imports llama.cpp: only when used
 
     assert isinstance(settings, LocalBackendSettings)
-    return LocalBackend(settings)
+    return LocalBackend(settings, kv_dir=directory)
 
 
-def _fake(settings: Any) -> Backend:
+def _fake(settings: Any, directory: Path) -> Backend:
     from openvertex.backends.fake import FakeBackend
 
     assert isinstance(settings, FakeBackendSettings)
     return FakeBackend.from_file(settings.script) if settings.script else FakeBackend()
 
 
-FACTORIES: dict[str, Callable[[Any], Backend]] = {"local": _local, "fake": _fake}
+# (the backend's settings, its own directory under state_dir) → the backend
+FACTORIES: dict[str, Callable[[Any, Path], Backend]] = {"local": _local, "fake": _fake}
 
 
-def create_backend(settings: BackendSettings) -> Backend:
-    return FACTORIES[settings.type](settings)
+def create_backend(settings: BackendSettings, directory: Path) -> Backend:
+    return FACTORIES[settings.type](settings, directory)

@@ -17,7 +17,15 @@ _ROUTES: tuple[tuple[str, str], ...] = (
 )
 
 
+_NATIVE_METHODS = ("generateContent", "streamGenerateContent", "countTokens", "computeTokens")
+
+
 def route_name(path: str) -> str:
+    method = path.rpartition(":")[2] if ":" in path.rpartition("/")[2] else ""
+    if method in _NATIVE_METHODS:
+        return method
+    if "/cachedContents" in path:
+        return "cached_contents"
     return next((name for suffix, name in _ROUTES if path.endswith(suffix)), "other")
 
 

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, RootModel
+from pydantic import BaseModel, Field, RootModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.routing import BaseRoute, Route
 
 from openvertex.protocol import chat_completions as oa
+from openvertex.protocol import generate_content as gc
 
 _REF = "#/components/schemas/{model}"
 JsonObject = dict[str, Any]
@@ -35,7 +36,22 @@ class ErrorEnvelope(BaseModel):
 
 
 class ErrorResponse(RootModel[list[ErrorEnvelope]]):
-    """Every error on these routes: a one-element list, as Vertex's OpenAI-compatible surface answers."""
+    """An error on the OpenAI-compatible routes: a one-element list, as Vertex's answers."""
+
+
+class NativeErrorStatus(ErrorStatus):
+    details: list[dict[str, Any]]  # google.rpc.BadRequest (fieldViolations), RetryInfo, …
+
+
+class NativeError(BaseModel):
+    """An error on the native routes: one object (a streamGenerateContent without `alt=sse` wraps it in a list)."""
+
+    error: NativeErrorStatus
+
+
+class ModelInfoList(BaseModel):
+    models: list[gc.ModelInfo] | None = None  # the Gemini API
+    publisher_models: list[gc.ModelInfo] | None = Field(None, alias="publisherModels")  # Vertex
 
 
 _MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
@@ -45,12 +61,24 @@ _MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (oa.ModelList, "serialization"),
     (ErrorEnvelope, "serialization"),
     (ErrorResponse, "serialization"),
+    (gc.GenerateContentRequest, "validation"),
+    (gc.GenerateContentResponse, "serialization"),
+    (gc.CountTokensRequest, "validation"),
+    (gc.CountTokensResponse, "serialization"),
+    (gc.ComputeTokensRequest, "validation"),
+    (gc.ComputeTokensResponse, "serialization"),
+    (gc.CachedContent, "validation"),
+    (gc.ListCachedContentsResponse, "serialization"),
+    (gc.ModelInfo, "serialization"),
+    (ModelInfoList, "serialization"),
+    (NativeError, "serialization"),
 )
 
 _ERRORS = {
     "400": "INVALID_ARGUMENT or FAILED_PRECONDITION; the message names the parameter that was wrong.",
     "401": "UNAUTHENTICATED: no API key, or not one of the configured keys.",
-    "404": "NOT_FOUND: an unknown model, endpoint or API version.",
+    "403": "PERMISSION_DENIED: (Gemini API) an unknown or expired context cache.",
+    "404": "NOT_FOUND: an unknown model, endpoint, context cache or API version.",
     "429": "RESOURCE_EXHAUSTED: the model's queue is full; retry after `Retry-After` seconds.",
     "499": "CANCELLED: the client closed the connection.",
     "500": "INTERNAL.",
@@ -59,11 +87,21 @@ _ERRORS = {
 }
 
 _PATH_PARAMETERS: dict[str, JsonObject] = {
-    "version": {"type": "string", "enum": ["v1", "v1beta1"]},
+    # chat/completions answers v1 and v1beta1 (Vertex's); the native routes every version the SDKs use.
+    "version": {"type": "string", "enum": ["v1", "v1beta", "v1beta1", "v1alpha"]},
     "project": {"type": "string"},
     "location": {"type": "string"},
     # Vertex's OpenAI-compatible surface is the endpoint named `openapi`.
     "endpoint": {"type": "string", "enum": ["openapi"]},
+    "publisher": {"type": "string", "examples": ["google"]},
+    "call": {
+        "type": "string",
+        "description": "`{model}:{method}`, the method one of generateContent, streamGenerateContent "
+        "(`?alt=sse` for server-sent events, else a JSON array), countTokens, computeTokens; "
+        "a bare `{model}` for a model get",
+        "examples": ["gemini-2.5-flash:generateContent"],
+    },
+    "cache": {"type": "string", "description": "a context cache's id"},
 }
 
 _STATUS_OK = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
@@ -79,6 +117,7 @@ class Operation:
     events: type[BaseModel] | None = None  # each SSE event's data, when the request asks to stream
     plain: JsonObject | None = None  # a 200 body that is not a wire type: (media type → schema)
     errors: tuple[str, ...] = ("500",)
+    native: bool = False  # errors as one object (the native surfaces), not a one-element list
 
 
 _CHAT = Operation(
@@ -91,8 +130,75 @@ _CHAT = Operation(
     errors=("400", "401", "404", "429", "499", "500", "503", "504"),
 )
 
-# Keyed by the route's name (its handler's name in routes.Handlers).
+_NATIVE_ERRORS = ("400", "401", "403", "404", "429", "499", "500", "503", "504")
+
+# Keyed by the route's name (its handler's name in routes.Handlers; for native routes, the part
+# before `@`, the rest naming the resource shape).
 OPERATIONS: dict[str, Operation] = {
+    "model_call": Operation(
+        summary="generateContent, streamGenerateContent, countTokens or computeTokens on a model (by the path's "
+        "method); the request body and response are those of the method.",
+        tag="native",
+        authenticated=True,
+        request=gc.GenerateContentRequest,
+        response=gc.GenerateContentResponse,
+        events=gc.GenerateContentResponse,
+        errors=_NATIVE_ERRORS,
+        native=True,
+    ),
+    "model_get": Operation(
+        summary="Get a model.",
+        tag="native",
+        authenticated=True,
+        response=gc.ModelInfo,
+        errors=("401", "404"),
+        native=True,
+    ),
+    "model_list": Operation(
+        summary="List the configured models.", tag="native", authenticated=True, response=ModelInfoList, native=True
+    ),
+    "caches_create": Operation(
+        summary="Create a context cache (ttl or expireTime; default one hour).",
+        tag="cachedContents",
+        authenticated=True,
+        request=gc.CachedContent,
+        response=gc.CachedContent,
+        errors=("400", "401", "404", "500", "503"),
+        native=True,
+    ),
+    "caches_list": Operation(
+        summary="List context caches (pageSize up to 1000, pageToken).",
+        tag="cachedContents",
+        authenticated=True,
+        response=gc.ListCachedContentsResponse,
+        errors=("400", "401"),
+        native=True,
+    ),
+    "cache_get": Operation(
+        summary="Get a context cache.",
+        tag="cachedContents",
+        authenticated=True,
+        response=gc.CachedContent,
+        errors=("401", "403", "404"),
+        native=True,
+    ),
+    "cache_update": Operation(
+        summary="Change a context cache's expiry (ttl or expireTime; no update mask needed).",
+        tag="cachedContents",
+        authenticated=True,
+        request=gc.CachedContent,
+        response=gc.CachedContent,
+        errors=("400", "401", "403", "404"),
+        native=True,
+    ),
+    "cache_delete": Operation(
+        summary="Delete a context cache (answers 200 with `{}`).",
+        tag="cachedContents",
+        authenticated=True,
+        plain={"application/json": {"type": "object", "maxProperties": 0}},
+        errors=("401", "403", "404"),
+        native=True,
+    ),
     "vertex_chat": _CHAT,
     "chat": _CHAT,
     "models": Operation(
@@ -148,16 +254,22 @@ def _ref(model: type[BaseModel]) -> JsonObject:
     return {"$ref": _REF.format(model=model.__name__)}
 
 
-def _event_schema(model: type[BaseModel]) -> JsonObject:
+def _event_schema(model: type[BaseModel], *, native: bool) -> JsonObject:
     """One server-sent event, as OpenAPI models them: an object whose `data` is a string."""
+    ending = (
+        "JSON events only (no comments, no `event:`, no terminator); an error after the stream began is one "
+        '`{"error": …}` event, the last.'
+        if native
+        else 'JSON, then a final `[DONE]`; an error after the stream began is one `{"error": …}` event instead '
+        "of `[DONE]`."
+    )
     return {
         "type": "object",
         "required": ["data"],
         "properties": {
             "data": {
                 "type": "string",
-                "description": "JSON, then a final `[DONE]`; an error after the stream began is one "
-                '`{"error": …}` event instead of `[DONE]`.',
+                "description": ending,
                 "contentMediaType": "application/json",
                 "contentSchema": {"anyOf": [_ref(model), _ref(ErrorEnvelope)]},
             }
@@ -170,14 +282,14 @@ def _success(operation: Operation) -> JsonObject:
     if operation.response is not None:
         content["application/json"] = {"schema": _ref(operation.response)}
     if operation.events is not None:
-        content["text/event-stream"] = {"schema": _event_schema(operation.events)}
+        content["text/event-stream"] = {"schema": _event_schema(operation.events, native=operation.native)}
     for media_type, schema in (operation.plain or {}).items():
         content[media_type] = {"schema": schema}
     return {"description": "OK", "content": content}
 
 
 def _operation(operation_id: str, operation: Operation, parameters: Sequence[str]) -> JsonObject:
-    error = {"application/json": {"schema": _ref(ErrorResponse)}}
+    error = {"application/json": {"schema": _ref(NativeError if operation.native else ErrorResponse)}}
     document: JsonObject = {
         "operationId": operation_id,
         "summary": operation.summary,
@@ -214,12 +326,14 @@ def _paths(routes: Sequence[BaseRoute]) -> JsonObject:
     paths: JsonObject = {}
     for route in routes:
         assert isinstance(route, Route), route
-        if route.name not in OPERATIONS:
+        key = route.name.partition("@")[0]
+        if key not in OPERATIONS:
             raise KeyError(f"route {route.path} ({route.name}) has no OpenAPI operation")
+        name = route.name.replace("@", "_")
         methods = sorted((route.methods or set()) - {"HEAD"})  # Starlette adds HEAD to every GET
         for method in methods:
-            operation_id = route.name if len(methods) == 1 else f"{route.name}_{method.lower()}"
-            operation = _operation(operation_id, OPERATIONS[route.name], list(route.param_convertors))
+            operation_id = name if len(methods) == 1 else f"{name}_{method.lower()}"
+            operation = _operation(operation_id, OPERATIONS[key], list(route.param_convertors))
             paths.setdefault(_path_template(route), {})[method.lower()] = operation
     return paths
 
@@ -234,7 +348,8 @@ def openapi_document(routes: Sequence[BaseRoute]) -> JsonObject:
         "info": {
             "title": "openvertex",
             "version": version,
-            "description": "Vertex AI's OpenAI-compatible Chat Completions API, self-hosted.",
+            "description": "Vertex AI's OpenAI-compatible Chat Completions API and the native Gemini "
+            "generateContent API (Vertex AI and the Gemini Developer API), self-hosted.",
         },
         "paths": _paths(routes),
         "components": {

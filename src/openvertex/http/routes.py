@@ -1,4 +1,5 @@
-"""Route handlers: the Vertex chat completions surface, OpenAI conveniences, health."""
+"""Route handlers: the Vertex chat completions surface, OpenAI conveniences, health; the native
+surfaces' routes come from http/native.py."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from openvertex.errors import NotFoundError, UnavailableError
 from openvertex.http.auth import Authenticator
 from openvertex.http.body import read_body, read_json
 from openvertex.http.disconnect import until_disconnect
+from openvertex.http.errors import error_body
+from openvertex.http.native import NativeHandlers
 from openvertex.http.openapi import openapi_json
-from openvertex.http.sse import EventStreamResponse, sse_stream
+from openvertex.http.sse import OPENAI_SSE, EventStreamResponse, framed
 from openvertex.protocol import chat_completions as oa
 from openvertex.service.chat import ChatService
 from openvertex.translate.bounded_json import JsonLimits
@@ -28,12 +31,14 @@ class Handlers:
     def __init__(
         self,
         service: ChatService,
+        native: NativeHandlers,
         auth: Authenticator,
         max_body_bytes: int,
         *,
         json_limits: JsonLimits | None = None,
     ) -> None:
         self.service = service
+        self.native = native
         self.auth = auth
         self.max_body_bytes = max_body_bytes
         self.json_limits = json_limits or JsonLimits()
@@ -53,7 +58,7 @@ class Handlers:
         self.auth.check(request)
         raw = await read_body(request, self.max_body_bytes)
         body = await read_json(raw, oa.ChatCompletionRequest, self.json_limits)
-        prepared = self.service.prepare(body)
+        prepared = await self.service.prepare(body)
         # Until the first byte is sent, only the receive channel tells that the client left:
         # watch it, so a hang-up frees the engine at once instead of at the deadline.
         if not body.stream:
@@ -63,9 +68,14 @@ class Handlers:
         # Pull the first chunk before answering, so errors found while starting (a prompt
         # too long for the context, say) get a real HTTP status instead of an SSE event.
         first = await until_disconnect(request.receive, _first(chunks))
-        return EventStreamResponse(sse_stream(first, chunks), headers=_SSE_HEADERS)
+        events = framed(
+            first, chunks, OPENAI_SSE, dump=lambda chunk: chunk.model_dump_json().encode(), error_body=error_body
+        )
+        return EventStreamResponse(events, headers=_SSE_HEADERS, media_type=OPENAI_SSE.media_type)
 
     async def models(self, request: Request) -> Response:
+        """OpenAI's model list; the Gemini API (google-genai 3.x) lists models on this same path, so
+        its `models` key is there too, and each SDK reads its own."""
         self.auth.check(request)
         cards = [
             oa.ModelCard(
@@ -74,9 +84,10 @@ class Handlers:
                 owned_by="openvertex",
                 max_output_tokens=backend.capabilities.max_output_tokens,
             )
-            for model, backend in self.service.router.models()
+            for model, backend in self.service.generator.router.models()
         ]
-        return Response(oa.ModelList(data=cards).model_dump_json(), media_type="application/json")
+        body = oa.ModelList(data=cards).model_dump(mode="json") | {"models": self.native.listed("gemini")}
+        return JSONResponse(body)
 
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:
@@ -84,13 +95,13 @@ class Handlers:
         return Response(self._openapi, media_type="application/json")
 
     async def metrics(self, request: Request) -> Response:
-        return Response(self.service.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(self.service.generator.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        if not self.service.router.ready():
+        if not self.service.generator.router.ready():
             raise UnavailableError("The model is not ready: still loading, or restarting after a fault.")
         return JSONResponse({"status": "ready"})
 
@@ -103,6 +114,7 @@ class Handlers:
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
+            *self.native.routes(),
         ]
 
 

@@ -1,27 +1,46 @@
-"""Server-sent events for chat.completion.chunk streams (spec §5): framing, and the response that sends them."""
+"""Streamed responses: how each surface frames its events, and the response that sends them.
+
+- OpenAI-compatible (spec §5): `data: <json>\\n\\n` events, then `data: [DONE]`.
+- Native with `alt=sse`: `data: <json>\\r\\n\\r\\n` events only (no comments, no `event:`, no
+  terminator): google-genai rejects any other line.
+- Native without `alt`: one JSON array, written element by element.
+An error after the stream began is one more event (array element) whose first key is `error`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from openvertex.errors import ApiError, InternalError
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
-from openvertex.http.errors import error_body
 
 log = logging.getLogger(__name__)
 
-DONE = b"data: [DONE]\n\n"
+T = TypeVar("T")
 
 
-def sse_event(payload: BaseModel) -> bytes:
-    return b"data: " + payload.model_dump_json().encode() + b"\n\n"
+@dataclass(frozen=True, slots=True)
+class Framing:
+    media_type: str
+    start: bytes  # before the first event
+    prefix: bytes  # before each event's JSON
+    separator: bytes  # between events
+    suffix: bytes  # after each event's JSON
+    end: bytes  # after the last event of a stream that ended well
+    end_after_error: bytes
+
+
+OPENAI_SSE = Framing("text/event-stream", b"", b"data: ", b"", b"\n\n", b"data: [DONE]\n\n", b"")
+NATIVE_SSE = Framing("text/event-stream", b"", b"data: ", b"", b"\r\n\r\n", b"", b"")
+JSON_ARRAY = Framing("application/json", b"[", b"", b",\r\n", b"", b"]", b"]")
 
 
 async def _close(iterator: AsyncIterator[object]) -> None:
@@ -32,26 +51,35 @@ async def _close(iterator: AsyncIterator[object]) -> None:
         await aclose()
 
 
-async def sse_stream(first: BaseModel, rest: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
-    """Frame a stream; an error after it started is one `data: {"error": …}` event, then the end."""
+async def framed(
+    first: T,
+    rest: AsyncIterator[T],
+    framing: Framing,
+    *,
+    dump: Callable[[T], bytes],
+    error_body: Callable[[ApiError], dict[str, Any]],
+) -> AsyncIterator[bytes]:
+    """Frame a stream whose first item is already known (so errors before it got a real status)."""
+    end = framing.end
     try:
-        yield sse_event(first)
+        yield framing.start + framing.prefix + dump(first) + framing.suffix
         async for item in rest:
-            yield sse_event(item)
-    except ApiError as error:
-        yield b"data: " + json.dumps(error_body(error)).encode() + b"\n\n"
-        return
-    except Exception:
-        log.exception("internal error during a stream")
-        yield b"data: " + json.dumps(error_body(InternalError("Internal error encountered."))).encode() + b"\n\n"
-        return
+            yield framing.separator + framing.prefix + dump(item) + framing.suffix
+    except Exception as exc:
+        if not isinstance(exc, ApiError):
+            log.exception("internal error during a stream")
+            exc = InternalError("Internal error encountered.")
+        body = json.dumps(error_body(exc)).encode()
+        yield framing.separator + framing.prefix + body + framing.suffix
+        end = framing.end_after_error
     finally:
         await _close(rest)  # also when this generator is closed while suspended at a `yield`
-    yield DONE
+    if end:
+        yield end
 
 
 class EventStreamResponse(StreamingResponse):
-    """An SSE response that stops its producer as soon as the client leaves.
+    """A streamed response that stops its producer as soon as the client leaves.
 
     Starlette notices a disconnect only when it sends (ASGI spec 2.4) or through a listener
     that does not reach the producer; a stream that sends nothing for a while (hidden
@@ -59,8 +87,8 @@ class EventStreamResponse(StreamingResponse):
     generator closed, the moment `http.disconnect` arrives.
     """
 
-    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
-        super().__init__(events, media_type="text/event-stream", headers=headers)
+    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str], media_type: str) -> None:
+        super().__init__(events, media_type=media_type, headers=headers)
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -6,14 +6,50 @@ this format absence and "not set" are the same thing.
 
 from __future__ import annotations
 
+import types
+import typing
+from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+# The two native dialects: Vertex AI (also behind the OpenAI-compatible surface) and the Gemini
+# Developer API. They differ in resource names, a few response fields and some error texts.
+Dialect = Literal["vertex", "gemini"]
+
+
+def _is_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_list(arg) for arg in typing.get_args(annotation))
+    return typing.get_origin(annotation) is list
 
 
 class GeminiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid")
+
+    @classmethod
+    @cache
+    def _list_keys(cls) -> frozenset[str]:
+        """The keys (either spelling) of fields that hold lists."""
+        return frozenset(
+            key
+            for name, field in cls.model_fields.items()
+            if _is_list(field.annotation)
+            for key in (name, field.alias or name)
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_as_list(cls, data: Any) -> Any:
+        """Google's JSON parser takes a lone value where a list is expected (Vertex's own curl
+        examples send `"contents": {...}`, `"parts": {...}`)."""
+        if not isinstance(data, dict):
+            return data
+        keys = cls._list_keys()
+        if any(key in keys and value is not None and not isinstance(value, list) for key, value in data.items()):
+            return {k: [v] if k in keys and v is not None and not isinstance(v, list) else v for k, v in data.items()}
+        return data
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -59,6 +95,8 @@ class FunctionResponse(GeminiModel):
     name: str
     response: dict[str, Any]
     parts: list[FunctionResponsePart] | None = None
+    will_continue: bool | None = None
+    scheduling: str | None = None
 
 
 class PartMediaResolution(GeminiModel):
@@ -74,6 +112,9 @@ class Part(GeminiModel):
     function_call: FunctionCall | None = None
     function_response: FunctionResponse | None = None
     media_resolution: PartMediaResolution | None = None
+    executable_code: dict[str, Any] | None = None
+    code_execution_result: dict[str, Any] | None = None
+    video_metadata: dict[str, Any] | None = None
 
 
 Role = Literal["user", "model"]
@@ -82,6 +123,11 @@ Role = Literal["user", "model"]
 class Content(GeminiModel):
     role: Role | None = None
     parts: list[Part]
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _lower(cls, role: Any) -> Any:
+        return role.lower() if isinstance(role, str) else role  # "USER" is taken too
 
 
 class ThinkingConfig(GeminiModel):
@@ -102,11 +148,22 @@ class GenerationConfig(GeminiModel):
     seed: int | None = None
     response_mime_type: str | None = None
     response_json_schema: dict[str, Any] | None = None
+    response_schema: dict[str, Any] | None = None  # Gemini's OpenAPI 3.0 subset (types in capitals)
     response_modalities: list[str] | None = None
     response_logprobs: bool | None = None
     logprobs: int | None = None  # how many top candidates per position
     media_resolution: str | None = None
     thinking_config: ThinkingConfig | None = None
+    # Accepted so a request that sets them gets a 400 naming them where the backend cannot honour them.
+    routing_config: dict[str, Any] | None = None
+    audio_timestamp: bool | None = None
+    speech_config: dict[str, Any] | None = None
+    image_config: dict[str, Any] | None = None
+    model_selection_config: dict[str, Any] | None = Field(
+        None, validation_alias=AliasChoices("modelConfig", "model_config"), serialization_alias="modelConfig"
+    )
+    enable_enhanced_civic_answers: bool | None = None
+    enable_affective_dialog: bool | None = None
 
 
 class SafetySetting(GeminiModel):
@@ -120,6 +177,9 @@ class FunctionDeclaration(GeminiModel):
     description: str | None = None
     parameters: dict[str, Any] | None = None  # Gemini's OpenAPI 3.0 subset
     parameters_json_schema: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None  # what the function returns: documentation for the model
+    response_json_schema: dict[str, Any] | None = None
+    behavior: str | None = None
 
 
 class Tool(GeminiModel):
@@ -137,6 +197,8 @@ class FunctionCallingConfig(GeminiModel):
 
 class ToolConfig(GeminiModel):
     function_calling_config: FunctionCallingConfig | None = None
+    retrieval_config: dict[str, Any] | None = None
+    include_server_side_tool_invocations: bool | None = None
 
 
 class GenerateContentRequest(GeminiModel):
@@ -148,6 +210,9 @@ class GenerateContentRequest(GeminiModel):
     cached_content: str | None = None
     labels: dict[str, str] | None = None
     generation_config: GenerationConfig | None = None
+    model: str | None = None  # the resource name; the URL's is the one used
+    model_armor_config: dict[str, Any] | None = None
+    service_tier: str | None = None
 
 
 class LogprobsCandidate(GeminiModel):
@@ -174,12 +239,20 @@ class Candidate(GeminiModel):
     avg_logprobs: float | None = None
 
 
+class ModalityTokenCount(GeminiModel):
+    modality: str
+    token_count: int
+
+
 class UsageMetadata(GeminiModel):
     prompt_token_count: int | None = None
     candidates_token_count: int | None = None
     thoughts_token_count: int | None = None
     cached_content_token_count: int | None = None
     total_token_count: int | None = None
+    prompt_tokens_details: list[ModalityTokenCount] | None = None
+    cache_tokens_details: list[ModalityTokenCount] | None = None
+    candidates_tokens_details: list[ModalityTokenCount] | None = None
     traffic_type: str | None = None
 
 
@@ -195,6 +268,82 @@ class GenerateContentResponse(GeminiModel):
     model_version: str | None = None
     response_id: str | None = None
     create_time: str | None = None
+
+
+class CountTokensRequest(GeminiModel):
+    """Vertex sends the request's fields at the top level; the Gemini API may nest a whole
+    GenerateContentRequest instead."""
+
+    contents: list[Content] | None = None
+    system_instruction: Content | None = None
+    tools: list[Tool] | None = None
+    generation_config: GenerationConfig | None = None
+    model: str | None = None
+    generate_content_request: GenerateContentRequest | None = None
+
+
+class CountTokensResponse(GeminiModel):
+    total_tokens: int
+    cached_content_token_count: int | None = None
+    total_billable_characters: int | None = None
+    prompt_tokens_details: list[ModalityTokenCount] | None = None
+
+
+class ComputeTokensRequest(GeminiModel):
+    contents: list[Content] | None = None
+    model: str | None = None
+
+
+class TokensInfo(GeminiModel):
+    tokens: list[str]  # each token's bytes, base64
+    token_ids: list[str]  # int64 as JSON strings
+    role: str
+
+
+class ComputeTokensResponse(GeminiModel):
+    tokens_info: list[TokensInfo]
+
+
+class CachedContentUsage(GeminiModel):
+    total_token_count: int | None = None
+    text_count: int | None = None
+
+
+class CachedContent(GeminiModel):
+    """A context cache. contents, systemInstruction, tools, toolConfig and ttl are input only."""
+
+    name: str | None = None
+    display_name: str | None = None
+    model: str | None = None
+    contents: list[Content] | None = None
+    system_instruction: Content | None = None
+    tools: list[Tool] | None = None
+    tool_config: ToolConfig | None = None
+    ttl: str | None = None  # a duration: "3600s"
+    expire_time: str | None = None  # RFC 3339
+    create_time: str | None = None
+    update_time: str | None = None
+    usage_metadata: CachedContentUsage | None = None
+    encryption_spec: dict[str, Any] | None = None
+
+
+class ListCachedContentsResponse(GeminiModel):
+    cached_contents: list[CachedContent]
+    next_page_token: str | None = None
+
+
+class ModelInfo(GeminiModel):
+    """A model as both dialects describe it (Vertex reads versionId, the Gemini API version)."""
+
+    name: str
+    display_name: str | None = None
+    description: str | None = None
+    version: str | None = None
+    version_id: str | None = None
+    input_token_limit: int | None = None
+    output_token_limit: int | None = None
+    supported_generation_methods: list[str] | None = None
+    thinking: bool | None = None
 
 
 def current_turn_start(contents: list[Content]) -> int:

@@ -1,21 +1,47 @@
-"""Reject, with a 400 naming the parameter, what the chosen backend cannot honour."""
+"""Reject, with a 400 naming the field, what the chosen backend cannot honour.
+
+One check serves both surfaces: it reads the internal GenerateContentRequest and names fields
+by their native JSON path (`generationConfig.candidateCount`); the OpenAI-compatible surface
+passes a namer that turns those paths into its own parameters (`n`, translate/params.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic.alias_generators import to_camel
 
-from openvertex.backends.base import Capabilities
+from openvertex.backends.base import OPTIONAL_FIELDS, Capabilities
 from openvertex.errors import InvalidArgumentError, unsupported
 from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.parts import content_part_to_part
-from openvertex.translate.tables import MODALITY_TO_GEMINI
+
+Namer = Callable[[str], str]
 
 # Thresholds that block nothing are honoured by a backend without a safety filter.
 _NON_BLOCKING = frozenset({"BLOCK_NONE", "OFF"})
+# Where each optional field lives on the internal request (attribute names).
+_OPTIONAL_ATTRIBUTES = {
+    "generationConfig.routingConfig": ("generation_config", "routing_config"),
+    "generationConfig.audioTimestamp": ("generation_config", "audio_timestamp"),
+    "generationConfig.speechConfig": ("generation_config", "speech_config"),
+    "generationConfig.imageConfig": ("generation_config", "image_config"),
+    "generationConfig.modelConfig": ("generation_config", "model_selection_config"),
+    "generationConfig.enableEnhancedCivicAnswers": ("generation_config", "enable_enhanced_civic_answers"),
+    "generationConfig.enableAffectiveDialog": ("generation_config", "enable_affective_dialog"),
+    "toolConfig.retrievalConfig": ("tool_config", "retrieval_config"),
+    "toolConfig.includeServerSideToolInvocations": ("tool_config", "include_server_side_tool_invocations"),
+    "modelArmorConfig": ("model_armor_config",),
+}
+assert set(_OPTIONAL_ATTRIBUTES) == OPTIONAL_FIELDS
 
 
-def _media_mime(part: gc.Part) -> str | None:
+def native_name(path: str) -> str:
+    return path
+
+
+def media_mime(part: gc.Part) -> str | None:
     if part.inline_data is not None:
         return part.inline_data.mime_type
     if part.file_data is not None:
@@ -23,69 +49,76 @@ def _media_mime(part: gc.Part) -> str | None:
     return None
 
 
-def _check_media(request: oa.ChatCompletionRequest, caps: Capabilities) -> None:
+def check_openai_media(request: oa.ChatCompletionRequest, caps: Capabilities) -> None:
+    """Media in OpenAI messages, named by message and part (contents do not map one to one)."""
     for index, message in enumerate(request.messages):
         if not isinstance(message.content, list):
             continue
         for position, part in enumerate(message.content):
             param = f"messages[{index}].content[{position}]"
-            mime = _media_mime(content_part_to_part(part, param=param))
+            mime = media_mime(content_part_to_part(part, param=param))
             if mime is not None and not mime.startswith(caps.input_mime_prefixes):
                 raise unsupported(param, f"{mime} input")
 
 
-def _check_tools(request: oa.ChatCompletionRequest, caps: Capabilities) -> None:
-    if not caps.function_calling:
-        for param in ("tools", "functions"):
-            if getattr(request, param):
-                raise unsupported(param, "function calling")
-        if any(m.role in ("tool", "function") or m.tool_calls or m.function_call for m in request.messages):
-            raise unsupported("messages", "function calling (tool calls and tool results)")
-    for index, tool in enumerate(request.google_extensions.tools or []):
-        for name in map(to_camel, tool):
-            if name != "functionDeclarations" and name not in caps.native_tools:
-                raise unsupported(f"extra_body.google.tools[{index}]", f"the native tool {name!r}")
-    if request.web_search_options is not None and "googleSearch" not in caps.native_tools:
-        raise unsupported("web_search_options", "web search")
-
-
-def _check_thinking(config: gc.GenerationConfig, caps: Capabilities, request: oa.ChatCompletionRequest) -> None:
-    thinking = config.thinking_config
-    if caps.thinking or thinking is None:
-        return
-    if thinking.thinking_budget == 0 and not thinking.include_thoughts:
-        return  # "no thinking" is honoured by any model
-    param = "reasoning_effort" if request.reasoning_effort else "extra_body.google.thinking_config"
-    raise unsupported(param, "thinking")
-
-
-def _check_generation(request: oa.ChatCompletionRequest, config: gc.GenerationConfig, caps: Capabilities) -> None:
+def _check_generation(config: gc.GenerationConfig, caps: Capabilities, name: Namer) -> None:
     count = config.candidate_count or 1
     if count > caps.max_candidates:
         raise InvalidArgumentError(
-            f"candidateCount must be between 1 and {caps.max_candidates} but the entered value was {count}", param="n"
+            f"candidateCount must be between 1 and {caps.max_candidates} but the entered value was {count}",
+            param=name("generationConfig.candidateCount"),
         )
-    for modality in request.modalities or []:
-        if MODALITY_TO_GEMINI[modality] not in caps.output_modalities:
-            raise unsupported("modalities", f"{modality} output")
+    for modality in config.response_modalities or []:
+        if modality.upper() not in caps.output_modalities:
+            raise unsupported(name("generationConfig.responseModalities"), f"{modality.lower()} output")
     mime = config.response_mime_type
     if mime is not None and caps.response_mime_types is not None and mime not in caps.response_mime_types:
-        raise unsupported("response_format.type", f"{mime} output")
-    _check_thinking(config, caps, request)
+        raise unsupported(name("generationConfig.responseMimeType"), f"{mime} output")
+    thinking = config.thinking_config
+    if thinking is not None and not caps.thinking and (thinking.thinking_budget != 0 or thinking.include_thoughts):
+        raise unsupported(name("generationConfig.thinkingConfig"), "thinking")  # "no thinking" any model honours
 
 
-def check_capabilities(
-    request: oa.ChatCompletionRequest, translated: gc.GenerateContentRequest, caps: Capabilities
-) -> None:
-    _check_generation(request, translated.generation_config or gc.GenerationConfig(), caps)
-    _check_tools(request, caps)
-    _check_media(request, caps)
-    google = request.google_extensions
-    if google.cached_content is not None and not caps.cached_content:
-        raise unsupported("extra_body.google.cached_content", "context caching")
+def _check_optional(request: gc.GenerateContentRequest, caps: Capabilities, name: Namer) -> None:
+    for path, attributes in _OPTIONAL_ATTRIBUTES.items():
+        value: object = request
+        for attribute in attributes:
+            value = getattr(value, attribute, None)
+        if value is not None and path not in caps.optional_fields:
+            raise unsupported(name(path), f"`{path.rpartition('.')[2]}`")
+
+
+def _check_tools(request: gc.GenerateContentRequest, caps: Capabilities, name: Namer) -> None:
+    for index, tool in enumerate(request.tools or []):
+        if tool.function_declarations and not caps.function_calling:
+            raise unsupported(name(f"tools[{index}].functionDeclarations"), "function calling")
+        native = list(tool.model_extra or {}) + (["googleSearch"] if tool.google_search is not None else [])
+        for key in map(to_camel, native):
+            if key not in caps.native_tools:
+                raise unsupported(name(f"tools[{index}].{key}"), f"the native tool {key!r}")
+
+
+def _check_contents(request: gc.GenerateContentRequest, caps: Capabilities, name: Namer) -> None:
+    for index, content in enumerate(request.contents):
+        for position, part in enumerate(content.parts):
+            path = f"contents[{index}].parts[{position}]"
+            if (part.function_call or part.function_response) and not caps.function_calling:
+                raise unsupported(name("contents"), "function calling (tool calls and tool results)")
+            if (part.executable_code or part.code_execution_result) and "codeExecution" not in caps.native_tools:
+                raise unsupported(name(path), "code execution")
+            mime = media_mime(part)
+            if mime is not None and not mime.startswith(caps.input_mime_prefixes):
+                raise unsupported(name(path), f"{mime} input")
+
+
+def check_capabilities(request: gc.GenerateContentRequest, caps: Capabilities, name: Namer = native_name) -> None:
+    _check_generation(request.generation_config or gc.GenerationConfig(), caps, name)
+    _check_optional(request, caps, name)
+    _check_tools(request, caps, name)
+    _check_contents(request, caps, name)
+    if request.cached_content is not None and not caps.cached_content:
+        raise unsupported(name("cachedContent"), "context caching")
     if not caps.safety_filtering:
-        for index, setting in enumerate(google.safety_settings or []):
+        for index, setting in enumerate(request.safety_settings or []):
             if setting.threshold not in _NON_BLOCKING:
-                raise unsupported(
-                    f"extra_body.google.safety_settings[{index}].threshold", f"safety filtering ({setting.threshold})"
-                )
+                raise unsupported(name(f"safetySettings[{index}].threshold"), f"safety filtering ({setting.threshold})")

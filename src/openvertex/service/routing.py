@@ -16,10 +16,16 @@ class Router:
     backends: Mapping[str, Backend]
     routes: Sequence[Route]
 
-    def resolve(self, model: str) -> Backend:
+    def find(self, model: str) -> Backend | None:
         for route in self.routes:
             if fnmatchcase(model, route.model):
                 return self.backends[route.backend]
+        return None
+
+    def resolve(self, model: str) -> Backend:
+        backend = self.find(model)
+        if backend is not None:
+            return backend
         raise NotFoundError(f"Model `{model}` not found. Configured models: {', '.join(self.model_ids())}.")
 
     def model_ids(self) -> list[str]:

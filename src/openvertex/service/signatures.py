@@ -29,11 +29,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
+from openvertex.translate.tables import SKIP_THOUGHT_SIGNATURE
 
 VERSION = 1
 SECRET_FILE = "thought-signature.key"  # in the state directory
 SECRET_BYTES = 32
-SKIP_VALIDATOR = "skip_thought_signature_validator"  # the one dummy value Vertex accepts [D V-TS]
+SKIP_VALIDATOR = SKIP_THOUGHT_SIGNATURE
 _NONCE_BYTES = 12
 _HEADER_BYTES = 2 + _NONCE_BYTES
 _LEARN_MORE = "https://docs.cloud.google.com/vertex-ai/generative-ai/docs/thought-signatures"

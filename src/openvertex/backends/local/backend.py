@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import llama_cpp
 from llama_cpp._internals import LlamaModel
 from llama_cpp._logger import set_verbose as set_llama_verbose
 
-from openvertex.backends.base import BackendLoad, Capabilities, collect_stream
+from openvertex.backends.base import BackendLoad, Capabilities, RoleTokens, collect_stream
 from openvertex.backends.local import thinking
 from openvertex.backends.local.calls import CallReader, FunctionCalling, plan_function_calling
 from openvertex.backends.local.engine import Engine
@@ -28,9 +29,17 @@ from openvertex.backends.local.grammar import (
     GrammarCompiler,
     GrammarLimits,
 )
-from openvertex.backends.local.jobs import CandidateDone, Event, Failed, Job, TextDelta, TokenLogprob
+from openvertex.backends.local.jobs import CandidateDone, Event, Failed, Job, Snapshotted, TextDelta, TokenLogprob
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
-from openvertex.backends.local.prompt import ChatTemplate, Conversation, output_instruction, prompt_tokens
+from openvertex.backends.local.prefixes import PrefixStore, Snapshot, snapshot_key
+from openvertex.backends.local.prompt import (
+    ChatTemplate,
+    Conversation,
+    Tokenize,
+    output_instruction,
+    prompt_tokens,
+    prompt_turns,
+)
 from openvertex.backends.local.sampling import Sampling, Thinking
 from openvertex.backends.local.thinking import resolve_mode, thinking_budget
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
@@ -49,10 +58,13 @@ MAX_CANDIDATES = 8  # Vertex's limit for n
 # An engine that dies is replaced at once; one that keeps dying, less and less often.
 STABLE_ENGINE_S = 60.0  # an engine that ran this long before dying counts as a first failure
 MAX_RESTART_DELAY_S = 30.0
+# countTokens counts prompts of any length (up to the body limit), not only those that fit.
+COUNT_LIMIT = 1 << 24
 
 
 class LocalBackend:
-    def __init__(self, settings: LocalBackendSettings) -> None:
+    def __init__(self, settings: LocalBackendSettings, *, kv_dir: Path | None = None) -> None:
+        """`kv_dir`: where the KV of cached prefixes is kept on disk (None: in memory only)."""
         self.settings = settings
         # Candidates of one request decode side by side, one slot each.
         self.capabilities = Capabilities(
@@ -61,8 +73,17 @@ class LocalBackend:
             response_mime_types=SUPPORTED_MIME_TYPES,
             max_candidates=min(MAX_CANDIDATES, settings.n_parallel),
             max_output_tokens=settings.max_output_tokens,
+            cached_content=True,
+            input_token_limit=settings.n_ctx,
+            min_cached_content_tokens=settings.min_cached_content_tokens,
         )
         self.model_path: Path = resolve_model_path(settings.model)  # fail fast on a bad path
+        # A snapshot depends on the model file and on llama.cpp's state format.
+        self._model_identity = f"{llama_cpp.__version__}|{self.model_path.name}|{self.model_path.stat().st_size}"
+        self._prefixes = PrefixStore(
+            kv_dir, memory_bytes=settings.cache_memory_bytes, disk_bytes=settings.cache_disk_bytes
+        )
+        self._prefix_keys: dict[str, str] = {}  # context cache name → its snapshot's key
         model_defaults = sampling_defaults(settings.model)
         self._default_temperature = _first(settings.temperature, model_defaults.temperature, GEMINI_TEMPERATURE)
         self._default_top_p = _first(settings.top_p, model_defaults.top_p, GEMINI_TOP_P)
@@ -253,10 +274,11 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ requests
 
-    def _plan(
-        self, model: LlamaModel, n_ctx: int, template: ChatTemplate, request: gc.GenerateContentRequest
-    ) -> tuple[list[int], Sampling, FunctionCalling | None]:
-        """Prompt tokens, sampling and function calling for a request (off the event loop: it can be slow)."""
+    def _conversation(
+        self, template: ChatTemplate, request: gc.GenerateContentRequest
+    ) -> tuple[Conversation, str, FunctionCalling | None, int]:
+        """What the template gets for a request: the conversation, the markup that opens the
+        answer, function calling and the thinking budget."""
         config = request.generation_config or gc.GenerationConfig()
         tools = plan_function_calling(request)
         budget = thinking_budget(config.thinking_config, self._thinking_mode, dynamic=self._dynamic_budget)
@@ -275,18 +297,29 @@ class LocalBackend:
             opening = thinking.OPENING
         elif self._thinking_mode == "native":
             opening = thinking.OPENING + thinking.CLOSING.lstrip("\n")  # an empty one: no thinking
+        return conversation, opening, tools, budget
+
+    def _prompt(
+        self, model: LlamaModel, template: ChatTemplate, request: gc.GenerateContentRequest, *, limit: int
+    ) -> tuple[list[int], FunctionCalling | None, int]:
+        conversation, opening, tools, budget = self._conversation(template, request)
         tokens = prompt_tokens(
-            template,
-            conversation,
-            opening=opening,
-            tokenize=lambda text, special: model.tokenize(text.encode(), add_bos=False, special=special),
-            bos=[model.token_bos()] if model.add_bos_token() else [],
-            limit=n_ctx - 1,  # room for at least one generated token
+            template, conversation, opening=opening, tokenize=_tokenizer(model), bos=_bos(model), limit=limit
         )
+        return tokens, tools, budget
+
+    def _plan(
+        self, model: LlamaModel, n_ctx: int, template: ChatTemplate, request: gc.GenerateContentRequest
+    ) -> tuple[list[int], Sampling, FunctionCalling | None, Snapshot | None]:
+        """Prompt tokens, sampling, function calling and the KV of a named context cache (off the
+        event loop: it can be slow)."""
+        config = request.generation_config or gc.GenerationConfig()
+        tokens, tools, budget = self._prompt(model, template, request, limit=n_ctx - 1)  # room for an answer
         sampling = self._sampling(config, tools, room=n_ctx - len(tokens))
         if budget:
             sampling = replace(sampling, thinking=Thinking(budget, thinking.CLOSE_TAG, self._thinking_close))
-        return tokens, sampling, tools
+        key = self._prefix_keys.get(request.cached_content) if request.cached_content else None
+        return tokens, sampling, tools, self._prefixes.get(key) if key else None
 
     def _sampling(self, config: gc.GenerationConfig, tools: FunctionCalling | None, *, room: int) -> Sampling:
         assert self._grammars is not None
@@ -298,9 +331,8 @@ class LocalBackend:
         if tools is not None:
             grammar = self._grammars.tool_calls(tools.allowed, lazy=tools.lazy)
         else:
-            grammar = self._grammars.response(
-                config.response_mime_type, config.response_json_schema, param="response_format"
-            )
+            schema = config.response_json_schema if config.response_json_schema is not None else config.response_schema
+            grammar = self._grammars.response(config.response_mime_type, schema, param="response_format")
         return Sampling(
             temperature=_first(config.temperature, self._default_temperature),
             top_p=_first(config.top_p, self._default_top_p),
@@ -333,7 +365,7 @@ class LocalBackend:
                 None, self._plan, loaded, engine.n_ctx, template, request
             )
             try:
-                prompt, sampling, tools = await asyncio.shield(planning)
+                prompt, sampling, tools, restore = await asyncio.shield(planning)
             except asyncio.CancelledError:
                 # The client left, but the thread plans on: its place stays taken until then,
                 # so clients that hang up at once cannot pile up work that nothing counts.
@@ -353,38 +385,109 @@ class LocalBackend:
                 if tools is not None
                 else None
             )
-            job = Job(prompt=prompt, sampling=sampling, candidates=candidates)
-            engine = self._live_engine()  # it may have died, or been replaced, while this was planned
-            events: asyncio.Queue[Event] = asyncio.Queue()
-            self._queues[job] = events  # before submitting: if the engine dies now, this job hears of it
-            engine.submit(job)
+            job = Job(prompt=prompt, sampling=sampling, candidates=candidates, restore=restore)
             generated = cached = thoughts = finished = 0
-            try:
-                while finished < candidates:
-                    for event in await _next_batch(events, engine, job):
-                        if isinstance(event, Failed):
-                            raise event.error
-                        if isinstance(event, CandidateDone):
-                            finished += 1
-                            generated += event.tokens
-                            thoughts += event.thought_tokens
-                            cached = event.cached_tokens
-                        usage = _usage(len(prompt), generated, cached, thoughts) if finished == candidates else None
-                        yield _chunk(event, _parts(event, readers), model, usage)
-            finally:
-                engine.cancel(job)  # a consumer that left frees its slots at the next step
-                self._queues.pop(job, None)
+            async with contextlib.aclosing(self._events(job)) as events:
+                async for event in events:
+                    if isinstance(event, Snapshotted):
+                        continue
+                    if isinstance(event, CandidateDone):
+                        finished += 1
+                        generated += event.tokens
+                        thoughts += event.thought_tokens
+                        cached = event.cached_tokens
+                    usage = _usage(len(prompt), generated, cached, thoughts) if finished == candidates else None
+                    yield _chunk(event, _parts(event, readers), model, usage)
+                    if finished == candidates:
+                        break
         finally:
             if release:
                 self._release()
 
+    async def _events(self, job: Job) -> AsyncGenerator[TextDelta | CandidateDone | Snapshotted]:
+        """Submit a job and follow its events; leaving early (or failing) cancels it."""
+        engine = self._live_engine()  # it may have died, or been replaced, while the job was planned
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        self._queues[job] = events  # before submitting: if the engine dies now, this job hears of it
+        engine.submit(job)
+        try:
+            while True:
+                for event in await _next_batch(events, engine, job):
+                    if isinstance(event, Failed):
+                        raise event.error
+                    yield event
+        finally:
+            engine.cancel(job)  # a consumer that left frees its slots at the next step
+            self._queues.pop(job, None)
+
     def _release(self) -> None:
         self._in_flight -= 1
+
+    # ------------------------------------------------------------------ tokens and cached prefixes
+
+    async def count_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> int:
+        loaded, _, template = await self._wait_loaded()
+        tokens, _, _ = await asyncio.to_thread(self._prompt, loaded, template, request, limit=COUNT_LIMIT)
+        return len(tokens)
+
+    async def compute_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> list[RoleTokens]:
+        loaded, _, template = await self._wait_loaded()
+
+        def compute() -> list[RoleTokens]:
+            conversation, opening, _, _ = self._conversation(template, request)
+            turns = prompt_turns(template, conversation, opening=opening, tokenize=_tokenizer(loaded), bos=_bos(loaded))
+            return [RoleTokens(role, ids, [_piece(loaded, token) for token in ids]) for role, ids in turns]
+
+        return await asyncio.to_thread(compute)
+
+    async def cache_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
+        """Compute the cache's prompt KV once and keep a snapshot of it (memory, then disk); later
+        requests naming the cache restore it instead of computing the prefix."""
+        loaded, engine, template = await self._wait_loaded()
+        tokens, _, _ = await asyncio.to_thread(self._prompt, loaded, template, request, limit=engine.n_ctx - 1)
+        key = snapshot_key(self._model_identity, tuple(tokens))
+        self._prefix_keys[name] = key
+        if await asyncio.to_thread(self._prefixes.get, key) is not None:  # from disk after a restart
+            return
+        self._admit()
+        try:
+            sampling = self._sampling(gc.GenerationConfig(), None, room=1)
+            async with contextlib.aclosing(self._events(Job(tokens, sampling, 1, snapshot=True))) as events:
+                async for event in events:
+                    if isinstance(event, Snapshotted):
+                        await asyncio.to_thread(self._prefixes.put, key, event.snapshot)
+                        return
+        finally:
+            self._release()
+
+    def forget_prefix(self, name: str) -> None:
+        key = self._prefix_keys.pop(name, None)
+        if key is not None and key not in self._prefix_keys.values():  # no other cache shares it
+            self._prefixes.discard(key)
+
+    def prefix_memory(self) -> int:
+        """Bytes of cached-prefix KV held in memory."""
+        return self._prefixes.memory_used()
 
     def _release_after(self, planning: asyncio.Future[Any]) -> None:
         if not planning.cancelled():
             planning.exception()  # retrieved: a plan nobody waits for may have failed (a 400)
         self._release()
+
+
+def _tokenizer(model: LlamaModel) -> Tokenize:
+    return lambda text, special: model.tokenize(text.encode(), add_bos=False, special=special)
+
+
+def _bos(model: LlamaModel) -> list[int]:
+    return [model.token_bos()] if model.add_bos_token() else []
+
+
+def _piece(model: LlamaModel, token: int) -> bytes:
+    """A token's bytes, control tokens written out."""
+    buffer = ctypes.create_string_buffer(256)
+    size = llama_cpp.llama_token_to_piece(model.vocab, token, buffer, len(buffer), 0, True)
+    return buffer.raw[:size] if size > 0 else b""
 
 
 def _special_text(model: LlamaModel, token: int) -> str:

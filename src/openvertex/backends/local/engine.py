@@ -6,7 +6,10 @@ prompt never stalls running streams. Each sequence owns a slot: a KV stream of i
 (so what else is in the batch cannot change its numbers) and a sampler chain of its own
 (so its seed alone decides its samples). Candidates of one request (n > 1) copy the
 prompt's KV instead of computing it again; a finished slot keeps its KV, and the next
-request whose prompt starts the same way reuses that prefix.
+request whose prompt starts the same way reuses that prefix. A context cache's prefix is
+kept beyond the slots: a snapshot job prefills it and hands over the sequence's KV state
+(`llama_state_seq_get_data`), and a job that carries a snapshot has it restored into its
+slot (`llama_state_seq_set_data`) when no slot holds more of its prompt.
 
 Results cross to the event loop once per step, all jobs' events in one `deliver` call (one
 wake-up of the loop, not one per token per stream); a job whose consumer went away is
@@ -32,7 +35,17 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
-from openvertex.backends.local.jobs import CandidateDone, Deliver, Event, Failed, Job, TextDelta, TokenLogprob
+from openvertex.backends.local.jobs import (
+    CandidateDone,
+    Deliver,
+    Event,
+    Failed,
+    Job,
+    Snapshotted,
+    TextDelta,
+    TokenLogprob,
+)
+from openvertex.backends.local.prefixes import Snapshot
 from openvertex.backends.local.sampling import SequenceSampler, candidate_seed
 from openvertex.backends.local.scheduling import WaitingRoom
 from openvertex.backends.local.stop import StopMatcher
@@ -261,6 +274,8 @@ class Engine:
         # prompt another request shares); at least one prompt token is decoded again,
         # because sampling needs its logits.
         limit = len(job.prompt) - 1
+        if job.restore is not None:
+            self._restore(job.restore, job.prompt, primary, siblings)
         source = max(
             (slot for slot in self._slots if slot not in siblings),
             key=lambda slot: (_common_prefix(slot.context, job.prompt), slot is primary),
@@ -288,6 +303,33 @@ class Engine:
                 cached_tokens=reuse,
                 thinking=StopMatcher([job.sampling.thinking.close_text]) if job.sampling.thinking else None,
             )
+
+    def _restore(self, snapshot: Snapshot, prompt: list[int], primary: Slot, siblings: list[Slot]) -> None:
+        """Load a cached prefix's KV into `primary`, unless some slot already holds as much of the prompt."""
+        gain = _common_prefix(snapshot.tokens, prompt)
+        held = max(_common_prefix(slot.context, prompt) for slot in self._slots if slot not in siblings)
+        if gain <= held:
+            return
+        llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
+        primary.context = []
+        state = (ctypes.c_uint8 * len(snapshot.state)).from_buffer_copy(snapshot.state)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, state, len(snapshot.state), primary.seq_id) == 0:
+            log.warning("a cached prefix's KV could not be restored; computing the prompt instead")
+            llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
+            return
+        primary.context = list(snapshot.tokens)
+
+    def _snapshot(self, slot: Slot) -> None:
+        """A snapshot job's prompt is in: hand over its KV state, and end the job."""
+        sequence = slot.sequence
+        assert sequence is not None
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, slot.seq_id)
+        state = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id)
+        if written == 0:
+            raise InternalError("The local engine could not save the cached prefix's state.")
+        self._emit(sequence.job, Snapshotted(Snapshot(tuple(slot.context), bytes(state)[:written])))
+        self._finish(slot, "STOP")
 
     # ------------------------------------------------------------------ one step
 
@@ -349,6 +391,9 @@ class Engine:
         return outputs, batched
 
     def _sample_outputs(self, slot: Slot, index: int) -> None:
+        if slot.sequence is not None and slot.sequence.job.snapshot:
+            self._snapshot(slot)
+            return
         if slot.siblings:  # the prompt is in: the other candidates copy its KV
             for sibling in slot.siblings:
                 llama_cpp.llama_memory_seq_rm(self._memory, sibling.seq_id, -1, -1)
@@ -482,7 +527,7 @@ class Engine:
             slot.context = []
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def _common_prefix(a: list[int] | tuple[int, ...], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

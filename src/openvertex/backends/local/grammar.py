@@ -210,6 +210,18 @@ def _json_schema(schema: Any) -> Any:
 
 
 _NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+# google-genai sends Gemini's Schema with its pydantic field names (`max_items`, `any_of`, …).
+_SNAKE_KEYWORDS = {
+    "any_of": "anyOf",
+    "max_items": "maxItems",
+    "min_items": "minItems",
+    "max_length": "maxLength",
+    "min_length": "minLength",
+    "max_properties": "maxProperties",
+    "min_properties": "minProperties",
+    "property_ordering": "propertyOrdering",
+}
+_ANNOTATIONS = frozenset({"example", "x-guidance"})  # OpenAPI's example says nothing to enforce
 
 
 def _convert(schema: Any, *, close: bool) -> Any:
@@ -218,8 +230,9 @@ def _convert(schema: Any, *, close: bool) -> Any:
     if not isinstance(schema, dict):
         return schema
     converted: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key == "x-guidance":
+    for name, value in schema.items():
+        key = _SNAKE_KEYWORDS.get(name, name)
+        if key in _ANNOTATIONS:
             continue
         if key in ("enum", "const", "nullable") or not isinstance(value, dict | list):
             converted[key] = value
@@ -232,6 +245,11 @@ def _convert(schema: Any, *, close: bool) -> Any:
         converted["type"] = (
             kind.lower() if isinstance(kind, str) else [k.lower() if isinstance(k, str) else k for k in kind]
         )
+    ordering = converted.pop("propertyOrdering", None)
+    properties = converted.get("properties")
+    if isinstance(ordering, list) and isinstance(properties, dict):  # Gemini's: the order they are written in
+        first = {name: properties[name] for name in ordering if isinstance(name, str) and name in properties}
+        converted["properties"] = first | properties
     if close and "properties" in converted and not {"additionalProperties", "patternProperties"} & converted.keys():
         converted["additionalProperties"] = False
     return _with_null(converted) if converted.pop("nullable", None) is True else converted

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from openvertex.backends.local.prefixes import Snapshot
 from openvertex.backends.local.sampling import Sampling
 
 # Events a job's consumer may leave untaken, per candidate, before its sequences pause: a
@@ -49,7 +50,14 @@ class Failed:
     error: BaseException
 
 
-Event = TextDelta | CandidateDone | Failed
+@dataclass(frozen=True, slots=True)
+class Snapshotted:
+    """A snapshot job's prompt is in: its KV state (then the job is done)."""
+
+    snapshot: Snapshot
+
+
+Event = TextDelta | CandidateDone | Failed | Snapshotted
 
 
 @dataclass(eq=False)  # compared and hashed by identity
@@ -57,6 +65,8 @@ class Job:
     prompt: list[int]
     sampling: Sampling
     candidates: int
+    restore: Snapshot | None = None  # KV of a cached prefix, restored where no slot holds more of the prompt
+    snapshot: bool = False  # prefill the prompt, answer with its KV state (Snapshotted), generate nothing
     cancelled: threading.Event = field(default_factory=threading.Event)
     # Events emitted and not yet taken by the consumer; the engine adds, the consumer takes.
     _backlog: int = field(default=0, repr=False)

@@ -51,9 +51,10 @@ def output_instruction(config: gc.GenerationConfig) -> str | None:
     track (they otherwise start JSON they never close). OpenAI does the same for schemas."""
     if config.response_mime_type != "application/json":
         return None
-    if config.response_json_schema is None:
+    schema = config.response_json_schema if config.response_json_schema is not None else config.response_schema
+    if schema is None:
         return "Answer with a JSON object."
-    return "Answer with JSON that matches this JSON schema:\n" + json.dumps(config.response_json_schema)
+    return "Answer with JSON that matches this JSON schema:\n" + json.dumps(schema)
 
 
 def tool_instruction(declarations: list[gc.FunctionDeclaration]) -> str:
@@ -74,6 +75,9 @@ def _declaration(declaration: gc.FunctionDeclaration) -> dict[str, Any]:
     if declaration.description:
         described["description"] = declaration.description
     described["parameters"] = parameters_schema(declaration)
+    returns = declaration.response_json_schema or declaration.response
+    if returns:  # what the function answers: the model is told, as Gemini's declarations tell it
+        described["response"] = returns
     return described
 
 
@@ -204,6 +208,7 @@ class Segment:
 
     text: str
     markup: bool
+    message: int | None = None  # for message text: the index of its message
 
 
 class ChatTemplate:
@@ -237,20 +242,21 @@ class ChatTemplate:
         reach the markup; the rendering is then cut at the placeholders. None when the template
         changed a placeholder (it transforms message text), as the pieces cannot be told apart."""
         nonce = secrets.token_hex(8)
-        texts: list[str] = []
+        texts: list[tuple[int, str]] = []  # (message index, content)
         masked = []
-        for message in messages:
+        for index, message in enumerate(messages):
             content = message.get("content")
             if isinstance(content, str) and content:  # "" stays: templates test it for truth
                 masked.append({**message, "content": f"{nonce}q{len(texts)}q{nonce}"})
-                texts.append(content)
+                texts.append((index, content))
             else:
                 masked.append(message)
         pieces = re.split(f"{nonce}q([0-9]+)q{nonce}", self.render(masked, tools))
         segments = []
         for position, piece in enumerate(pieces):
             if position % 2:  # re.split puts the captured index between the markup pieces
-                segments.append(Segment(texts[int(piece)], markup=False))
+                index, text = texts[int(piece)]
+                segments.append(Segment(text, markup=False, message=index))
             elif nonce[:8] in piece.lower():  # a placeholder cut, cased or rewritten: the template changed it
                 self._warn_once()
                 return None
@@ -314,16 +320,7 @@ def _tokens(
     bos: Sequence[int],
     limit: int,
 ) -> list[int]:
-    segments = template.segments(messages, tools)
-    checked = segments is None
-    if segments is None:  # as the template prints it, once no message text holds control-token text
-        segments = [Segment(template.render(messages, tools), markup=True)]
-    if bos and segments and segments[0].markup and template.bos_token:
-        # BOS is added as a token where the model wants one, not again as the template's text.
-        # (Where it does not, the template's own BOS text stays: SmolLM2's BOS is <|im_start|>.)
-        segments[0] = Segment(segments[0].text.removeprefix(template.bos_token), markup=True)
-    if opening:
-        segments.append(Segment(opening, markup=True))
+    segments, checked = _prompt_segments(template, messages, tools, opening=opening, bos=bos)
     size = sum(len(segment.text.encode()) for segment in segments)
     if size > limit * MAX_BYTES_PER_TOKEN:
         raise InvalidArgumentError(
@@ -343,6 +340,55 @@ def _tokens(
             f"The input token count ({len(tokens)}) exceeds the maximum number of tokens allowed ({limit})."
         )
     return tokens
+
+
+def _prompt_segments(
+    template: ChatTemplate,
+    messages: list[dict[str, Any]],
+    tools: list[gc.FunctionDeclaration] | None,
+    *,
+    opening: str,
+    bos: Sequence[int],
+) -> tuple[list[Segment], bool]:
+    """The prompt as segments, and whether its message text must still be checked for control-token text."""
+    segments = template.segments(messages, tools)
+    checked = segments is None
+    if segments is None:  # as the template prints it, once no message text holds control-token text
+        segments = [Segment(template.render(messages, tools), markup=True)]
+    if bos and segments and segments[0].markup and template.bos_token:
+        # BOS is added as a token where the model wants one, not again as the template's text.
+        # (Where it does not, the template's own BOS text stays: SmolLM2's BOS is <|im_start|>.)
+        segments[0] = Segment(segments[0].text.removeprefix(template.bos_token), markup=True)
+    if opening:
+        segments.append(Segment(opening, markup=True))
+    return segments, checked
+
+
+_TURN_ROLE = {"assistant": "model", "tool": "user"}
+
+
+def prompt_turns(
+    template: ChatTemplate, conversation: Conversation, *, opening: str, tokenize: Tokenize, bos: Sequence[int]
+) -> list[tuple[str, list[int]]]:
+    """The prompt's tokens turn by turn (role, tokens): each message's text with the markup
+    before it; what follows the last message (the answer's opening) goes with it. Together
+    they are the whole prompt, as `prompt_tokens` would give it without a limit."""
+    messages = conversation.messages(thoughts_from=gc.current_turn_start(conversation.contents))
+    segments, _ = _prompt_segments(template, messages, conversation.tools, opening=opening, bos=bos)
+    turns: list[tuple[str, list[int]]] = []
+    pending = list(bos)
+    for segment in segments:
+        pending += tokenize(segment.text, segment.markup)
+        if segment.message is not None:
+            role = str(messages[segment.message]["role"])
+            turns.append((_TURN_ROLE.get(role, role), pending))
+            pending = []
+    if pending:
+        if turns:
+            turns[-1][1].extend(pending)
+        else:
+            turns.append(("user", pending))
+    return turns
 
 
 def _refuse_control_text(texts: list[str], tokenize: Tokenize) -> None:

@@ -1,0 +1,347 @@
+"""The native surfaces google-genai speaks: Vertex AI and the Gemini Developer API.
+
+Every API version the SDKs use (v1, v1beta, v1beta1, v1alpha), both resource shapes (Vertex's
+`projects/P/locations/L/publishers/google/models/M`, express `publishers/google/models/M`,
+endpoints; the Gemini API's `models/M`), and context caches under either parent. Success is
+always exactly 200 (the SDK refuses anything else, 204 included).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from openvertex.backends.base import Backend
+from openvertex.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from openvertex.http.auth import Authenticator
+from openvertex.http.body import read_body, read_json
+from openvertex.http.disconnect import until_disconnect
+from openvertex.http.errors import error_body, native_error_body
+from openvertex.http.sse import JSON_ARRAY, NATIVE_SSE, EventStreamResponse, framed
+from openvertex.protocol import generate_content as gc
+from openvertex.service.cached_contents import CachedContents, format_time
+from openvertex.service.capabilities import check_capabilities
+from openvertex.service.generation import Generator
+from openvertex.translate.bounded_json import JsonLimits
+from openvertex.translate.context import new_response_id
+from openvertex.translate.native import check_native_request, count_tokens_request, render_response
+from openvertex.translate.resources import (
+    MODEL_METHODS,
+    ModelName,
+    dialect_of,
+    parse_model_name,
+    split_version,
+)
+
+_PARENT = "/projects/{project:str}/locations/{location:str}"
+_STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_GENERATION_METHODS = [
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "computeTokens",
+    "createCachedContent",
+]
+
+
+def _json(model: gc.GeminiModel | dict[str, Any]) -> Response:
+    body = model if isinstance(model, dict) else model.to_json_dict()
+    return Response(json.dumps(body).encode(), media_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What a model route's URL names."""
+
+    version: str | None
+    dialect: gc.Dialect
+    model: ModelName
+    method: str | None  # generateContent, …; None for a model get
+
+
+def _target(request: Request) -> _Target:
+    version, rest = split_version(request.url.path)
+    name, _, method = rest.partition(":")
+    model = parse_model_name(name)
+    if model is None or (method and method not in MODEL_METHODS):
+        raise NotFoundError("The requested URL was not found on this server.")
+    return _Target(version, dialect_of(version, name), model, method or None)
+
+
+class NativeHandlers:
+    def __init__(
+        self,
+        generator: Generator,
+        caches: CachedContents,
+        auth: Authenticator,
+        max_body_bytes: int,
+        json_limits: JsonLimits,
+    ) -> None:
+        self.generator = generator
+        self.caches = caches
+        self.auth = auth
+        self.max_body_bytes = max_body_bytes
+        self.json_limits = json_limits
+
+    def _backend(self, target: _Target) -> Backend:
+        router = self.generator.router
+        backend = next(filter(None, map(router.find, target.model.route_ids())), None)
+        if backend is not None:
+            return backend
+        if target.dialect == "gemini":
+            raise NotFoundError(
+                f"{target.model.resource} is not found for API version {target.version}, or is not supported for "
+                f"{target.method or 'get'}. Call ListModels to see the list of available models and their supported "
+                "methods."
+            )
+        raise NotFoundError(
+            f"Publisher Model `{target.model.resource}` was not found or your project does not have access to it. "
+            "Please ensure you are using a valid model version. For more information, see: "
+            "https://cloud.google.com/vertex-ai/generative-ai/docs/learn/model-versions"
+        )
+
+    async def _body(self, request: Request, model: type[gc.GeminiModel]) -> Any:
+        raw = await read_body(request, self.max_body_bytes)
+        return await read_json(raw or b"{}", model, self.json_limits)
+
+    # ------------------------------------------------------------------ models
+
+    async def model_call(self, request: Request) -> Response:
+        self.auth.check(request)
+        target = _target(request)
+        if target.method is None:
+            raise NotFoundError("The requested URL was not found on this server.")
+        backend = self._backend(target)
+        if target.method in ("countTokens", "computeTokens"):
+            return await self._tokens(request, target, backend)
+        body: gc.GenerateContentRequest = await self._body(request, gc.GenerateContentRequest)
+        check_native_request(body)
+        prepared = await self.generator.prepare(body, target.model, backend, dialect=target.dialect)
+        response_id, created = new_response_id(), format_time(time.time())
+
+        def render(response: gc.GenerateContentResponse) -> dict[str, Any]:
+            return render_response(
+                response,
+                dialect=target.dialect,
+                model_version=target.model.model,
+                response_id=response_id,
+                create_time=created,
+            )
+
+        if target.method == "generateContent":
+            response = await until_disconnect(request.receive, self.generator.generate(prepared))
+            return _json(render(response))
+        responses = self.generator.stream(prepared)
+        # The first chunk before answering: errors found while starting get a real HTTP status.
+        first = await until_disconnect(request.receive, _first(responses))
+        framing = NATIVE_SSE if request.query_params.get("alt") == "sse" else JSON_ARRAY
+        events = framed(
+            first,
+            responses,
+            framing,
+            dump=lambda response: json.dumps(render(response)).encode(),
+            error_body=native_error_body if framing is NATIVE_SSE else error_body,
+        )
+        return EventStreamResponse(events, headers=_STREAM_HEADERS, media_type=framing.media_type)
+
+    async def _tokens(self, request: Request, target: _Target, backend: Backend) -> Response:
+        model = target.model.routed
+        if target.method == "countTokens":
+            counted: gc.CountTokensRequest = await self._body(request, gc.CountTokensRequest)
+            content = count_tokens_request(counted)
+            check_native_request(content)
+            cached = 0
+            if content.cached_content is not None:
+                applied = await self.caches.apply(content, target.model, backend, target.dialect)
+                content, cached = applied.request, applied.tokens
+            check_capabilities(content, backend.capabilities)
+            total = await backend.count_tokens(content, model=model)
+            return _json(
+                gc.CountTokensResponse(
+                    total_tokens=total,
+                    cached_content_token_count=(cached or None) if target.dialect == "gemini" else None,
+                    prompt_tokens_details=[gc.ModalityTokenCount(modality="TEXT", token_count=total)],
+                )
+            )
+        computed: gc.ComputeTokensRequest = await self._body(request, gc.ComputeTokensRequest)
+        content = gc.GenerateContentRequest(contents=computed.contents or [])
+        check_native_request(content)
+        check_capabilities(content, backend.capabilities)
+        turns = await backend.compute_tokens(content, model=model)
+        return _json(
+            gc.ComputeTokensResponse(
+                tokens_info=[
+                    gc.TokensInfo(
+                        tokens=[base64.b64encode(p).decode() for p in turn.pieces],
+                        token_ids=[str(i) for i in turn.ids],
+                        role=turn.role,
+                    )
+                    for turn in turns
+                ]
+            )
+        )
+
+    def _model_info(self, target_model: ModelName, backend: Backend, dialect: gc.Dialect) -> dict[str, Any]:
+        caps = backend.capabilities
+        name = (
+            f"models/{target_model.model}" if dialect == "gemini" else f"publishers/google/models/{target_model.model}"
+        )
+        info = gc.ModelInfo(
+            name=name,
+            display_name=target_model.model,
+            description=f"{target_model.model}, served by openvertex",
+            version="001",
+            version_id="001",
+            input_token_limit=caps.input_token_limit,
+            output_token_limit=caps.max_output_tokens,
+            supported_generation_methods=_GENERATION_METHODS,
+            thinking=caps.thinking,
+        )
+        return info.to_json_dict()
+
+    async def model_get(self, request: Request) -> Response:
+        self.auth.check(request)
+        target = _target(request)
+        if target.method is not None:
+            raise NotFoundError("The requested URL was not found on this server.")
+        return _json(self._model_info(target.model, self._backend(target), target.dialect))
+
+    def listed(self, dialect: gc.Dialect) -> list[dict[str, Any]]:
+        """The configured models that are names rather than patterns."""
+        models = []
+        for pattern, backend in self.generator.router.models():
+            if not any(c in pattern for c in "*?["):
+                models.append(
+                    self._model_info(ModelName(pattern, None, pattern.removeprefix("google/")), backend, dialect)
+                )
+        return models
+
+    async def model_list(self, request: Request) -> Response:
+        self.auth.check(request)
+        version, rest = split_version(request.url.path)
+        dialect = dialect_of(version, rest)
+        key = "publisherModels" if dialect == "vertex" else "models"
+        return _json({key: self.listed(dialect)})
+
+    # ------------------------------------------------------------------ cachedContents
+
+    def _cache_scope(self, request: Request) -> tuple[gc.Dialect, str]:
+        """The dialect and the parent (projects/P/locations/L, or "" at the root) of a cache route."""
+        version, rest = split_version(request.url.path)
+        parent = rest.partition("/cachedContents")[0] if rest.startswith("projects/") else ""
+        return dialect_of(version, rest), parent
+
+    def _cache_name(self, request: Request) -> tuple[gc.Dialect, str]:
+        dialect, parent = self._cache_scope(request)
+        return dialect, f"{parent + '/' if parent else ''}cachedContents/{request.path_params['cache']}"
+
+    async def caches_create(self, request: Request) -> Response:
+        self.auth.check(request)
+        dialect, parent = self._cache_scope(request)
+        body: gc.CachedContent = await self._body(request, gc.CachedContent)
+        check_native_request(  # the same rules as a request's (it normalises the body's bytes in place)
+            gc.GenerateContentRequest(
+                contents=body.contents or [],
+                system_instruction=body.system_instruction,
+                tools=body.tools,
+                tool_config=body.tool_config,
+            )
+        )
+        return _json(await self.caches.create(parent, body, dialect))
+
+    async def caches_list(self, request: Request) -> Response:
+        self.auth.check(request)
+        _, parent = self._cache_scope(request)
+        query = request.query_params
+        size = query.get("pageSize") or query.get("page_size")
+        if size is not None and not size.lstrip("-").isdigit():
+            raise InvalidArgumentError(f"not a number: {size!r}", param="page_size")
+        page = await self.caches.page(
+            parent, page_size=int(size) if size else None, page_token=query.get("pageToken") or query.get("page_token")
+        )
+        return _json(page)
+
+    async def cache_get(self, request: Request) -> Response:
+        self.auth.check(request)
+        dialect, name = self._cache_name(request)
+        return _json(await self.caches.get(name, dialect))
+
+    async def cache_update(self, request: Request) -> Response:
+        self.auth.check(request)
+        dialect, name = self._cache_name(request)
+        body: gc.CachedContent = await self._body(request, gc.CachedContent)
+        return _json(await self.caches.update(name, body, dialect))
+
+    async def cache_delete(self, request: Request) -> Response:
+        self.auth.check(request)
+        dialect, name = self._cache_name(request)
+        await self.caches.delete(name, dialect)
+        return _json({})
+
+    # ------------------------------------------------------------------ routes
+
+    def routes(self) -> list[Route]:
+        """Named `operation@shape`: the OpenAPI document describes each operation once per shape."""
+        vertex, express, gemini = "/{version:str}" + _PARENT, "/{version:str}", "/{version:str}"
+        shapes = [
+            ("vertex", f"{vertex}/publishers/{{publisher:str}}/models/{{call:str}}"),
+            ("vertex_endpoint", f"{vertex}/endpoints/{{call:str}}"),
+            ("express", f"{express}/publishers/{{publisher:str}}/models/{{call:str}}"),
+            ("express_endpoint", f"{express}/endpoints/{{call:str}}"),
+            ("gemini", f"{gemini}/models/{{call:str}}"),
+            ("gemini_tuned", f"{gemini}/tunedModels/{{call:str}}"),
+            ("collection", "/publishers/{publisher:str}/models/{call:str}"),
+        ]
+        routes = [Route(path, self.model_call, methods=["POST"], name=f"model_call@{shape}") for shape, path in shapes]
+        routes += [
+            Route(
+                f"{express}/publishers/{{publisher:str}}/models/{{call:str}}",
+                self.model_get,
+                methods=["GET"],
+                name="model_get@vertex",
+            ),
+            Route(f"{gemini}/models/{{call:str}}", self.model_get, methods=["GET"], name="model_get@gemini"),
+            Route(
+                f"{express}/publishers/{{publisher:str}}/models",
+                self.model_list,
+                methods=["GET"],
+                name="model_list@vertex",
+            ),
+            Route(f"{gemini}/models", self.model_list, methods=["GET"], name="model_list@gemini"),
+        ]
+        for shape, parent in (("vertex", vertex), ("root", express)):
+            routes += [
+                Route(f"{parent}/cachedContents", self.caches_create, methods=["POST"], name=f"caches_create@{shape}"),
+                Route(f"{parent}/cachedContents", self.caches_list, methods=["GET"], name=f"caches_list@{shape}"),
+                Route(
+                    f"{parent}/cachedContents/{{cache:str}}", self.cache_get, methods=["GET"], name=f"cache_get@{shape}"
+                ),
+                Route(
+                    f"{parent}/cachedContents/{{cache:str}}",
+                    self.cache_update,
+                    methods=["PATCH"],
+                    name=f"cache_update@{shape}",
+                ),
+                Route(
+                    f"{parent}/cachedContents/{{cache:str}}",
+                    self.cache_delete,
+                    methods=["DELETE"],
+                    name=f"cache_delete@{shape}",
+                ),
+            ]
+        return routes
+
+
+async def _first(responses: AsyncIterator[gc.GenerateContentResponse]) -> gc.GenerateContentResponse:
+    try:
+        return await anext(responses)
+    except StopAsyncIteration:
+        raise UnavailableError("The backend ended the stream without a response.") from None

@@ -1,0 +1,263 @@
+"""Context caches (cachedContents) with Vertex's rules; metadata in the store, KV with the backend.
+
+A cache holds the start of a conversation (contents, systemInstruction, tools, toolConfig)
+for one model. A request that names it gets those prepended, may not set them itself, and
+reports the cached part as `cachedContentTokenCount`. The backend is told about each cache
+when it is made and before each use (`Backend.cache_prefix`), so the local engine keeps the
+prefix's KV and rebuilds it when it lost it (a restart, an eviction).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from openvertex.backends.base import Backend
+from openvertex.errors import ApiError, InvalidArgumentError, NotFoundError, PermissionDeniedError, unsupported
+from openvertex.protocol import generate_content as gc
+from openvertex.service.capabilities import check_capabilities
+from openvertex.service.routing import Router
+from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
+from openvertex.translate.resources import ModelName, parse_model_name
+
+DEFAULT_TTL_S = 3600.0  # Vertex's and the Gemini API's default
+MAX_PAGE_SIZE = 1000  # larger page sizes are coerced to this
+DEFAULT_PAGE_SIZE = 100
+_DURATION = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)s")
+_VERTEX_MODEL_FORM = "projects/{project}/locations/{location}/publishers/google/models/{model}"
+
+
+def format_time(seconds: float) -> str:
+    """RFC 3339 in UTC, as Google writes timestamps."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse_time(value: str, *, param: str) -> float:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgumentError(f"not an RFC 3339 timestamp: {value!r}", param=param) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _parse_ttl(value: str) -> float:
+    match = _DURATION.fullmatch(value.strip())
+    if match is None or float(match[1]) <= 0:
+        raise InvalidArgumentError(
+            f'must be a positive duration in seconds, such as "3600s"; got {value!r}', param="ttl"
+        )
+    return float(match[1])
+
+
+def _expiry(body: gc.CachedContent, now: float) -> float | None:
+    """When a cache made or updated with `body` expires (None: the body sets neither)."""
+    if body.ttl is not None and body.expire_time is not None:
+        raise InvalidArgumentError("set ttl or expire_time, not both", param="ttl")
+    if body.ttl is not None:
+        return now + _parse_ttl(body.ttl)
+    if body.expire_time is not None:
+        expire = _parse_time(body.expire_time, param="expire_time")
+        if expire <= now:
+            raise InvalidArgumentError("must be in the future", param="expire_time")
+        return expire
+    return None
+
+
+def _not_found(name: str, dialect: gc.Dialect) -> ApiError:
+    if dialect == "gemini":  # the Gemini API does not say whether it exists
+        return PermissionDeniedError("CachedContent not found (or permission denied)")
+    return NotFoundError(f"Not found: cached content metadata for {name.rpartition('/')[2]}.")
+
+
+def _conflict(dialect: gc.Dialect) -> InvalidArgumentError:
+    if dialect == "gemini":
+        return InvalidArgumentError(
+            "CachedContent can not be used with GenerateContent request setting "
+            "system_instruction, tools or tool_config."
+        )
+    return InvalidArgumentError(
+        "Tool config, tools and system instruction should not be set in the request when using cached content."
+    )
+
+
+def _too_small(tokens: int, minimum: int, dialect: gc.Dialect) -> InvalidArgumentError:
+    if dialect == "gemini":
+        return InvalidArgumentError(
+            f"Cached content is too small. total_token_count={tokens}, min_total_token_count={minimum}"
+        )
+    return InvalidArgumentError(
+        f"The cached content is of {tokens} tokens. The minimum token count to start caching is {minimum}."
+    )
+
+
+def _page_token(row: CachedContentRow) -> str:
+    return base64.urlsafe_b64encode(json.dumps([row.create_time, row.name]).encode()).decode()
+
+
+def _parse_page_token(token: str) -> tuple[float, str]:
+    try:
+        created, name = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return float(created), str(name)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidArgumentError("not a page token from an earlier list call", param="page_token") from None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedCache:
+    request: gc.GenerateContentRequest  # the request with the cache's content in front
+    tokens: int  # what the cache holds, as counted when it was made
+
+
+class CachedContents:
+    def __init__(self, store: CachedContentStore, router: Router, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._router = router
+        self._clock = clock
+
+    # ------------------------------------------------------------------ the resource
+
+    def _model(self, name: str | None, dialect: gc.Dialect) -> tuple[ModelName, Backend]:
+        model = parse_model_name(name) if name else None
+        if model is None or (dialect == "vertex" and model.publisher is None):
+            form = _VERTEX_MODEL_FORM if dialect == "vertex" else "models/{model}"
+            raise InvalidArgumentError(
+                f"The Model name {name} is malformed and it should be in form of {form}", param="model"
+            )
+        backend = next(filter(None, map(self._router.find, model.route_ids())), None)
+        if backend is None:
+            raise NotFoundError(f"Model {name} not found.")
+        return model, backend
+
+    async def create(self, parent: str, body: gc.CachedContent, dialect: gc.Dialect) -> gc.CachedContent:
+        model, backend = self._model(body.model, dialect)
+        if body.encryption_spec is not None:
+            raise unsupported("encryption_spec", "customer-managed encryption keys")
+        now = self._clock()
+        expire = _expiry(body, now) or now + DEFAULT_TTL_S
+        content = gc.GenerateContentRequest(
+            contents=body.contents or [],
+            system_instruction=body.system_instruction,
+            tools=body.tools,
+            tool_config=body.tool_config,
+        )
+        check_capabilities(content, backend.capabilities)
+        tokens = await backend.count_tokens(content, model=model.routed)
+        minimum = backend.capabilities.min_cached_content_tokens
+        if tokens < minimum:
+            raise _too_small(tokens, minimum, dialect)
+        name = f"{parent + '/' if parent else ''}cachedContents/{secrets.randbelow(9 * 10**18) + 10**18}"
+        await backend.cache_prefix(name, content, model=model.routed)
+        row = CachedContentRow(
+            name=name,
+            parent=parent,
+            model=model.resource,
+            display_name=body.display_name,
+            body=json.dumps(content.to_json_dict()),
+            token_count=tokens,
+            create_time=now,
+            update_time=now,
+            expire_time=expire,
+        )
+        await self._store.insert(row)
+        return _resource(row)
+
+    async def get(self, name: str, dialect: gc.Dialect) -> gc.CachedContent:
+        return _resource(await self._row(name, dialect))
+
+    async def _row(self, name: str, dialect: gc.Dialect) -> CachedContentRow:
+        row = await self._store.get(name, now=self._clock())
+        if row is None:
+            raise _not_found(name, dialect)
+        return row
+
+    async def page(
+        self, parent: str, *, page_size: int | None, page_token: str | None
+    ) -> gc.ListCachedContentsResponse:
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if size < 0:
+            raise InvalidArgumentError("must not be negative", param="page_size")
+        after = _parse_page_token(page_token) if page_token else None
+        rows = await self._store.page(parent, now=self._clock(), after=after, size=size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        return gc.ListCachedContentsResponse(
+            cached_contents=[_resource(row) for row in rows], next_page_token=_page_token(rows[-1]) if more else None
+        )
+
+    async def update(self, name: str, body: gc.CachedContent, dialect: gc.Dialect) -> gc.CachedContent:
+        """Only the expiry can change (ttl or expire_time; no update mask needed)."""
+        others = body.model_dump(exclude_none=True, exclude={"ttl", "expire_time", "name"})
+        if others:
+            raise InvalidArgumentError(f"Only expire_time or ttl can be updated, not {', '.join(sorted(others))}.")
+        now = self._clock()
+        expire = _expiry(body, now)
+        if expire is None:
+            raise InvalidArgumentError("an update must set ttl or expire_time", param="ttl")
+        row = await self._store.set_expiry(name, now=now, expire_time=expire)
+        if row is None:
+            raise _not_found(name, dialect)
+        return _resource(row)
+
+    async def delete(self, name: str, dialect: gc.Dialect) -> None:
+        if not await self._store.delete(name, now=self._clock()):
+            raise _not_found(name, dialect)
+        self._forget([name])
+
+    async def sweep(self) -> int:
+        """Remove the caches that expired, and let the backends free what they kept for them."""
+        names = await self._store.delete_expired(now=self._clock())
+        self._forget(names)
+        return len(names)
+
+    def _forget(self, names: list[str]) -> None:
+        for backend in self._router.backends.values():
+            for name in names:
+                backend.forget_prefix(name)
+
+    # ------------------------------------------------------------------ use
+
+    async def apply(
+        self, request: gc.GenerateContentRequest, model: ModelName, backend: Backend, dialect: gc.Dialect
+    ) -> AppliedCache:
+        """The request with the cache it names in front; 400 where it sets what the cache holds."""
+        assert request.cached_content is not None
+        row = await self._row(request.cached_content, dialect)
+        if request.system_instruction is not None or request.tools or request.tool_config is not None:
+            raise _conflict(dialect)
+        cached = parse_model_name(row.model)
+        if cached is None or cached.model != model.model:
+            raise InvalidArgumentError(
+                f"Model used by GenerateContent request ({model.resource}) and CachedContent ({row.model}) "
+                "has to be the same."
+            )
+        content = gc.GenerateContentRequest.model_validate_json(row.body)
+        await backend.cache_prefix(row.name, content, model=model.routed)
+        merged = request.model_copy(
+            update={
+                "contents": content.contents + request.contents,
+                "system_instruction": content.system_instruction,
+                "tools": content.tools,
+                "tool_config": content.tool_config,
+            }
+        )
+        return AppliedCache(merged, row.token_count)
+
+
+def _resource(row: CachedContentRow) -> gc.CachedContent:
+    """What a cache shows of itself: never its input-only fields."""
+    return gc.CachedContent(
+        name=row.name,
+        display_name=row.display_name,
+        model=row.model,
+        create_time=format_time(row.create_time),
+        update_time=format_time(row.update_time),
+        expire_time=format_time(row.expire_time),
+        usage_metadata=gc.CachedContentUsage(total_token_count=row.token_count),
+    )

@@ -1,0 +1,146 @@
+"""The generation pipeline both surfaces share: a GenerateContentRequest in, GenerateContentResponses out.
+
+check what the backend cannot honour → put the named context cache in front → check thought
+signatures → generate (deadline, signing, hiding thoughts not asked for, cache usage) → the
+surface renders the responses its own way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from openvertex.backends.base import Backend
+from openvertex.errors import DeadlineExceededError
+from openvertex.metrics import Metrics
+from openvertex.protocol import generate_content as gc
+from openvertex.service.cached_contents import CachedContents
+from openvertex.service.capabilities import Namer, check_capabilities, native_name
+from openvertex.service.routing import Router
+from openvertex.service.signatures import ThoughtSigner
+from openvertex.translate.resources import ModelName
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    backend: Backend
+    request: gc.GenerateContentRequest
+    model: ModelName
+    include_thoughts: bool
+    cached_tokens: int  # the prompt tokens a named context cache holds
+
+
+class Generator:
+    def __init__(
+        self,
+        router: Router,
+        caches: CachedContents,
+        *,
+        metrics: Metrics,
+        timeout_s: float,
+        signer: ThoughtSigner,
+        optional_signatures: Sequence[str] = (),
+    ) -> None:
+        self.router = router
+        self.caches = caches
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.signer = signer
+        self.optional_signatures = optional_signatures
+
+    def _signs(self, backend: Backend) -> bool:
+        """openvertex signs and checks thoughts for backends that do not do it themselves."""
+        return not backend.capabilities.thought_signatures
+
+    async def prepare(
+        self,
+        request: gc.GenerateContentRequest,
+        model: ModelName,
+        backend: Backend,
+        *,
+        dialect: gc.Dialect,
+        name: Namer = native_name,
+    ) -> Prepared:
+        """Everything that can fail with a 4xx before any generation starts."""
+        check_capabilities(request, backend.capabilities, name)
+        cached_tokens = 0
+        if request.cached_content is not None:
+            applied = await self.caches.apply(request, model, backend, dialect)
+            request, cached_tokens = applied.request, applied.tokens
+        if self._signs(backend):
+            optional = any(fnmatch.fnmatchcase(model.routed, glob) for glob in self.optional_signatures)
+            self.signer.check_request(request.contents, required=not optional)
+        thinking = request.generation_config.thinking_config if request.generation_config else None
+        return Prepared(backend, request, model, bool(thinking and thinking.include_thoughts), cached_tokens)
+
+    def _deadline_error(self) -> DeadlineExceededError:
+        return DeadlineExceededError(f"The request did not finish within {self.timeout_s:g} s.")
+
+    def _finish(self, prepared: Prepared, response: gc.GenerateContentResponse) -> None:
+        if not prepared.include_thoughts:
+            _drop_thoughts(response)
+        usage = response.usage_metadata
+        if usage is not None and prepared.cached_tokens:
+            cached = min(prepared.cached_tokens, usage.prompt_token_count or 0)
+            usage.cached_content_token_count = max(usage.cached_content_token_count or 0, cached) or None
+
+    async def generate(self, prepared: Prepared) -> gc.GenerateContentResponse:
+        try:
+            response = await asyncio.wait_for(
+                prepared.backend.generate(prepared.request, model=prepared.model.routed), self.timeout_s
+            )
+        except TimeoutError:
+            raise self._deadline_error() from None
+        if self._signs(prepared.backend):
+            self.signer.sign_response(response)
+        self._finish(prepared, response)
+        return response
+
+    async def stream(self, prepared: Prepared) -> AsyncIterator[gc.GenerateContentResponse]:
+        upstream = prepared.backend.stream(prepared.request, model=prepared.model.routed)
+        if self._signs(prepared.backend):
+            upstream = self.signer.sign_stream(upstream)  # sees the thoughts it seals
+        clock = _StreamClock(self.metrics)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while True:
+                try:
+                    response = await asyncio.wait_for(anext(upstream), deadline - time.monotonic())
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise self._deadline_error() from None
+                self._finish(prepared, response)
+                clock.tick()
+                yield response
+        finally:
+            await upstream.aclose()  # type: ignore[attr-defined]
+
+
+def _drop_thoughts(response: gc.GenerateContentResponse) -> None:
+    """Thoughts reach the client only when asked for (include_thoughts); their signatures
+    carry them either way."""
+    for candidate in response.candidates or []:
+        if candidate.content is not None:
+            candidate.content.parts = [part for part in candidate.content.parts if not part.thought]
+
+
+class _StreamClock:
+    """Time to first chunk and the gaps between chunks, for the latency histograms."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._started = self._last = time.monotonic()
+        self._first = True
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self._first:
+            self._metrics.time_to_first_token.observe(now - self._started)
+            self._first = False
+        else:
+            self._metrics.time_per_token.observe(now - self._last)
+        self._last = now

@@ -1,0 +1,1 @@
+"""What outlives a request and is shared by replicas: an embedded SQLite database by default."""

@@ -1,0 +1,107 @@
+"""cachedContents rows: the metadata and input of each context cache (the KV lives with the backend)."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from openvertex.store.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class CachedContentRow:
+    name: str
+    parent: str
+    model: str
+    display_name: str | None
+    body: str
+    token_count: int
+    create_time: float
+    update_time: float
+    expire_time: float
+
+
+_COLUMNS = "name, parent, model, display_name, body, token_count, create_time, update_time, expire_time"
+
+
+def _row(values: tuple[object, ...]) -> CachedContentRow:
+    return CachedContentRow(*values)  # type: ignore[arg-type]
+
+
+class CachedContentStore:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def insert(self, row: CachedContentRow) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"INSERT INTO cached_contents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.name,
+                    row.parent,
+                    row.model,
+                    row.display_name,
+                    row.body,
+                    row.token_count,
+                    row.create_time,
+                    row.update_time,
+                    row.expire_time,
+                ),
+            )
+
+        await self._db.run(work)
+
+    async def get(self, name: str, *, now: float) -> CachedContentRow | None:
+        """The cache, unless it is unknown or expired (an expired one can be neither used nor updated)."""
+
+        def work(db: sqlite3.Connection) -> CachedContentRow | None:
+            found = db.execute(
+                f"SELECT {_COLUMNS} FROM cached_contents WHERE name = ? AND expire_time > ?", (name, now)
+            ).fetchone()
+            return _row(found) if found else None
+
+        return await self._db.run(work)
+
+    async def page(
+        self, parent: str, *, now: float, after: tuple[float, str] | None, size: int
+    ) -> list[CachedContentRow]:
+        """Up to `size` live caches of `parent`, oldest first, after the (create_time, name) cursor."""
+
+        def work(db: sqlite3.Connection) -> list[CachedContentRow]:
+            start_time, start_name = after or (-1.0, "")
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM cached_contents WHERE parent = ? AND expire_time > ? "
+                "AND (create_time, name) > (?, ?) ORDER BY create_time, name LIMIT ?",
+                (parent, now, start_time, start_name, size),
+            ).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._db.run(work)
+
+    async def set_expiry(self, name: str, *, now: float, expire_time: float) -> CachedContentRow | None:
+        def work(db: sqlite3.Connection) -> CachedContentRow | None:
+            updated = db.execute(
+                "UPDATE cached_contents SET expire_time = ?, update_time = ? WHERE name = ? AND expire_time > ?",
+                (expire_time, now, name, now),
+            )
+            if updated.rowcount == 0:
+                return None
+            return _row(db.execute(f"SELECT {_COLUMNS} FROM cached_contents WHERE name = ?", (name,)).fetchone())
+
+        return await self._db.run(work)
+
+    async def delete(self, name: str, *, now: float) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            deleted = db.execute("DELETE FROM cached_contents WHERE name = ? AND expire_time > ?", (name, now))
+            return deleted.rowcount > 0
+
+        return await self._db.run(work)
+
+    async def delete_expired(self, *, now: float) -> list[str]:
+        """Remove the caches that expired; their names, for the backends to let go of their KV."""
+
+        def work(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute("DELETE FROM cached_contents WHERE expire_time <= ? RETURNING name", (now,)).fetchall()
+            return [name for (name,) in rows]
+
+        return await self._db.run(work)

@@ -1,0 +1,80 @@
+"""The embedded database: one SQLite file in state_dir (WAL), schema migrations applied at start.
+
+sqlite3 calls are short and run on a worker thread under one lock, so the event loop never
+waits on the disk and the connection is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DATABASE_FILE = "openvertex.db"
+
+# Each entry moves the schema one version up; applied in order, each in its own transaction,
+# and never edited once released (a change is a new entry).
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE cached_contents (
+        name TEXT PRIMARY KEY,          -- full resource name: [projects/P/locations/L/]cachedContents/ID
+        parent TEXT NOT NULL,           -- projects/P/locations/L, or '' for the Gemini API's root
+        model TEXT NOT NULL,            -- the model's resource name, as the client gave it
+        display_name TEXT,
+        body TEXT NOT NULL,             -- contents, systemInstruction, tools, toolConfig as JSON
+        token_count INTEGER NOT NULL,
+        create_time REAL NOT NULL,      -- seconds since the epoch
+        update_time REAL NOT NULL,
+        expire_time REAL NOT NULL
+    );
+    CREATE INDEX cached_contents_by_parent ON cached_contents (parent, create_time, name);
+    CREATE INDEX cached_contents_by_expiry ON cached_contents (expire_time);
+    """,
+)
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version: int = self._connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this openvertex knows "
+                    f"({len(MIGRATIONS)}); upgrade openvertex or use another state_dir"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                # executescript commits first; the migration and its version bump go in one transaction.
+                self._connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+    def call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` with the connection, in a transaction (committed unless it raises)."""
+        with self._lock:
+            self._connection.execute("BEGIN")
+            try:
+                result = work(self._connection)
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+            return result
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self.call, work)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
