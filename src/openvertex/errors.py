@@ -34,11 +34,12 @@ class InvalidArgumentError(ApiError):
     http_status = 400
     google_status = "INVALID_ARGUMENT"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, field: str | None = None) -> None:
         # The parameter path leads the message, so SDK users (whose error object keeps only
-        # the body text) see which field was wrong.
+        # the body text) see which field was wrong; `field` names it for the error's details
+        # only, where the message names it already.
         super().__init__(f"{param}: {message}" if param else message)
-        self.param = param
+        self.param = param or field
 
 
 class FailedPreconditionError(ApiError):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import google.oauth2.credentials
+import httpx
 import jsonschema
 import pydantic
 import pytest
@@ -214,3 +215,14 @@ def test_models_list_and_get(sdk: genai.Client) -> None:
     assert any((model.name or "").endswith("smollm2") for model in listed)
     model = sdk.models.get(model=MODEL)
     assert (model.name or "").endswith(MODEL)
+
+
+def test_the_sdk_timeout_header_is_the_deadline(local_server: RunningServer) -> None:
+    """google-genai sends `X-Server-Timeout` when HttpOptions.timeout is set: the answer must come by then."""
+    url = f"{local_server.url}/v1beta1/publishers/google/models/{MODEL}:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "Write a long story about a lighthouse."}]}]}
+    late = httpx.post(url, json=body, headers={"x-goog-api-key": "test", "x-server-timeout": "0.3"}, timeout=60)
+    assert late.status_code == 504, late.text
+    assert late.json()["error"]["status"] == "DEADLINE_EXCEEDED"
+    bad = httpx.post(url, json=body, headers={"x-goog-api-key": "test", "x-server-timeout": "soon"}, timeout=60)
+    assert bad.status_code == 400 and "X-Server-Timeout" in bad.json()["error"]["message"]

@@ -6,6 +6,7 @@ import asyncio
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_snake
 from starlette.requests import ClientDisconnect, Request
 
 from openvertex.errors import InvalidArgumentError
@@ -63,9 +64,13 @@ def _validation_to_error(error: ValidationError) -> InvalidArgumentError:
     detail = max(details, key=lambda d: len(format_path(d["loc"])))
     path = format_path(detail["loc"])
     if detail["type"] == "extra_forbidden":
-        parent, _, name = path.rpartition(".")
+        # Google names fields in its parser's errors by their proto (snake_case) names.
+        written, _, name = path.rpartition(".")
+        parent = ".".join(to_snake(segment) for segment in written.split(".")) if written else ""
+        where = f" at '{parent}'" if parent else ""
         return InvalidArgumentError(
-            f"Invalid JSON payload received. Unknown name \"{name}\" at '{parent}': Cannot find field."
+            f'Invalid JSON payload received. Unknown name "{name}"{where}: Cannot find field.',
+            field=f"{parent}.{name}" if parent else name,
         )
     message = detail["msg"].removeprefix("Value error, ")
     return InvalidArgumentError(message, param=path or None)

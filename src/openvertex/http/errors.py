@@ -57,7 +57,7 @@ def native_error_body(error: ApiError) -> dict[str, Any]:
 def wraps_errors(request: Request) -> bool:
     """Whether this route answers errors in a one-element list."""
     path = request.url.path
-    if path.endswith("/chat/completions") or path == "/v1/models" or path.startswith("/v1/models/"):
+    if path.endswith("/chat/completions") or path == "/v1/models":
         return True  # (/v1/models also serves the Gemini API, whose SDK reads a list too)
     return ":streamGenerateContent" in path and request.query_params.get("alt") != "sse"
 

@@ -67,12 +67,24 @@ class _Target:
     method: str | None  # generateContent, …; None for a model get
 
 
-def _target(request: Request) -> _Target:
+def _versioned(request: Request) -> tuple[str | None, str]:
+    """The API version and the rest of the path; a first segment that is no version is a 404,
+    except on the version-less collection-scope routes (`/publishers/…`)."""
     version, rest = split_version(request.url.path)
+    if version is None and not request.url.path.startswith("/publishers/"):
+        raise NotFoundError("The requested URL was not found on this server.")
+    return version, rest
+
+
+def _target(request: Request) -> _Target:
+    version, rest = _versioned(request)
     name, _, method = rest.partition(":")
     model = parse_model_name(name)
-    if model is None or (method and method not in MODEL_METHODS):
+    if model is None:
         raise NotFoundError("The requested URL was not found on this server.")
+    if method and method not in MODEL_METHODS:
+        served = ", ".join(sorted(MODEL_METHODS))
+        raise NotFoundError(f"Method `{method}` is not served here (openvertex serves {served}).")
     return _Target(version, dialect_of(version, name), model, method or None)
 
 
@@ -90,12 +102,15 @@ class NativeHandlers:
         self.auth = auth
         self.max_body_bytes = max_body_bytes
         self.json_limits = json_limits
+        self.started = int(time.time())
 
     def _backend(self, target: _Target) -> Backend:
         router = self.generator.router
         backend = next(filter(None, map(router.find, target.model.route_ids())), None)
         if backend is not None:
             return backend
+        if target.model.publisher is None:
+            raise NotFoundError(f"Endpoint `{target.model.resource}` not found.")
         if target.dialect == "gemini":
             raise NotFoundError(
                 f"{target.model.resource} is not found for API version {target.version}, or is not supported for "
@@ -124,7 +139,9 @@ class NativeHandlers:
             return await self._tokens(request, target, backend)
         body: gc.GenerateContentRequest = await self._body(request, gc.GenerateContentRequest)
         check_native_request(body)
-        prepared = await self.generator.prepare(body, target.model, backend, dialect=target.dialect)
+        prepared = await self.generator.prepare(
+            body, target.model, backend, dialect=target.dialect, timeout_s=_server_timeout(request)
+        )
         response_id, created = new_response_id(), format_time(time.time())
 
         def render(response: gc.GenerateContentResponse) -> dict[str, Any]:
@@ -212,7 +229,10 @@ class NativeHandlers:
         target = _target(request)
         if target.method is not None:
             raise NotFoundError("The requested URL was not found on this server.")
-        return _json(self._model_info(target.model, self._backend(target), target.dialect))
+        info = self._model_info(target.model, self._backend(target), target.dialect)
+        if request.url.path.startswith("/v1/models/"):  # OpenAI's retrieve shares the path: both shapes
+            info |= {"id": target.model.model, "object": "model", "created": self.started, "owned_by": "openvertex"}
+        return _json(info)
 
     def listed(self, dialect: gc.Dialect) -> list[dict[str, Any]]:
         """The configured models that are names rather than patterns."""
@@ -226,7 +246,7 @@ class NativeHandlers:
 
     async def model_list(self, request: Request) -> Response:
         self.auth.check(request)
-        version, rest = split_version(request.url.path)
+        version, rest = _versioned(request)
         dialect = dialect_of(version, rest)
         key = "publisherModels" if dialect == "vertex" else "models"
         return _json({key: self.listed(dialect)})
@@ -235,7 +255,7 @@ class NativeHandlers:
 
     def _cache_scope(self, request: Request) -> tuple[gc.Dialect, str]:
         """The dialect and the parent (projects/P/locations/L, or "" at the root) of a cache route."""
-        version, rest = split_version(request.url.path)
+        version, rest = _versioned(request)
         parent = rest.partition("/cachedContents")[0] if rest.startswith("projects/") else ""
         return dialect_of(version, rest), parent
 
@@ -253,7 +273,8 @@ class NativeHandlers:
                 system_instruction=body.system_instruction,
                 tools=body.tools,
                 tool_config=body.tool_config,
-            )
+            ),
+            contents_required=False,
         )
         return _json(await self.caches.create(parent, body, dialect))
 
@@ -338,6 +359,18 @@ class NativeHandlers:
                 ),
             ]
         return routes
+
+
+def _server_timeout(request: Request) -> float | None:
+    """google-genai's `X-Server-Timeout` (seconds, sent when HttpOptions.timeout is set)."""
+    value = request.headers.get("x-server-timeout")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        raise InvalidArgumentError(f"X-Server-Timeout must be a number of seconds, got {value!r}") from None
+    if seconds is not None and not 0 < seconds < 1e9:
+        raise InvalidArgumentError(f"X-Server-Timeout must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 async def _first(responses: AsyncIterator[gc.GenerateContentResponse]) -> gc.GenerateContentResponse:

@@ -30,6 +30,7 @@ from openvertex.translate.resources import ModelName, parse_model_name
 DEFAULT_TTL_S = 3600.0  # Vertex's and the Gemini API's default
 MAX_PAGE_SIZE = 1000  # larger page sizes are coerced to this
 DEFAULT_PAGE_SIZE = 100
+LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant a Timestamp can hold
 _DURATION = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)s")
 _VERTEX_MODEL_FORM = "projects/{project}/locations/{location}/publishers/google/models/{model}"
 
@@ -60,14 +61,18 @@ def _expiry(body: gc.CachedContent, now: float) -> float | None:
     """When a cache made or updated with `body` expires (None: the body sets neither)."""
     if body.ttl is not None and body.expire_time is not None:
         raise InvalidArgumentError("set ttl or expire_time, not both", param="ttl")
+    param = "ttl" if body.ttl is not None else "expire_time"
     if body.ttl is not None:
-        return now + _parse_ttl(body.ttl)
-    if body.expire_time is not None:
-        expire = _parse_time(body.expire_time, param="expire_time")
+        expire = now + _parse_ttl(body.ttl)
+    elif body.expire_time is not None:
+        expire = _parse_time(body.expire_time, param=param)
         if expire <= now:
-            raise InvalidArgumentError("must be in the future", param="expire_time")
-        return expire
-    return None
+            raise InvalidArgumentError("must be in the future", param=param)
+    else:
+        return None
+    if expire > LATEST_TIME:
+        raise InvalidArgumentError("the cache would expire after 9999-12-31T23:59:59Z", param=param)
+    return expire
 
 
 def _not_found(name: str, dialect: gc.Dialect) -> ApiError:
@@ -125,7 +130,7 @@ class CachedContents:
 
     def _model(self, name: str | None, dialect: gc.Dialect) -> tuple[ModelName, Backend]:
         model = parse_model_name(name) if name else None
-        if model is None or (dialect == "vertex" and model.publisher is None):
+        if model is None or model.publisher is None or (dialect == "vertex" and model.resource.startswith("models/")):
             form = _VERTEX_MODEL_FORM if dialect == "vertex" else "models/{model}"
             raise InvalidArgumentError(
                 f"The Model name {name} is malformed and it should be in form of {form}", param="model"
@@ -137,6 +142,8 @@ class CachedContents:
 
     async def create(self, parent: str, body: gc.CachedContent, dialect: gc.Dialect) -> gc.CachedContent:
         model, backend = self._model(body.model, dialect)
+        if not backend.capabilities.cached_content:
+            raise unsupported("model", "context caching")
         if body.encryption_spec is not None:
             raise unsupported("encryption_spec", "customer-managed encryption keys")
         now = self._clock()
@@ -232,7 +239,9 @@ class CachedContents:
         if request.system_instruction is not None or request.tools or request.tool_config is not None:
             raise _conflict(dialect)
         cached = parse_model_name(row.model)
-        if cached is None or cached.model != model.model:
+        # The same model id, and the same publisher where the request names one (an OpenAI-surface
+        # id such as `smollm2` names none).
+        if cached is None or cached.model != model.model or model.publisher not in (None, cached.publisher):
             raise InvalidArgumentError(
                 f"Model used by GenerateContent request ({model.resource}) and CachedContent ({row.model}) "
                 "has to be the same."

@@ -31,6 +31,7 @@ class Prepared:
     model: ModelName
     include_thoughts: bool
     cached_tokens: int  # the prompt tokens a named context cache holds
+    timeout_s: float  # until the answer must be complete
 
 
 class Generator:
@@ -63,8 +64,10 @@ class Generator:
         *,
         dialect: gc.Dialect,
         name: Namer = native_name,
+        timeout_s: float | None = None,
     ) -> Prepared:
-        """Everything that can fail with a 4xx before any generation starts."""
+        """Everything that can fail with a 4xx before any generation starts. `timeout_s`: the
+        client's own deadline, within the server's."""
         check_capabilities(request, backend.capabilities, name)
         cached_tokens = 0
         if request.cached_content is not None:
@@ -74,10 +77,11 @@ class Generator:
             optional = any(fnmatch.fnmatchcase(model.routed, glob) for glob in self.optional_signatures)
             self.signer.check_request(request.contents, required=not optional)
         thinking = request.generation_config.thinking_config if request.generation_config else None
-        return Prepared(backend, request, model, bool(thinking and thinking.include_thoughts), cached_tokens)
+        deadline = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
+        return Prepared(backend, request, model, bool(thinking and thinking.include_thoughts), cached_tokens, deadline)
 
-    def _deadline_error(self) -> DeadlineExceededError:
-        return DeadlineExceededError(f"The request did not finish within {self.timeout_s:g} s.")
+    def _deadline_error(self, timeout_s: float) -> DeadlineExceededError:
+        return DeadlineExceededError(f"The request did not finish within {timeout_s:g} s.")
 
     def _finish(self, prepared: Prepared, response: gc.GenerateContentResponse) -> None:
         if not prepared.include_thoughts:
@@ -90,10 +94,10 @@ class Generator:
     async def generate(self, prepared: Prepared) -> gc.GenerateContentResponse:
         try:
             response = await asyncio.wait_for(
-                prepared.backend.generate(prepared.request, model=prepared.model.routed), self.timeout_s
+                prepared.backend.generate(prepared.request, model=prepared.model.routed), prepared.timeout_s
             )
         except TimeoutError:
-            raise self._deadline_error() from None
+            raise self._deadline_error(prepared.timeout_s) from None
         if self._signs(prepared.backend):
             self.signer.sign_response(response)
         self._finish(prepared, response)
@@ -104,7 +108,7 @@ class Generator:
         if self._signs(prepared.backend):
             upstream = self.signer.sign_stream(upstream)  # sees the thoughts it seals
         clock = _StreamClock(self.metrics)
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + prepared.timeout_s
         try:
             while True:
                 try:
@@ -112,7 +116,7 @@ class Generator:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise self._deadline_error() from None
+                    raise self._deadline_error(prepared.timeout_s) from None
                 self._finish(prepared, response)
                 clock.tick()
                 yield response

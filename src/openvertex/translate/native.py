@@ -79,7 +79,7 @@ def _check_tools(tools: list[gc.Tool]) -> set[str]:
     for index, tool in enumerate(tools):
         for position, declaration in enumerate(tool.function_declarations or []):
             path = f"tools[{index}].functionDeclarations[{position}]"
-            if not _NAME.match(declaration.name):
+            if not _NAME.fullmatch(declaration.name):
                 raise InvalidArgumentError(
                     "a function name must start with a letter or underscore, use only a-z, A-Z, 0-9, _, . and -,"
                     " and be at most 64 characters",
@@ -101,9 +101,18 @@ def _check_tools(tools: list[gc.Tool]) -> set[str]:
     return names
 
 
-def check_native_request(request: gc.GenerateContentRequest) -> None:
-    """Bytes to standard base64, and the rules Gemini enforces on native requests (400s naming the field)."""
+def check_native_request(request: gc.GenerateContentRequest, *, contents_required: bool = True) -> None:
+    """Bytes to standard base64, and the rules Gemini enforces on native requests (400s naming the
+    field). A context cache may hold no contents; a request on one may add none."""
+    if not request.contents and contents_required and request.cached_content is None:
+        raise InvalidArgumentError("contents is not specified", param="contents")
     for index, content in enumerate(request.contents):
+        if not content.parts:
+            raise InvalidArgumentError(
+                "Unable to submit request because it must include at least one parts field, which describes the "
+                "prompt input.",
+                param=f"contents[{index}].parts",
+            )
         _normalize_parts(content.parts, f"contents[{index}]")
     if request.system_instruction is not None:
         _normalize_parts(request.system_instruction.parts, "system_instruction")

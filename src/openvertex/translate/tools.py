@@ -20,7 +20,7 @@ _NAME = re.compile(FUNCTION_NAME_PATTERN)
 
 
 def _declaration(function: oa.FunctionDefinition, *, param: str) -> gc.FunctionDeclaration:
-    if not _NAME.match(function.name):
+    if not _NAME.fullmatch(function.name):
         raise InvalidArgumentError(
             "a function name must start with a letter or underscore, use only a-z, A-Z, 0-9, _, . and -,"
             " and be at most 64 characters",

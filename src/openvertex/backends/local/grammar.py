@@ -230,14 +230,14 @@ def _convert(schema: Any, *, close: bool) -> Any:
     if not isinstance(schema, dict):
         return schema
     converted: dict[str, Any] = {}
-    for name, value in schema.items():
-        key = _SNAKE_KEYWORDS.get(name, name)
+    for written, value in schema.items():
+        key = str(_SNAKE_KEYWORDS.get(written, written))
         if key in _ANNOTATIONS:
             continue
         if key in ("enum", "const", "nullable") or not isinstance(value, dict | list):
             converted[key] = value
         elif key in _NAME_MAPS and isinstance(value, dict):  # names → schemas
-            converted[key] = {name: _convert(inner, close=True) for name, inner in value.items()}
+            converted[key] = {prop: _convert(inner, close=True) for prop, inner in value.items()}
         else:
             converted[key] = _convert(value, close=key != "allOf")
     kind = converted.get("type")

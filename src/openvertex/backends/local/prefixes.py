@@ -24,6 +24,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _MAGIC = b"OVKV1\n"
+_HEADER = len(_MAGIC) + 4  # then the token count's int32s, then the state
 _SUFFIX = ".kv"
 
 
@@ -38,7 +39,7 @@ class Snapshot:
 
 
 def snapshot_key(model_identity: str, tokens: tuple[int, ...]) -> str:
-    digest = hashlib.sha256(model_identity.encode())
+    digest = hashlib.sha256(model_identity.encode() + b"\0")
     digest.update(np.asarray(tokens, dtype=np.int32).tobytes())
     return digest.hexdigest()
 
@@ -53,6 +54,7 @@ class PrefixStore:
         self._memory: OrderedDict[str, Snapshot] = OrderedDict()  # least recently used first
         self._in_memory = 0
         self._lock = threading.Lock()
+        self._disk_lock = threading.Lock()  # one writer at a time keeps the disk budget
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -64,7 +66,9 @@ class PrefixStore:
             snapshot = self._memory.get(key)
             if snapshot is not None:
                 self._memory.move_to_end(key)
-                return snapshot
+        if snapshot is not None:
+            self._touch(key)  # used: the last to leave the disk too
+            return snapshot
         snapshot = self._read(key)
         if snapshot is not None:
             self._remember(key, snapshot)
@@ -73,11 +77,13 @@ class PrefixStore:
     def put(self, key: str, snapshot: Snapshot) -> None:
         """Written through to disk (so it survives a restart) and kept in memory while the budget allows."""
         path = self._path(key)
-        if path is not None and not path.is_file():
+        if path is not None:
             self._write(path, snapshot)
         self._remember(key, snapshot)
 
     def _remember(self, key: str, snapshot: Snapshot) -> None:
+        if snapshot.size > self._memory_bytes:
+            return  # it would push out everything else, then itself
         with self._lock:
             if key in self._memory:
                 self._memory.move_to_end(key)
@@ -104,21 +110,30 @@ class PrefixStore:
     def _path(self, key: str) -> Path | None:
         return self._directory / f"{key}{_SUFFIX}" if self._directory is not None else None
 
-    def _write(self, path: Path, snapshot: Snapshot) -> None:
-        if snapshot.size > self._disk_bytes:
-            return
-        self._make_room(snapshot.size)
-        scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        try:
-            with scratch.open("wb") as file:
-                file.write(_MAGIC + struct.pack("<I", len(snapshot.tokens)))
-                file.write(np.asarray(snapshot.tokens, dtype=np.int32).tobytes())
-                file.write(snapshot.state)
-            scratch.replace(path)  # readers see a whole file or none
-        except OSError:
-            log.exception("could not write a KV snapshot to %s", path)
+    def _touch(self, key: str) -> None:
+        path = self._path(key)
+        if path is not None:
             with contextlib.suppress(FileNotFoundError):
-                scratch.unlink()
+                os.utime(path)
+
+    def _write(self, path: Path, snapshot: Snapshot) -> None:
+        """Replace the file (a malformed one included) whole: readers see all of it or none."""
+        size = _HEADER + snapshot.size
+        if size > self._disk_bytes:
+            return
+        with self._disk_lock:
+            self._make_room(size, keep=path)
+            scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            try:
+                with scratch.open("wb") as file:
+                    file.write(_MAGIC + struct.pack("<I", len(snapshot.tokens)))
+                    file.write(np.asarray(snapshot.tokens, dtype=np.int32).tobytes())
+                    file.write(snapshot.state)
+                scratch.replace(path)
+            except OSError:
+                log.exception("could not write a KV snapshot to %s", path)
+                with contextlib.suppress(FileNotFoundError):
+                    scratch.unlink()
 
     def _read(self, key: str) -> Snapshot | None:
         path = self._path(key)
@@ -128,23 +143,28 @@ class PrefixStore:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        os.utime(path)  # recently used: the last to be evicted
-        header = len(_MAGIC) + 4
-        if len(data) < header or not data.startswith(_MAGIC):
+        self._touch(key)
+        if len(data) < _HEADER or not data.startswith(_MAGIC):
             log.warning("ignoring a malformed KV snapshot: %s", path)
             return None
-        (count,) = struct.unpack("<I", data[len(_MAGIC) : header])
-        tokens = tuple(int(t) for t in np.frombuffer(data[header : header + 4 * count], dtype=np.int32))
-        return Snapshot(tokens, data[header + 4 * count :])
+        (count,) = struct.unpack("<I", data[len(_MAGIC) : _HEADER])
+        end = _HEADER + 4 * count
+        if len(data) <= end:  # cut short: no state after the tokens
+            log.warning("ignoring a truncated KV snapshot: %s", path)
+            return None
+        tokens = tuple(int(t) for t in np.frombuffer(data[_HEADER:end], dtype=np.int32))
+        return Snapshot(tokens, data[end:])
 
-    def _make_room(self, incoming: int) -> None:
-        """Delete the least recently used files until `incoming` bytes fit the disk budget."""
+    def _make_room(self, incoming: int, *, keep: Path) -> None:
+        """Delete the least recently used files until `incoming` bytes fit the disk budget (the
+        file about to be replaced does not count)."""
         assert self._directory is not None
         files = []
         for path in self._directory.glob(f"*{_SUFFIX}"):
             with contextlib.suppress(FileNotFoundError):
                 stat = path.stat()
-                files.append((stat.st_mtime, stat.st_size, path))
+                if path != keep:
+                    files.append((stat.st_mtime, stat.st_size, path))
         used = sum(size for _, size, _ in files)
         for _, size, path in sorted(files):
             if used + incoming <= self._disk_bytes:
