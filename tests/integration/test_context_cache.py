@@ -187,3 +187,19 @@ def test_a_cache_survives_a_restart(tmp_path: Path) -> None:
             headers={"authorization": "Bearer test"},
         ).json()
         assert [c["name"] for c in listed["cachedContents"]] == [cache.name]
+
+
+def test_a_restart_with_another_layout_rebuilds_the_prefix(tmp_path: Path) -> None:
+    """A snapshot restores only into a context with as many KV streams: with another n_parallel the
+    prefix is computed again, and the cache still answers."""
+    with serve(_settings(tmp_path)) as first:
+        cache = _cache(_client(first), VERTEX_MODEL)
+    assert cache.name and cache.usage_metadata
+    wider = _settings(tmp_path)
+    wider.backends["local"] = LocalBackendSettings(n_parallel=3, n_ctx=2048, min_cached_content_tokens=64)
+    with serve(wider) as second:
+        response = _ask(_client(second), MODEL, cache.name)
+        usage = response.usage_metadata
+        assert usage is not None and usage.cached_content_token_count == cache.usage_metadata.total_token_count
+        assert metric(second, COMPUTED) >= cache.usage_metadata.total_token_count  # computed anew
+    assert len(list((tmp_path / "kv" / "local").glob("*.kv"))) == 2  # one snapshot per layout

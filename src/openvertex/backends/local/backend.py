@@ -78,8 +78,12 @@ class LocalBackend:
             min_cached_content_tokens=settings.min_cached_content_tokens,
         )
         self.model_path: Path = resolve_model_path(settings.model)  # fail fast on a bad path
-        # A snapshot depends on the model file and on llama.cpp's state format.
-        self._model_identity = f"{llama_cpp.__version__}|{self.model_path.name}|{self.model_path.stat().st_size}"
+        # A snapshot depends on the model file, llama.cpp's state format and the context's layout
+        # (it restores only into a context with as many KV streams; the stream must hold it).
+        self._model_identity = (
+            f"{llama_cpp.__version__}|{self.model_path.name}|{self.model_path.stat().st_size}"
+            f"|slots={settings.n_parallel}|ctx={settings.n_ctx}"
+        )
         self._prefixes = PrefixStore(
             kv_dir, memory_bytes=settings.cache_memory_bytes, disk_bytes=settings.cache_disk_bytes
         )

@@ -312,7 +312,7 @@ class Engine:
             return
         llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
         primary.context = []
-        state = (ctypes.c_uint8 * len(snapshot.state)).from_buffer_copy(snapshot.state)
+        state = ctypes.cast(ctypes.c_char_p(snapshot.state), ctypes.POINTER(ctypes.c_uint8))  # no copy
         if llama_cpp.llama_state_seq_set_data(self._ctx, state, len(snapshot.state), primary.seq_id) == 0:
             log.warning("a cached prefix's KV could not be restored; computing the prompt instead")
             llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
