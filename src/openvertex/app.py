@@ -43,7 +43,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     metrics = Metrics()
     register_backend_readings(metrics, router)
     database = Database(settings.state_dir / DATABASE_FILE)
-    caches = CachedContents(CachedContentStore(database), router)
+    caches = CachedContents(CachedContentStore(database), router, max_caches=settings.max_cached_contents)
     generator = Generator(
         router,
         caches,
@@ -64,6 +64,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await asyncio.to_thread(database.open)
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))

@@ -40,6 +40,8 @@ class InvalidArgumentError(ApiError):
         # only, where the message names it already.
         super().__init__(f"{param}: {message}" if param else message)
         self.param = param or field
+        self.detail = message  # without the parameter
+        self.named = param is not None  # the parameter leads the message
 
 
 class FailedPreconditionError(ApiError):

@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     # database (openvertex.db: context caches) and the KV of cached prefixes.
     state_dir: Path = Field(default_factory=_default_state_dir)
     cache_sweep_interval_s: float = Field(30.0, gt=0)  # how often expired context caches are removed
+    max_cached_contents: int = Field(10_000, ge=1)  # live context caches kept; more is a 429
     # Or the thought-signature secret itself: 64 hex characters (`openssl rand -hex 32`). Replicas
     # behind one load balancer given the same one accept each other's signatures, with no shared
     # disk. Checked when the app is created, so a malformed value is never echoed in an error.

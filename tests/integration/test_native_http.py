@@ -837,3 +837,48 @@ def test_a_wrong_key_is_401(fake: FakeBackend, tmp_path: Path) -> None:
         assert httpx.post(url, json=ask("hi"), params={"key": "right"}).status_code == 200
         wrong = httpx.post(url, json=ask("hi"), headers={"x-goog-api-key": "wrong"})
         assert_native_error(wrong, 401, "UNAUTHENTICATED", "invalid authentication credentials")
+
+
+# ---------------------------------------------------------------- bounds and fields no backend here honours
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"temperature": 2.5}, "generationConfig.temperature"),
+        ({"topP": -0.1}, "generationConfig.topP"),
+        ({"topK": 0}, "generationConfig.topK"),
+        ({"maxOutputTokens": 0}, "generationConfig.maxOutputTokens"),
+        ({"presencePenalty": 2.0}, "generationConfig.presencePenalty"),
+        ({"frequency_penalty": -3}, "generationConfig.frequencyPenalty"),
+        ({"responseLogprobs": True, "logprobs": 5000}, "generationConfig.logprobs"),
+        ({"logprobs": -1}, "generationConfig.logprobs"),
+        ({"stopSequences": ["a", "b", "c", "d", "e", "f"]}, "generationConfig.stopSequences"),
+        ({"stopSequences": [""]}, "generationConfig.stopSequences"),
+        ({"thinkingConfig": {"thinkingLevel": "EXTREME"}}, "generationConfig.thinkingConfig.thinkingLevel"),
+        ({"thinkingConfig": {"thinkingLevel": "LOW", "thinkingBudget": 10}}, "generationConfig.thinkingConfig"),
+    ],
+)
+def test_generation_config_out_of_range_is_a_400_naming_the_field(
+    server: RunningServer, config: dict[str, Any], field: str
+) -> None:
+    response = post(server, f"{VERTEX}:generateContent", ask("hi", generationConfig=config))
+    error = assert_native_error(response, 400, "INVALID_ARGUMENT", field)
+    assert error["details"][0]["fieldViolations"][0]["field"] == field
+
+
+def test_count_tokens_takes_one_shape_of_request(server: RunningServer) -> None:
+    body = {"contents": [user("a b")], "generateContentRequest": ask("c d")}
+    assert_native_error(post(server, f"{GEMINI}:countTokens", body), 400, "INVALID_ARGUMENT", "generateContentRequest")
+
+
+def test_a_cache_of_another_project_is_not_found(server: RunningServer) -> None:
+    created = post(
+        server, f"/v1beta1/{PARENT}/cachedContents", {"model": VERTEX_CACHE_MODEL, "contents": [user(WORD_LIST)]}
+    )
+    assert created.status_code == 200, created.text
+    other = f"/v1beta1/projects/q/locations/l/publishers/google/models/{MODEL}:generateContent"
+    response = post(server, other, ask("hi", cachedContent=created.json()["name"]))
+    assert_native_error(response, 404, "NOT_FOUND")
+    elsewhere = {"model": f"projects/q/locations/l/publishers/google/models/{MODEL}", "contents": [user(WORD_LIST)]}
+    assert_native_error(post(server, f"/v1beta1/{PARENT}/cachedContents", elsewhere), 400, "INVALID_ARGUMENT", "model")

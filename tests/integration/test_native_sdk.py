@@ -226,3 +226,32 @@ def test_the_sdk_timeout_header_is_the_deadline(local_server: RunningServer) -> 
     assert late.json()["error"]["status"] == "DEADLINE_EXCEEDED"
     bad = httpx.post(url, json=body, headers={"x-goog-api-key": "test", "x-server-timeout": "soon"}, timeout=60)
     assert bad.status_code == 400 and "X-Server-Timeout" in bad.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"generationConfig": {"speechConfig": {"voiceConfig": {}}}}, "generationConfig.speechConfig"),
+        ({"generationConfig": {"imageConfig": {"aspectRatio": "1:1"}}}, "generationConfig.imageConfig"),
+        ({"generationConfig": {"responseModalities": "IMAGE"}}, "generationConfig.responseModalities"),
+        ({"modelArmorConfig": {"promptTemplateName": "t"}}, "modelArmorConfig"),
+        ({"tools": [{"codeExecution": {}}]}, "tools[0].codeExecution"),
+        ({"tools": [{"functionDeclarations": [{"name": "f", "behavior": "NON_BLOCKING"}]}]}, "behavior"),
+        ({"cachedContent": "projects/p/locations/l/cachedContents/1"}, "cached content metadata"),
+    ],
+)
+def test_what_the_local_model_cannot_honour_is_a_400(
+    local_server: RunningServer, body: dict[str, Any], field: str
+) -> None:
+    url = f"{local_server.url}/v1beta1/projects/p/locations/l/publishers/google/models/{MODEL}:generateContent"
+    request = {"contents": {"role": "user", "parts": {"text": "hi"}}, **body}  # lone values, as Vertex's curl sends
+    response = httpx.post(url, json=request, headers={"authorization": "Bearer test"}, timeout=60)
+    assert response.status_code in (400, 404), response.text
+    assert field in response.json()["error"]["message"]
+
+
+def test_video_metadata_without_video_input(local_server: RunningServer) -> None:
+    url = f"{local_server.url}/v1/models/{MODEL}:generateContent"
+    part = {"text": "describe", "videoMetadata": {"startOffset": "1s"}}
+    response = httpx.post(url, json={"contents": [{"role": "user", "parts": [part]}]}, headers={"x-goog-api-key": "k"})
+    assert response.status_code == 400 and "contents[0].parts[0].videoMetadata" in response.json()["error"]["message"]

@@ -75,6 +75,7 @@ def make(tmp_path: Path) -> Iterator[Make]:
 
     def build(fake: FakeBackend | None = None, *, path: Path | None = None, clock: Clock | None = None) -> Env:
         database = Database(path or tmp_path / DATABASE_FILE)
+        database.open()
         opened.append(database)
         fake = fake or FakeBackend()
         router = Router(backends={"local": fake}, routes=[Route(model="google/*", backend="local")])
@@ -716,12 +717,14 @@ def test_the_store_survives_reopening(make: Make, tmp_path: Path) -> None:
 
 def test_a_database_from_a_newer_openvertex_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state" / DATABASE_FILE
-    Database(path).close()  # also makes the directory
+    database = Database(path)
+    database.open()  # also makes the directory
+    database.close()
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA user_version = 2")
     connection.close()
     with pytest.raises(RuntimeError, match="newer than this openvertex knows"):
-        Database(path)
+        Database(path).open()
 
 
 def test_a_failed_transaction_leaves_nothing(env: Env) -> None:

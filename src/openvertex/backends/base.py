@@ -23,6 +23,10 @@ OPTIONAL_FIELDS = frozenset(
         "toolConfig.retrievalConfig",
         "toolConfig.includeServerSideToolInvocations",
         "modelArmorConfig",
+        # The Live API's non-blocking functions.
+        "functionDeclarations.behavior",
+        "functionResponse.willContinue",
+        "functionResponse.scheduling",
     }
 )
 
@@ -102,8 +106,8 @@ class Backend(Protocol):
         prefixes does nothing."""
         ...
 
-    def forget_prefix(self, name: str) -> None:
-        """The context cache `name` was deleted or expired."""
+    async def forget_prefix(self, name: str, request: GenerateContentRequest, *, model: str) -> None:
+        """The context cache `name` (whose content `request` holds) was deleted or expired."""
         ...
 
 

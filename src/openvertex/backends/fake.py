@@ -94,7 +94,7 @@ class FakeBackend:
     async def cache_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
         self.prefixes[name] = request
 
-    def forget_prefix(self, name: str) -> None:
+    async def forget_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
         self.prefixes.pop(name, None)
 
 

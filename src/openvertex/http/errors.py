@@ -54,9 +54,16 @@ def native_error_body(error: ApiError) -> dict[str, Any]:
     return body
 
 
+def route_path(request: Request) -> str:
+    """The path the routes matched: without the ASGI root_path a proxy may put in front."""
+    path: str = request.scope["path"]
+    root: str = request.scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def wraps_errors(request: Request) -> bool:
     """Whether this route answers errors in a one-element list."""
-    path = request.url.path
+    path = route_path(request)
     if path.endswith("/chat/completions") or path == "/v1/models":
         return True  # (/v1/models also serves the Gemini API, whose SDK reads a list too)
     return ":streamGenerateContent" in path and request.query_params.get("alt") != "sse"

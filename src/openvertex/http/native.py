@@ -8,8 +8,8 @@ always exactly 200 (the SDK refuses anything else, 204 included).
 
 from __future__ import annotations
 
-import base64
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,17 +19,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openvertex.backends.base import Backend
 from openvertex.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from openvertex.http.auth import Authenticator
 from openvertex.http.body import read_body, read_json
 from openvertex.http.disconnect import until_disconnect
-from openvertex.http.errors import error_body, native_error_body
+from openvertex.http.errors import error_body, native_error_body, route_path
 from openvertex.http.sse import JSON_ARRAY, NATIVE_SSE, EventStreamResponse, framed
 from openvertex.protocol import generate_content as gc
 from openvertex.service.cached_contents import CachedContents, format_time
-from openvertex.service.capabilities import check_capabilities
-from openvertex.service.generation import Generator
+from openvertex.service.generation import Backend, Generator
 from openvertex.translate.bounded_json import JsonLimits
 from openvertex.translate.context import new_response_id
 from openvertex.translate.native import check_native_request, count_tokens_request, render_response
@@ -70,8 +68,9 @@ class _Target:
 def _versioned(request: Request) -> tuple[str | None, str]:
     """The API version and the rest of the path; a first segment that is no version is a 404,
     except on the version-less collection-scope routes (`/publishers/…`)."""
-    version, rest = split_version(request.url.path)
-    if version is None and not request.url.path.startswith("/publishers/"):
+    path = route_path(request)
+    version, rest = split_version(path)
+    if version is None and not path.startswith("/publishers/"):
         raise NotFoundError("The requested URL was not found on this server.")
     return version, rest
 
@@ -104,23 +103,9 @@ class NativeHandlers:
         self.json_limits = json_limits
         self.started = int(time.time())
 
-    def _backend(self, target: _Target) -> Backend:
-        router = self.generator.router
-        backend = next(filter(None, map(router.find, target.model.route_ids())), None)
-        if backend is not None:
-            return backend
-        if target.model.publisher is None:
-            raise NotFoundError(f"Endpoint `{target.model.resource}` not found.")
-        if target.dialect == "gemini":
-            raise NotFoundError(
-                f"{target.model.resource} is not found for API version {target.version}, or is not supported for "
-                f"{target.method or 'get'}. Call ListModels to see the list of available models and their supported "
-                "methods."
-            )
-        raise NotFoundError(
-            f"Publisher Model `{target.model.resource}` was not found or your project does not have access to it. "
-            "Please ensure you are using a valid model version. For more information, see: "
-            "https://cloud.google.com/vertex-ai/generative-ai/docs/learn/model-versions"
+    def _backend_of(self, target: _Target) -> Backend:
+        return self.generator.backend(
+            target.model, dialect=target.dialect, version=target.version, method=target.method
         )
 
     async def _body(self, request: Request, model: type[gc.GeminiModel]) -> Any:
@@ -134,14 +119,15 @@ class NativeHandlers:
         target = _target(request)
         if target.method is None:
             raise NotFoundError("The requested URL was not found on this server.")
-        backend = self._backend(target)
+        backend = self._backend_of(target)
         if target.method in ("countTokens", "computeTokens"):
             return await self._tokens(request, target, backend)
         body: gc.GenerateContentRequest = await self._body(request, gc.GenerateContentRequest)
         check_native_request(body)
-        prepared = await self.generator.prepare(
+        preparing = self.generator.prepare(
             body, target.model, backend, dialect=target.dialect, timeout_s=_server_timeout(request)
         )
+        prepared = await until_disconnect(request.receive, preparing)  # it may rebuild a cache's prefix
         response_id, created = new_response_id(), format_time(time.time())
 
         def render(response: gc.GenerateContentResponse) -> dict[str, Any]:
@@ -170,79 +156,28 @@ class NativeHandlers:
         return EventStreamResponse(events, headers=_STREAM_HEADERS, media_type=framing.media_type)
 
     async def _tokens(self, request: Request, target: _Target, backend: Backend) -> Response:
-        model = target.model.routed
         if target.method == "countTokens":
             counted: gc.CountTokensRequest = await self._body(request, gc.CountTokensRequest)
             content = count_tokens_request(counted)
             check_native_request(content)
-            cached = 0
-            if content.cached_content is not None:
-                applied = await self.caches.apply(content, target.model, backend, target.dialect)
-                content, cached = applied.request, applied.tokens
-            check_capabilities(content, backend.capabilities)
-            total = await backend.count_tokens(content, model=model)
-            return _json(
-                gc.CountTokensResponse(
-                    total_tokens=total,
-                    cached_content_token_count=(cached or None) if target.dialect == "gemini" else None,
-                    prompt_tokens_details=[gc.ModalityTokenCount(modality="TEXT", token_count=total)],
-                )
-            )
+            return _json(await self.generator.count_tokens(content, target.model, backend, dialect=target.dialect))
         computed: gc.ComputeTokensRequest = await self._body(request, gc.ComputeTokensRequest)
         content = gc.GenerateContentRequest(contents=computed.contents or [])
         check_native_request(content)
-        check_capabilities(content, backend.capabilities)
-        turns = await backend.compute_tokens(content, model=model)
-        return _json(
-            gc.ComputeTokensResponse(
-                tokens_info=[
-                    gc.TokensInfo(
-                        tokens=[base64.b64encode(p).decode() for p in turn.pieces],
-                        token_ids=[str(i) for i in turn.ids],
-                        role=turn.role,
-                    )
-                    for turn in turns
-                ]
-            )
-        )
-
-    def _model_info(self, target_model: ModelName, backend: Backend, dialect: gc.Dialect) -> dict[str, Any]:
-        caps = backend.capabilities
-        name = (
-            f"models/{target_model.model}" if dialect == "gemini" else f"publishers/google/models/{target_model.model}"
-        )
-        info = gc.ModelInfo(
-            name=name,
-            display_name=target_model.model,
-            description=f"{target_model.model}, served by openvertex",
-            version="001",
-            version_id="001",
-            input_token_limit=caps.input_token_limit,
-            output_token_limit=caps.max_output_tokens,
-            supported_generation_methods=_GENERATION_METHODS,
-            thinking=caps.thinking,
-        )
-        return info.to_json_dict()
+        return _json(await self.generator.compute_tokens(content, target.model, backend))
 
     async def model_get(self, request: Request) -> Response:
         self.auth.check(request)
         target = _target(request)
         if target.method is not None:
             raise NotFoundError("The requested URL was not found on this server.")
-        info = self._model_info(target.model, self._backend(target), target.dialect)
-        if request.url.path.startswith("/v1/models/"):  # OpenAI's retrieve shares the path: both shapes
+        info = self.generator.model_info(target.model, self._backend_of(target), target.dialect).to_json_dict()
+        if route_path(request).startswith("/v1/models/"):  # OpenAI's retrieve shares the path: both shapes
             info |= {"id": target.model.model, "object": "model", "created": self.started, "owned_by": "openvertex"}
         return _json(info)
 
     def listed(self, dialect: gc.Dialect) -> list[dict[str, Any]]:
-        """The configured models that are names rather than patterns."""
-        models = []
-        for pattern, backend in self.generator.router.models():
-            if not any(c in pattern for c in "*?["):
-                models.append(
-                    self._model_info(ModelName(pattern, None, pattern.removeprefix("google/")), backend, dialect)
-                )
-        return models
+        return [info.to_json_dict() for info in self.generator.listed(dialect)]
 
     async def model_list(self, request: Request) -> Response:
         self.auth.check(request)
@@ -256,7 +191,8 @@ class NativeHandlers:
     def _cache_scope(self, request: Request) -> tuple[gc.Dialect, str]:
         """The dialect and the parent (projects/P/locations/L, or "" at the root) of a cache route."""
         version, rest = _versioned(request)
-        parent = rest.partition("/cachedContents")[0] if rest.startswith("projects/") else ""
+        params = request.path_params
+        parent = f"projects/{params['project']}/locations/{params['location']}" if "project" in params else ""
         return dialect_of(version, rest), parent
 
     def _cache_name(self, request: Request) -> tuple[gc.Dialect, str]:
@@ -283,8 +219,8 @@ class NativeHandlers:
         _, parent = self._cache_scope(request)
         query = request.query_params
         size = query.get("pageSize") or query.get("page_size")
-        if size is not None and not size.lstrip("-").isdigit():
-            raise InvalidArgumentError(f"not a number: {size!r}", param="page_size")
+        if size is not None and not re.fullmatch(r"-?[0-9]{1,9}", size):
+            raise InvalidArgumentError(f"not a number: {size[:32]!r}", param="page_size")
         page = await self.caches.page(
             parent, page_size=int(size) if size else None, page_token=query.get("pageToken") or query.get("page_token")
         )

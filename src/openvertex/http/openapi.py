@@ -49,6 +49,10 @@ class NativeError(BaseModel):
     error: NativeErrorStatus
 
 
+class GenerateContentStream(RootModel[list[gc.GenerateContentResponse]]):
+    """streamGenerateContent without `alt=sse`: the responses as one JSON array."""
+
+
 class ModelInfoList(BaseModel):
     models: list[gc.ModelInfo] | None = None  # the Gemini API
     publisher_models: list[gc.ModelInfo] | None = Field(None, alias="publisherModels")  # Vertex
@@ -71,6 +75,7 @@ _MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (gc.ListCachedContentsResponse, "serialization"),
     (gc.ModelInfo, "serialization"),
     (ModelInfoList, "serialization"),
+    (GenerateContentStream, "serialization"),
     (NativeError, "serialization"),
 )
 
@@ -112,8 +117,8 @@ class Operation:
     summary: str
     tag: str
     authenticated: bool = False
-    request: type[BaseModel] | None = None
-    response: type[BaseModel] | None = None  # a JSON 200 body
+    request: type[BaseModel] | tuple[type[BaseModel], ...] | None = None  # several: one of them
+    response: type[BaseModel] | tuple[type[BaseModel], ...] | None = None  # a JSON 200 body
     events: type[BaseModel] | None = None  # each SSE event's data, when the request asks to stream
     plain: JsonObject | None = None  # a 200 body that is not a wire type: (media type → schema)
     errors: tuple[str, ...] = ("500",)
@@ -137,11 +142,12 @@ _NATIVE_ERRORS = ("400", "401", "403", "404", "429", "499", "500", "503", "504")
 OPERATIONS: dict[str, Operation] = {
     "model_call": Operation(
         summary="generateContent, streamGenerateContent, countTokens or computeTokens on a model (by the path's "
-        "method); the request body and response are those of the method.",
+        "method); the request body and response are those of the method. streamGenerateContent answers "
+        "server-sent events with `alt=sse`, else one JSON array of responses.",
         tag="native",
         authenticated=True,
-        request=gc.GenerateContentRequest,
-        response=gc.GenerateContentResponse,
+        request=(gc.GenerateContentRequest, gc.CountTokensRequest, gc.ComputeTokensRequest),
+        response=(gc.GenerateContentResponse, GenerateContentStream, gc.CountTokensResponse, gc.ComputeTokensResponse),
         events=gc.GenerateContentResponse,
         errors=_NATIVE_ERRORS,
         native=True,
@@ -163,7 +169,7 @@ OPERATIONS: dict[str, Operation] = {
         authenticated=True,
         request=gc.CachedContent,
         response=gc.CachedContent,
-        errors=("400", "401", "404", "500", "503"),
+        errors=("400", "401", "404", "429", "500", "503"),
         native=True,
     ),
     "caches_list": Operation(
@@ -250,7 +256,9 @@ def component_schemas() -> JsonObject:
     return schemas
 
 
-def _ref(model: type[BaseModel]) -> JsonObject:
+def _ref(model: type[BaseModel] | tuple[type[BaseModel], ...]) -> JsonObject:
+    if isinstance(model, tuple):
+        return {"oneOf": [_ref(one) for one in model]}
     return {"$ref": _REF.format(model=model.__name__)}
 
 
@@ -271,7 +279,7 @@ def _event_schema(model: type[BaseModel], *, native: bool) -> JsonObject:
                 "type": "string",
                 "description": ending,
                 "contentMediaType": "application/json",
-                "contentSchema": {"anyOf": [_ref(model), _ref(ErrorEnvelope)]},
+                "contentSchema": {"anyOf": [_ref(model), _ref(NativeError if native else ErrorEnvelope)]},
             }
         },
     }

@@ -58,7 +58,7 @@ class Handlers:
         self.auth.check(request)
         raw = await read_body(request, self.max_body_bytes)
         body = await read_json(raw, oa.ChatCompletionRequest, self.json_limits)
-        prepared = await self.service.prepare(body)
+        prepared = await until_disconnect(request.receive, self.service.prepare(body))
         # Until the first byte is sent, only the receive channel tells that the client left:
         # watch it, so a hang-up frees the engine at once instead of at the deadline.
         if not body.stream:

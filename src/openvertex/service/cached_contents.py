@@ -20,12 +20,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from openvertex.backends.base import Backend
-from openvertex.errors import ApiError, InvalidArgumentError, NotFoundError, PermissionDeniedError, unsupported
+from openvertex.errors import (
+    ApiError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    unsupported,
+)
 from openvertex.protocol import generate_content as gc
 from openvertex.service.capabilities import check_capabilities
 from openvertex.service.routing import Router
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
-from openvertex.translate.resources import ModelName, parse_model_name
+from openvertex.translate.resources import ModelName, parent_of, parse_model_name
 
 DEFAULT_TTL_S = 3600.0  # Vertex's and the Gemini API's default
 MAX_PAGE_SIZE = 1000  # larger page sizes are coerced to this
@@ -103,15 +110,17 @@ def _too_small(tokens: int, minimum: int, dialect: gc.Dialect) -> InvalidArgumen
 
 
 def _page_token(row: CachedContentRow) -> str:
-    return base64.urlsafe_b64encode(json.dumps([row.create_time, row.name]).encode()).decode()
+    return base64.urlsafe_b64encode(f"{row.create_time!r}|{row.name}".encode()).decode()
 
 
 def _parse_page_token(token: str) -> tuple[float, str]:
     try:
-        created, name = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return float(created), str(name)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidArgumentError("not a page token from an earlier list call", param="page_token") from None
+        created, bar, name = base64.urlsafe_b64decode(token.encode()[:1024]).decode().partition("|")
+        if bar and name:
+            return float(created), name
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        pass
+    raise InvalidArgumentError("not a page token from an earlier list call", param="page_token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +130,17 @@ class AppliedCache:
 
 
 class CachedContents:
-    def __init__(self, store: CachedContentStore, router: Router, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: CachedContentStore,
+        router: Router,
+        *,
+        max_caches: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
         self._router = router
+        self._max_caches = max_caches
         self._clock = clock
 
     # ------------------------------------------------------------------ the resource
@@ -135,7 +152,7 @@ class CachedContents:
             raise InvalidArgumentError(
                 f"The Model name {name} is malformed and it should be in form of {form}", param="model"
             )
-        backend = next(filter(None, map(self._router.find, model.route_ids())), None)
+        backend = self._router.find_model(model)
         if backend is None:
             raise NotFoundError(f"Model {name} not found.")
         return model, backend
@@ -144,6 +161,10 @@ class CachedContents:
         model, backend = self._model(body.model, dialect)
         if not backend.capabilities.cached_content:
             raise unsupported("model", "context caching")
+        if parent and parent_of(model.resource) not in ("", parent):
+            raise InvalidArgumentError(
+                f"the model must be in the cache's project and location ({parent})", param="model"
+            )
         if body.encryption_spec is not None:
             raise unsupported("encryption_spec", "customer-managed encryption keys")
         now = self._clock()
@@ -159,6 +180,12 @@ class CachedContents:
         minimum = backend.capabilities.min_cached_content_tokens
         if tokens < minimum:
             raise _too_small(tokens, minimum, dialect)
+        if await self._store.count(now=now) >= self._max_caches:
+            raise ResourceExhaustedError(
+                f"Resource exhausted: {self._max_caches} context caches exist, the most this server keeps "
+                "(max_cached_contents). Delete some, or let them expire.",
+                retry_after_s=60,
+            )
         name = f"{parent + '/' if parent else ''}cachedContents/{secrets.randbelow(9 * 10**18) + 10**18}"
         await backend.cache_prefix(name, content, model=model.routed)
         row = CachedContentRow(
@@ -172,7 +199,11 @@ class CachedContents:
             update_time=now,
             expire_time=expire,
         )
-        await self._store.insert(row)
+        try:
+            await self._store.insert(row)
+        except BaseException:
+            await backend.forget_prefix(name, content, model=model.routed)
+            raise
         return _resource(row)
 
     async def get(self, name: str, dialect: gc.Dialect) -> gc.CachedContent:
@@ -213,29 +244,44 @@ class CachedContents:
         return _resource(row)
 
     async def delete(self, name: str, dialect: gc.Dialect) -> None:
-        if not await self._store.delete(name, now=self._clock()):
+        row = await self._store.delete(name, now=self._clock())
+        if row is None:
             raise _not_found(name, dialect)
-        self._forget([name])
+        await self._forget(row)
 
     async def sweep(self) -> int:
         """Remove the caches that expired, and let the backends free what they kept for them."""
-        names = await self._store.delete_expired(now=self._clock())
-        self._forget(names)
-        return len(names)
+        removed = 0
+        while rows := await self._store.delete_expired(now=self._clock()):
+            for row in rows:
+                await self._forget(row)
+            removed += len(rows)
+        return removed
 
-    def _forget(self, names: list[str]) -> None:
-        for backend in self._router.backends.values():
-            for name in names:
-                backend.forget_prefix(name)
+    async def _forget(self, row: CachedContentRow) -> None:
+        model = parse_model_name(row.model)
+        backend = self._router.find_model(model) if model is not None else None
+        if model is not None and backend is not None:
+            content = gc.GenerateContentRequest.model_validate_json(row.body)
+            await backend.forget_prefix(row.name, content, model=model.routed)
 
     # ------------------------------------------------------------------ use
 
     async def apply(
-        self, request: gc.GenerateContentRequest, model: ModelName, backend: Backend, dialect: gc.Dialect
+        self,
+        request: gc.GenerateContentRequest,
+        model: ModelName,
+        backend: Backend,
+        dialect: gc.Dialect,
+        *,
+        warm: bool = True,
     ) -> AppliedCache:
-        """The request with the cache it names in front; 400 where it sets what the cache holds."""
+        """The request with the cache it names in front; 400 where it sets what the cache holds.
+        `warm`: have the backend ready to reuse the cache's prefix (not for counting tokens)."""
         assert request.cached_content is not None
         row = await self._row(request.cached_content, dialect)
+        if parent_of(model.resource) not in ("", row.parent):  # another project's or location's cache
+            raise _not_found(row.name, dialect)
         if request.system_instruction is not None or request.tools or request.tool_config is not None:
             raise _conflict(dialect)
         cached = parse_model_name(row.model)
@@ -247,7 +293,8 @@ class CachedContents:
                 "has to be the same."
             )
         content = gc.GenerateContentRequest.model_validate_json(row.body)
-        await backend.cache_prefix(row.name, content, model=model.routed)
+        if warm:
+            await backend.cache_prefix(row.name, content, model=model.routed)
         merged = request.model_copy(
             update={
                 "contents": content.contents + request.contents,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from openvertex.backends.base import OPTIONAL_FIELDS, Capabilities
 from openvertex.errors import InvalidArgumentError, unsupported
@@ -34,7 +34,11 @@ _OPTIONAL_ATTRIBUTES = {
     "toolConfig.includeServerSideToolInvocations": ("tool_config", "include_server_side_tool_invocations"),
     "modelArmorConfig": ("model_armor_config",),
 }
-assert set(_OPTIONAL_ATTRIBUTES) == OPTIONAL_FIELDS
+# Fields of parts and declarations, checked where they sit.
+_NESTED_OPTIONAL = frozenset(
+    {"functionDeclarations.behavior", "functionResponse.willContinue", "functionResponse.scheduling"}
+)
+assert set(_OPTIONAL_ATTRIBUTES) | _NESTED_OPTIONAL == OPTIONAL_FIELDS
 
 
 def native_name(path: str) -> str:
@@ -92,6 +96,10 @@ def _check_tools(request: gc.GenerateContentRequest, caps: Capabilities, name: N
     for index, tool in enumerate(request.tools or []):
         if tool.function_declarations and not caps.function_calling:
             raise unsupported(name(f"tools[{index}].functionDeclarations"), "function calling")
+        for position, declaration in enumerate(tool.function_declarations or []):
+            if declaration.behavior is not None and "functionDeclarations.behavior" not in caps.optional_fields:
+                path = f"tools[{index}].functionDeclarations[{position}].behavior"
+                raise unsupported(name(path), "`behavior` (the Live API's non-blocking functions)")
         native = list(tool.model_extra or {}) + (["googleSearch"] if tool.google_search is not None else [])
         for key in map(to_camel, native):
             if key not in caps.native_tools:
@@ -109,6 +117,13 @@ def _check_contents(request: gc.GenerateContentRequest, caps: Capabilities, name
             mime = media_mime(part)
             if mime is not None and not mime.startswith(caps.input_mime_prefixes):
                 raise unsupported(name(path), f"{mime} input")
+            if part.video_metadata is not None and not "video/".startswith(caps.input_mime_prefixes):
+                raise unsupported(name(f"{path}.videoMetadata"), "video input")
+            response = part.function_response
+            for field in ("willContinue", "scheduling"):
+                value = getattr(response, to_snake(field), None) if response is not None else None
+                if value is not None and f"functionResponse.{field}" not in caps.optional_fields:
+                    raise unsupported(name(f"{path}.functionResponse.{field}"), f"`{field}` (the Live API's)")
 
 
 def check_capabilities(request: gc.GenerateContentRequest, caps: Capabilities, name: Namer = native_name) -> None:

@@ -10,7 +10,7 @@ from openvertex.protocol import chat_completions as oa
 from openvertex.service.capabilities import check_openai_media
 from openvertex.service.generation import Generator, Prepared
 from openvertex.translate.context import ResponseContext
-from openvertex.translate.params import openai_param
+from openvertex.translate.params import openai_param, renamed
 from openvertex.translate.request import chat_request_to_generate_content
 from openvertex.translate.resources import model_name_from_id
 from openvertex.translate.response import generate_content_to_completion
@@ -19,6 +19,7 @@ from openvertex.translate.stream import ChunkTranslator
 
 @dataclass(frozen=True, slots=True)
 class PreparedChat:
+    request: oa.ChatCompletionRequest
     prepared: Prepared
     ctx: ResponseContext
     candidate_count: int
@@ -41,10 +42,11 @@ class ChatService:
             model_name_from_id(model),
             backend,
             dialect="vertex",
-            name=lambda path: openai_param(path, request),
+            name=lambda path: openai_param(path, request),  # what it refuses, named as this surface names it
         )
         options = request.stream_options
         return PreparedChat(
+            request=request,
             prepared=prepared,
             ctx=ResponseContext(model=model, thought_marker=request.google_extensions.thought_tag_marker),
             candidate_count=request.n or 1,
@@ -53,7 +55,11 @@ class ChatService:
         )
 
     async def complete(self, chat: PreparedChat) -> oa.ChatCompletion:
-        return generate_content_to_completion(await self.generator.generate(chat.prepared), chat.ctx)
+        try:
+            response = await self.generator.generate(chat.prepared)
+        except InvalidArgumentError as error:  # found while generating, named by its native path
+            raise renamed(error, chat.request) from None
+        return generate_content_to_completion(response, chat.ctx)
 
     async def stream(self, chat: PreparedChat) -> AsyncIterator[oa.ChatCompletionChunk]:
         translator = ChunkTranslator(chat.ctx, candidate_count=chat.candidate_count, include_usage=chat.include_usage)
@@ -62,6 +68,8 @@ class ChatService:
             async for response in responses:
                 for chunk in translator.feed(response):
                     yield chunk
+        except InvalidArgumentError as error:
+            raise renamed(error, chat.request) from None
         finally:
             await responses.aclose()  # type: ignore[attr-defined]
         for chunk in translator.finish():

@@ -8,13 +8,14 @@ surface renders the responses its own way.
 from __future__ import annotations
 
 import asyncio
+import base64
 import fnmatch
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from openvertex.backends.base import Backend
-from openvertex.errors import DeadlineExceededError
+from openvertex.errors import DeadlineExceededError, NotFoundError
 from openvertex.metrics import Metrics
 from openvertex.protocol import generate_content as gc
 from openvertex.service.cached_contents import CachedContents
@@ -22,6 +23,11 @@ from openvertex.service.capabilities import Namer, check_capabilities, native_na
 from openvertex.service.routing import Router
 from openvertex.service.signatures import ThoughtSigner
 from openvertex.translate.resources import ModelName
+
+# Backend: the HTTP handlers hold one (opaque to them) between resolving a model and using it.
+__all__ = ["GENERATION_METHODS", "Backend", "Generator", "Prepared"]
+
+GENERATION_METHODS = ["generateContent", "streamGenerateContent", "countTokens", "computeTokens", "createCachedContent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +75,97 @@ class Generator:
         """Everything that can fail with a 4xx before any generation starts. `timeout_s`: the
         client's own deadline, within the server's."""
         check_capabilities(request, backend.capabilities, name)
+        deadline = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
         cached_tokens = 0
         if request.cached_content is not None:
-            applied = await self.caches.apply(request, model, backend, dialect)
+            try:  # rebuilding a lost prefix is part of the request's time
+                applied = await asyncio.wait_for(self.caches.apply(request, model, backend, dialect), deadline)
+            except TimeoutError:
+                raise self._deadline_error(deadline) from None
             request, cached_tokens = applied.request, applied.tokens
         if self._signs(backend):
-            optional = any(fnmatch.fnmatchcase(model.routed, glob) for glob in self.optional_signatures)
+            optional = any(
+                fnmatch.fnmatchcase(name, glob) for glob in self.optional_signatures for name in model.route_ids()
+            )
             self.signer.check_request(request.contents, required=not optional)
         thinking = request.generation_config.thinking_config if request.generation_config else None
-        deadline = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
         return Prepared(backend, request, model, bool(thinking and thinking.include_thoughts), cached_tokens, deadline)
+
+    def backend(self, model: ModelName, *, dialect: gc.Dialect, version: str | None, method: str | None) -> Backend:
+        """The backend serving a native model name, or the 404 each dialect words its own way."""
+        backend = self.router.find_model(model)
+        if backend is not None:
+            return backend
+        if model.publisher is None:
+            raise NotFoundError(f"Endpoint `{model.resource}` not found.")
+        if dialect == "gemini":
+            raise NotFoundError(
+                f"{model.resource} is not found for API version {version}, or is not supported for "
+                f"{method or 'get'}. Call ListModels to see the list of available models and their supported methods."
+            )
+        raise NotFoundError(
+            f"Publisher Model `{model.resource}` was not found or your project does not have access to it. "
+            "Please ensure you are using a valid model version. For more information, see: "
+            "https://cloud.google.com/vertex-ai/generative-ai/docs/learn/model-versions"
+        )
+
+    def model_info(self, model: ModelName, backend: Backend, dialect: gc.Dialect) -> gc.ModelInfo:
+        caps = backend.capabilities
+        publisher = model.publisher or "google"
+        return gc.ModelInfo(
+            name=f"models/{model.model}" if dialect == "gemini" else f"publishers/{publisher}/models/{model.model}",
+            display_name=model.model,
+            description=f"{model.model}, served by openvertex",
+            version="001",
+            version_id="001",
+            input_token_limit=caps.input_token_limit,
+            output_token_limit=caps.max_output_tokens,
+            supported_generation_methods=GENERATION_METHODS,
+            thinking=caps.thinking,
+        )
+
+    def listed(self, dialect: gc.Dialect) -> list[gc.ModelInfo]:
+        """The routes that name one model (globs are not listable; any name they match answers a get).
+        The Gemini API lists Google's models only."""
+        listed = []
+        for pattern, backend in self.router.models():
+            publisher, _, bare = pattern.rpartition("/")
+            if any(c in pattern for c in "*?[") or (dialect == "gemini" and publisher not in ("", "google")):
+                continue
+            listed.append(self.model_info(ModelName(pattern, publisher or None, bare), backend, dialect))
+        return listed
+
+    async def count_tokens(
+        self, request: gc.GenerateContentRequest, model: ModelName, backend: Backend, *, dialect: gc.Dialect
+    ) -> gc.CountTokensResponse:
+        """What the model would read for `request` (a named cache's content included, not warmed)."""
+        check_capabilities(request, backend.capabilities)
+        cached = 0
+        if request.cached_content is not None:
+            applied = await self.caches.apply(request, model, backend, dialect, warm=False)
+            request, cached = applied.request, applied.tokens
+        total = await backend.count_tokens(request, model=model.routed)
+        return gc.CountTokensResponse(
+            total_tokens=total,
+            cached_content_token_count=(cached or None) if dialect == "gemini" else None,
+            prompt_tokens_details=[gc.ModalityTokenCount(modality="TEXT", token_count=total)],
+        )
+
+    async def compute_tokens(
+        self, request: gc.GenerateContentRequest, model: ModelName, backend: Backend
+    ) -> gc.ComputeTokensResponse:
+        check_capabilities(request, backend.capabilities)
+        turns = await backend.compute_tokens(request, model=model.routed)
+        return gc.ComputeTokensResponse(
+            tokens_info=[
+                gc.TokensInfo(
+                    tokens=[base64.b64encode(piece).decode() for piece in turn.pieces],
+                    token_ids=[str(token) for token in turn.ids],
+                    role=turn.role,
+                )
+                for turn in turns
+            ]
+        )
 
     def _deadline_error(self, timeout_s: float) -> DeadlineExceededError:
         return DeadlineExceededError(f"The request did not finish within {timeout_s:g} s.")

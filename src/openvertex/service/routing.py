@@ -9,6 +9,7 @@ from fnmatch import fnmatchcase
 from openvertex.backends.base import Backend
 from openvertex.errors import NotFoundError
 from openvertex.settings import Route
+from openvertex.translate.resources import ModelName
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,10 @@ class Router:
             if fnmatchcase(model, route.model):
                 return self.backends[route.backend]
         return None
+
+    def find_model(self, model: ModelName) -> Backend | None:
+        """The backend of a native model name: by `publisher/M`, else by `M`."""
+        return next(filter(None, map(self.find, model.route_ids())), None)
 
     def resolve(self, model: str) -> Backend:
         backend = self.find(model)

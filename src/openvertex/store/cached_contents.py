@@ -90,18 +90,33 @@ class CachedContentStore:
 
         return await self._db.run(work)
 
-    async def delete(self, name: str, *, now: float) -> bool:
-        def work(db: sqlite3.Connection) -> bool:
-            deleted = db.execute("DELETE FROM cached_contents WHERE name = ? AND expire_time > ?", (name, now))
-            return deleted.rowcount > 0
+    async def delete(self, name: str, *, now: float) -> CachedContentRow | None:
+        """Remove a live cache; the row it was, for the backend to let go of its KV."""
+
+        def work(db: sqlite3.Connection) -> CachedContentRow | None:
+            found = db.execute(
+                f"SELECT {_COLUMNS} FROM cached_contents WHERE name = ? AND expire_time > ?", (name, now)
+            ).fetchone()
+            if found is not None:
+                db.execute("DELETE FROM cached_contents WHERE name = ?", (name,))
+            return _row(found) if found else None
 
         return await self._db.run(work)
 
-    async def delete_expired(self, *, now: float) -> list[str]:
-        """Remove the caches that expired; their names, for the backends to let go of their KV."""
+    async def delete_expired(self, *, now: float, limit: int = 100) -> list[CachedContentRow]:
+        """Remove up to `limit` caches that expired (SELECT then DELETE: no RETURNING before SQLite 3.35)."""
 
-        def work(db: sqlite3.Connection) -> list[str]:
-            rows = db.execute("DELETE FROM cached_contents WHERE expire_time <= ? RETURNING name", (now,)).fetchall()
-            return [name for (name,) in rows]
+        def work(db: sqlite3.Connection) -> list[CachedContentRow]:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM cached_contents WHERE expire_time <= ? LIMIT ?", (now, limit)
+            ).fetchall()
+            db.executemany("DELETE FROM cached_contents WHERE name = ?", [(row[0],) for row in rows])
+            return [_row(row) for row in rows]
+
+        return await self._db.run(work)
+
+    async def count(self, *, now: float) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            return int(db.execute("SELECT COUNT(*) FROM cached_contents WHERE expire_time > ?", (now,)).fetchone()[0])
 
         return await self._db.run(work)

@@ -39,41 +39,50 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 class Database:
+    """Opened in the app's lifespan (`open`), closed there (`close`)."""
+
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        try:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-        except BaseException:
-            self._connection.close()
-            raise
+        self._connection: sqlite3.Connection | None = None
 
-    def _migrate(self) -> None:
-        with self._lock:
-            version: int = self._connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"{self.path} has schema version {version}, newer than this openvertex knows "
-                    f"({len(MIGRATIONS)}); upgrade openvertex or use another state_dir"
-                )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                # executescript commits first; the migration and its version bump go in one transaction.
-                self._connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(connection)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this openvertex knows "
+                f"({len(MIGRATIONS)}); upgrade openvertex or use another state_dir"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # executescript commits first; the migration and its version bump go in one transaction.
+            connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
 
     def call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` with the connection, in a transaction (committed unless it raises)."""
         with self._lock:
-            self._connection.execute("BEGIN")
+            connection = self._connection
+            if connection is None:
+                raise RuntimeError("the database is not open")
+            connection.execute("BEGIN")
             try:
-                result = work(self._connection)
+                result = work(connection)
+                connection.execute("COMMIT")
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
-            self._connection.execute("COMMIT")
             return result
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -81,4 +90,6 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
-            self._connection.close()
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None

@@ -12,10 +12,18 @@ import binascii
 import re
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.schema import check_not_recursive
-from openvertex.translate.tables import FUNCTION_NAME_PATTERN, MAX_FUNCTION_DECLARATIONS, SKIP_THOUGHT_SIGNATURE
+from openvertex.translate.tables import (
+    FUNCTION_NAME_PATTERN,
+    MAX_FUNCTION_DECLARATIONS,
+    MAX_STOP_SEQUENCES,
+    SKIP_THOUGHT_SIGNATURE,
+    THINKING_LEVELS,
+)
 
 _NAME = re.compile(FUNCTION_NAME_PATTERN)
 JSON_MIME = "application/json"
@@ -101,6 +109,52 @@ def _check_tools(tools: list[gc.Tool]) -> set[str]:
     return names
 
 
+# generationConfig fields with Gemini's ranges: (low, high, high included).
+_RANGES = {
+    "temperature": (0.0, 2.0, True),
+    "top_p": (0.0, 1.0, True),
+    "top_k": (1, 1 << 31, False),
+    "candidate_count": (1, 1 << 31, False),
+    "max_output_tokens": (1, 1 << 31, False),
+    "presence_penalty": (-2.0, 2.0, False),
+    "frequency_penalty": (-2.0, 2.0, False),
+    "logprobs": (0, 20, True),
+}
+
+
+def _check_ranges(config: gc.GenerationConfig) -> None:
+    for name, (low, high, inclusive) in _RANGES.items():
+        value = getattr(config, name)
+        if value is not None and not (low <= value <= high if inclusive else low <= value < high):
+            bound = f"{high}]" if inclusive else f"{high})"
+            raise InvalidArgumentError(
+                f"must be in [{low}, {bound}, got {value}", param=f"generationConfig.{to_camel(name)}"
+            )
+    if len(config.stop_sequences or []) > MAX_STOP_SEQUENCES:
+        raise InvalidArgumentError(
+            f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="generationConfig.stopSequences"
+        )
+    if any(not sequence for sequence in config.stop_sequences or []):
+        raise InvalidArgumentError("stop sequences must not be empty", param="generationConfig.stopSequences")
+    thinking = config.thinking_config
+    if thinking is None:
+        return
+    if thinking.thinking_budget is not None and thinking.thinking_budget < -1:
+        raise InvalidArgumentError(
+            "must be -1 (dynamic), 0 (off) or a positive token count",
+            param="generationConfig.thinkingConfig.thinkingBudget",
+        )
+    if thinking.thinking_level is not None and thinking.thinking_level.upper() not in THINKING_LEVELS:
+        raise InvalidArgumentError(
+            f"must be one of {', '.join(sorted(THINKING_LEVELS))}, got {thinking.thinking_level!r}",
+            param="generationConfig.thinkingConfig.thinkingLevel",
+        )
+    if thinking.thinking_level is not None and thinking.thinking_budget is not None:
+        raise InvalidArgumentError(
+            "thinking_level and thinking_budget cannot both be set", param="generationConfig.thinkingConfig"
+        )
+
+
 def check_native_request(request: gc.GenerateContentRequest, *, contents_required: bool = True) -> None:
     """Bytes to standard base64, and the rules Gemini enforces on native requests (400s naming the
     field). A context cache may hold no contents; a request on one may add none."""
@@ -120,14 +174,7 @@ def check_native_request(request: gc.GenerateContentRequest, *, contents_require
     config = request.generation_config
     if config is not None:
         _check_schemas(config)
-        thinking = config.thinking_config
-        if thinking is not None and thinking.thinking_budget is not None and thinking.thinking_budget < -1:
-            raise InvalidArgumentError(
-                "must be -1 (dynamic), 0 (off) or a positive token count",
-                param="generationConfig.thinkingConfig.thinkingBudget",
-            )
-        if config.candidate_count is not None and config.candidate_count < 1:
-            raise InvalidArgumentError("must be at least 1", param="generationConfig.candidateCount")
+        _check_ranges(config)
     calling = request.tool_config.function_calling_config if request.tool_config else None
     for name in (calling.allowed_function_names or []) if calling else []:
         if name not in names and request.cached_content is None:  # a cache may declare them
@@ -139,6 +186,12 @@ def check_native_request(request: gc.GenerateContentRequest, *, contents_require
 
 def count_tokens_request(body: gc.CountTokensRequest) -> gc.GenerateContentRequest:
     if body.generate_content_request is not None:
+        given = body.model_dump(exclude_none=True, exclude={"generate_content_request", "model"})
+        if given:
+            raise InvalidArgumentError(
+                f"set generateContentRequest or {', '.join(map(to_camel, sorted(given)))}, not both",
+                param="generateContentRequest",
+            )
         return body.generate_content_request
     return gc.GenerateContentRequest(
         contents=body.contents or [],

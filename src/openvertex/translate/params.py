@@ -10,6 +10,7 @@ import re
 
 from pydantic.alias_generators import to_snake
 
+from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import chat_completions as oa
 
 _TOOL = re.compile(r"tools\[(\d+)\](?:\..*)?")
@@ -31,6 +32,11 @@ def openai_param(path: str, request: oa.ChatCompletionRequest) -> str:
         return "reasoning_effort" if request.reasoning_effort is not None else "extra_body.google.thinking_config"
     fixed = {
         "generationConfig.candidateCount": "n",
+        "generationConfig.responseJsonSchema": "response_format",
+        "generationConfig.responseSchema": "response_format",
+        "generationConfig.maxOutputTokens": "max_tokens",
+        "generationConfig.stopSequences": "stop",
+        "generationConfig.logprobs": "top_logprobs",
         "generationConfig.responseModalities": "modalities",
         "generationConfig.responseMimeType": "response_format.type",
         "cachedContent": "extra_body.google.cached_content",
@@ -44,3 +50,10 @@ def openai_param(path: str, request: oa.ChatCompletionRequest) -> str:
     if path.startswith("contents"):
         return "messages"
     return path
+
+
+def renamed(error: InvalidArgumentError, request: oa.ChatCompletionRequest) -> InvalidArgumentError:
+    """An error raised with a native path, as the OpenAI surface names the parameter."""
+    if not error.named or error.param is None:
+        return error
+    return InvalidArgumentError(error.detail, param=openai_param(error.param, request))

@@ -68,3 +68,9 @@ def dialect_of(version: str | None, name: str) -> Dialect:
     if name.startswith(("projects/", "publishers/", "endpoints/")) or version in (None, "v1beta1"):
         return "vertex"
     return "gemini"
+
+
+def parent_of(name: str) -> str:
+    """`projects/P/locations/L` of a Vertex resource name, or "" for one without."""
+    match = re.match(_PARENT, name)
+    return match.group(0) if match else ""

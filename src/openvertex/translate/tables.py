@@ -108,6 +108,8 @@ MAX_STOP_SEQUENCES: Final = 5
 
 # §4.2 — usage.extra_properties.google.traffic_type when the backend reports none [I].
 DEFAULT_TRAFFIC_TYPE: Final = "ON_DEMAND"
+# thinkingLevel values (any case); a local model turns each into a budget.
+THINKING_LEVELS: Final = frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH", "XHIGH"})
 # The one dummy thought signature Vertex accepts in place of a real one [D V-TS].
 SKIP_THOUGHT_SIGNATURE: Final = "skip_thought_signature_validator"
 

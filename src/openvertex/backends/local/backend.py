@@ -88,6 +88,7 @@ class LocalBackend:
             kv_dir, memory_bytes=settings.cache_memory_bytes, disk_bytes=settings.cache_disk_bytes
         )
         self._prefix_keys: dict[str, str] = {}  # context cache name → its snapshot's key
+        self._builds: dict[str, asyncio.Future[None]] = {}  # snapshots being built, by key
         model_defaults = sampling_defaults(settings.model)
         self._default_temperature = _first(settings.temperature, model_defaults.temperature, GEMINI_TEMPERATURE)
         self._default_top_p = _first(settings.top_p, model_defaults.top_p, GEMINI_TOP_P)
@@ -329,14 +330,16 @@ class LocalBackend:
         assert self._grammars is not None
         if config.response_mime_type == JSON_MIME and tools is not None:
             raise InvalidArgumentError(
-                "JSON output cannot be combined with function calling on the local model", param="response_format"
+                "JSON output cannot be combined with function calling on the local model",
+                param="generationConfig.responseMimeType",
             )
         grammar: Grammar | None
         if tools is not None:
             grammar = self._grammars.tool_calls(tools.allowed, lazy=tools.lazy)
         else:
+            named = "responseJsonSchema" if config.response_json_schema is not None else "responseSchema"
             schema = config.response_json_schema if config.response_json_schema is not None else config.response_schema
-            grammar = self._grammars.response(config.response_mime_type, schema, param="response_format")
+            grammar = self._grammars.response(config.response_mime_type, schema, param=f"generationConfig.{named}")
         return Sampling(
             temperature=_first(config.temperature, self._default_temperature),
             top_p=_first(config.top_p, self._default_top_p),
@@ -431,7 +434,11 @@ class LocalBackend:
 
     async def count_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> int:
         loaded, _, template = await self._wait_loaded()
-        tokens, _, _ = await asyncio.to_thread(self._prompt, loaded, template, request, limit=COUNT_LIMIT)
+        self._admit()  # tokenizing a large body is work like any other: it takes a place
+        try:
+            tokens, _, _ = await asyncio.to_thread(self._prompt, loaded, template, request, limit=COUNT_LIMIT)
+        finally:
+            self._release()
         return len(tokens)
 
     async def compute_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> list[RoleTokens]:
@@ -442,17 +449,37 @@ class LocalBackend:
             turns = prompt_turns(template, conversation, opening=opening, tokenize=_tokenizer(loaded), bos=_bos(loaded))
             return [RoleTokens(role, ids, [_piece(loaded, token) for token in ids]) for role, ids in turns]
 
-        return await asyncio.to_thread(compute)
+        self._admit()
+        try:
+            return await asyncio.to_thread(compute)
+        finally:
+            self._release()
 
     async def cache_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
         """Compute the cache's prompt KV once and keep a snapshot of it (memory, then disk); later
-        requests naming the cache restore it instead of computing the prefix."""
+        requests naming the cache restore it instead of computing the prefix. Once the snapshot
+        is there, this costs a lookup; a lost one (a restart, an eviction) is built again, once
+        however many requests ask for it at the same time."""
+        key = self._prefix_keys.get(name)
+        if key is not None and self._prefixes.has(key):
+            return
+        key, tokens = await self._prefix_key(request)
+        if not self._prefixes.has(key):
+            build = self._builds.get(key)
+            if build is None:
+                build = self._builds[key] = asyncio.ensure_future(self._build_prefix(key, tokens))
+                build.add_done_callback(
+                    lambda done: (self._builds.pop(key, None), done.cancelled() or done.exception())
+                )
+            await asyncio.shield(build)  # a caller that leaves does not stop it: others may wait on it
+        self._prefix_keys[name] = key
+
+    async def _prefix_key(self, request: gc.GenerateContentRequest) -> tuple[str, list[int]]:
         loaded, engine, template = await self._wait_loaded()
         tokens, _, _ = await asyncio.to_thread(self._prompt, loaded, template, request, limit=engine.n_ctx - 1)
-        key = snapshot_key(self._model_identity, tuple(tokens))
-        self._prefix_keys[name] = key
-        if await asyncio.to_thread(self._prefixes.get, key) is not None:  # from disk after a restart
-            return
+        return snapshot_key(self._model_identity, tuple(tokens)), tokens
+
+    async def _build_prefix(self, key: str, tokens: list[int]) -> None:
         self._admit()
         try:
             sampling = self._sampling(gc.GenerationConfig(), None, room=1)
@@ -464,14 +491,14 @@ class LocalBackend:
         finally:
             self._release()
 
-    def forget_prefix(self, name: str) -> None:
+    async def forget_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
         key = self._prefix_keys.pop(name, None)
-        if key is not None and key not in self._prefix_keys.values():  # no other cache shares it
-            self._prefixes.discard(key)
-
-    def prefix_memory(self) -> int:
-        """Bytes of cached-prefix KV held in memory."""
-        return self._prefixes.memory_used()
+        if key is None:  # not used since the start: its snapshot is found by its content
+            if self._model is None:
+                return
+            key, _ = await self._prefix_key(request)
+        if key not in self._prefix_keys.values():  # no other cache shares it
+            await asyncio.to_thread(self._prefixes.discard, key)
 
     def _release_after(self, planning: asyncio.Future[Any]) -> None:
         if not planning.cancelled():

@@ -125,6 +125,7 @@ class Engine:
         self._deliver = deliver
         self._on_exit = on_exit
         self._outbox: list[tuple[Job, Event]] = []
+        self._copying: set[int] = set()  # seq ids in a KV copy that the next decode carries out
         self.tokens_generated = 0
         self.tokens_prefilled = 0
         self._thread = threading.Thread(target=self._run, name="openvertex-engine", daemon=True)
@@ -285,7 +286,7 @@ class Engine:
             # A copy between KV streams: llama.cpp moves the cells' bookkeeping at once and
             # the data at the start of the next decode, before that decode writes anything.
             llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
-            llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, primary.seq_id, -1, -1)
+            self._copy(source, primary)
         elif source is not primary:
             reuse = min(_common_prefix(primary.context, job.prompt), limit)
         llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, reuse, -1)
@@ -304,11 +305,17 @@ class Engine:
                 thinking=StopMatcher([job.sampling.thinking.close_text]) if job.sampling.thinking else None,
             )
 
+    def _copy(self, source: Slot, target: Slot) -> None:
+        llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, -1, -1)
+        self._copying.update((source.seq_id, target.seq_id))
+
     def _restore(self, snapshot: Snapshot, prompt: list[int], primary: Slot, siblings: list[Slot]) -> None:
-        """Load a cached prefix's KV into `primary`, unless some slot already holds as much of the prompt."""
+        """Load a cached prefix's KV into `primary`, unless some slot already holds as much of the
+        prompt, or a copy from or to `primary` is still pending (its data would move over the
+        restored state at the next decode, or the restored state into another slot)."""
         gain = _common_prefix(snapshot.tokens, prompt)
         held = max(_common_prefix(slot.context, prompt) for slot in self._slots if slot not in siblings)
-        if gain <= held:
+        if gain < held + MIN_SHARED_PREFIX or primary.seq_id in self._copying:
             return
         llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
         primary.context = []
@@ -328,7 +335,7 @@ class Engine:
         written = llama_cpp.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id)
         if written == 0:
             raise InternalError("The local engine could not save the cached prefix's state.")
-        self._emit(sequence.job, Snapshotted(Snapshot(tuple(slot.context), bytes(state)[:written])))
+        self._emit(sequence.job, Snapshotted(Snapshot(tuple(slot.context), ctypes.string_at(state, written))))
         self._finish(slot, "STOP")
 
     # ------------------------------------------------------------------ one step
@@ -338,6 +345,7 @@ class Engine:
         if not batched:
             return
         status = llama_cpp.llama_decode(self._ctx, self._batch)
+        self._copying.clear()  # the decode moved the copies' data first
         if status != 0:
             # The batch failed as a whole and its sequences' KV may be half written: the jobs
             # in it end, their slots start clean; the jobs that were not in it go on.
@@ -397,7 +405,7 @@ class Engine:
         if slot.siblings:  # the prompt is in: the other candidates copy its KV
             for sibling in slot.siblings:
                 llama_cpp.llama_memory_seq_rm(self._memory, sibling.seq_id, -1, -1)
-                llama_cpp.llama_memory_seq_cp(self._memory, slot.seq_id, sibling.seq_id, -1, -1)
+                self._copy(slot, sibling)
                 sibling.context = list(slot.context)
                 self._sample(sibling, index)
             slot.siblings = []

@@ -15,6 +15,7 @@ import os
 import secrets
 import struct
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ _HEADER = len(_MAGIC) + 4  # then the token count's int32s, then the state
 _SUFFIX = ".kv"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Snapshot:
     tokens: tuple[int, ...]
     state: bytes  # llama_state_seq_get_data of the sequence that holds exactly `tokens`
@@ -53,6 +54,8 @@ class PrefixStore:
         self._disk_bytes = disk_bytes
         self._memory: OrderedDict[str, Snapshot] = OrderedDict()  # least recently used first
         self._in_memory = 0
+        # Snapshots read from disk that some job still holds: read once, however many wait on them.
+        self._loaded: weakref.WeakValueDictionary[str, Snapshot] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         self._disk_lock = threading.Lock()  # one writer at a time keeps the disk budget
         if directory is not None:
@@ -61,16 +64,27 @@ class PrefixStore:
     def memory_used(self) -> int:
         return self._in_memory
 
+    def has(self, key: str) -> bool:
+        with self._lock:
+            if key in self._memory or key in self._loaded:
+                return True
+        path = self._path(key)
+        return path is not None and path.is_file()
+
     def get(self, key: str) -> Snapshot | None:
         with self._lock:
             snapshot = self._memory.get(key)
             if snapshot is not None:
                 self._memory.move_to_end(key)
+            else:
+                snapshot = self._loaded.get(key)
         if snapshot is not None:
             self._touch(key)  # used: the last to leave the disk too
             return snapshot
         snapshot = self._read(key)
         if snapshot is not None:
+            with self._lock:
+                self._loaded[key] = snapshot
             self._remember(key, snapshot)
         return snapshot
 
@@ -100,6 +114,7 @@ class PrefixStore:
             snapshot = self._memory.pop(key, None)
             if snapshot is not None:
                 self._in_memory -= snapshot.size
+            self._loaded.pop(key, None)
         path = self._path(key)
         if path is not None:
             with contextlib.suppress(FileNotFoundError):

@@ -398,7 +398,7 @@ def _refuse_control_text(texts: list[str], tokenize: Tokenize) -> None:
         raise InvalidArgumentError(
             "The request contains text that this model reserves for the control tokens of its chat template "
             "(such as a role marker), which its template cannot keep apart from its own.",
-            param="messages",
+            param="contents",
         )
 
 

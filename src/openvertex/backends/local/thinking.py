@@ -18,7 +18,7 @@ CLOSE_TAG = "</think>"
 OPENING = OPEN_TAG + "\n"  # what the answer turn starts with when the model is to reason
 CLOSING = "\n" + CLOSE_TAG + "\n\n"  # what is fed to the model when its budget runs out
 # Gemini 3's thinking levels as budgets (the same figures reasoning_effort maps to).
-LEVEL_TO_BUDGET = {"MINIMAL": 1024, "LOW": 1024, "MEDIUM": 8192, "HIGH": 24576}
+LEVEL_TO_BUDGET = {"MINIMAL": 1024, "LOW": 1024, "MEDIUM": 8192, "HIGH": 24576, "XHIGH": 32768}
 INSTRUCTION = (
     f"Before you answer, think the question through step by step inside {OPEN_TAG} and {CLOSE_TAG}. "
     f"After {CLOSE_TAG}, give your final answer."
