@@ -13,8 +13,11 @@ from starlette.middleware import Middleware
 
 from openvertex.backends.base import Backend
 from openvertex.backends.registry import create_backend
+from openvertex.endpoints import Endpoints
+from openvertex.endpoints.stats import register_endpoint_readings
 from openvertex.errors import ApiError
 from openvertex.http.auth import Authenticator
+from openvertex.http.endpoints import EndpointHandlers, pinned_backends
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
 from openvertex.http.metrics import CountRequests, register_backend_readings
 from openvertex.http.native import NativeHandlers
@@ -54,17 +57,22 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     )
     auth = Authenticator(settings.api_keys)
     json_limits = JsonLimits(settings.max_json_depth, settings.max_json_number_length)
+    endpoints = Endpoints(settings.endpoints)
+    register_endpoint_readings(metrics, endpoints.pools)
+    pinned = pinned_backends(settings.endpoints, backends)
     handlers = Handlers(
         ChatService(generator),
         NativeHandlers(generator, caches, auth, settings.max_body_bytes, json_limits),
         auth,
         settings.max_body_bytes,
         json_limits=json_limits,
+        endpoints=EndpointHandlers(endpoints, pinned, auth, settings.max_body_bytes),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(database.open)
+        await endpoints.start()  # the upstreams' HTTP client, and their health checks
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
@@ -76,6 +84,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
                 with contextlib.suppress(BaseException):
                     await task
             await asyncio.gather(*(backend.close() for backend in backends.values()))
+            await endpoints.close()
             database.close()
 
     return Starlette(

@@ -9,7 +9,14 @@ import socket
 import sys
 from pathlib import Path
 
-from openvertex.settings import LocalBackendSettings, Route, Settings, load_settings
+from openvertex.settings import (
+    BackendSettings,
+    GeminiBackendSettings,
+    LocalBackendSettings,
+    Route,
+    Settings,
+    load_settings,
+)
 
 BASE_PATH = "/v1/projects/local/locations/us-central1/endpoints/openapi"
 
@@ -87,13 +94,26 @@ def models(args: argparse.Namespace) -> None:
     from openvertex.backends.local.model import ALIASES
 
     settings = load_settings(args.config)
-    print("model (glob)\tbackend")
+    print("model (glob)\tbackend\tserved by")
     for route in settings.routes:
-        print(f"{route.model}\t{route.backend}")
+        print(f"{route.model}\t{route.backend}\t{_served_by(settings.backends[route.backend])}")
+    if settings.endpoints:
+        print("\nendpoint\tserved by")
+        for endpoint_id, endpoint in settings.endpoints.items():
+            print(f"{endpoint_id}\t{', '.join(endpoint.upstreams) or f'backend {endpoint.backend}'}")
     print("\nembedded aliases:")
     for alias, packaged in ALIASES.items():
         where = packaged.path()
         print(f"{alias}\t{packaged.description}\t{where or 'not installed'}")
+
+
+def _served_by(backend: BackendSettings) -> str:
+    if isinstance(backend, LocalBackendSettings):
+        return f"local model {backend.model}"
+    if isinstance(backend, GeminiBackendSettings):
+        where = f"Vertex AI ({backend.location})" if backend.api == "vertex" else "the Gemini Developer API"
+        return f"Gemini on {where}" + (f" via {backend.base_url}" if backend.base_url else "")
+    return "a scripted fake"
 
 
 def main(argv: list[str] | None = None) -> None:

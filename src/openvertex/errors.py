@@ -97,3 +97,36 @@ class DeadlineExceededError(ApiError):
 def unsupported(param: str, what: str) -> InvalidArgumentError:
     """The 400 for a documented feature that the chosen backend cannot honour."""
     return InvalidArgumentError(f"{what} is not supported by this model's backend", param=param)
+
+
+_BY_STATUS: dict[str, type[ApiError]] = {
+    cls.google_status: cls
+    for cls in (
+        InvalidArgumentError,
+        FailedPreconditionError,
+        UnauthenticatedError,
+        PermissionDeniedError,
+        NotFoundError,
+        ResourceExhaustedError,
+        CancelledError,
+        InternalError,
+        UnavailableError,
+        DeadlineExceededError,
+    )
+}
+_BY_CODE: dict[int, type[ApiError]] = {
+    400: InvalidArgumentError,
+    401: UnauthenticatedError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    429: ResourceExhaustedError,
+    499: CancelledError,
+    503: UnavailableError,
+    504: DeadlineExceededError,
+}
+
+
+def error_for(code: int, status: str | None, message: str) -> ApiError:
+    """An upstream's Google error as ours: the same status and message."""
+    cls: type[ApiError] = _BY_STATUS.get(status or "") or _BY_CODE.get(code, InternalError)
+    return cls(message)

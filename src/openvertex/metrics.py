@@ -12,8 +12,13 @@ from dataclasses import dataclass, field
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+def _escape(value: str) -> str:
+    """A label value as the exposition format writes it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    return "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}" if labels else ""
 
 
 @dataclass
@@ -42,6 +47,21 @@ class Reading:
 
     def render(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}", f"{self.name} {self.read():g}"]
+
+
+@dataclass
+class LabelledReading:
+    """Values read when scraped, one per label value (a backend's name, say)."""
+
+    name: str
+    help: str
+    label: str
+    read: Callable[[], dict[str, float]]
+    kind: str = "counter"
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        return lines + [f"{self.name}{_labels(((self.label, k),))} {v:g}" for k, v in sorted(self.read().items())]
 
 
 @dataclass
@@ -80,13 +100,18 @@ class Metrics:
         self.time_per_token = Histogram(
             "openvertex_time_per_output_token_seconds", "Between successive streamed chunks of one answer."
         )
-        self._readings: list[Reading] = []
+        self._readings: list[Reading | LabelledReading] = []
 
     def reading(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
         self._readings.append(Reading(name, help, read, kind))
 
+    def labelled_reading(
+        self, name: str, help: str, label: str, read: Callable[[], dict[str, float]], kind: str = "counter"
+    ) -> None:
+        self._readings.append(LabelledReading(name, help, label, read, kind))
+
     def render(self) -> str:
-        metrics: list[Counter | Reading | Histogram] = [self.requests, *self._readings]
+        metrics: list[Counter | Reading | LabelledReading | Histogram] = [self.requests, *self._readings]
         lines: list[str] = []
         for metric in [*metrics, self.time_to_first_token, self.time_per_token]:
             lines += metric.render()

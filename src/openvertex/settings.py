@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -77,7 +78,71 @@ class FakeBackendSettings(_Section):
     script: Path | None = None
 
 
-BackendSettings = Annotated[LocalBackendSettings | FakeBackendSettings, Field(discriminator="type")]
+class GeminiBackendSettings(_Section):
+    """The real Gemini: Vertex AI (Application Default Credentials, or an express-mode API key) or
+    the Gemini Developer API (an API key)."""
+
+    type: Literal["gemini"]
+    api: Literal["vertex", "gemini"] = "vertex"
+    project: str | None = None  # Vertex with credentials; default: the credentials' project
+    location: str = "global"  # Vertex: "global" or a region such as "us-central1"
+    api_key: SecretStr | None = None  # Vertex express mode, or the Gemini Developer API
+    credentials_file: Path | None = None  # a service-account or gcloud user JSON; default: ADC
+    base_url: str | None = None  # instead of Google's host: a proxy, or a test server
+    api_version: str | None = None  # default: v1beta1 on Vertex, v1beta on the Gemini API
+    connect_timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(600.0, gt=0)  # between bytes of an answer
+    max_retries: int = Field(2, ge=0, le=10)  # only before anything reached the client
+    max_retry_delay_s: float = Field(30.0, ge=0)  # a longer Retry-After is not waited for
+    max_connections: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> GeminiBackendSettings:
+        if self.api == "gemini" and self.api_key is None:
+            raise ValueError('the Gemini Developer API (api = "gemini") needs api_key')
+        if self.api_key is not None and self.credentials_file is not None:
+            raise ValueError("set api_key or credentials_file, not both")
+        return self
+
+
+BackendSettings = Annotated[
+    LocalBackendSettings | FakeBackendSettings | GeminiBackendSettings, Field(discriminator="type")
+]
+
+
+class EndpointSettings(_Section):
+    """A self-deployed endpoint (`…/endpoints/<ID>/chat/completions`): OpenAI-compatible replicas
+    (vLLM, TGI's Messages API, llama-server, another openvertex), or a configured backend."""
+
+    upstreams: list[str] = Field(default_factory=list)  # base URLs ending before /chat/completions
+    backend: str | None = None  # instead of upstreams: answer with this backend, like endpoints/openapi
+    model: str | None = None  # the upstream's served model name; None: `model` is dropped from the body
+    auth: Literal["none", "bearer", "google-id-token", "google-access-token"] = "none"
+    bearer_token: SecretStr | None = None
+    audience: str | None = None  # for google-id-token; default: the replica's URL
+    credentials_file: Path | None = None  # for the Google tokens; default: ADC
+    health_path: str = "/health"  # GET on each replica's origin; 200 is healthy
+    health_interval_s: float = Field(5.0, gt=0)
+    max_failures: int = Field(3, ge=1)  # failures in a row that take a replica out until healthy again
+    connect_timeout_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(600.0, gt=0)  # between bytes of an answer
+
+    @field_validator("upstreams")
+    @classmethod
+    def _urls(cls, upstreams: list[str]) -> list[str]:
+        for url in upstreams:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"upstream {url!r} is not an http:// or https:// URL with a host")
+        return upstreams
+
+    @model_validator(mode="after")
+    def _one_target(self) -> EndpointSettings:
+        if bool(self.upstreams) == (self.backend is not None):
+            raise ValueError("an endpoint needs upstreams or a backend, not both")
+        if self.auth == "bearer" and self.bearer_token is None:
+            raise ValueError('auth = "bearer" needs bearer_token')
+        return self
 
 
 class Route(_Section):
@@ -115,6 +180,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
     routes: list[Route] = Field(default_factory=_default_routes)
+    endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)  # self-deployed endpoint ids
     # Where openvertex keeps what must outlive a restart: the thought-signature secret, the
     # database (openvertex.db: context caches) and the KV of cached prefixes.
     state_dir: Path = Field(default_factory=_default_state_dir)
@@ -147,6 +213,15 @@ class Settings(BaseSettings):
             if route.backend not in backends:
                 raise ValueError(f"route {route.model!r} names unknown backend {route.backend!r}")
         return routes
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_name_backends(cls, endpoints: dict[str, EndpointSettings], info: Any) -> dict[str, EndpointSettings]:
+        backends = info.data.get("backends", {})
+        for endpoint_id, endpoint in endpoints.items():
+            if endpoint.backend is not None and endpoint.backend not in backends:
+                raise ValueError(f"endpoint {endpoint_id!r} names unknown backend {endpoint.backend!r}")
+        return endpoints
 
     @classmethod
     def settings_customise_sources(

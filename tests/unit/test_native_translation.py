@@ -6,10 +6,13 @@ Rendered responses are validated by google-genai's own types as the oracle, as t
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from google.genai import types as genai_types
+from pydantic import ValidationError
 
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
@@ -614,3 +617,22 @@ def test_output_keys_are_camel_case(dialect: gc.Dialect) -> None:
     candidate = rendered["candidates"][0]
     assert candidate["content"]["parts"][1]["functionCall"]["args"] == {"city_name": "Paris"}  # data stays as given
     assert candidate["content"]["parts"][0]["thoughtSignature"] == STANDARD
+
+
+def test_an_upstream_answer_keeps_what_openvertex_does_not_model() -> None:
+    """Gemini's safety ratings, grounding metadata and newer fields pass through the native surface
+    untouched; a part field openvertex does not know is dropped from an answer, never a failure."""
+    raw = json.loads((Path(__file__).parent.parent / "golden/gemini_to_openai/grounded_answer/input.json").read_text())
+    raw["candidates"][0]["content"]["parts"][0]["someNewPartField"] = {"x": 1}
+    raw["someNewTopLevelField"] = "kept"
+    parsed = gc.GenerateContentResponse.model_validate(raw, context=gc.UPSTREAM)
+    rendered = render_response(
+        parsed, dialect="vertex", model_version="gemini-2.5-flash", response_id="id", create_time="2026-01-01T00:00:00Z"
+    )
+    candidate = rendered["candidates"][0]
+    assert candidate["groundingMetadata"] == raw["candidates"][0]["groundingMetadata"]
+    assert candidate["safetyRatings"] == raw["candidates"][0]["safetyRatings"]
+    assert rendered["someNewTopLevelField"] == "kept"
+    assert "someNewPartField" not in candidate["content"]["parts"][0]
+    with pytest.raises(ValidationError):  # in a request, an unknown field is a 400
+        gc.Part.model_validate({"text": "x", "someNewPartField": 1})

@@ -71,6 +71,11 @@ class BackendLoad:
     waiting: int = 0  # requests admitted but not started
     tokens_generated: int = 0  # since start
     tokens_prefilled: int = 0  # prompt tokens computed since start (reused prefixes excluded)
+    # A backend that calls an upstream over HTTP: since start.
+    upstream_requests: int = 0
+    upstream_errors: int = 0  # requests that ended in an error (after retries)
+    upstream_retries: int = 0
+    upstream_seconds: float = 0.0  # summed until each answer's last byte
 
 
 class Backend(Protocol):

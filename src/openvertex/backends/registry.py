@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from openvertex.backends.base import Backend
-from openvertex.settings import BackendSettings, FakeBackendSettings, LocalBackendSettings
+from openvertex.settings import BackendSettings, FakeBackendSettings, GeminiBackendSettings, LocalBackendSettings
 
 
 def _local(settings: Any, directory: Path) -> Backend:
@@ -24,8 +24,15 @@ def _fake(settings: Any, directory: Path) -> Backend:
     return FakeBackend.from_file(settings.script) if settings.script else FakeBackend()
 
 
+def _gemini(settings: Any, directory: Path) -> Backend:
+    from openvertex.backends.gemini import GeminiBackend
+
+    assert isinstance(settings, GeminiBackendSettings)
+    return GeminiBackend(settings)
+
+
 # (the backend's settings, its own directory under state_dir) → the backend
-FACTORIES: dict[str, Callable[[Any, Path], Backend]] = {"local": _local, "fake": _fake}
+FACTORIES: dict[str, Callable[[Any, Path], Backend]] = {"local": _local, "fake": _fake, "gemini": _gemini}
 
 
 def create_backend(settings: BackendSettings, directory: Path) -> Backend:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openvertex.metrics import Metrics
@@ -58,6 +60,17 @@ def register_backend_readings(metrics: Metrics, router: Router) -> None:
     metrics.reading(
         "openvertex_tokens_generated_total", "Tokens generated.", lambda: total("tokens_generated"), "counter"
     )
+
+    def per_backend(field: str) -> Callable[[], dict[str, float]]:
+        return lambda: {name: float(getattr(backend.load(), field)) for name, backend in router.backends.items()}
+
+    for field, help_text in (
+        ("upstream_requests", "Requests a backend sent upstream (Gemini, …)."),
+        ("upstream_errors", "Upstream requests that ended in an error, after retries."),
+        ("upstream_retries", "Upstream requests retried (connection failures, 429/503)."),
+        ("upstream_seconds", "Seconds spent waiting on upstream answers, summed."),
+    ):
+        metrics.labelled_reading(f"openvertex_{field}_total", help_text, "backend", per_backend(field))
     metrics.reading(
         "openvertex_prompt_tokens_computed_total",
         "Prompt tokens prefilled (reused prefixes excluded).",

@@ -87,7 +87,7 @@ _ERRORS = {
     "429": "RESOURCE_EXHAUSTED: the model's queue is full; retry after `Retry-After` seconds.",
     "499": "CANCELLED: the client closed the connection.",
     "500": "INTERNAL.",
-    "503": "UNAVAILABLE: the model is not loaded, or its backend failed.",
+    "503": "UNAVAILABLE: the model is not loaded, its backend failed, or no replica of the endpoint answers.",
     "504": "DEADLINE_EXCEEDED: the request ran past the configured timeout.",
 }
 
@@ -96,8 +96,13 @@ _PATH_PARAMETERS: dict[str, JsonObject] = {
     "version": {"type": "string", "enum": ["v1", "v1beta", "v1beta1", "v1alpha"]},
     "project": {"type": "string"},
     "location": {"type": "string"},
-    # Vertex's OpenAI-compatible surface is the endpoint named `openapi`.
-    "endpoint": {"type": "string", "enum": ["openapi"]},
+    # Vertex's OpenAI-compatible surface is the endpoint named `openapi`; a self-deployed endpoint's
+    # id relays the request to its replicas (vLLM, TGI, …) and their answer as they wrote it.
+    "endpoint": {
+        "type": "string",
+        "description": "`openapi` (the model chosen by `model`), or a configured self-deployed endpoint's id",
+        "examples": ["openapi", "1234567890"],
+    },
     "publisher": {"type": "string", "examples": ["google"]},
     "call": {
         "type": "string",

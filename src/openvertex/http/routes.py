@@ -4,7 +4,7 @@ surfaces' routes come from http/native.py."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,12 +14,13 @@ from openvertex.errors import NotFoundError, UnavailableError
 from openvertex.http.auth import Authenticator
 from openvertex.http.body import read_body, read_json
 from openvertex.http.disconnect import until_disconnect
+from openvertex.http.endpoints import EndpointHandlers, PinnedBackend
 from openvertex.http.errors import error_body
 from openvertex.http.native import NativeHandlers
 from openvertex.http.openapi import openapi_json
 from openvertex.http.sse import OPENAI_SSE, EventStreamResponse, framed
 from openvertex.protocol import chat_completions as oa
-from openvertex.service.chat import ChatService
+from openvertex.service.chat import ChatService, PreparedChat
 from openvertex.translate.bounded_json import JsonLimits
 
 VERTEX_CHAT = "/{version:str}/projects/{project:str}/locations/{location:str}/endpoints/{endpoint:str}/chat/completions"
@@ -36,8 +37,10 @@ class Handlers:
         max_body_bytes: int,
         *,
         json_limits: JsonLimits | None = None,
+        endpoints: EndpointHandlers | None = None,
     ) -> None:
         self.service = service
+        self.endpoints = endpoints  # self-deployed endpoints; None: only `openapi` exists
         self.native = native
         self.auth = auth
         self.max_body_bytes = max_body_bytes
@@ -49,16 +52,22 @@ class Handlers:
         params = request.path_params
         if params["version"] not in _VERSIONS:
             raise NotFoundError("The requested URL was not found on this server.")
-        if params["endpoint"] != "openapi":
-            # Self-deployed endpoints (…/endpoints/{ENDPOINT_ID}) need an upstream configured.
-            raise NotFoundError(f"Endpoint `{params['endpoint']}` not found.")
-        return await self.chat(request)
+        endpoint = params["endpoint"]
+        if endpoint == "openapi":
+            return await self.chat(request)
+        if self.endpoints is None:
+            raise NotFoundError(f"Endpoint `{endpoint}` not found.")
+        # Self-deployed endpoints (…/endpoints/{ENDPOINT_ID}): a configured backend, else replicas.
+        pinned = self.endpoints.pinned.get(endpoint)
+        if pinned is not None:
+            return await self.chat(request, pinned)
+        return await self.endpoints.relay(request, endpoint)
 
-    async def chat(self, request: Request) -> Response:
+    async def chat(self, request: Request, pinned: PinnedBackend | None = None) -> Response:
         self.auth.check(request)
         raw = await read_body(request, self.max_body_bytes)
         body = await read_json(raw, oa.ChatCompletionRequest, self.json_limits)
-        prepared = await until_disconnect(request.receive, self.service.prepare(body))
+        prepared = await until_disconnect(request.receive, self._prepare(body, pinned))
         # Until the first byte is sent, only the receive channel tells that the client left:
         # watch it, so a hang-up frees the engine at once instead of at the deadline.
         if not body.stream:
@@ -72,6 +81,13 @@ class Handlers:
             first, chunks, OPENAI_SSE, dump=lambda chunk: chunk.model_dump_json().encode(), error_body=error_body
         )
         return EventStreamResponse(events, headers=_SSE_HEADERS, media_type=OPENAI_SSE.media_type)
+
+    def _prepare(self, body: oa.ChatCompletionRequest, pinned: PinnedBackend | None) -> Awaitable[PreparedChat]:
+        if pinned is None:
+            return self.service.prepare(body)
+        # The endpoint is the deployed model: it answers whatever model the request names.
+        backend = self.service.generator.router.backends[pinned.backend]
+        return self.service.prepare(body.model_copy(update={"model": pinned.model}), backend=backend)
 
     async def models(self, request: Request) -> Response:
         """OpenAI's model list; the Gemini API (google-genai 3.x) lists models on this same path, so

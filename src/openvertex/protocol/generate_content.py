@@ -11,12 +11,16 @@ import typing
 from functools import cache
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 # The two native dialects: Vertex AI (also behind the OpenAI-compatible surface) and the Gemini
 # Developer API. They differ in resource names, a few response fields and some error texts.
 Dialect = Literal["vertex", "gemini"]
+
+
+# Validation context for answers from an upstream Gemini: unknown fields are tolerated.
+UPSTREAM: dict[str, bool] = {"upstream": True}
 
 
 def _is_list(annotation: Any) -> bool:
@@ -39,13 +43,23 @@ class GeminiModel(BaseModel):
             for key in (name, field.alias or name)
         )
 
+    @classmethod
+    @cache
+    def _known_keys(cls) -> frozenset[str]:
+        return frozenset(key for name, field in cls.model_fields.items() for key in (name, field.alias or name))
+
     @model_validator(mode="before")
     @classmethod
-    def _one_as_list(cls, data: Any) -> Any:
+    def _one_as_list(cls, data: Any, info: ValidationInfo) -> Any:
         """Google's JSON parser takes a lone value where a list is expected (Vertex's own curl
-        examples send `"contents": {...}`, `"parts": {...}`)."""
+        examples send `"contents": {...}`, `"parts": {...}`). An upstream's answer (context
+        UPSTREAM) may hold fields a newer Gemini added: where a model keeps no extras, they go."""
         if not isinstance(data, dict):
             return data
+        upstream = isinstance(info.context, dict) and info.context.get("upstream")
+        if upstream and cls.model_config.get("extra") == "forbid":
+            known = cls._known_keys()
+            data = {key: value for key, value in data.items() if key in known}
         keys = cls._list_keys()
         if any(key in keys and value is not None and not isinstance(value, list) for key, value in data.items()):
             return {k: [v] if k in keys and v is not None and not isinstance(v, list) else v for k, v in data.items()}
@@ -122,7 +136,7 @@ Role = Literal["user", "model"]
 
 class Content(GeminiModel):
     role: Role | None = None
-    parts: list[Part]
+    parts: list[Part] = Field(default_factory=list)  # Gemini leaves it out of an empty answer
 
     @field_validator("role", mode="before")
     @classmethod
@@ -216,21 +230,25 @@ class GenerateContentRequest(GeminiModel):
 
 
 class LogprobsCandidate(GeminiModel):
+    model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
     token: str | None = None
     token_id: int | None = None
     log_probability: float | None = None
 
 
 class TopCandidates(GeminiModel):
+    model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
     candidates: list[LogprobsCandidate] | None = None
 
 
 class LogprobsResult(GeminiModel):
+    model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
     top_candidates: list[TopCandidates] | None = None
     chosen_candidates: list[LogprobsCandidate] | None = None
 
 
 class Candidate(GeminiModel):
+    model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
     index: int | None = None
     content: Content | None = None
     finish_reason: str | None = None
@@ -240,11 +258,13 @@ class Candidate(GeminiModel):
 
 
 class ModalityTokenCount(GeminiModel):
-    modality: str
-    token_count: int
+    model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
+    modality: str | None = None
+    token_count: int = 0  # proto3 JSON leaves a zero out
 
 
 class UsageMetadata(GeminiModel):
+    model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
     prompt_token_count: int | None = None
     candidates_token_count: int | None = None
     thoughts_token_count: int | None = None
@@ -257,11 +277,13 @@ class UsageMetadata(GeminiModel):
 
 
 class PromptFeedback(GeminiModel):
+    model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
     block_reason: str | None = None
     block_reason_message: str | None = None
 
 
 class GenerateContentResponse(GeminiModel):
+    model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
     candidates: list[Candidate] | None = None
     prompt_feedback: PromptFeedback | None = None
     usage_metadata: UsageMetadata | None = None

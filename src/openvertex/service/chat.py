@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import chat_completions as oa
 from openvertex.service.capabilities import check_openai_media
-from openvertex.service.generation import Generator, Prepared
+from openvertex.service.generation import Backend, Generator, Prepared
 from openvertex.translate.context import ResponseContext
 from openvertex.translate.params import openai_param, renamed
 from openvertex.translate.request import chat_request_to_generate_content
@@ -30,12 +30,16 @@ class ChatService:
     def __init__(self, generator: Generator) -> None:
         self.generator = generator
 
-    async def prepare(self, request: oa.ChatCompletionRequest, *, default_model: str | None = None) -> PreparedChat:
-        """Everything that can fail with a 4xx before any generation starts."""
+    async def prepare(
+        self, request: oa.ChatCompletionRequest, *, default_model: str | None = None, backend: Backend | None = None
+    ) -> PreparedChat:
+        """Everything that can fail with a 4xx before any generation starts. `backend`: the one a
+        self-deployed endpoint names, instead of the model's route."""
         model = request.model or default_model
         if model is None:
             raise InvalidArgumentError("a model is required", param="model")
-        backend = self.generator.router.resolve(model)
+        if backend is None:
+            backend = self.generator.router.resolve(model)
         check_openai_media(request, backend.capabilities)
         prepared = await self.generator.prepare(
             chat_request_to_generate_content(request),

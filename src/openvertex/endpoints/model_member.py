@@ -1,0 +1,122 @@
+"""The one edit made to a request body on its way upstream: its top-level `model` dropped or rewritten.
+
+Everything else goes out byte for byte (spec native-gemini §G.2): the top-level members are located
+by position, and only the `model` member's bytes change. Stock vLLM answers 404 for a model name it
+does not serve (`google/…`, the caller's own alias), hence the rewrite to the served name; dropping
+it makes the container use its default model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+_MODEL = "model"
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    key: str
+    start: int  # the key's opening quote
+    value_start: int
+    end: int  # just past the value
+
+
+@dataclass(frozen=True, slots=True)
+class TopLevel:
+    open_brace: int
+    close_brace: int
+    members: list[Member]
+
+
+def with_model(body: bytes, model: str | None) -> bytes:
+    """`body` with its top-level `model` set to `model`, or without one when `model` is None.
+
+    A body that is not a JSON object goes out unchanged: the upstream answers it as it would."""
+    if model is None and b'"model"' not in body and b"\\u" not in body:
+        return body  # nothing to drop (a key spelled with escapes would contain `\u`)
+    try:
+        text = body.decode()
+        top = top_level_members(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return body
+    named = [member for member in top.members if member.key == _MODEL]
+    if model is not None:
+        return _rewritten(text, top, named, json.dumps(model)).encode()
+    return _dropped(text, top).encode() if named else body
+
+
+def top_level_members(text: str) -> TopLevel:
+    """The positions of a JSON object's members; ValueError when `text` does not start with one."""
+    at = _skip(text, 0)
+    _expect(text, at, "{")
+    open_brace, at = at, _skip(text, at + 1)
+    members: list[Member] = []
+    if text.startswith("}", at):
+        return TopLevel(open_brace, at, members)
+    while True:
+        _expect(text, at, '"')
+        key, after_key = _DECODER.raw_decode(text, at)
+        colon = _skip(text, after_key)
+        _expect(text, colon, ":")
+        value_start = _skip(text, colon + 1)
+        _, end = _DECODER.raw_decode(text, value_start)
+        members.append(Member(key, at, value_start, end))
+        at = _skip(text, end)
+        if not text.startswith(",", at):
+            _expect(text, at, "}")
+            return TopLevel(open_brace, at, members)
+        at = _skip(text, at + 1)
+
+
+def _skip(text: str, at: int) -> int:
+    match = _WHITESPACE.match(text, at)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _expect(text: str, at: int, char: str) -> None:
+    if not text.startswith(char, at):
+        raise ValueError(f"expected {char!r} at {at}")
+
+
+def _rewritten(text: str, top: TopLevel, named: list[Member], value: str) -> str:
+    if not named:  # added first, so a reader of the body sees it at once
+        insert = top.open_brace + 1
+        return f'{text[:insert]}"{_MODEL}":{value}{"," if top.members else ""}{text[insert:]}'
+    for member in reversed(named):  # every occurrence: parsers differ on which duplicate wins
+        text = text[: member.value_start] + value + text[member.end :]
+    return text
+
+
+def _dropped(text: str, top: TopLevel) -> str:
+    """Each `model` member cut out with one of the commas around it; the rest as it was."""
+    members = top.members
+    cuts: list[tuple[int, int]] = []
+    for i, member in enumerate(members):
+        if member.key != _MODEL:
+            continue
+        if i + 1 < len(members):
+            cuts.append((member.start, members[i + 1].start))  # up to the next member
+            continue
+        kept = [earlier for earlier in members[:i] if earlier.key != _MODEL]
+        # The last member: from the end of the last one kept, or everything when none is.
+        cuts.append((kept[-1].end, member.end) if kept else (top.open_brace + 1, top.close_brace))
+    result, position = [], 0
+    for start, end in _merged(cuts):
+        result.append(text[position:start])
+        position = end
+    return "".join(result) + text[position:]
+
+
+def _merged(cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(cuts):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged

@@ -1,0 +1,155 @@
+"""Self-deployed endpoints without a network: the `model` edit, replica choice, failures and health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from pydantic import SecretStr
+
+from openvertex.endpoints.model_member import top_level_members, with_model
+from openvertex.endpoints.replicas import Replica, ReplicaSet
+from openvertex.endpoints.stats import EndpointStats, register_endpoint_readings
+from openvertex.endpoints.upstream_auth import BearerToken, GoogleToken, NoAuth, upstream_auth
+from openvertex.metrics import Metrics
+from openvertex.settings import EndpointSettings
+
+# ---- the `model` member: only its bytes change -------------------------------------------------
+
+BODY = (
+    b'{ "model" : "google/gemini-2.5-flash",\n  "messages": [{"role": "user", "content": "1.0e2 \\u00e9"}], "n": 1.50 }'
+)
+
+
+def test_drops_model_keeping_every_other_byte() -> None:
+    assert with_model(BODY, None) == b'{ "messages": [{"role": "user", "content": "1.0e2 \\u00e9"}], "n": 1.50 }'
+
+
+def test_rewrites_model_keeping_every_other_byte() -> None:
+    expected = b'{ "model" : "served/name",\n  "messages": [{"role": "user", "content": "1.0e2 \\u00e9"}], "n": 1.50 }'
+    assert with_model(BODY, "served/name") == expected
+
+
+def test_adds_model_when_absent() -> None:
+    assert with_model(b'{"messages": []}', "m") == b'{"model":"m","messages": []}'
+    assert with_model(b" { } ", "m") == b' {"model":"m" } '
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"messages": [], "model": "x"}', b'{"messages": []}'),
+        (b'{"model": "x"}', b"{}"),
+        (b'{"a": 1, "model": 1, "b": 2, "model": 3}', b'{"a": 1, "b": 2}'),
+        (b'{"model": 1, "model": 2}', b"{}"),
+        (b'{"m\\u006fdel": "escaped", "a": {"model": "nested stays"}}', b'{"a": {"model": "nested stays"}}'),
+    ],
+)
+def test_drops_every_model_member(body: bytes, expected: bytes) -> None:
+    assert with_model(body, None) == expected
+    assert "model" not in json.loads(with_model(body, None))
+
+
+def test_rewrites_every_duplicate() -> None:
+    assert with_model(b'{"model": 1, "a": 2, "model": 3}', "m") == b'{"model": "m", "a": 2, "model": "m"}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"messages": []}', b"not json", b'["model"]', b'{"model": "x"', b"\xff\xfe", b'{"model": "x",}', b""],
+)
+def test_leaves_bodies_without_a_model_or_not_objects_unchanged(body: bytes) -> None:
+    assert with_model(body, None) == body
+
+
+def test_deep_nesting_is_forwarded_as_is() -> None:
+    body = b'{"model": "x", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert with_model(body, None) == body  # the upstream judges it
+
+
+def test_top_level_members_positions() -> None:
+    text = '{"a": [1, {"b": 2}], "model": "m"}'
+    top = top_level_members(text)
+    assert [(m.key, text[m.value_start : m.end]) for m in top.members] == [("a", '[1, {"b": 2}]'), ("model", '"m"')]
+    assert text[top.close_brace] == "}"
+
+
+# ---- replicas: least outstanding requests, failures in a row, health -----------------------------
+
+
+def _replicas(count: int, max_failures: int = 2) -> ReplicaSet:
+    return ReplicaSet(
+        [Replica.at(f"http://127.0.0.1:{9000 + i}/v1", "/health") for i in range(count)], max_failures=max_failures
+    )
+
+
+def test_replica_urls() -> None:
+    replica = Replica.at("https://vllm.example:8443/v1/", "health")
+    assert replica.chat_url == "https://vllm.example:8443/v1/chat/completions"
+    assert replica.health_url == "https://vllm.example:8443/health"
+    assert replica.origin == "https://vllm.example:8443"
+    with pytest.raises(ValueError, match="http"):
+        Replica.at("vllm:8000/v1", "/health")
+
+
+def test_picks_least_outstanding() -> None:
+    replicas = _replicas(3)
+    a, b, c = replicas.replicas
+    a.outstanding, b.outstanding, c.outstanding = 2, 0, 1
+    assert replicas.pick() is b
+    assert replicas.pick(exclude=[b]) is c
+
+
+def test_ties_go_round() -> None:
+    replicas = _replicas(3)
+    assert [replicas.pick() for _ in range(6)] == [*replicas.replicas, *replicas.replicas]
+
+
+def test_taken_out_after_failures_in_a_row_and_back_when_healthy() -> None:
+    replicas = _replicas(2, max_failures=2)
+    a, b = replicas.replicas
+    replicas.failed(a, "refused")
+    replicas.succeeded(a)  # a success resets the count
+    replicas.failed(a, "refused")
+    assert a.in_service
+    replicas.failed(a, "refused")
+    assert not a.in_service
+    assert [replicas.pick() for _ in range(3)] == [b, b, b]
+    replicas.checked(a, healthy=True)
+    assert a.in_service and a.failures == 0
+
+
+def test_failed_health_checks_count_as_failures() -> None:
+    replicas = _replicas(1, max_failures=2)
+    (a,) = replicas.replicas
+    replicas.checked(a, healthy=False)
+    assert replicas.in_service()
+    replicas.checked(a, healthy=False)
+    assert not replicas.in_service() and replicas.pick() is None
+
+
+# ---- upstream auth, stats ----------------------------------------------------------------------
+
+
+def test_auth_kinds() -> None:
+    replica = Replica.at("http://127.0.0.1:1/v1", "/health")
+    assert isinstance(upstream_auth(EndpointSettings(upstreams=["http://a/v1"])), NoAuth)
+    bearer = upstream_auth(EndpointSettings(upstreams=["http://a/v1"], auth="bearer", bearer_token=SecretStr("s3")))
+    assert isinstance(bearer, BearerToken)
+    assert asyncio.run(bearer.headers(replica)) == {"Authorization": "Bearer s3"}
+    google = EndpointSettings(upstreams=["http://a/v1"], auth="google-id-token")
+    assert isinstance(upstream_auth(google), GoogleToken)  # credentials are loaded on first use, not here
+
+
+def test_stats_are_read_per_endpoint() -> None:
+    class Pool:
+        def __init__(self, stats: EndpointStats) -> None:
+            self.stats = stats
+
+    metrics = Metrics()
+    register_endpoint_readings(metrics, {"123": Pool(EndpointStats(requests=3, retries=1, seconds=0.5))})
+    text = metrics.render()
+    assert 'openvertex_endpoint_requests_total{endpoint="123"} 3' in text
+    assert 'openvertex_endpoint_retries_total{endpoint="123"} 1' in text
+    assert 'openvertex_endpoint_seconds_total{endpoint="123"} 0.5' in text
