@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openvertex.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from openvertex.errors import InvalidArgumentError, NotFoundError
 from openvertex.http.auth import Authenticator
 from openvertex.http.body import read_body, read_json
 from openvertex.http.disconnect import until_disconnect
 from openvertex.http.errors import error_body, native_error_body, route_path
-from openvertex.http.sse import JSON_ARRAY, NATIVE_SSE, EventStreamResponse, framed
+from openvertex.http.sse import JSON_ARRAY, NATIVE_SSE, STREAM_HEADERS, EventStreamResponse, first_item, framed
 from openvertex.protocol import generate_content as gc
 from openvertex.service.cached_contents import CachedContents, format_time
 from openvertex.service.generation import Backend, Generator
@@ -40,7 +39,6 @@ from openvertex.translate.resources import (
 )
 
 _PARENT = "/projects/{project:str}/locations/{location:str}"
-_STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _GENERATION_METHODS = [
     "generateContent",
     "streamGenerateContent",
@@ -144,7 +142,7 @@ class NativeHandlers:
             return _json(render(response))
         responses = self.generator.stream(prepared)
         # The first chunk before answering: errors found while starting get a real HTTP status.
-        first = await until_disconnect(request.receive, _first(responses))
+        first = await until_disconnect(request.receive, first_item(responses))
         framing = NATIVE_SSE if request.query_params.get("alt") == "sse" else JSON_ARRAY
         events = framed(
             first,
@@ -153,7 +151,7 @@ class NativeHandlers:
             dump=lambda response: json.dumps(render(response)).encode(),
             error_body=native_error_body if framing is NATIVE_SSE else error_body,
         )
-        return EventStreamResponse(events, headers=_STREAM_HEADERS, media_type=framing.media_type)
+        return EventStreamResponse(events, headers=STREAM_HEADERS, media_type=framing.media_type)
 
     async def _tokens(self, request: Request, target: _Target, backend: Backend) -> Response:
         if target.method == "countTokens":
@@ -307,10 +305,3 @@ def _server_timeout(request: Request) -> float | None:
     if seconds is not None and not 0 < seconds < 1e9:
         raise InvalidArgumentError(f"X-Server-Timeout must be a positive number of seconds, got {value!r}")
     return seconds
-
-
-async def _first(responses: AsyncIterator[gc.GenerateContentResponse]) -> gc.GenerateContentResponse:
-    try:
-        return await anext(responses)
-    except StopAsyncIteration:
-        raise UnavailableError("The backend ended the stream without a response.") from None

@@ -4,7 +4,7 @@ surfaces' routes come from http/native.py."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,14 +18,13 @@ from openvertex.http.endpoints import EndpointHandlers, PinnedBackend
 from openvertex.http.errors import error_body
 from openvertex.http.native import NativeHandlers
 from openvertex.http.openapi import openapi_json
-from openvertex.http.sse import OPENAI_SSE, EventStreamResponse, framed
+from openvertex.http.sse import OPENAI_SSE, STREAM_HEADERS, EventStreamResponse, first_item, framed
 from openvertex.protocol import chat_completions as oa
 from openvertex.service.chat import ChatService, PreparedChat
 from openvertex.translate.bounded_json import JsonLimits
 
 VERTEX_CHAT = "/{version:str}/projects/{project:str}/locations/{location:str}/endpoints/{endpoint:str}/chat/completions"
 _VERSIONS = frozenset({"v1", "v1beta1"})
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class Handlers:
@@ -76,11 +75,11 @@ class Handlers:
         chunks = self.service.stream(prepared)
         # Pull the first chunk before answering, so errors found while starting (a prompt
         # too long for the context, say) get a real HTTP status instead of an SSE event.
-        first = await until_disconnect(request.receive, _first(chunks))
+        first = await until_disconnect(request.receive, first_item(chunks))
         events = framed(
             first, chunks, OPENAI_SSE, dump=lambda chunk: chunk.model_dump_json().encode(), error_body=error_body
         )
-        return EventStreamResponse(events, headers=_SSE_HEADERS, media_type=OPENAI_SSE.media_type)
+        return EventStreamResponse(events, headers=STREAM_HEADERS, media_type=OPENAI_SSE.media_type)
 
     def _prepare(self, body: oa.ChatCompletionRequest, pinned: PinnedBackend | None) -> Awaitable[PreparedChat]:
         if pinned is None:
@@ -132,10 +131,3 @@ class Handlers:
             Route("/openapi.json", self.openapi, methods=["GET"]),
             *self.native.routes(),
         ]
-
-
-async def _first(chunks: AsyncIterator[oa.ChatCompletionChunk]) -> oa.ChatCompletionChunk:
-    try:
-        return await anext(chunks)
-    except StopAsyncIteration:
-        raise UnavailableError("The backend ended the stream without a response.") from None

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from openvertex.errors import ApiError, InternalError
+from openvertex.errors import ApiError, InternalError, UnavailableError
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,19 @@ class Framing:
 OPENAI_SSE = Framing("text/event-stream", b"", b"data: ", b"", b"\n\n", b"data: [DONE]\n\n", b"")
 NATIVE_SSE = Framing("text/event-stream", b"", b"data: ", b"", b"\r\n\r\n", b"", b"")
 JSON_ARRAY = Framing("application/json", b"[", b"", b",\r\n", b"", b"]", b"]")
+
+
+# Streams are never cached, nor buffered by a proxy (nginx honours x-accel-buffering).
+STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def first_item(items: AsyncIterator[T]) -> T:
+    """A stream's first item, pulled before answering, so errors found while starting get a real
+    HTTP status instead of an event."""
+    try:
+        return await anext(items)
+    except StopAsyncIteration:
+        raise UnavailableError("The backend ended the stream without a response.") from None
 
 
 async def _close(iterator: AsyncIterator[object]) -> None:
