@@ -9,6 +9,7 @@ import json
 import re
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -200,7 +201,8 @@ class Received:
 @dataclass
 class Recorder:
     """Answers as `mode` says: json, sse (waits for `proceed` after the first frame), error (422),
-    slow (a frame every 50 ms), hang (nothing); `closed` is set when its client leaves early."""
+    slow (a frame every 50 ms), hang (nothing), reset (reads the request, then resets the
+    connection); `closed` is set when its client leaves early."""
 
     port: int = 0
     mode: str = "json"
@@ -270,6 +272,9 @@ class _RecorderHandler(BaseHTTPRequestHandler):
             self._answer(422, "application/json", TGI_ERROR)
         elif recorder.mode == "hang":
             self._wait_for_hang_up()
+        elif recorder.mode == "reset":
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         else:
             self._stream()
 
@@ -445,6 +450,34 @@ def test_one_of_two_replicas_killed_mid_run_fails_no_request() -> None:
     assert 'openvertex_endpoint_requests_total{endpoint="7"} 20' in metrics
     retries = re.search(r'openvertex_endpoint_retries_total\{endpoint="7"\} (\d+)', metrics)
     assert retries is not None and int(retries.group(1)) >= 1  # the killed replica was tried, then the other
+
+
+def test_request_reset_before_any_answer_goes_to_the_other_replica(recorder: Recorder) -> None:
+    resetting = Recorder(mode="reset").start()
+    try:
+        upstreams = [f"{resetting.url}/v1", f"{recorder.url}/v1"]
+        with gateway({"5": EndpointSettings(upstreams=upstreams, health_interval_s=60)}) as server:
+            statuses = [httpx.post(endpoint_url(server, "5"), json=SEED, headers=CLIENT).status_code for _ in range(4)]
+            metrics = httpx.get(f"{server.url}/metrics").text
+    finally:
+        resetting.stop()
+    assert statuses == [200] * 4
+    assert len(recorder.received) == 4 and len(resetting.received) >= 1
+    assert f'openvertex_endpoint_retries_total{{endpoint="5"}} {len(resetting.received)}' in metrics
+
+
+def test_every_replica_resetting_is_a_google_503() -> None:
+    resetting = [Recorder(mode="reset").start(), Recorder(mode="reset").start()]
+    try:
+        upstreams = [f"{each.url}/v1" for each in resetting]
+        with gateway({"6": EndpointSettings(upstreams=upstreams, health_interval_s=60)}) as server:
+            response = httpx.post(endpoint_url(server, "6"), json=SEED, headers=CLIENT)
+    finally:
+        for each in resetting:
+            each.stop()
+    assert response.status_code == 503
+    assert response.json()[0]["error"]["message"] == "No replica of endpoint `6` could be reached."
+    assert [len(each.received) for each in resetting] == [1, 1]  # each tried once, no more
 
 
 def test_all_replicas_down_is_a_google_503() -> None:

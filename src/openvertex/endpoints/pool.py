@@ -1,6 +1,9 @@
 """One endpoint's forwarding: pick a replica, add the upstream's auth, send the body, and hand back
-the answer with its headers read. A connection that fails before anything was relayed is tried on
-another replica; the answer, once it started, is the client's, whatever its status.
+the answer with its headers read. A connection that fails before the answer's status line arrived
+is tried on another replica, once each: nothing reached the client yet, and a chat completion has no
+effect beyond its answer, so running it again is safe (a replica shutting down resets the requests
+sent on its idle keep-alive connections). The answer, once it started, is the client's, whatever its
+status.
 
 Gateway failures raised here (rendered in Google's shape by the HTTP edge):
     UnavailableError       503  no replica in service, none reachable, or a malformed answer
@@ -85,12 +88,9 @@ class EndpointPool:
             raise DeadlineExceededError(
                 f"Endpoint `{self.endpoint_id}` did not answer within {self.settings.timeout_s:g} s."
             ) from None
-        except aiohttp.ClientConnectorError as error:  # no connection: the request was never sent
+        except aiohttp.ClientConnectionError as error:  # refused, reset or closed before any answer
             self._connection_failed(replica, str(error) or type(error).__name__)
             return None
-        except aiohttp.ClientConnectionError as error:  # reset or closed once sent: it may have run, no retry
-            self._gave_up(replica, str(error) or type(error).__name__)
-            raise UnavailableError(f"Endpoint `{self.endpoint_id}` closed the connection without answering.") from None
         except aiohttp.ClientResponseError as error:  # not HTTP
             self._gave_up(replica, f"malformed answer: {error.message}")
             raise UnavailableError(f"Endpoint `{self.endpoint_id}` sent an answer that is not valid HTTP.") from None
