@@ -15,7 +15,7 @@ ApiError                       (http_status, google_status, message)
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class ApiError(Exception):
@@ -28,6 +28,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = {}
+        self.details: list[dict[str, Any]] | None = None  # an upstream's own; else derived when rendered
 
 
 class InvalidArgumentError(ApiError):

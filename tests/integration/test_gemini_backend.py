@@ -261,6 +261,28 @@ def test_a_long_retry_delay_is_not_waited_for(tmp_path: Path) -> None:
         assert len(upstream.requests) == 1
 
 
+def test_an_upstream_error_keeps_its_details_and_retry_after(tmp_path: Path) -> None:
+    """Natively, Gemini's error `details` (quota, retry info) and its Retry-After reach the client."""
+    details = [
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": "PerMinute"}]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3600s"},
+    ]
+    quota = {"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED", "details": details}}
+    reply = Reply(429, json.dumps(quota).encode(), (("content-type", "application/json"), ("retry-after", "3600")))
+    with (
+        stub_server([reply]) as upstream,
+        serve(_gateway(tmp_path, api="gemini", api_key="k", base_url=upstream.url)) as server,
+    ):
+        response = httpx.post(
+            f"{server.url}/v1beta/models/{MODEL}:generateContent",
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+            headers={"x-goog-api-key": "k"},
+        )
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "3600"
+    assert response.json() == quota
+
+
 def test_an_unreachable_upstream_is_a_503(tmp_path: Path) -> None:
     with stub_server([Reply(200, b"{}")]) as upstream:
         gone = upstream.url
@@ -288,6 +310,19 @@ def test_vertex_with_a_service_account(tmp_path: Path) -> None:
         assert {r.headers["authorization"] for r in upstream.requests} == {f"Bearer {ACCESS_TOKEN}"}
         assert len(tokens.grants) == 1  # refreshed once, reused while fresh
         assert tokens.grants[0]["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+
+
+def test_a_failed_token_exchange_is_not_retried_at_every_request(tmp_path: Path) -> None:
+    """A token endpoint that refuses is asked once; the requests right after get its answer (a 503)."""
+    with token_endpoint(tmp_path, status=400) as tokens, stub_server([]) as upstream:
+        settings = _gateway(tmp_path, api="vertex", credentials_file=tokens.key_file, base_url=upstream.url)
+        with serve(settings) as server:
+            url = f"{server.url}/v1/projects/p/locations/l/endpoints/openapi/chat/completions"
+            body = {"model": f"google/{MODEL}", "messages": [{"role": "user", "content": "hi"}]}
+            statuses = [httpx.post(url, json=body, headers={"authorization": "Bearer t"}).status_code for _ in range(3)]
+    assert statuses == [503, 503, 503]
+    assert len(tokens.grants) == 1
+    assert upstream.requests == []
 
 
 def test_a_streamed_image_part_larger_than_a_line_buffer(tmp_path: Path) -> None:

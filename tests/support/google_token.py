@@ -35,7 +35,8 @@ class TokenEndpoint:
 
 
 @contextmanager
-def token_endpoint(directory: Path, *, expires_in: int = 3599) -> Iterator[TokenEndpoint]:
+def token_endpoint(directory: Path, *, expires_in: int = 3599, status: int = 200) -> Iterator[TokenEndpoint]:
+    """`status`: what every exchange answers; other than 200, an OAuth error."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = key.public_key()
     grants: list[dict[str, object]] = []
@@ -56,8 +57,10 @@ def token_endpoint(directory: Path, *, expires_in: int = 3599) -> Iterator[Token
                 body = {"id_token": f"e30.{_unpadded(json.dumps(token).encode()).decode()}.c2ln"}
             else:
                 body = {"access_token": ACCESS_TOKEN, "expires_in": expires_in, "token_type": "Bearer"}
+            if status != 200:
+                body = {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
             data = json.dumps(body).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
             self.end_headers()

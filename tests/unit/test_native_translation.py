@@ -625,7 +625,7 @@ def test_an_upstream_answer_keeps_what_openvertex_does_not_model() -> None:
     raw = json.loads((Path(__file__).parent.parent / "golden/gemini_to_openai/grounded_answer/input.json").read_text())
     raw["candidates"][0]["content"]["parts"][0]["someNewPartField"] = {"x": 1}
     raw["someNewTopLevelField"] = "kept"
-    parsed = gc.GenerateContentResponse.model_validate(raw, context=gc.UPSTREAM)
+    parsed = gc.upstream_answer(json.dumps(raw).encode())
     rendered = render_response(
         parsed, dialect="vertex", model_version="gemini-2.5-flash", response_id="id", create_time="2026-01-01T00:00:00Z"
     )

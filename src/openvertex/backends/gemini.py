@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import google.auth.credentials
 from pydantic import ValidationError
+from yarl import URL
 
 from openvertex.backends.base import OPTIONAL_FIELDS, BackendLoad, Capabilities, RoleTokens
 from openvertex.backends.google_auth import TokenSource, access_credentials
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 503})
 MAX_EVENT_BYTES = 64 << 20  # one streamed answer chunk (an image part is a few MB)
+MAX_KNOWN_URLS = 1024  # parsed upstream URLs kept, per (model, method)
+_NOT_SENT = {"cached_content", "model"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 _RETRY_DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
@@ -79,6 +82,7 @@ class GeminiBackend:
         self._project = settings.project  # else the credentials', once loaded
         self._tokens = None if key else TokenSource(self._credentials, _no_credentials)
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, str, bool], URL] = {}
         self._counts = _Counts()
 
     def _credentials(self) -> google.auth.credentials.Credentials:
@@ -124,8 +128,19 @@ class GeminiBackend:
 
     # ------------------------------------------------------------------ where requests go
 
-    async def _url(self, model: str, method: str) -> str:
-        """The upstream URL of `method` on `model` (`publisher/M`, or a bare id: Google's)."""
+    async def _url(self, model: str, method: str, *, sse: bool = False) -> URL:
+        """The upstream URL of `method` on `model` (`publisher/M`, or a bare id: Google's); parsed
+        once per model and method, not per request."""
+        key = (model, method, sse)
+        url = self._urls.get(key)
+        if url is None:
+            url = URL(await self._url_text(model, method) + ("?alt=sse" if sse else ""), encoded=True)
+            if len(self._urls) >= MAX_KNOWN_URLS:
+                self._urls.clear()
+            self._urls[key] = url
+        return url
+
+    async def _url_text(self, model: str, method: str) -> str:
         settings = self.settings
         publisher, _, bare = model.rpartition("/")
         if not all(_NAME.fullmatch(name) for name in (publisher or "google", bare)):
@@ -157,24 +172,27 @@ class GeminiBackend:
 
     @staticmethod
     def _body(request: gc.GenerateContentRequest) -> dict[str, Any]:
+        return request.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=_NOT_SENT)
+
+    @staticmethod
+    def _payload(request: gc.GenerateContentRequest) -> bytes:
         # openvertex's own context cache is already in front of the contents: Gemini must not look it up.
         # (`model` names the caller's resource; the URL names Gemini's.)
-        return request.model_copy(update={"cached_content": None, "model": None}).to_json_dict()
+        return request.model_dump_json(by_alias=True, exclude_none=True, exclude=_NOT_SENT).encode()
 
     # ------------------------------------------------------------------ calls
 
     async def _post(
-        self, model: str, method: str, body: dict[str, Any], *, sse: bool = False
+        self, model: str, method: str, body: dict[str, Any] | bytes, *, sse: bool = False
     ) -> aiohttp.ClientResponse:
         """POST with retries; the response is 200 (the caller reads and releases it), or an error is raised."""
-        url = await self._url(model, method)
-        params = {"alt": "sse"} if sse else None
-        payload = json.dumps(body).encode()
+        url = await self._url(model, method, sse=sse)
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         attempt = 0
         while True:
             headers = {"content-type": "application/json", **await self._auth_headers()}
             try:
-                response = await self._session_now().post(url, data=payload, headers=headers, params=params)
+                response = await self._session_now().post(url, data=payload, headers=headers)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:  # never sent
                 if attempt >= self.settings.max_retries:
                     raise UnavailableError(f"Gemini could not be reached: {error or type(error).__name__}") from None
@@ -190,7 +208,11 @@ class GeminiBackend:
                     text = await _text(response)
                 delay = self._retry_delay(response, text, attempt)
                 if delay is None:
-                    raise _upstream_error(response.status, text)
+                    refused = _upstream_error(response.status, text)
+                    retry_after = response.headers.get("retry-after")
+                    if retry_after is not None and response.status in RETRY_STATUSES:
+                        refused.headers["Retry-After"] = retry_after
+                    raise refused
             attempt += 1
             self._counts.retries += 1
             await asyncio.sleep(delay)
@@ -219,9 +241,9 @@ class GeminiBackend:
 
     async def generate(self, request: gc.GenerateContentRequest, *, model: str) -> gc.GenerateContentResponse:
         async def call() -> gc.GenerateContentResponse:
-            response = await self._post(model, "generateContent", self._body(request))
+            response = await self._post(model, "generateContent", self._payload(request))
             async with response:
-                return _parse(await _read(response))
+                return _parse(await _read_bytes(response))
 
         result: gc.GenerateContentResponse = await self._timed(call)
         return result
@@ -233,13 +255,13 @@ class GeminiBackend:
         self._counts.requests += 1
         failed = True
         try:
-            response = await self._post(model, "streamGenerateContent", self._body(request), sse=True)
+            response = await self._post(model, "streamGenerateContent", self._payload(request), sse=True)
             async with response:  # closing it (the client left) ends the upstream request
                 async for data in _sse_events(response):
-                    event = _json(data)
-                    if isinstance(event, dict) and next(iter(event), None) == "error":
-                        raise _error_from(event, 500)
-                    yield _parse(event)
+                    event = _parse(data)
+                    if event.model_extra and "error" in event.model_extra:
+                        raise _error_from(event.model_extra, 500)
+                    yield event
             failed = False
         except (GeneratorExit, asyncio.CancelledError):  # the client left: not the upstream's failure
             failed = False
@@ -307,8 +329,12 @@ class GeminiBackend:
 
 
 async def _read(response: aiohttp.ClientResponse) -> Any:
+    return _json(await _read_bytes(response))
+
+
+async def _read_bytes(response: aiohttp.ClientResponse) -> bytes:
     try:
-        return _json(await response.read())
+        return await response.read()
     except (aiohttp.SocketTimeoutError, TimeoutError):
         raise DeadlineExceededError("Gemini stopped sending its answer.") from None
     except aiohttp.ClientError as error:
@@ -329,10 +355,12 @@ def _json(data: bytes) -> Any:
         raise InternalError("Gemini answered with something that is not JSON.") from None
 
 
-def _parse(data: Any) -> gc.GenerateContentResponse:
+def _parse(data: bytes) -> gc.GenerateContentResponse:
     try:
-        return gc.GenerateContentResponse.model_validate(data, context=gc.UPSTREAM)
+        return gc.upstream_answer(data)
     except ValidationError as error:
+        if error.errors()[0]["type"] == "json_invalid":
+            raise InternalError("Gemini answered with something that is not JSON.") from None
         log.warning("an upstream answer openvertex cannot read: %s", error)
         raise InternalError("Gemini answered in a shape openvertex cannot read.") from None
 
@@ -377,11 +405,15 @@ def _error_from(body: Any, code: int) -> ApiError:
     if isinstance(error, dict):
         status = error.get("status")
         given = error.get("code")
-        return error_for(
+        ours = error_for(
             given if isinstance(given, int) else code,
             status if isinstance(status, str) else None,
             str(error.get("message") or f"Gemini answered {code}."),
         )
+        details = error.get("details")
+        if isinstance(details, list):
+            ours.details = [detail for detail in details if isinstance(detail, dict)]
+        return ours
     return error_for(code, None, f"Gemini answered {code}.")
 
 

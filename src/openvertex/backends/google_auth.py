@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from google.oauth2 import id_token, service_account
 
 from openvertex.errors import ApiError
 
+REFRESH_RETRY_S = 5.0  # how long a failed token refresh answers for itself before the next try
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
@@ -70,18 +72,29 @@ class TokenSource:
         self._failure = failure  # the error a caller gets when no token can be had
         self._credentials: Credentials | None = None
         self._refreshing: asyncio.Future[Credentials] | None = None  # one refresh at a time
+        self._retry_at = 0.0  # after a failed refresh, its error stands until then
         self._http = requests.Session()  # for the token endpoint; closed with the source
 
     async def headers(self) -> dict[str, str]:
         credentials = self._credentials
         if credentials is None or not credentials.valid:
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = asyncio.ensure_future(self._refresh())
+            refreshing = self._refreshing
+            if refreshing is None or not self._pending_or_failed_lately(refreshing):
+                refreshing = self._refreshing = asyncio.ensure_future(self._refresh())
             # Shielded: a caller that leaves does not cut a refresh others wait on, nor start a second.
-            credentials = await asyncio.shield(self._refreshing)
+            credentials = await asyncio.shield(refreshing)
         headers: dict[str, str] = {}
         credentials.apply(headers)  # type: ignore[no-untyped-call]
         return headers
+
+    def _pending_or_failed_lately(self, refreshing: asyncio.Future[Credentials]) -> bool:
+        """Whether to wait on the last refresh instead of starting one: it is under way, or it
+        failed less than REFRESH_RETRY_S ago (a token endpoint that is down is not asked again at
+        every request)."""
+        if not refreshing.done():
+            return True
+        failed = not refreshing.cancelled() and refreshing.exception() is not None
+        return failed and time.monotonic() < self._retry_at
 
     async def _refresh(self) -> Credentials:
         try:
@@ -92,6 +105,7 @@ class TokenSource:
                 request = google.auth.transport.requests.Request(self._http)
                 await asyncio.to_thread(credentials.refresh, request)
         except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as error:
+            self._retry_at = time.monotonic() + REFRESH_RETRY_S
             raise self._failure(error) from None
         return credentials
 

@@ -11,6 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from openvertex.errors import InvalidArgumentError
 from openvertex.http.disconnect import ClientDisconnected
+from openvertex.protocol.generate_content import GeminiModel
 from openvertex.translate.bounded_json import JsonLimits, load_json
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -81,6 +82,8 @@ def parse_json(body: bytes, model: type[ModelT], limits: JsonLimits | None = Non
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"{_INVALID} Expected a JSON object.")
     try:
+        if issubclass(model, GeminiModel):  # read as Google's parser reads it
+            return model.from_wire(data)
         return model.model_validate(data)
     except ValidationError as error:
         raise _validation_to_error(error) from None

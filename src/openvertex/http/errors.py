@@ -39,6 +39,8 @@ def error_body(error: ApiError) -> dict[str, Any]:
 
 
 def _details(error: ApiError) -> list[dict[str, Any]]:
+    if error.details is not None:
+        return error.details
     if isinstance(error, InvalidArgumentError) and error.param:
         violation = {"field": error.param, "description": error.message}
         return [{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [violation]}]

@@ -23,7 +23,7 @@ from openvertex.http.auth import Authenticator
 from openvertex.http.body import read_body, read_json
 from openvertex.http.disconnect import until_disconnect
 from openvertex.http.errors import error_body, native_error_body, route_path
-from openvertex.http.sse import JSON_ARRAY, NATIVE_SSE, STREAM_HEADERS, EventStreamResponse, first_item, framed
+from openvertex.http.sse import JSON_ARRAY, NATIVE_SSE, STREAM_HEADERS, EventStreamResponse, Framed, first_item
 from openvertex.protocol import generate_content as gc
 from openvertex.service.cached_contents import CachedContents, format_time
 from openvertex.service.generation import Backend, Generator
@@ -122,10 +122,16 @@ class NativeHandlers:
             return await self._tokens(request, target, backend)
         body: gc.GenerateContentRequest = await self._body(request, gc.GenerateContentRequest)
         check_native_request(body)
-        preparing = self.generator.prepare(
-            body, target.model, backend, dialect=target.dialect, timeout_s=_server_timeout(request)
+        # Until the first byte is sent, only the receive channel tells that the client left.
+        return await until_disconnect(request.receive, self._answer(request, target, backend, body))
+
+    async def _answer(
+        self, request: Request, target: _Target, backend: Backend, body: gc.GenerateContentRequest
+    ) -> Response:
+        timeout_s = _server_timeout(request)
+        prepared = await self.generator.prepare(
+            body, target.model, backend, dialect=target.dialect, timeout_s=timeout_s
         )
-        prepared = await until_disconnect(request.receive, preparing)  # it may rebuild a cache's prefix
         response_id, created = new_response_id(), format_time(time.time())
 
         def render(response: gc.GenerateContentResponse) -> dict[str, Any]:
@@ -138,20 +144,19 @@ class NativeHandlers:
             )
 
         if target.method == "generateContent":
-            response = await until_disconnect(request.receive, self.generator.generate(prepared))
-            return _json(render(response))
+            return _json(render(await self.generator.generate(prepared)))
         responses = self.generator.stream(prepared)
         # The first chunk before answering: errors found while starting get a real HTTP status.
-        first = await until_disconnect(request.receive, first_item(responses))
+        first = await first_item(responses)
         framing = NATIVE_SSE if request.query_params.get("alt") == "sse" else JSON_ARRAY
-        events = framed(
+        framed = Framed(
             first,
             responses,
             framing,
             dump=lambda response: json.dumps(render(response)).encode(),
             error_body=native_error_body if framing is NATIVE_SSE else error_body,
         )
-        return EventStreamResponse(events, headers=STREAM_HEADERS, media_type=framing.media_type)
+        return EventStreamResponse(framed, headers=STREAM_HEADERS, media_type=framing.media_type)
 
     async def _tokens(self, request: Request, target: _Target, backend: Backend) -> Response:
         if target.method == "countTokens":

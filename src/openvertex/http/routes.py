@@ -18,7 +18,7 @@ from openvertex.http.endpoints import EndpointHandlers, PinnedBackend
 from openvertex.http.errors import error_body
 from openvertex.http.native import NativeHandlers
 from openvertex.http.openapi import openapi_json
-from openvertex.http.sse import OPENAI_SSE, STREAM_HEADERS, EventStreamResponse, first_item, framed
+from openvertex.http.sse import OPENAI_SSE, STREAM_HEADERS, EventStreamResponse, Framed, first_item
 from openvertex.protocol import chat_completions as oa
 from openvertex.service.chat import ChatService, PreparedChat
 from openvertex.translate.bounded_json import JsonLimits
@@ -66,20 +66,23 @@ class Handlers:
         self.auth.check(request)
         raw = await read_body(request, self.max_body_bytes)
         body = await read_json(raw, oa.ChatCompletionRequest, self.json_limits)
-        prepared = await until_disconnect(request.receive, self._prepare(body, pinned))
         # Until the first byte is sent, only the receive channel tells that the client left:
         # watch it, so a hang-up frees the engine at once instead of at the deadline.
+        return await until_disconnect(request.receive, self._answer(body, pinned))
+
+    async def _answer(self, body: oa.ChatCompletionRequest, pinned: PinnedBackend | None) -> Response:
+        prepared = await self._prepare(body, pinned)
         if not body.stream:
-            completion = await until_disconnect(request.receive, self.service.complete(prepared))
+            completion = await self.service.complete(prepared)
             return Response(completion.model_dump_json(), media_type="application/json")
         chunks = self.service.stream(prepared)
         # Pull the first chunk before answering, so errors found while starting (a prompt
         # too long for the context, say) get a real HTTP status instead of an SSE event.
-        first = await until_disconnect(request.receive, first_item(chunks))
-        events = framed(
+        first = await first_item(chunks)
+        framed = Framed(
             first, chunks, OPENAI_SSE, dump=lambda chunk: chunk.model_dump_json().encode(), error_body=error_body
         )
-        return EventStreamResponse(events, headers=STREAM_HEADERS, media_type=OPENAI_SSE.media_type)
+        return EventStreamResponse(framed, headers=STREAM_HEADERS, media_type=OPENAI_SSE.media_type)
 
     def _prepare(self, body: oa.ChatCompletionRequest, pinned: PinnedBackend | None) -> Awaitable[PreparedChat]:
         if pinned is None:

@@ -64,31 +64,44 @@ async def _close(iterator: AsyncIterator[object]) -> None:
         await aclose()
 
 
-async def framed(
-    first: T,
-    rest: AsyncIterator[T],
-    framing: Framing,
-    *,
-    dump: Callable[[T], bytes],
-    error_body: Callable[[ApiError], dict[str, Any]],
-) -> AsyncIterator[bytes]:
-    """Frame a stream whose first item is already known (so errors before it got a real status)."""
-    end = framing.end
-    try:
-        yield framing.start + framing.prefix + dump(first) + framing.suffix
-        async for item in rest:
-            yield framing.separator + framing.prefix + dump(item) + framing.suffix
-    except Exception as exc:
-        if not isinstance(exc, ApiError):
-            log.exception("internal error during a stream")
-            exc = InternalError("Internal error encountered.")
-        body = json.dumps(error_body(exc)).encode()
-        yield framing.separator + framing.prefix + body + framing.suffix
-        end = framing.end_after_error
-    finally:
-        await _close(rest)  # also when this generator is closed while suspended at a `yield`
-    if end:
-        yield end
+class Framed:
+    """A stream framed for the wire, its first item already known (so errors before it got a real
+    status). The terminator, once the items ran out, is `tail`: it goes out with the response's
+    last message instead of a write of its own."""
+
+    def __init__(
+        self,
+        first: T,
+        rest: AsyncIterator[T],
+        framing: Framing,
+        *,
+        dump: Callable[[T], bytes],
+        error_body: Callable[[ApiError], dict[str, Any]],
+    ) -> None:
+        self.events = self._frame(first, rest, framing, dump, error_body)
+        self.tail = b""
+
+    async def _frame(
+        self,
+        first: T,
+        rest: AsyncIterator[T],
+        framing: Framing,
+        dump: Callable[[T], bytes],
+        error_body: Callable[[ApiError], dict[str, Any]],
+    ) -> AsyncIterator[bytes]:
+        try:
+            yield framing.start + framing.prefix + dump(first) + framing.suffix
+            async for item in rest:
+                yield framing.separator + framing.prefix + dump(item) + framing.suffix
+            self.tail = framing.end
+        except Exception as exc:
+            if not isinstance(exc, ApiError):
+                log.exception("internal error during a stream")
+                exc = InternalError("Internal error encountered.")
+            body = json.dumps(error_body(exc)).encode()
+            self.tail = framing.separator + framing.prefix + body + framing.suffix + framing.end_after_error
+        finally:
+            await _close(rest)  # also when this generator is closed while suspended at a `yield`
 
 
 class EventStreamResponse(StreamingResponse):
@@ -100,19 +113,20 @@ class EventStreamResponse(StreamingResponse):
     generator closed, the moment `http.disconnect` arrives.
     """
 
-    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str], media_type: str) -> None:
-        super().__init__(events, media_type=media_type, headers=headers)
-        self._events = events
+    def __init__(self, framed: Framed, headers: Mapping[str, str], media_type: str) -> None:
+        super().__init__(framed.events, media_type=media_type, headers=headers)
+        self._framed = framed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with contextlib.suppress(ClientDisconnected):
             await until_disconnect(receive, self._send_all(send))
 
     async def _send_all(self, send: Send) -> None:
+        events = self._framed.events
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async for chunk in self._events:
+            async for chunk in events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": self._framed.tail, "more_body": False})
         finally:
-            await _close(self._events)
+            await _close(events)

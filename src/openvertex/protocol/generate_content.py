@@ -6,21 +6,18 @@ this format absence and "not set" are the same thing.
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 # The two native dialects: Vertex AI (also behind the OpenAI-compatible surface) and the Gemini
 # Developer API. They differ in resource names, a few response fields and some error texts.
 Dialect = Literal["vertex", "gemini"]
-
-
-# Validation context for answers from an upstream Gemini: unknown fields are tolerated.
-UPSTREAM: dict[str, bool] = {"upstream": True}
 
 
 def _is_list(annotation: Any) -> bool:
@@ -29,44 +26,54 @@ def _is_list(annotation: Any) -> bool:
     return typing.get_origin(annotation) is list
 
 
+def _model_in(annotation: Any) -> type[GeminiModel] | None:
+    """The message type a field holds (alone, in a list, or optional), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, GeminiModel):
+        return annotation
+    return next((found for arg in typing.get_args(annotation) if (found := _model_in(arg)) is not None), None)
+
+
 class GeminiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid")
 
     @classmethod
+    def from_wire(cls, data: Any) -> Self:
+        """Validate JSON as Google's parser reads it: it takes a lone value where a list is expected
+        (Vertex's own curl examples send `"contents": {...}`, `"parts": {...}`). For what clients
+        send; answers and what openvertex builds itself go through plain validation."""
+        return cls.model_validate(_lists_where_expected(cls, data))
+
+    @classmethod
     @cache
-    def _list_keys(cls) -> frozenset[str]:
-        """The keys (either spelling) of fields that hold lists."""
-        return frozenset(
-            key
+    def _wire_fields(cls) -> dict[str, tuple[bool, type[GeminiModel] | None]]:
+        """Each key (either spelling): whether it holds a list, and the message type inside."""
+        return {
+            key: (_is_list(field.annotation), _model_in(field.annotation))
             for name, field in cls.model_fields.items()
-            if _is_list(field.annotation)
             for key in (name, field.alias or name)
-        )
-
-    @classmethod
-    @cache
-    def _known_keys(cls) -> frozenset[str]:
-        return frozenset(key for name, field in cls.model_fields.items() for key in (name, field.alias or name))
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_as_list(cls, data: Any, info: ValidationInfo) -> Any:
-        """Google's JSON parser takes a lone value where a list is expected (Vertex's own curl
-        examples send `"contents": {...}`, `"parts": {...}`). An upstream's answer (context
-        UPSTREAM) may hold fields a newer Gemini added: where a model keeps no extras, they go."""
-        if not isinstance(data, dict):
-            return data
-        upstream = isinstance(info.context, dict) and info.context.get("upstream")
-        if upstream and cls.model_config.get("extra") == "forbid":
-            known = cls._known_keys()
-            data = {key: value for key, value in data.items() if key in known}
-        keys = cls._list_keys()
-        if any(key in keys and value is not None and not isinstance(value, list) for key, value in data.items()):
-            return {k: [v] if k in keys and v is not None and not isinstance(v, list) else v for k, v in data.items()}
-        return data
+        }
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _lists_where_expected(model: type[GeminiModel], data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    fields = model._wire_fields()
+    return {key: _as_expected(value, *fields.get(key, (False, None))) for key, value in data.items()}
+
+
+def _as_expected(value: Any, is_list: bool, inner: type[GeminiModel] | None) -> Any:
+    if value is None:
+        return None
+    if is_list and not isinstance(value, list):
+        value = [value]
+    if inner is None:
+        return value
+    if isinstance(value, list):
+        return [_lists_where_expected(inner, item) for item in value]
+    return _lists_where_expected(inner, value)
 
 
 class Blob(GeminiModel):
@@ -377,3 +384,26 @@ def current_turn_start(contents: list[Content]) -> int:
         if content.role != "model" and not all(p.function_response is not None for p in content.parts):
             start = index + 1
     return start
+
+
+def upstream_answer(raw: bytes) -> GenerateContentResponse:
+    """An upstream Gemini's answer (JSON). A field a newer Gemini added passes through where a
+    message keeps extras, and is dropped where it keeps none (a request gets a 400 for one);
+    an answer with only known fields costs one validation. An error event (`{"error": …}`)
+    reads as an answer whose extras hold it. Raises ValueError (ValidationError included)."""
+    try:
+        return GenerateContentResponse.model_validate_json(raw)
+    except ValidationError as error:
+        unknown = [detail["loc"] for detail in error.errors() if detail["type"] == "extra_forbidden"]
+        if len(unknown) < error.error_count():
+            raise
+        data = json.loads(raw)
+        try:
+            for *path, key in unknown:
+                parent = data
+                for step in path:
+                    parent = parent[step]
+                del parent[key]
+        except (KeyError, IndexError, TypeError):
+            raise error from None
+    return GenerateContentResponse.model_validate(data)

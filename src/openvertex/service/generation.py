@@ -11,8 +11,9 @@ import asyncio
 import base64
 import fnmatch
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from openvertex.backends.base import Backend
 from openvertex.errors import DeadlineExceededError, NotFoundError
@@ -23,6 +24,8 @@ from openvertex.service.capabilities import Namer, check_capabilities, native_na
 from openvertex.service.routing import Router
 from openvertex.service.signatures import ThoughtSigner
 from openvertex.translate.resources import ModelName
+
+T = TypeVar("T")
 
 # Backend: the HTTP handlers hold one (opaque to them) between resolving a model and using it.
 __all__ = ["GENERATION_METHODS", "Backend", "Generator", "Prepared"]
@@ -79,7 +82,8 @@ class Generator:
         cached_tokens = 0
         if request.cached_content is not None:
             try:  # rebuilding a lost prefix is part of the request's time
-                applied = await asyncio.wait_for(self.caches.apply(request, model, backend, dialect), deadline)
+                async with asyncio.timeout(deadline):
+                    applied = await self.caches.apply(request, model, backend, dialect)
             except TimeoutError:
                 raise self._deadline_error(deadline) from None
             request, cached_tokens = applied.request, applied.tokens
@@ -179,10 +183,9 @@ class Generator:
             usage.cached_content_token_count = max(usage.cached_content_token_count or 0, cached) or None
 
     async def generate(self, prepared: Prepared) -> gc.GenerateContentResponse:
-        try:
-            response = await asyncio.wait_for(
-                prepared.backend.generate(prepared.request, model=prepared.model.routed), prepared.timeout_s
-            )
+        try:  # a timeout, not wait_for: no task per request
+            async with asyncio.timeout(prepared.timeout_s):
+                response = await prepared.backend.generate(prepared.request, model=prepared.model.routed)
         except TimeoutError:
             raise self._deadline_error(prepared.timeout_s) from None
         if self._signs(prepared.backend):
@@ -195,11 +198,11 @@ class Generator:
         if self._signs(prepared.backend):
             upstream = self.signer.sign_stream(upstream)  # sees the thoughts it seals
         clock = _StreamClock(self.metrics)
-        deadline = time.monotonic() + prepared.timeout_s
+        deadline = _Deadline(prepared.timeout_s)
         try:
             while True:
                 try:
-                    response = await asyncio.wait_for(anext(upstream), deadline - time.monotonic())
+                    response = await deadline.run(anext(upstream))
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -208,7 +211,40 @@ class Generator:
                 clock.tick()
                 yield response
         finally:
+            deadline.cancel()
             await upstream.aclose()  # type: ignore[attr-defined]
+
+
+class _Deadline:
+    """A stream's deadline: one timer for the whole stream (asyncio.timeout around each chunk's
+    wait would arm one per chunk). It cancels only a wait in `run`, never the consumer's own
+    work between chunks: a deadline passed meanwhile is raised by the next `run`."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._waiting: asyncio.Task[Any] | None = None
+        self._expired = False
+        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def run(self, wait: Awaitable[T]) -> T:
+        if self._expired:
+            raise TimeoutError
+        task = self._waiting = asyncio.current_task()
+        try:
+            return await wait
+        except asyncio.CancelledError:
+            if self._expired and task is not None and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = None
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _drop_thoughts(response: gc.GenerateContentResponse) -> None:

@@ -7,6 +7,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, NoReturn
 
 from openvertex.errors import InvalidArgumentError
@@ -34,6 +35,11 @@ def _depth_error(limits: JsonLimits) -> InvalidArgumentError:
 def _refuse_constant(literal: str) -> NoReturn:
     # Python's json reads NaN and Infinity; JSON (RFC 8259) has no such values.
     raise _Refused(f"Unexpected token {literal}: NaN and Infinity are not JSON numbers.")
+
+
+@cache
+def _decoder(limits: JsonLimits) -> json.JSONDecoder:
+    return json.JSONDecoder(**_number_hooks(limits))
 
 
 def _number_hooks(limits: JsonLimits) -> dict[str, Any]:
@@ -86,8 +92,9 @@ def _check_shape(data: Any, limits: JsonLimits) -> None:
 
 def load_json(body: bytes, limits: JsonLimits) -> Any:
     """JSON text → Python values, within `limits`; anything else is a 400 in Google's words."""
-    try:
-        data = json.loads(body, **_number_hooks(limits))
+    encoding = json.detect_encoding(body)
+    try:  # as json.loads reads bytes, with a decoder built once
+        data = _decoder(limits).decode(body.decode(encoding, "surrogatepass"))
     except RecursionError:
         # The C parser recurses per level; input this deep is far past any limit.
         raise _depth_error(limits) from None
@@ -95,5 +102,14 @@ def load_json(body: bytes, limits: JsonLimits) -> Any:
         raise InvalidArgumentError(f"{_INVALID} {refused}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InvalidArgumentError(f"{_INVALID} {error}") from None
-    _check_shape(data, limits)
+    # UTF-8 with neither a \u escape nor an 0xED byte (how a surrogate is written in UTF-8) holds
+    # no lone surrogate, and with fewer brackets than the limit nothing nests deeper: most bodies
+    # need no walk.
+    if (
+        encoding != "utf-8"
+        or b"\\u" in body
+        or b"\xed" in body
+        or body.count(b"{") + body.count(b"[") > limits.max_depth
+    ):
+        _check_shape(data, limits)
     return data

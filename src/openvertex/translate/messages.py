@@ -124,7 +124,7 @@ def _function_response_parts(extra: oa.ExtraContent | None, *, param: str) -> li
     if google is None or google.parts is None:
         return None
     try:
-        return [gc.FunctionResponsePart.model_validate(part) for part in google.parts]
+        return [gc.FunctionResponsePart.from_wire(part) for part in google.parts]
     except ValueError as error:
         raise InvalidArgumentError(
             f"not a valid function response part: {error}", param=f"{param}.extra_content.google.parts"

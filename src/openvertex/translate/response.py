@@ -65,9 +65,11 @@ class PartTranslator:
         elif marker is not None and not thought and self.in_thought:
             prefix = close_tag(marker)
         self.in_thought = thought
-        extras = _google(thought=True if thought else None, thought_signature=signature)
+        extras = (
+            _google(thought=True if thought else None, thought_signature=signature) if thought or signature else None
+        )
         # An empty text part that only carries a signature becomes a metadata-only delta.
-        return oa.Delta(content=(prefix + text) or None, extra_content=extras if (thought or signature) else None)
+        return oa.Delta(content=(prefix + text) or None, extra_content=extras)
 
     def _tool_call(self, part: gc.Part) -> oa.Delta:
         call = part.function_call

@@ -52,7 +52,7 @@ def request_to_tools(request: oa.ChatCompletionRequest) -> list[gc.Tool] | None:
     for index, native in enumerate(request.google_extensions.tools or []):
         try:
             # REST JSON names native tools in lowerCamelCase (code_execution → codeExecution).
-            tools.append(gc.Tool.model_validate({to_camel(key): value for key, value in native.items()}))
+            tools.append(gc.Tool.from_wire({to_camel(key): value for key, value in native.items()}))
         except ValueError as error:
             raise InvalidArgumentError(
                 f"not a valid Gemini tool: {error}", param=f"extra_body.google.tools[{index}]"
