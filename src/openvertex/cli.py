@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
 import socket
@@ -86,6 +87,10 @@ def serve(args: argparse.Namespace) -> None:
     shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
     print(f"openvertex listening on http://{shown}:{port}", flush=True)
     print(f"OpenAI SDK base_url: http://{shown}:{port}{BASE_PATH}", flush=True)
+    # What start-up built (models, schemas, tokenizer tables) lives as long as the process: frozen,
+    # the collector stops walking it at every full collection.
+    gc.collect()
+    gc.freeze()
     config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
 

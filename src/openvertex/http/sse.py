@@ -9,6 +9,7 @@ An error after the stream began is one more event (array element) whose first ke
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -123,10 +124,64 @@ class EventStreamResponse(StreamingResponse):
 
     async def _send_all(self, send: Send) -> None:
         events = self._framed.events
+        writer = _Writer(send)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": self._framed.tail, "more_body": False})
+                await writer.put(chunk)
+            await writer.finish(self._framed.tail)
         finally:
+            writer.stop()
             await _close(events)
+
+
+class _Writer:
+    """Sends a stream's chunks from a task of its own, joined: whatever the producer made before it
+    next waited goes out in one write. An upstream's events that arrive together (one read holds
+    a whole short answer) then cost one system call, not one each; a chunk made alone still goes
+    at once, when the producer waits for the next."""
+
+    HIGH_WATER = 1 << 20  # bytes held while the client reads slowly; the producer waits beyond
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._more = True
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def put(self, chunk: bytes) -> None:
+        if self._task.done():
+            self._task.result()  # the sending failed: raise it here
+            raise RuntimeError("stream writer stopped")
+        self._pending.append(chunk)
+        self._size += len(chunk)
+        self._wake.set()
+        if self._size > self.HIGH_WATER:
+            self._drained.clear()
+            await self._drained.wait()
+
+    async def finish(self, tail: bytes) -> None:
+        """Send what is pending and `tail` as the response's last message."""
+        self._pending.append(tail)
+        self._more = False
+        self._wake.set()
+        await self._task
+
+    def stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            body, more = b"".join(self._pending), self._more
+            self._pending.clear()
+            self._size = 0
+            self._drained.set()
+            await self._send({"type": "http.response.body", "body": body, "more_body": more})
+            if not more:
+                return

@@ -224,7 +224,10 @@ class ChatCompletionRequest(_Lenient):
         """`extra_body.google` wins over a top-level `google` object (spec §3.1, [I])."""
         if self.extra_body is not None and self.extra_body.google is not None:
             return self.extra_body.google
-        return self.google or GoogleRequestExtensions()
+        return self.google or _NO_EXTENSIONS
+
+
+_NO_EXTENSIONS = GoogleRequestExtensions()  # shared by requests without any: read, never written
 
 
 # ---------------------------------------------------------------- response

@@ -11,9 +11,9 @@ import asyncio
 import base64
 import fnmatch
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from openvertex.backends.base import Backend
 from openvertex.errors import DeadlineExceededError, NotFoundError
@@ -24,8 +24,6 @@ from openvertex.service.capabilities import Namer, check_capabilities, native_na
 from openvertex.service.routing import Router
 from openvertex.service.signatures import ThoughtSigner
 from openvertex.translate.resources import ModelName
-
-T = TypeVar("T")
 
 # Backend: the HTTP handlers hold one (opaque to them) between resolving a model and using it.
 __all__ = ["GENERATION_METHODS", "Backend", "Generator", "Prepared"]
@@ -201,15 +199,22 @@ class Generator:
         deadline = _Deadline(prepared.timeout_s)
         try:
             while True:
+                deadline.waiting = asyncio.current_task()
                 try:
-                    response = await deadline.run(anext(upstream))
+                    response = await anext(upstream)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    raise self._deadline_error(prepared.timeout_s) from None
+                except asyncio.CancelledError:
+                    if deadline.passed():
+                        raise self._deadline_error(prepared.timeout_s) from None
+                    raise
+                finally:
+                    deadline.waiting = None
                 self._finish(prepared, response)
                 clock.tick()
                 yield response
+                if deadline.expired:  # passed while the consumer had the chunk
+                    raise self._deadline_error(prepared.timeout_s)
         finally:
             deadline.cancel()
             await upstream.aclose()  # type: ignore[attr-defined]
@@ -217,31 +222,22 @@ class Generator:
 
 class _Deadline:
     """A stream's deadline: one timer for the whole stream (asyncio.timeout around each chunk's
-    wait would arm one per chunk). It cancels only a wait in `run`, never the consumer's own
-    work between chunks: a deadline passed meanwhile is raised by the next `run`."""
+    wait would arm one per chunk). It cancels the task only while it waits for the next chunk,
+    never the consumer's own work between chunks."""
 
     def __init__(self, timeout_s: float) -> None:
-        self._waiting: asyncio.Task[Any] | None = None
-        self._expired = False
+        self.waiting: asyncio.Task[Any] | None = None  # the task waiting for the next chunk
+        self.expired = False
         self._timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
 
     def _expire(self) -> None:
-        self._expired = True
-        if self._waiting is not None:
-            self._waiting.cancel()
+        self.expired = True
+        if self.waiting is not None:
+            self.waiting.cancel()
 
-    async def run(self, wait: Awaitable[T]) -> T:
-        if self._expired:
-            raise TimeoutError
-        task = self._waiting = asyncio.current_task()
-        try:
-            return await wait
-        except asyncio.CancelledError:
-            if self._expired and task is not None and task.uncancel() == 0:
-                raise TimeoutError from None
-            raise
-        finally:
-            self._waiting = None
+    def passed(self) -> bool:
+        """After a CancelledError in the wait: whether it was this deadline's (and only its)."""
+        return self.expired and self.waiting is not None and self.waiting.uncancel() == 0
 
     def cancel(self) -> None:
         self._timer.cancel()
