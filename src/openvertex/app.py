@@ -26,6 +26,7 @@ from openvertex.metrics import Metrics
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.chat import ChatService
 from openvertex.service.generation import Generator
+from openvertex.service.media import MediaReader
 from openvertex.service.routing import Router
 from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSigner, load_or_create_secret, parse_secret
 from openvertex.settings import Settings
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     register_backend_readings(metrics, router)
     database = Database(settings.state_dir / DATABASE_FILE)
     caches = CachedContents(CachedContentStore(database), router, max_caches=settings.max_cached_contents)
+    media = MediaReader(settings.media)
     generator = Generator(
         router,
         caches,
@@ -54,6 +56,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
         timeout_s=settings.request_timeout_s,
         signer=ThoughtSigner(_signing_secret(settings)),
         optional_signatures=settings.optional_thought_signatures,
+        media=media,
     )
     auth = Authenticator(settings.api_keys)
     json_limits = JsonLimits(settings.max_json_depth, settings.max_json_number_length)
@@ -85,6 +88,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
                     await task
             await asyncio.gather(*(backend.close() for backend in backends.values()))
             await endpoints.close()
+            await media.close()
             database.close()
 
     return Starlette(

@@ -160,6 +160,20 @@ def _default_routes() -> list[Route]:
     return [Route(model="google/*", backend="local"), Route(model=DEFAULT_MODEL_ALIAS, backend="local")]
 
 
+class MediaSettings(_Section):
+    """Media a request points at (`https://`, `gs://`), read by openvertex for backends that cannot
+    fetch them themselves (the embedded model; Gemini on Vertex fetches its own)."""
+
+    max_part_bytes: int = Field(20 * 1024 * 1024, ge=1024)  # one image, clip or document
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # all of a request's media
+    fetch_timeout_s: float = Field(30.0, gt=0)  # one https:// fetch, redirects included
+    max_redirects: int = Field(5, ge=0, le=20)
+    allow_http: bool = False  # plain http:// URIs (never for the internet: no integrity)
+    # Hosts (names, addresses or networks such as "10.1.2.0/24") that may be fetched although they
+    # are not public: loopback, private, link-local and the metadata service are refused otherwise.
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+
 def _default_state_dir() -> Path:
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "openvertex"
@@ -181,6 +195,7 @@ class Settings(BaseSettings):
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
     routes: list[Route] = Field(default_factory=_default_routes)
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)  # self-deployed endpoint ids
+    media: MediaSettings = Field(default_factory=MediaSettings)
     # Where openvertex keeps what must outlive a restart: the thought-signature secret, the
     # database (openvertex.db: context caches) and the KV of cached prefixes.
     state_dir: Path = Field(default_factory=_default_state_dir)

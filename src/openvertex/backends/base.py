@@ -37,6 +37,9 @@ class Capabilities:
 
     function_calling: bool = False
     input_mime_prefixes: tuple[str, ...] = ()  # e.g. ("image/", "audio/") for a multimodal model
+    # The backend reads gs:// and https:// media itself (Gemini on Vertex); else openvertex fetches
+    # them and sends their bytes inline.
+    reads_media_uris: bool = False
     thinking: bool = False
     output_modalities: frozenset[str] = frozenset({"TEXT"})
     response_mime_types: frozenset[str] | None = None  # None: any

@@ -24,6 +24,7 @@ class FakeBackend:
         self._capabilities = capabilities or Capabilities(
             function_calling=True,
             input_mime_prefixes=("image/", "audio/", "video/", "application/", "text/"),
+            reads_media_uris=True,  # like Gemini: URIs stay URIs
             thinking=True,
             output_modalities=frozenset({"TEXT", "IMAGE", "AUDIO"}),
             safety_filtering=True,

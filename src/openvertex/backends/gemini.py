@@ -67,6 +67,7 @@ class GeminiBackend:
         self.capabilities = Capabilities(
             function_calling=True,
             input_mime_prefixes=("image/", "audio/", "video/", "application/pdf", "text/"),
+            reads_media_uris=True,  # fileData goes up as it is: Gemini fetches gs:// and https:// itself
             thinking=True,
             output_modalities=frozenset({"TEXT", "IMAGE", "AUDIO"}),
             safety_filtering=True,

@@ -12,7 +12,7 @@ import typing
 from functools import cache
 from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 # The two native dialects: Vertex AI (also behind the OpenAI-compatible surface) and the Gemini
@@ -136,6 +136,16 @@ class Part(GeminiModel):
     executable_code: dict[str, Any] | None = None
     code_execution_result: dict[str, Any] | None = None
     video_metadata: dict[str, Any] | None = None
+    _origin: str | None = PrivateAttr(default=None)
+
+    def origin(self) -> str | None:
+        """Where a client's request held this part when it was not written natively (an OpenAI
+        message part, `messages[0].content[1].image_url`): errors about its media name that."""
+        return self._origin
+
+    def with_origin(self, param: str) -> Part:
+        self._origin = param
+        return self
 
 
 Role = Literal["user", "model"]

@@ -21,8 +21,10 @@ from openvertex.metrics import Metrics
 from openvertex.protocol import generate_content as gc
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.capabilities import Namer, check_capabilities, native_name
+from openvertex.service.media import MediaReader
 from openvertex.service.routing import Router
 from openvertex.service.signatures import ThoughtSigner
+from openvertex.settings import MediaSettings
 from openvertex.translate.resources import ModelName
 
 # Backend: the HTTP handlers hold one (opaque to them) between resolving a model and using it.
@@ -51,8 +53,10 @@ class Generator:
         timeout_s: float,
         signer: ThoughtSigner,
         optional_signatures: Sequence[str] = (),
+        media: MediaReader | None = None,
     ) -> None:
         self.router = router
+        self.media = media or MediaReader(MediaSettings())
         self.caches = caches
         self.metrics = metrics
         self.timeout_s = timeout_s
@@ -76,6 +80,9 @@ class Generator:
         """Everything that can fail with a 4xx before any generation starts. `timeout_s`: the
         client's own deadline, within the server's."""
         check_capabilities(request, backend.capabilities, name)
+        await self.media.check_inline(request, name)
+        if not backend.capabilities.reads_media_uris:
+            request = await self.media.inline(request, name)
         deadline = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
         cached_tokens = 0
         if request.cached_content is not None:

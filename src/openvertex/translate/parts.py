@@ -34,9 +34,10 @@ def _mime_from_url(url: str, default: str) -> str:
 def uri_to_part(uri: str, *, default_mime: str, param: str) -> gc.Part:
     """A data URI becomes inline data; a gs:// or http(s):// URI becomes file data."""
     if uri.startswith("data:"):
-        return gc.Part(inline_data=_data_uri_to_blob(uri, param=param))
+        return gc.Part(inline_data=_data_uri_to_blob(uri, param=param)).with_origin(param)
     if uri.startswith(_URI_SCHEMES):
-        return gc.Part(file_data=gc.FileData(mime_type=_mime_from_url(uri, default_mime), file_uri=uri))
+        file_data = gc.FileData(mime_type=_mime_from_url(uri, default_mime), file_uri=uri)
+        return gc.Part(file_data=file_data).with_origin(param)
     raise InvalidArgumentError("expected a gs://, https:// or data: URI", param=param)
 
 
@@ -63,7 +64,7 @@ def _audio_part(audio: oa.InputAudio, *, param: str) -> gc.Part:
         if part.file_data is not None:
             part.file_data.mime_type = mime
         return part
-    return gc.Part(inline_data=gc.Blob(mime_type=mime, data=audio.data))  # bare base64
+    return gc.Part(inline_data=gc.Blob(mime_type=mime, data=audio.data)).with_origin(data_param)  # bare base64
 
 
 def _file_part(file: oa.FileRef, *, param: str) -> gc.Part:

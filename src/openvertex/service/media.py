@@ -1,0 +1,352 @@
+"""Media a request points at, read into bytes for a backend that cannot fetch it itself.
+
+Gemini on Vertex fetches `gs://` and `https://` URIs on its own, and gets them as `fileData`. A
+backend without that (the embedded model) gets every media part as `inlineData`, read here:
+
+- `data:` URIs are already inline: their base64 must decode and their bytes match their MIME type;
+- `https://` is fetched by the server, refusing any address that is loopback, private,
+  link-local, the cloud metadata service or otherwise not public, unless the operator allows the
+  host; redirects are followed by hand and checked again, size and time are bounded, and
+  `http://` is refused unless allowed. The check is made on the resolved addresses, and again on
+  the address each connection goes to, so a name that changes its answer in between gains nothing;
+- `gs://` is read with google-cloud-storage under Application Default Credentials, or from the
+  emulator `STORAGE_EMULATOR_HOST` names (the ecosystem's convention).
+
+Every failure is a 400 that names the part and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextvars
+import errno
+import ipaddress
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from openvertex.errors import InvalidArgumentError
+from openvertex.protocol import generate_content as gc
+from openvertex.settings import MediaSettings
+
+Namer = Callable[[str], str]
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+INLINE_CHECK_CHARS = 256 * 1024  # base64 decoded on the event loop up to this much, else on a thread
+
+# What Gemini reads (Vertex's documented input types): these images and documents, and audio,
+# video and text of any subtype.
+SUPPORTED_MIME_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif", "application/pdf"}
+)
+SUPPORTED_MIME_FAMILIES = ("audio/", "video/", "text/")
+# Other names clients use for the same types.
+MIME_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "audio/mp3": "audio/mpeg",
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+    "audio/x-flac": "audio/flac",
+    "audio/x-aiff": "audio/aiff",
+}
+
+
+def canonical_mime(mime: str) -> str:
+    base = mime.split(";", 1)[0].strip().lower()
+    return MIME_ALIASES.get(base, base)
+
+
+# Leading bytes that name a format unambiguously: (offset, signature, MIME type).
+_SIGNATURES = (
+    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
+    (0, b"\xff\xd8\xff", "image/jpeg"),
+    (8, b"WEBP", "image/webp"),
+    (8, b"WAVE", "audio/wav"),
+    (0, b"%PDF-", "application/pdf"),
+    (0, b"fLaC", "audio/flac"),
+    (0, b"OggS", "audio/ogg"),
+    (0, b"ID3", "audio/mpeg"),
+    (0, b"GIF87a", "image/gif"),
+    (0, b"GIF89a", "image/gif"),
+)
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The type the bytes themselves show, for the formats whose signature is unambiguous."""
+    for offset, signature, mime in _SIGNATURES:
+        if data[offset : offset + len(signature)] == signature and (offset == 0 or data[:4] == b"RIFF"):
+            return mime
+    if len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06:  # an MPEG audio frame
+        return "audio/mpeg"
+    return None
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Set while fetching from a host the operator allowed by name: its addresses may be internal.
+_HOST_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("media_host_allowed", default=False)
+
+
+def _ip(address: str) -> IPAddress:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _is_public(ip: IPAddress) -> bool:
+    return ip.is_global and not ip.is_multicast
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    mime_type: str
+    data: bytes
+
+
+class MediaReader:
+    """Reads what media parts point at. One aiohttp session for `https://`, opened on first use."""
+
+    def __init__(self, settings: MediaSettings) -> None:
+        self.settings = settings
+        networks: list[Network] = []
+        names: set[str] = set()
+        for entry in settings.allowed_hosts:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                names.add(entry.lower())
+        self._allowed_networks = tuple(networks)
+        self._allowed_names = frozenset(names)
+        self._session: aiohttp.ClientSession | None = None
+        self._storage: Any = None  # google.cloud.storage.Client, made on first gs:// read
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------------ requests
+
+    async def check_inline(self, request: gc.GenerateContentRequest, name: Namer) -> None:
+        """Inline media, for every backend: valid base64, a supported type its bytes agree with,
+        and within the per-part and per-request sizes (decoded off the event loop when large)."""
+        size = sum(len(part.inline_data.data) for _, part in _media_parts(request) if part.inline_data is not None)
+        if size > INLINE_CHECK_CHARS:
+            await asyncio.to_thread(self._check_inline, request, name)
+        elif size:
+            self._check_inline(request, name)
+
+    def _check_inline(self, request: gc.GenerateContentRequest, name: Namer) -> None:
+        total = 0
+        for path, part in _media_parts(request):
+            if part.inline_data is None:
+                continue
+            param = _origin(part) or name(f"{path}.inlineData")
+            media = self._decoded(part.inline_data, param=param)
+            total += len(media.data)
+            if total > self.settings.max_request_bytes:
+                raise InvalidArgumentError(
+                    f"the request's media exceed {self.settings.max_request_bytes} bytes", param=param
+                )
+
+    async def inline(self, request: gc.GenerateContentRequest, name: Namer) -> gc.GenerateContentRequest:
+        """The request with every `fileData` part read and sent as `inlineData` instead."""
+        referenced = [(path, part) for path, part in _media_parts(request) if part.file_data is not None]
+        if not referenced:
+            return request
+        request = request.model_copy(deep=True)
+        total = sum(len(p.inline_data.data) * 3 // 4 for _, p in _media_parts(request) if p.inline_data is not None)
+        for path, part in _media_parts(request):
+            if part.file_data is None:
+                continue
+            param = _origin(part) or name(f"{path}.fileData.fileUri")
+            media = await self.read(part.file_data.file_uri, part.file_data.mime_type, param=param)
+            total += len(media.data)
+            if total > self.settings.max_request_bytes:
+                raise InvalidArgumentError(
+                    f"the request's media exceed {self.settings.max_request_bytes} bytes", param=param
+                )
+            encoded = base64.b64encode(media.data).decode()
+            part.inline_data, part.file_data = gc.Blob(mime_type=media.mime_type, data=encoded), None
+        return request
+
+    # ------------------------------------------------------------------ one URI
+
+    async def read(self, uri: str, declared: str | None, *, param: str) -> Media:
+        scheme = urlsplit(uri).scheme.lower()
+        if scheme == "gs":
+            data = await self._read_gcs(uri, param=param)
+        elif scheme == "https" or (scheme == "http" and self.settings.allow_http):
+            data, served = await self._fetch(uri, param=param)
+            declared = declared or served
+        elif scheme == "http":
+            raise InvalidArgumentError("http:// URIs are not fetched; use https://", param=param)
+        else:
+            raise InvalidArgumentError("expected a gs://, https:// or data: URI", param=param)
+        return Media(self._checked_type(declared, data, param=param), data)
+
+    def _decoded(self, blob: gc.Blob, *, param: str) -> Media:
+        text = blob.data
+        if len(text) * 3 // 4 > self.settings.max_part_bytes:
+            raise InvalidArgumentError(f"inline data larger than {self.settings.max_part_bytes} bytes", param=param)
+        try:
+            data = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgumentError("inline data is not valid base64", param=param) from None
+        return Media(self._checked_type(blob.mime_type, data, param=param), data)
+
+    def _checked_type(self, declared: str | None, data: bytes, *, param: str) -> str:
+        sniffed = sniff_mime(data)
+        mime = canonical_mime(declared) if declared else sniffed
+        if mime is None or mime == "application/octet-stream":
+            if sniffed is None:
+                raise InvalidArgumentError("the media type is unknown: give a MIME type", param=param)
+            mime = sniffed
+        if mime not in SUPPORTED_MIME_TYPES and not mime.startswith(SUPPORTED_MIME_FAMILIES):
+            raise InvalidArgumentError(f"unsupported MIME type {mime}", param=param)
+        if sniffed is not None and sniffed != mime:
+            raise InvalidArgumentError(f"the data is {sniffed}, not {mime}", param=param)
+        return mime
+
+    # ------------------------------------------------------------------ https://
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(socket_factory=self._socket, use_dns_cache=False)
+            timeout = aiohttp.ClientTimeout(total=self.settings.fetch_timeout_s)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+        return self._session
+
+    def _socket(self, addr_info: Any) -> socket.socket:
+        """Every connection's last check: the address it is about to connect to."""
+        family, kind, proto, _, address = addr_info
+        if not _HOST_ALLOWED.get() and not self._allowed_address(str(address[0])):
+            raise OSError(errno.EACCES, f"{address[0]} is not a public address")
+        return socket.socket(family, kind, proto)
+
+    def _allowed_address(self, address: str) -> bool:
+        ip = _ip(address)
+        return _is_public(ip) or any(ip in network for network in self._allowed_networks)
+
+    async def _check_host(self, host: str, port: int, *, param: str) -> None:
+        allowed = host.lower() in self._allowed_names
+        _HOST_ALLOWED.set(allowed)
+        if allowed:
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            raise InvalidArgumentError(f"the host {host} could not be resolved", param=param) from None
+        for *_, address in infos:
+            if not self._allowed_address(str(address[0])):
+                raise InvalidArgumentError(
+                    f"refusing to fetch from {host}: it resolves to {address[0]}, not a public address", param=param
+                )
+
+    async def _fetch(self, uri: str, *, param: str) -> tuple[bytes, str | None]:
+        limit = self.settings.max_part_bytes
+        for _ in range(self.settings.max_redirects + 1):
+            parts = urlsplit(uri)
+            if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not self.settings.allow_http):
+                raise InvalidArgumentError(f"a redirect to {parts.scheme}:// is not followed", param=param)
+            if not parts.hostname:
+                raise InvalidArgumentError("the URI has no host", param=param)
+            await self._check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), param=param)
+            try:
+                async with self._session_now().get(uri, allow_redirects=False) as response:
+                    if response.status in REDIRECTS and "location" in response.headers:
+                        uri = urljoin(uri, response.headers["location"])
+                        continue
+                    if response.status != 200:
+                        raise InvalidArgumentError(f"fetching the URI answered HTTP {response.status}", param=param)
+                    if (response.content_length or 0) > limit:
+                        raise InvalidArgumentError(f"the media are larger than {limit} bytes", param=param)
+                    data = await response.content.read(limit + 1)
+                    if len(data) > limit:
+                        raise InvalidArgumentError(f"the media are larger than {limit} bytes", param=param)
+                    served = response.headers.get("content-type", "")
+                    return data, served if served.startswith(
+                        ("image/", "audio/", "video/", "application/pdf")
+                    ) else None
+            except TimeoutError:
+                raise InvalidArgumentError(
+                    f"fetching the URI took longer than {self.settings.fetch_timeout_s:g} s", param=param
+                ) from None
+            except aiohttp.ClientConnectorError as error:
+                if error.os_error.errno == errno.EACCES:
+                    reason = f"refusing to fetch from {error.host}: not a public address"
+                    raise InvalidArgumentError(reason, param=param) from None
+                reason = f"the URI could not be fetched: {error.strerror or error}"
+                raise InvalidArgumentError(reason, param=param) from None
+            except aiohttp.ClientError as error:
+                raise InvalidArgumentError(f"the URI could not be fetched: {error}", param=param) from None
+        raise InvalidArgumentError(f"more than {self.settings.max_redirects} redirects", param=param)
+
+    # ------------------------------------------------------------------ gs://
+
+    async def _read_gcs(self, uri: str, *, param: str) -> bytes:
+        bucket, _, name = uri[len("gs://") :].partition("/")
+        if not bucket or not name:
+            raise InvalidArgumentError("expected gs://BUCKET/OBJECT", param=param)
+        return await asyncio.to_thread(self._read_gcs_blocking, bucket, name, param)
+
+    def _read_gcs_blocking(self, bucket: str, name: str, param: str) -> bytes:
+        from google.api_core import exceptions  # the storage client's own errors
+        from google.auth.exceptions import DefaultCredentialsError
+
+        limit = self.settings.max_part_bytes
+        try:
+            blob = self._storage_client().bucket(bucket).get_blob(name)
+            if blob is None:
+                raise InvalidArgumentError(f"gs://{bucket}/{name} does not exist", param=param)
+            if (blob.size or 0) > limit:
+                raise InvalidArgumentError(f"the media are larger than {limit} bytes", param=param)
+            data: bytes = blob.download_as_bytes(end=limit)
+            return data
+        except exceptions.NotFound:
+            raise InvalidArgumentError(f"gs://{bucket}/{name} does not exist", param=param) from None
+        except exceptions.Forbidden:
+            raise InvalidArgumentError(
+                f"gs://{bucket}/{name} is not readable with these credentials", param=param
+            ) from None
+        except (exceptions.GoogleAPIError, DefaultCredentialsError, OSError) as error:
+            raise InvalidArgumentError(f"gs://{bucket}/{name} could not be read: {error}", param=param) from None
+
+    def _storage_client(self) -> Any:
+        if self._storage is None:
+            from google.cloud import storage
+
+            if os.environ.get("STORAGE_EMULATOR_HOST"):
+                self._storage = storage.Client.create_anonymous_client()
+            else:
+                self._storage = storage.Client()
+        return self._storage
+
+
+def _origin(part: gc.Part | gc.FunctionResponsePart) -> str | None:
+    return part.origin() if isinstance(part, gc.Part) else None
+
+
+def _media_parts(request: gc.GenerateContentRequest) -> list[tuple[str, Any]]:
+    """Every part that holds or points at media, with its native path; multimodal function
+    responses included."""
+    found: list[tuple[str, Any]] = []
+    for i, content in enumerate(request.contents):
+        for j, part in enumerate(content.parts):
+            path = f"contents[{i}].parts[{j}]"
+            if part.inline_data is not None or part.file_data is not None:
+                found.append((path, part))
+            response = part.function_response
+            for k, inner in enumerate(response.parts or [] if response is not None else []):
+                if inner.inline_data is not None or inner.file_data is not None:
+                    found.append((f"{path}.functionResponse.parts[{k}]", inner))
+    return found

@@ -1,0 +1,184 @@
+"""Media URIs read by the server for a backend that does not fetch them itself, on the real server
+over loopback: what is fetched arrives inline, and every refusal (SSRF, size, type, scheme) is a
+400 naming the part, with no request reaching a host it must not reach."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from openvertex.backends.base import Capabilities
+from openvertex.backends.fake import FakeBackend
+from openvertex.settings import MediaSettings, Settings
+from tests.support.server import RunningServer, serve
+
+AUTH = {"Authorization": "Bearer test"}
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(64))
+NATIVE = "/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:generateContent"
+# A backend like the embedded model: it reads media bytes, never URIs.
+READS_BYTES = Capabilities(input_mime_prefixes=("image/", "audio/", "application/pdf"), reads_media_uris=False)
+
+
+@dataclass
+class Files:
+    """A loopback web server: `/x.png` a PNG, `/big.png` 64 KiB, `/to?url` a 302 there, `/page` HTML."""
+
+    hits: list[str] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def files() -> Iterator[Files]:
+    served = Files()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            served.hits.append(self.path)
+            if self.path.startswith("/to?"):
+                self.send_response(302)
+                self.send_header("location", self.path.removeprefix("/to?"))
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            body, kind = {
+                "/x.png": (PNG, "image/png"),
+                "/big.png": (PNG + bytes(64 * 1024), "image/png"),
+                "/page": (b"<html></html>", "text/html"),
+            }.get(self.path, (b"", ""))
+            self.send_response(200 if kind else 404)
+            self.send_header("content-type", kind or "text/plain")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    served.port = server.server_port
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served
+    server.shutdown()
+    server.server_close()
+
+
+@contextmanager
+def _gateway(tmp_path: Path, fake: FakeBackend, **media: Any) -> Iterator[RunningServer]:
+    settings = Settings(port=0, state_dir=tmp_path, media=MediaSettings(**media))
+    with serve(settings, backends={"local": fake}) as server:
+        yield server
+
+
+def _chat(server: RunningServer, *parts: dict[str, Any]) -> httpx.Response:
+    body = {"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": [*parts]}]}
+    return httpx.post(server.chat_url, json=body, headers=AUTH, timeout=30)
+
+
+def _image(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _refusal(response: httpx.Response) -> str:
+    assert response.status_code == 400, response.text
+    message: str = response.json()[0]["error"]["message"]
+    return message
+
+
+def test_an_allowed_host_is_fetched_and_sent_inline(tmp_path: Path, files: Files) -> None:
+    fake = FakeBackend(capabilities=READS_BYTES)
+    with _gateway(tmp_path, fake, allow_http=True, allowed_hosts=["127.0.0.1"]) as server:
+        response = _chat(server, {"type": "text", "text": "What is this?"}, _image(f"{files.url}/x.png"))
+        assert response.status_code == 200, response.text
+    part = fake.requests[-1].contents[0].parts[1]
+    assert part.file_data is None and part.inline_data is not None
+    assert (part.inline_data.mime_type, base64.b64decode(part.inline_data.data)) == ("image/png", PNG)
+    assert files.hits == ["/x.png"]
+
+
+def test_a_redirect_is_followed_and_checked_again(tmp_path: Path, files: Files) -> None:
+    fake = FakeBackend(capabilities=READS_BYTES)
+    target = f"{files.url}/x.png"
+    with _gateway(tmp_path, fake, allow_http=True, allowed_hosts=["localhost"]) as server:
+        # localhost is allowed by name; the redirect leads to 127.0.0.1, which is not.
+        message = _refusal(_chat(server, _image(f"http://localhost:{files.port}/to?{target}")))
+    assert message.startswith("messages[0].content[0].image_url: refusing to fetch from 127.0.0.1")
+    assert files.hits == [f"/to?{target}"]  # the redirect was asked for; its target never was
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("169.254.169.254", "169.254.169.254"),
+        ("[::1]", "::1"),
+        ("[::ffff:127.0.0.1]", "127.0.0.1"),
+        ("localhost", "127.0.0.1"),
+    ],
+)
+def test_internal_addresses_are_refused_before_any_connection(
+    tmp_path: Path, files: Files, host: str, shown: str
+) -> None:
+    fake = FakeBackend(capabilities=READS_BYTES)
+    with _gateway(tmp_path, fake, allow_http=True) as server:
+        message = _refusal(_chat(server, _image(f"http://{host}:{files.port}/x.png")))
+    assert "refusing to fetch from" in message and shown in message
+    assert files.hits == [] and fake.requests == []
+
+
+def test_http_is_refused_unless_allowed(tmp_path: Path, files: Files) -> None:
+    with _gateway(tmp_path, FakeBackend(capabilities=READS_BYTES), allowed_hosts=["127.0.0.1"]) as server:
+        message = _refusal(_chat(server, _image(f"{files.url}/x.png")))
+    assert message == "messages[0].content[0].image_url: http:// URIs are not fetched; use https://"
+    assert files.hits == []
+
+
+def test_size_type_and_status_are_checked(tmp_path: Path, files: Files) -> None:
+    fake = FakeBackend(capabilities=READS_BYTES)
+    media = {"allow_http": True, "allowed_hosts": ["127.0.0.1"], "max_part_bytes": 32 * 1024}
+    with _gateway(tmp_path, fake, **media) as server:
+        assert "larger than 32768 bytes" in _refusal(_chat(server, _image(f"{files.url}/big.png")))
+        assert "answered HTTP 404" in _refusal(_chat(server, _image(f"{files.url}/missing.png")))
+        jpeg_as_png = f"data:image/png;base64,{base64.b64encode(JPEG).decode()}"
+        message = _refusal(_chat(server, _image(jpeg_as_png)))
+        assert message == "messages[0].content[0].image_url: the data is image/jpeg, not image/png"
+        gif = f"data:image/gif;base64,{base64.b64encode(b'GIF89a' + bytes(16)).decode()}"
+        assert "unsupported MIME type image/gif" in _refusal(_chat(server, _image(gif)))
+    assert fake.requests == []
+
+
+def test_native_parts_are_named_by_their_path(tmp_path: Path, files: Files) -> None:
+    fake = FakeBackend(capabilities=READS_BYTES)
+    with _gateway(tmp_path, fake, allow_http=True) as server:
+        part = {"fileData": {"mimeType": "image/png", "fileUri": f"{files.url}/x.png"}}
+        body = {"contents": [{"role": "user", "parts": [{"text": "look"}, part]}]}
+        response = httpx.post(f"{server.url}{NATIVE}", json=body, headers=AUTH)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["message"].startswith("contents[0].parts[1].fileData.fileUri: refusing to fetch from 127.0.0.1")
+    assert files.hits == []
+
+
+def test_a_backend_that_reads_uris_gets_them_untouched(tmp_path: Path, files: Files) -> None:
+    fake = FakeBackend()  # like Gemini: fetches gs:// and https:// itself
+    with _gateway(tmp_path, fake) as server:
+        response = _chat(server, _image("gs://cloud-samples-data/generative-ai/image/scones.jpg"))
+        assert response.status_code == 200, response.text
+    part = fake.requests[-1].contents[0].parts[0]
+    assert part.file_data is not None and part.file_data.file_uri.startswith("gs://cloud-samples-data/")
+    assert files.hits == []
