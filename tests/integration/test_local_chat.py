@@ -183,11 +183,11 @@ def _bad_request_message(call: Callable[[], object]) -> str:
 
 
 def test_unsupported_input_on_the_text_model(client: openai.OpenAI) -> None:
-    image = [{"type": "image_url", "image_url": {"url": "gs://cloud-samples-data/generative-ai/image/scones.jpg"}}]
+    video = [{"type": "image_url", "image_url": {"url": "gs://cloud-samples-data/video/animals.mp4"}}]
     message = _bad_request_message(
-        lambda: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": image}])  # type: ignore[misc,list-item]
+        lambda: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": video}])  # type: ignore[misc,list-item]
     )
-    assert message == "messages[0].content[0]: image/jpeg input is not supported by this model's backend"
+    assert message == "messages[0].content[0]: video/mp4 input is not supported by this model's backend"
     native = {"extra_body": {"google": {"tools": [{"code_execution": {}}]}}}
     message = _bad_request_message(
         lambda: client.chat.completions.create(model=MODEL, messages=STORY, extra_body=native)  # type: ignore[arg-type]

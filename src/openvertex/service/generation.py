@@ -80,9 +80,7 @@ class Generator:
         """Everything that can fail with a 4xx before any generation starts. `timeout_s`: the
         client's own deadline, within the server's."""
         check_capabilities(request, backend.capabilities, name)
-        await self.media.check_inline(request, name)
-        if not backend.capabilities.reads_media_uris:
-            request = await self.media.inline(request, name)
+        request = await self._media(request, backend, name)
         deadline = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
         cached_tokens = 0
         if request.cached_content is not None:
@@ -149,6 +147,7 @@ class Generator:
     ) -> gc.CountTokensResponse:
         """What the model would read for `request` (a named cache's content included, not warmed)."""
         check_capabilities(request, backend.capabilities)
+        request = await self._media(request, backend, native_name)
         cached = 0
         if request.cached_content is not None:
             applied = await self.caches.apply(request, model, backend, dialect, warm=False)
@@ -164,6 +163,7 @@ class Generator:
         self, request: gc.GenerateContentRequest, model: ModelName, backend: Backend
     ) -> gc.ComputeTokensResponse:
         check_capabilities(request, backend.capabilities)
+        request = await self._media(request, backend, native_name)
         turns = await backend.compute_tokens(request, model=model.routed)
         return gc.ComputeTokensResponse(
             tokens_info=[
@@ -175,6 +175,15 @@ class Generator:
                 for turn in turns
             ]
         )
+
+    async def _media(
+        self, request: gc.GenerateContentRequest, backend: Backend, name: Namer
+    ) -> gc.GenerateContentRequest:
+        """Inline media checked; what URIs point at read, for a backend that does not read them."""
+        await self.media.check_inline(request, name)
+        if backend.capabilities.reads_media_uris:
+            return request
+        return await self.media.inline(request, name)
 
     def _deadline_error(self, timeout_s: float) -> DeadlineExceededError:
         return DeadlineExceededError(f"The request did not finish within {timeout_s:g} s.")

@@ -159,13 +159,14 @@ class MediaReader:
                 )
 
     async def inline(self, request: gc.GenerateContentRequest, name: Namer) -> gc.GenerateContentRequest:
-        """The request with every `fileData` part read and sent as `inlineData` instead."""
-        referenced = [(path, part) for path, part in _media_parts(request) if part.file_data is not None]
-        if not referenced:
+        """The request with every `fileData` part of its messages read and sent as `inlineData`
+        instead. A function response's files stay references: a tool's result names them, and a
+        text model is told what they are (their bytes would not be read by it)."""
+        if not any(part.file_data is not None for _, part in _media_parts(request, responses=False)):
             return request
         request = request.model_copy(deep=True)
         total = sum(len(p.inline_data.data) * 3 // 4 for _, p in _media_parts(request) if p.inline_data is not None)
-        for path, part in _media_parts(request):
+        for path, part in _media_parts(request, responses=False):
             if part.file_data is None:
                 continue
             param = _origin(part) or name(f"{path}.fileData.fileUri")
@@ -336,16 +337,16 @@ def _origin(part: gc.Part | gc.FunctionResponsePart) -> str | None:
     return part.origin() if isinstance(part, gc.Part) else None
 
 
-def _media_parts(request: gc.GenerateContentRequest) -> list[tuple[str, Any]]:
-    """Every part that holds or points at media, with its native path; multimodal function
-    responses included."""
+def _media_parts(request: gc.GenerateContentRequest, *, responses: bool = True) -> list[tuple[str, Any]]:
+    """Every part that holds or points at media, with its native path; with `responses`, those of
+    multimodal function responses too."""
     found: list[tuple[str, Any]] = []
     for i, content in enumerate(request.contents):
         for j, part in enumerate(content.parts):
             path = f"contents[{i}].parts[{j}]"
             if part.inline_data is not None or part.file_data is not None:
                 found.append((path, part))
-            response = part.function_response
+            response = part.function_response if responses else None
             for k, inner in enumerate(response.parts or [] if response is not None else []):
                 if inner.inline_data is not None or inner.file_data is not None:
                     found.append((f"{path}.functionResponse.parts[{k}]", inner))

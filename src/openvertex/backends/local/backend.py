@@ -30,6 +30,7 @@ from openvertex.backends.local.grammar import (
     GrammarLimits,
 )
 from openvertex.backends.local.jobs import CandidateDone, Event, Failed, Job, Snapshotted, TextDelta, TokenLogprob
+from openvertex.backends.local.media_text import READABLE_MIME_PREFIXES, MediaText
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
 from openvertex.backends.local.prefixes import PrefixStore, Snapshot, snapshot_key
 from openvertex.backends.local.prompt import (
@@ -69,6 +70,7 @@ class LocalBackend:
         # Candidates of one request decode side by side, one slot each.
         self.capabilities = Capabilities(
             function_calling=True,
+            input_mime_prefixes=READABLE_MIME_PREFIXES,  # as text: OCR, a PDF's text (media_text.py)
             thinking=settings.thinking != "off",
             response_mime_types=SUPPORTED_MIME_TYPES,
             max_candidates=min(MAX_CANDIDATES, settings.n_parallel),
@@ -88,6 +90,7 @@ class LocalBackend:
             kv_dir, memory_bytes=settings.cache_memory_bytes, disk_bytes=settings.cache_disk_bytes
         )
         self._prefix_keys: dict[str, str] = {}  # context cache name → its snapshot's key
+        self._media_text = MediaText()
         self._builds: dict[str, asyncio.Future[None]] = {}  # snapshots being built, by key
         model_defaults = sampling_defaults(settings.model)
         self._default_temperature = _first(settings.temperature, model_defaults.temperature, GEMINI_TEMPERATURE)
@@ -283,7 +286,8 @@ class LocalBackend:
         self, template: ChatTemplate, request: gc.GenerateContentRequest
     ) -> tuple[Conversation, str, FunctionCalling | None, int]:
         """What the template gets for a request: the conversation, the markup that opens the
-        answer, function calling and the thinking budget."""
+        answer, function calling and the thinking budget. Runs on a worker thread."""
+        request = self._media_text.as_text(request)
         config = request.generation_config or gc.GenerationConfig()
         tools = plan_function_calling(request)
         budget = thinking_budget(config.thinking_config, self._thinking_mode, dynamic=self._dynamic_budget)

@@ -1,0 +1,121 @@
+"""What a text-only model is given for media it cannot see.
+
+The embedded model reads text only. An image becomes its type, its size and the text OCR finds in
+it (rapidocr; its models ship inside the package, nothing is downloaded), a PDF its text page by
+page (pypdf), a text file its text. Each is labelled in the prompt as what it is, so the model is
+never led to believe it saw an image. Runs on the planning thread, one OCR at a time (it uses
+every core), and remembers the last images it read: a conversation sends its images again at
+every turn.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from openvertex.errors import InvalidArgumentError
+from openvertex.protocol import generate_content as gc
+
+log = logging.getLogger(__name__)
+
+# The media a text model can be given as text, by MIME type prefix.
+READABLE_MIME_PREFIXES = ("image/png", "image/jpeg", "image/webp", "application/pdf", "text/")
+MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused before they are decoded
+MAX_PDF_PAGES = 500
+REMEMBERED = 64  # images and documents whose text is kept, by their bytes' hash
+
+
+class MediaText:
+    def __init__(self) -> None:
+        self._ocr: Any = None  # rapidocr.RapidOCR, loaded at the first image
+        self._ocr_lock = threading.Lock()
+        self._known: OrderedDict[bytes, str] = OrderedDict()
+        self._known_lock = threading.Lock()
+
+    def as_text(self, request: gc.GenerateContentRequest) -> gc.GenerateContentRequest:
+        """The request with every inline media part replaced by a text part describing it."""
+        if not any(part.inline_data is not None for content in request.contents for part in content.parts):
+            return request
+        contents = [
+            content.model_copy(update={"parts": [self._part(i, j, part) for j, part in enumerate(content.parts)]})
+            for i, content in enumerate(request.contents)
+        ]
+        return request.model_copy(update={"contents": contents})
+
+    def _part(self, i: int, j: int, part: gc.Part) -> gc.Part:
+        blob = part.inline_data
+        if blob is None:
+            return part
+        data = base64.b64decode(blob.data)
+        text = self.describe(blob.mime_type, data, param=f"contents[{i}].parts[{j}].inlineData")
+        return gc.Part(text=text)
+
+    def describe(self, mime: str, data: bytes, *, param: str) -> str:
+        key = hashlib.sha256(mime.encode() + b"\0" + data).digest()
+        with self._known_lock:
+            known = self._known.get(key)
+            if known is not None:
+                self._known.move_to_end(key)
+                return known
+        if mime.startswith("image/"):
+            text = self._image(mime, data, param=param)
+        elif mime == "application/pdf":
+            text = _pdf(data, param=param)
+        elif mime.startswith("text/"):
+            text = f"[A {mime} file. Its text:]\n{data.decode('utf-8', errors='replace')}\n[End of the file.]"
+        else:
+            raise InvalidArgumentError(f"this model cannot read {mime} input", param=param)
+        with self._known_lock:
+            self._known[key] = text
+            while len(self._known) > REMEMBERED:
+                self._known.popitem(last=False)
+        return text
+
+    def _image(self, mime: str, data: bytes, *, param: str) -> str:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except (UnidentifiedImageError, OSError, ValueError):
+            raise InvalidArgumentError(f"the {mime} image could not be decoded", param=param) from None
+        if width * height > MAX_IMAGE_PIXELS:
+            raise InvalidArgumentError(
+                f"the image has {width}×{height} pixels; at most {MAX_IMAGE_PIXELS} are read", param=param
+            )
+        lines = self._read_text(data)
+        head = f"[An image ({mime}, {width}×{height} pixels). This model cannot see images"
+        if not lines:
+            return head + "; OCR found no text in this one.]"
+        found = "\n".join(lines)
+        return f"{head}; the text OCR read in it:]\n{found}\n[End of the image's text.]"
+
+    def _read_text(self, data: bytes) -> list[str]:
+        with self._ocr_lock:
+            if self._ocr is None:
+                from rapidocr import RapidOCR
+
+                self._ocr = RapidOCR(params={"Global.log_level": "error"})
+            result = self._ocr(data)
+        texts = getattr(result, "txts", None) or ()
+        return [str(text) for text in texts if str(text).strip()]
+
+
+def _pdf(data: bytes, *, param: str) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if len(reader.pages) > MAX_PDF_PAGES:
+            raise InvalidArgumentError(f"the PDF has more than {MAX_PDF_PAGES} pages", param=param)
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PdfReadError, ValueError, KeyError, TypeError):
+        raise InvalidArgumentError("the PDF could not be read", param=param) from None
+    body = "\n".join(f"[Page {number}:]\n{text.strip()}" for number, text in enumerate(pages, 1))
+    return f"[A PDF document of {len(pages)} pages. Its text:]\n{body}\n[End of the document.]"
