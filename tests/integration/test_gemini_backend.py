@@ -243,6 +243,44 @@ def test_429_and_503_are_retried_then_the_answer_passes_through_untouched(tmp_pa
         assert "authorization" not in upstream.requests[0].headers
 
 
+def test_image_output_through_the_openai_surface(tmp_path: Path) -> None:
+    """`modalities: ["image", "text"]` goes up as responseModalities; Gemini's image part comes back in
+    `message.audio` with `extra_content.google.mime_type`, and `content` is null (the docs' shape);
+    streamed, one delta carries the whole image."""
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(200))).decode()
+    answer = {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"inlineData": {"mimeType": "image/png", "data": png}}]},
+                "finishReason": "STOP",
+            }
+        ],
+        "usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 1120, "totalTokenCount": 1127},
+    }
+    stream = Reply(200, b"data: " + json.dumps(answer).encode() + b"\r\n\r\n", (("content-type", "text/event-stream"),))
+    with (
+        stub_server([Reply(200, json.dumps(answer).encode()), stream]) as upstream,
+        serve(_gateway(tmp_path, api="gemini", api_key="k", base_url=upstream.url)) as server,
+    ):
+        sdk = openai.OpenAI(base_url=server.sdk_base_url, api_key="t", max_retries=0)
+        request = {
+            "model": f"google/{MODEL}",
+            "messages": [{"role": "user", "content": "Generate an image of the Eiffel tower with fireworks."}],
+            "modalities": ["image", "text"],
+        }
+        completion = sdk.chat.completions.create(**request)  # type: ignore[call-overload]
+        message = completion.choices[0].message
+        assert message.content is None and message.audio is not None
+        assert message.audio.data == png  # type: ignore[attr-defined]
+        audio = message.model_dump()["audio"]
+        assert audio["extra_content"] == {"google": {"mime_type": "image/png"}}
+        chunks = list(sdk.chat.completions.create(**request, stream=True))  # type: ignore[call-overload]
+        with_image = [c for c in chunks if c.choices and c.choices[0].delta.model_dump().get("audio")]
+        assert len(with_image) == 1 and with_image[0].choices[0].delta.model_dump()["audio"]["data"] == png
+    sent = [json.loads(r.body) for r in upstream.requests]
+    assert [body["generationConfig"]["responseModalities"] for body in sent] == [["IMAGE", "TEXT"]] * 2
+
+
 def test_a_long_retry_delay_is_not_waited_for(tmp_path: Path) -> None:
     quota = {
         "error": {
