@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -65,7 +65,7 @@ async def _close(iterator: AsyncIterator[object]) -> None:
         await aclose()
 
 
-class Framed:
+class Framed(Generic[T]):
     """A stream framed for the wire, its first item already known (so errors before it got a real
     status). The terminator, once the items ran out, is `tail`: it goes out with the response's
     last message instead of a write of its own."""
@@ -79,19 +79,15 @@ class Framed:
         dump: Callable[[T], bytes],
         error_body: Callable[[ApiError], dict[str, Any]],
     ) -> None:
-        self.events = self._frame(first, rest, framing, dump, error_body)
+        self._first, self._rest, self._framing = first, rest, framing
+        self._dump, self._error_body = dump, error_body
         self.tail = b""
+        self.events = self._frame()
 
-    async def _frame(
-        self,
-        first: T,
-        rest: AsyncIterator[T],
-        framing: Framing,
-        dump: Callable[[T], bytes],
-        error_body: Callable[[ApiError], dict[str, Any]],
-    ) -> AsyncIterator[bytes]:
+    async def _frame(self) -> AsyncIterator[bytes]:
+        framing, dump, rest = self._framing, self._dump, self._rest
         try:
-            yield framing.start + framing.prefix + dump(first) + framing.suffix
+            yield framing.start + framing.prefix + dump(self._first) + framing.suffix
             async for item in rest:
                 yield framing.separator + framing.prefix + dump(item) + framing.suffix
             self.tail = framing.end
@@ -99,7 +95,7 @@ class Framed:
             if not isinstance(exc, ApiError):
                 log.exception("internal error during a stream")
                 exc = InternalError("Internal error encountered.")
-            body = json.dumps(error_body(exc)).encode()
+            body = json.dumps(self._error_body(exc)).encode()
             self.tail = framing.separator + framing.prefix + body + framing.suffix + framing.end_after_error
         finally:
             await _close(rest)  # also when this generator is closed while suspended at a `yield`
@@ -114,7 +110,7 @@ class EventStreamResponse(StreamingResponse):
     generator closed, the moment `http.disconnect` arrives.
     """
 
-    def __init__(self, framed: Framed, headers: Mapping[str, str], media_type: str) -> None:
+    def __init__(self, framed: Framed[Any], headers: Mapping[str, str], media_type: str) -> None:
         super().__init__(framed.events, media_type=media_type, headers=headers)
         self._framed = framed
 
