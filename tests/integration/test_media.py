@@ -182,3 +182,20 @@ def test_a_backend_that_reads_uris_gets_them_untouched(tmp_path: Path, files: Fi
     part = fake.requests[-1].contents[0].parts[0]
     assert part.file_data is not None and part.file_data.file_uri.startswith("gs://cloud-samples-data/")
     assert files.hits == []
+
+
+def test_media_in_a_system_instruction_is_a_400(tmp_path: Path) -> None:
+    """Google's system instructions are text only: an image there would reach no model."""
+    fake = FakeBackend(capabilities=READS_BYTES)
+    png = base64.b64encode(PNG).decode()
+    body = {
+        "systemInstruction": {"parts": [{"text": "Be brief."}, {"inlineData": {"mimeType": "image/png", "data": png}}]},
+        "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+    }
+    with _gateway(tmp_path, fake) as server:
+        response = httpx.post(f"{server.url}{NATIVE}", json=body, headers=AUTH)
+    assert response.status_code == 400
+    assert (
+        response.json()["error"]["message"] == "systemInstruction.parts[1]: a system instruction takes text parts only"
+    )
+    assert fake.requests == []

@@ -169,6 +169,8 @@ class _Writer:
     def stop(self) -> None:
         if not self._task.done():
             self._task.cancel()
+        elif not self._task.cancelled() and self._task.exception() is not None:
+            log.info("a stream's sending failed: %s", self._task.exception())  # retrieved: no warning later
 
     async def _run(self) -> None:
         while True:

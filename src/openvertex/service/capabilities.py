@@ -107,6 +107,11 @@ def _check_tools(request: gc.GenerateContentRequest, caps: Capabilities, name: N
 
 
 def _check_contents(request: gc.GenerateContentRequest, caps: Capabilities, name: Namer) -> None:
+    system = request.system_instruction
+    for position, part in enumerate(system.parts if system is not None else []):
+        if part.text is None:  # Vertex and the Gemini API: "currently, text only"
+            path = f"systemInstruction.parts[{position}]"
+            raise InvalidArgumentError("a system instruction takes text parts only", param=name(path))
     for index, content in enumerate(request.contents):
         for position, part in enumerate(content.parts):
             path = f"contents[{index}].parts[{position}]"
