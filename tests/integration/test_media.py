@@ -23,6 +23,7 @@ from tests.support.server import RunningServer, serve
 
 AUTH = {"Authorization": "Bearer test"}
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+UNSIZED = PNG + bytes(256 * 1024 - len(PNG))  # 256 KiB, sent in 8 writes
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(64))
 NATIVE = "/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:generateContent"
 # A backend like the embedded model: it reads media bytes, never URIs.
@@ -56,6 +57,14 @@ def files() -> Iterator[Files]:
                 self.send_header("location", self.path.removeprefix("/to?"))
                 self.send_header("content-length", "0")
                 self.end_headers()
+                return
+            if self.path == "/unsized.png":  # no length: the body ends when the connection closes
+                self.send_response(200)
+                self.send_header("content-type", "image/png")
+                self.end_headers()
+                for _ in range(8):
+                    self.wfile.write(UNSIZED[: len(UNSIZED) // 8] if _ == 0 else bytes(len(UNSIZED) // 8))
+                    self.wfile.flush()
                 return
             body, kind = {
                 "/x.png": (PNG, "image/png"),
@@ -108,6 +117,18 @@ def test_an_allowed_host_is_fetched_and_sent_inline(tmp_path: Path, files: Files
     assert part.file_data is None and part.inline_data is not None
     assert (part.inline_data.mime_type, base64.b64decode(part.inline_data.data)) == ("image/png", PNG)
     assert files.hits == ["/x.png"]
+
+
+def test_a_body_of_unknown_length_is_read_whole_and_bounded(tmp_path: Path, files: Files) -> None:
+    fake = FakeBackend(capabilities=READS_BYTES)
+    with _gateway(tmp_path, fake, allow_http=True, allowed_hosts=["127.0.0.1"]) as server:
+        assert _chat(server, _image(f"{files.url}/unsized.png")).status_code == 200
+    inline = fake.requests[-1].contents[0].parts[0].inline_data
+    assert inline is not None and base64.b64decode(inline.data) == UNSIZED
+    media = {"allow_http": True, "allowed_hosts": ["127.0.0.1"], "max_part_bytes": 64 * 1024}
+    with _gateway(tmp_path, FakeBackend(capabilities=READS_BYTES), **media) as server:
+        assert "larger than 65536 bytes" in _refusal(_chat(server, _image(f"{files.url}/unsized.png")))
+        assert "port is not valid" in _refusal(_chat(server, _image("https://example.com:99999/x.png")))
 
 
 def test_a_redirect_is_followed_and_checked_again(tmp_path: Path, files: Files) -> None:

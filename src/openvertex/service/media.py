@@ -39,6 +39,7 @@ from openvertex.settings import MediaSettings
 Namer = Callable[[str], str]
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MEDIA_FAMILIES = ("image/", "audio/", "video/", "application/pdf")  # a served type taken as the media's
 INLINE_CHECK_CHARS = 256 * 1024  # base64 decoded on the event loop up to this much, else on a thread
 
 # What Gemini reads (Vertex's documented input types): these images and documents, and audio,
@@ -254,14 +255,9 @@ class MediaReader:
                 )
 
     async def _fetch(self, uri: str, *, param: str) -> tuple[bytes, str | None]:
-        limit = self.settings.max_part_bytes
+        """The bytes at `uri`, and the media type the server gave (when it names one)."""
         for _ in range(self.settings.max_redirects + 1):
-            parts = urlsplit(uri)
-            if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not self.settings.allow_http):
-                raise InvalidArgumentError(f"a redirect to {parts.scheme}:// is not followed", param=param)
-            if not parts.hostname:
-                raise InvalidArgumentError("the URI has no host", param=param)
-            await self._check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), param=param)
+            await self._check_target(uri, param=param)
             try:
                 async with self._session_now().get(uri, allow_redirects=False) as response:
                     if response.status in REDIRECTS and "location" in response.headers:
@@ -269,15 +265,9 @@ class MediaReader:
                         continue
                     if response.status != 200:
                         raise InvalidArgumentError(f"fetching the URI answered HTTP {response.status}", param=param)
-                    if (response.content_length or 0) > limit:
-                        raise InvalidArgumentError(f"the media are larger than {limit} bytes", param=param)
-                    data = await response.content.read(limit + 1)
-                    if len(data) > limit:
-                        raise InvalidArgumentError(f"the media are larger than {limit} bytes", param=param)
+                    data = await self._bounded_body(response, param=param)
                     served = response.headers.get("content-type", "")
-                    return data, served if served.startswith(
-                        ("image/", "audio/", "video/", "application/pdf")
-                    ) else None
+                    return data, served if served.startswith(MEDIA_FAMILIES) else None
             except TimeoutError:
                 raise InvalidArgumentError(
                     f"fetching the URI took longer than {self.settings.fetch_timeout_s:g} s", param=param
@@ -291,6 +281,30 @@ class MediaReader:
             except aiohttp.ClientError as error:
                 raise InvalidArgumentError(f"the URI could not be fetched: {error}", param=param) from None
         raise InvalidArgumentError(f"more than {self.settings.max_redirects} redirects", param=param)
+
+    async def _check_target(self, uri: str, *, param: str) -> None:
+        """A URI about to be fetched (the first, or where a redirect leads): scheme, host, address."""
+        parts = urlsplit(uri)
+        if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not self.settings.allow_http):
+            raise InvalidArgumentError(f"a redirect to {parts.scheme}:// is not followed", param=param)
+        try:
+            host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise InvalidArgumentError("the URI's port is not valid", param=param) from None
+        if not host:
+            raise InvalidArgumentError("the URI has no host", param=param)
+        await self._check_host(host, port, param=param)
+
+    async def _bounded_body(self, response: aiohttp.ClientResponse, *, param: str) -> bytes:
+        limit = self.settings.max_part_bytes
+        if (response.content_length or 0) > limit:
+            raise InvalidArgumentError(f"the media are larger than {limit} bytes", param=param)
+        body = bytearray()
+        async for piece in response.content.iter_chunked(64 * 1024):
+            body += piece
+            if len(body) > limit:
+                raise InvalidArgumentError(f"the media are larger than {limit} bytes", param=param)
+        return bytes(body)
 
     # ------------------------------------------------------------------ gs://
 
