@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 READABLE_MIME_PREFIXES = ("image/png", "image/jpeg", "image/webp", "audio/", "application/pdf", "text/")
 MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused before they are decoded
 MAX_PDF_PAGES = 500
-MAX_AUDIO_S = 600.0  # longer clips are refused before they are transcribed
+MAX_AUDIO_S = 120.0  # longer clips are refused before they are transcribed (about 0.45x real time here)
 REMEMBERED = 64  # images and documents whose text is kept, by their bytes' hash
 
 
