@@ -12,7 +12,7 @@ import typing
 from functools import cache
 from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 # The two native dialects: Vertex AI (also behind the OpenAI-compatible surface) and the Gemini
@@ -136,15 +136,17 @@ class Part(GeminiModel):
     executable_code: dict[str, Any] | None = None
     code_execution_result: dict[str, Any] | None = None
     video_metadata: dict[str, Any] | None = None
-    _origin: str | None = PrivateAttr(default=None)
 
+    # Where a client's request held this part when it was not written natively (an OpenAI
+    # message part, `messages[0].content[1].image_url`): errors about its media name that. Kept
+    # in pydantic's private slot without declaring a which would give every Part an
+    # initialisation hook (Parts are built for each chunk a stream relays).
     def origin(self) -> str | None:
-        """Where a client's request held this part when it was not written natively (an OpenAI
-        message part, `messages[0].content[1].image_url`): errors about its media name that."""
-        return self._origin
+        private = self.__pydantic_private__
+        return None if private is None else private.get("origin")
 
     def with_origin(self, param: str) -> Part:
-        self._origin = param
+        object.__setattr__(self, "__pydantic_private__", {"origin": param})
         return self
 
 
