@@ -31,6 +31,9 @@ class LocalBackendSettings(_Section):
 
     type: Literal["local"] = "local"
     model: str = DEFAULT_MODEL_ALIAS  # a GGUF path or a registered alias
+    # A vision model's projector (its mmproj GGUF): images then reach the model as what it sees,
+    # through llama.cpp's multimodal library, instead of as the text OCR reads in them.
+    mmproj: str | None = None
     n_ctx: int = Field(4096, ge=256)  # context of each sequence (prompt + answer)
     n_parallel: int = Field(8, ge=1, le=256)  # sequences decoded together; KV = n_ctx * n_parallel
     n_threads: int | None = Field(None, ge=1)  # None: every core

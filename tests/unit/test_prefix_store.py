@@ -10,7 +10,7 @@ import pytest
 
 from openvertex.backends.local.prefixes import PrefixStore, Snapshot, snapshot_key
 
-MAGIC = b"OVKV1\n"
+MAGIC = b"OVKV2\n"
 HEADER = len(MAGIC) + 4
 BIG = 1 << 30
 
@@ -20,7 +20,7 @@ def _snapshot(seed: int, *, tokens: int = 4, state: int = 100) -> Snapshot:
 
 
 A, B, C = _snapshot(1), _snapshot(2), _snapshot(3)
-SIZE = A.size  # 100 state bytes + 4 tokens * 4 bytes
+SIZE = A.size  # 100 state bytes + 4 tokens * 8 bytes
 FILE = HEADER + SIZE  # what one of them takes on disk
 
 
@@ -42,7 +42,7 @@ def _on_disk(directory: Path) -> set[str]:
 
 
 def test_sizes() -> None:
-    assert SIZE == 116
+    assert SIZE == 132
     assert Snapshot((), b"").size == 0
 
 
@@ -60,7 +60,7 @@ def test_put_writes_through_to_disk(tmp_path: Path) -> None:
     store = PrefixStore(tmp_path / "kv" / "local", memory_bytes=BIG, disk_bytes=BIG)  # the directory is made
     store.put(_key(A), A)
     data = _file(tmp_path / "kv" / "local", A).read_bytes()
-    assert data == MAGIC + struct.pack("<I", 4) + struct.pack("<4i", *A.tokens) + A.state
+    assert data == MAGIC + struct.pack("<I", 4) + struct.pack("<4q", *A.tokens) + A.state
     assert len(data) == FILE
     assert _on_disk(tmp_path / "kv" / "local") == {f"{_key(A)}.kv"}  # no scratch file left behind
 
@@ -211,7 +211,7 @@ def test_discard_removes_a_file_that_is_not_in_memory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"OVKV", b"garbage that is long enough to hold a header", b"OVKV2\n" + struct.pack("<I", 0), MAGIC],
+    [b"", b"OVKV", b"garbage that is long enough to hold a header", b"OVKV1\n" + struct.pack("<I", 0), MAGIC],
     ids=["empty", "short", "garbage", "other-magic", "no-count"],
 )
 def test_a_malformed_file_is_ignored(tmp_path: Path, content: bytes) -> None:
@@ -239,7 +239,7 @@ def test_a_file_with_a_truncated_token_section_is_ignored(tmp_path: Path) -> Non
 
 def test_a_file_cut_short_is_ignored(tmp_path: Path) -> None:
     key = snapshot_key("model-v1", (1, 2, 3))
-    (tmp_path / f"{key}.kv").write_bytes(MAGIC + struct.pack("<I", 1000) + struct.pack("<3i", 1, 2, 3))
+    (tmp_path / f"{key}.kv").write_bytes(MAGIC + struct.pack("<I", 1000) + struct.pack("<3q", 1, 2, 3))
     assert PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(key) is None
 
 

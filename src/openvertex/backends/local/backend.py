@@ -43,6 +43,7 @@ from openvertex.backends.local.prompt import (
 )
 from openvertex.backends.local.sampling import Sampling, Thinking
 from openvertex.backends.local.thinking import resolve_mode, thinking_budget
+from openvertex.backends.local.vision import EncodedImage, PromptImage, Vision
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from openvertex.protocol import generate_content as gc
 from openvertex.settings import LocalBackendSettings
@@ -80,12 +81,17 @@ class LocalBackend:
             min_cached_content_tokens=settings.min_cached_content_tokens,
         )
         self.model_path: Path = resolve_model_path(settings.model)  # fail fast on a bad path
-        # A snapshot depends on the model file, llama.cpp's state format and the context's layout
-        # (it restores only into a context with as many KV streams; the stream must hold it).
+        self.projector_path = Path(settings.mmproj).expanduser() if settings.mmproj else None
+        if self.projector_path is not None and not self.projector_path.is_file():
+            raise FileNotFoundError(f"mmproj: no projector file at {self.projector_path}")
+        # A snapshot depends on the model file (and projector), llama.cpp's state format and the
+        # context's layout (it restores only into a context with as many KV streams).
         self._model_identity = (
             f"{llama_cpp.__version__}|{self.model_path.name}|{self.model_path.stat().st_size}"
             f"|slots={settings.n_parallel}|ctx={settings.n_ctx}"
         )
+        if self.projector_path is not None:
+            self._model_identity += f"|mmproj={self.projector_path.name}|{self.projector_path.stat().st_size}"
         self._prefixes = PrefixStore(
             kv_dir, memory_bytes=settings.cache_memory_bytes, disk_bytes=settings.cache_disk_bytes
         )
@@ -100,6 +106,7 @@ class LocalBackend:
         self._thinking_mode: thinking.Mode = "off"  # known once the template is read
         self._thinking_close: tuple[int, ...] = ()  # thinking.CLOSING as tokens, once loaded
         self._model: LlamaModel | None = None
+        self._vision: Vision | None = None  # the projector, when one is configured
         self._grammars: GrammarCompiler | None = None  # for the model's vocabulary, once loaded
         self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
@@ -171,6 +178,8 @@ class LocalBackend:
             [t for t in range(model.n_vocab()) if llama_cpp.llama_vocab_is_eog(model.vocab, t)],
             GrammarLimits(settings.max_schema_bytes, settings.grammar_lexer_fuel, settings.max_grammar_size),
         )
+        if self.projector_path is not None:
+            self._vision = Vision(self.projector_path, model.model, n_threads=threads)
         self._model = model
         self._engine = self._new_engine(model)  # last: ready() once everything a request needs is here
         log.info(
@@ -191,6 +200,7 @@ class LocalBackend:
             n_slots=settings.n_parallel,
             n_batch=settings.n_batch,
             n_threads=settings.n_threads or os.cpu_count() or 1,
+            n_embd=self._vision.n_embd if self._vision is not None else None,
         )
         self._engine_started = time.monotonic()
         return engine
@@ -262,9 +272,11 @@ class LocalBackend:
             job.cancelled.set()
         if self._engine is not None:
             await asyncio.to_thread(self._engine.close)
+        if self._vision is not None:
+            self._vision.close()
         if self._model is not None:
             self._model.close()  # type: ignore[no-untyped-call]
-        self._engine = self._model = None
+        self._engine = self._model = self._vision = None
 
     async def _wait_loaded(self) -> tuple[LlamaModel, Engine, ChatTemplate]:
         await self._loaded.wait()
@@ -284,9 +296,13 @@ class LocalBackend:
 
     def _conversation(
         self, template: ChatTemplate, request: gc.GenerateContentRequest
-    ) -> tuple[Conversation, str, FunctionCalling | None, int]:
+    ) -> tuple[Conversation, str, FunctionCalling | None, int, list[PromptImage]]:
         """What the template gets for a request: the conversation, the markup that opens the
-        answer, function calling and the thinking budget. Runs on a worker thread."""
+        answer, function calling, the thinking budget, and the images a projector sees (their
+        places marked in the text). Runs on a worker thread."""
+        images: list[PromptImage] = []
+        if self._vision is not None:
+            request, images = self._vision.with_markers(request)
         request = self._media_text.as_text(request)
         config = request.generation_config or gc.GenerationConfig()
         tools = plan_function_calling(request)
@@ -306,29 +322,34 @@ class LocalBackend:
             opening = thinking.OPENING
         elif self._thinking_mode == "native":
             opening = thinking.OPENING + thinking.CLOSING.lstrip("\n")  # an empty one: no thinking
-        return conversation, opening, tools, budget
+        return conversation, opening, tools, budget, images
 
     def _prompt(
         self, model: LlamaModel, template: ChatTemplate, request: gc.GenerateContentRequest, *, limit: int
-    ) -> tuple[list[int], FunctionCalling | None, int]:
-        conversation, opening, tools, budget = self._conversation(template, request)
-        tokens = prompt_tokens(
-            template, conversation, opening=opening, tokenize=_tokenizer(model), bos=_bos(model), limit=limit
-        )
-        return tokens, tools, budget
+    ) -> tuple[list[int], FunctionCalling | None, int, list[PromptImage]]:
+        conversation, opening, tools, budget, images = self._conversation(template, request)
+        tokenize = _tokenizer(model, self._vision, images)
+        tokens = prompt_tokens(template, conversation, opening=opening, tokenize=tokenize, bos=_bos(model), limit=limit)
+        return tokens, tools, budget, images
 
     def _plan(
         self, model: LlamaModel, n_ctx: int, template: ChatTemplate, request: gc.GenerateContentRequest
-    ) -> tuple[list[int], Sampling, FunctionCalling | None, Snapshot | None]:
-        """Prompt tokens, sampling, function calling and the KV of a named context cache (off the
-        event loop: it can be slow)."""
+    ) -> tuple[list[int], Sampling, FunctionCalling | None, Snapshot | None, dict[int, EncodedImage]]:
+        """Prompt tokens, sampling, function calling, the KV of a named context cache and the
+        images' embeddings (off the event loop: it can be slow)."""
         config = request.generation_config or gc.GenerationConfig()
-        tokens, tools, budget = self._prompt(model, template, request, limit=n_ctx - 1)  # room for an answer
+        tokens, tools, budget, images = self._prompt(model, template, request, limit=n_ctx - 1)  # room for an answer
         sampling = self._sampling(config, tools, room=n_ctx - len(tokens))
         if budget:
             sampling = replace(sampling, thinking=Thinking(budget, thinking.CLOSE_TAG, self._thinking_close))
         key = self._prefix_keys.get(request.cached_content) if request.cached_content else None
-        return tokens, sampling, tools, self._prefixes.get(key) if key else None
+        return tokens, sampling, tools, self._prefixes.get(key) if key else None, self._encode(images)
+
+    def _encode(self, images: list[PromptImage]) -> dict[int, EncodedImage]:
+        """The images' embeddings, by the key their placeholders carry."""
+        if self._vision is None:
+            return {}
+        return dict(self._vision.encode(image) for image in images)
 
     def _sampling(self, config: gc.GenerationConfig, tools: FunctionCalling | None, *, room: int) -> Sampling:
         assert self._grammars is not None
@@ -376,7 +397,7 @@ class LocalBackend:
                 None, self._plan, loaded, engine.n_ctx, template, request
             )
             try:
-                prompt, sampling, tools, restore = await asyncio.shield(planning)
+                prompt, sampling, tools, restore, images = await asyncio.shield(planning)
             except asyncio.CancelledError:
                 # The client left, but the thread plans on: its place stays taken until then,
                 # so clients that hang up at once cannot pile up work that nothing counts.
@@ -396,7 +417,7 @@ class LocalBackend:
                 if tools is not None
                 else None
             )
-            job = Job(prompt=prompt, sampling=sampling, candidates=candidates, restore=restore)
+            job = Job(prompt=prompt, sampling=sampling, candidates=candidates, restore=restore, images=images)
             generated = cached = thoughts = finished = 0
             async with contextlib.aclosing(self._events(job)) as events:
                 async for event in events:
@@ -440,7 +461,7 @@ class LocalBackend:
         loaded, _, template = await self._wait_loaded()
         self._admit()  # tokenizing a large body is work like any other: it takes a place
         try:
-            tokens, _, _ = await asyncio.to_thread(self._prompt, loaded, template, request, limit=COUNT_LIMIT)
+            tokens, _, _, _ = await asyncio.to_thread(self._prompt, loaded, template, request, limit=COUNT_LIMIT)
         finally:
             self._release()
         return len(tokens)
@@ -449,8 +470,9 @@ class LocalBackend:
         loaded, _, template = await self._wait_loaded()
 
         def compute() -> list[RoleTokens]:
-            conversation, opening, _, _ = self._conversation(template, request)
-            turns = prompt_turns(template, conversation, opening=opening, tokenize=_tokenizer(loaded), bos=_bos(loaded))
+            conversation, opening, _, _, images = self._conversation(template, request)
+            tokenize = _tokenizer(loaded, self._vision, images)
+            turns = prompt_turns(template, conversation, opening=opening, tokenize=tokenize, bos=_bos(loaded))
             return [RoleTokens(role, ids, [_piece(loaded, token) for token in ids]) for role, ids in turns]
 
         self._admit()
@@ -467,27 +489,29 @@ class LocalBackend:
         key = self._prefix_keys.get(name)
         if key is not None and self._prefixes.has(key):
             return
-        key, tokens = await self._prefix_key(request)
+        key, tokens, images = await self._prefix_key(request)
         if not self._prefixes.has(key):
             build = self._builds.get(key)
             if build is None:
-                build = self._builds[key] = asyncio.ensure_future(self._build_prefix(key, tokens))
+                build = self._builds[key] = asyncio.ensure_future(self._build_prefix(key, tokens, images))
                 build.add_done_callback(
                     lambda done: (self._builds.pop(key, None), done.cancelled() or done.exception())
                 )
             await asyncio.shield(build)  # a caller that leaves does not stop it: others may wait on it
         self._prefix_keys[name] = key
 
-    async def _prefix_key(self, request: gc.GenerateContentRequest) -> tuple[str, list[int]]:
+    async def _prefix_key(self, request: gc.GenerateContentRequest) -> tuple[str, list[int], list[PromptImage]]:
         loaded, engine, template = await self._wait_loaded()
-        tokens, _, _ = await asyncio.to_thread(self._prompt, loaded, template, request, limit=engine.n_ctx - 1)
-        return snapshot_key(self._model_identity, tuple(tokens)), tokens
+        tokens, _, _, images = await asyncio.to_thread(self._prompt, loaded, template, request, limit=engine.n_ctx - 1)
+        return snapshot_key(self._model_identity, tuple(tokens)), tokens, images
 
-    async def _build_prefix(self, key: str, tokens: list[int]) -> None:
+    async def _build_prefix(self, key: str, tokens: list[int], images: list[PromptImage]) -> None:
         self._admit()
         try:
             sampling = self._sampling(gc.GenerationConfig(), None, room=1)
-            async with contextlib.aclosing(self._events(Job(tokens, sampling, 1, snapshot=True))) as events:
+            encoded = await asyncio.to_thread(self._encode, images)
+            job = Job(tokens, sampling, 1, snapshot=True, images=encoded)
+            async with contextlib.aclosing(self._events(job)) as events:
                 async for event in events:
                     if isinstance(event, Snapshotted):
                         await asyncio.to_thread(self._prefixes.put, key, event.snapshot)
@@ -500,7 +524,7 @@ class LocalBackend:
         if key is None:  # not used since the start: its snapshot is found by its content
             if self._model is None:
                 return
-            key, _ = await self._prefix_key(request)
+            key, _, _ = await self._prefix_key(request)
         if key not in self._prefix_keys.values():  # no other cache shares it
             await asyncio.to_thread(self._prefixes.discard, key)
 
@@ -510,8 +534,21 @@ class LocalBackend:
         self._release()
 
 
-def _tokenizer(model: LlamaModel) -> Tokenize:
-    return lambda text, special: model.tokenize(text.encode(), add_bos=False, special=special)
+def _tokenizer(model: LlamaModel, vision: Vision | None = None, images: list[PromptImage] | None = None) -> Tokenize:
+    def plain(text: str, special: bool) -> list[int]:
+        tokens: list[int] = model.tokenize(text.encode(), add_bos=False, special=special)
+        return tokens
+
+    if vision is None or not images:
+        return plain
+
+    def with_images(text: str, special: bool) -> list[int]:  # each image's marker → its tokens
+        tokens: list[int] = []
+        for piece in vision.split(text):
+            tokens += vision.tokens(images[piece]) if isinstance(piece, int) else plain(piece, special)
+        return tokens
+
+    return with_images
 
 
 def _bos(model: LlamaModel) -> list[int]:
@@ -519,7 +556,9 @@ def _bos(model: LlamaModel) -> list[int]:
 
 
 def _piece(model: LlamaModel, token: int) -> bytes:
-    """A token's bytes, control tokens written out."""
+    """A token's bytes, control tokens written out; an image's placeholder has none."""
+    if token < 0:
+        return b""
     buffer = ctypes.create_string_buffer(256)
     size = llama_cpp.llama_token_to_piece(model.vocab, token, buffer, len(buffer), 0, True)
     return buffer.raw[:size] if size > 0 else b""

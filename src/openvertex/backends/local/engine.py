@@ -9,7 +9,9 @@ prompt's KV instead of computing it again; a finished slot keeps its KV, and the
 request whose prompt starts the same way reuses that prefix. A context cache's prefix is
 kept beyond the slots: a snapshot job prefills it and hands over the sequence's KV state
 (`llama_state_seq_get_data`), and a job that carries a snapshot has it restored into its
-slot (`llama_state_seq_set_data`) when no slot holds more of its prompt.
+slot (`llama_state_seq_set_data`) when no slot holds more of its prompt. An image in a prompt
+(vision.py) is a run of placeholders: its embeddings are decoded in a batch of their own, before
+the step's token batch.
 
 Results cross to the event loop once per step, all jobs' events in one `deliver` call (one
 wake-up of the loop, not one per token per stream); a job whose consumer went away is
@@ -49,6 +51,7 @@ from openvertex.backends.local.prefixes import Snapshot
 from openvertex.backends.local.sampling import SequenceSampler, candidate_seed
 from openvertex.backends.local.scheduling import WaitingRoom
 from openvertex.backends.local.stop import StopMatcher
+from openvertex.backends.local.vision import placeholder_image
 from openvertex.errors import ApiError, InternalError
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,9 @@ class Engine:
         n_slots: int,
         n_batch: int,
         n_threads: int,
+        n_embd: int | None = None,
     ) -> None:
+        """`n_embd`: the model's embedding size, where prompts may hold images (a projector)."""
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * n_slots
         params.n_batch = params.n_ubatch = n_batch
@@ -112,6 +117,8 @@ class Engine:
         self._n_batch = n_batch
         self.n_ctx = n_ctx
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._n_embd = n_embd or 0
+        self._image_batch = llama_cpp.llama_batch_init(n_batch, n_embd, 1) if n_embd else None
         self._piece_buffer = ctypes.create_string_buffer(256)  # this engine's thread only
         self._slots = [Slot(seq_id) for seq_id in range(n_slots)]
         # A small job may start ahead of one that does not fit yet, at most once per slot.
@@ -170,6 +177,8 @@ class Engine:
             self._signal.notify()
         self._thread.join()
         llama_cpp.llama_batch_free(self._batch)
+        if self._image_batch is not None:
+            llama_cpp.llama_batch_free(self._image_batch)
         llama_cpp.llama_free(self._ctx)
 
     # ------------------------------------------------------------------ the loop
@@ -341,6 +350,9 @@ class Engine:
     # ------------------------------------------------------------------ one step
 
     def _step(self) -> None:
+        for slot in self._slots:
+            if slot.pending and slot.pending[0] < 0 and slot.sequence is not None:
+                self._decode_image(slot, slot.sequence.job)
         outputs, batched = self._fill_batch()
         if not batched:
             return
@@ -392,11 +404,57 @@ class Engine:
                 sequence.next_token = None
         for slot in self._slots:  # then prompts, in chunks, with what room is left
             chunk = slot.pending[: self._n_batch - batch.n_tokens]
+            if slot.sequence is not None and slot.sequence.job.images:  # up to its next image
+                chunk = chunk[: next((i for i, token in enumerate(chunk) if token < 0), len(chunk))]
             slot.pending = slot.pending[len(chunk) :]
             for position, token in enumerate(chunk, start=1):
                 add(slot, token, position == len(chunk) and not slot.pending)
             self.tokens_prefilled += len(chunk)
         return outputs, batched
+
+    def _decode_image(self, slot: Slot, job: Job) -> None:
+        """Decode the image rows at the head of the slot's prompt (at most a batch of them). An
+        image never ends a prompt (the answer's opening follows), so no logits are wanted."""
+        batch = self._image_batch
+        key, _ = placeholder_image(slot.pending[0])
+        image = job.images.get(key)
+        if batch is None or image is None:
+            self._fail(job, InternalError("The local engine was given an image it has no embeddings for."))
+            return
+        run = 0
+        while run < min(len(slot.pending), self._n_batch) and slot.pending[run] < 0:
+            if placeholder_image(slot.pending[run])[0] != key:
+                break
+            run += 1
+        row_bytes = self._n_embd * ctypes.sizeof(ctypes.c_float)
+        first_row = placeholder_image(slot.pending[0])[1]
+        ctypes.memmove(
+            batch.embd, image.embeddings[first_row * row_bytes : (first_row + run) * row_bytes], run * row_bytes
+        )
+        start = len(slot.context)
+        for i in range(run):
+            batch.pos[i] = start + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = slot.seq_id
+            batch.logits[i] = False
+        batch.n_tokens = run
+        if image.non_causal:
+            llama_cpp.llama_set_causal_attn(self._ctx, False)
+        try:
+            status = llama_cpp.llama_decode(self._ctx, batch)
+        finally:
+            if image.non_causal:
+                llama_cpp.llama_set_causal_attn(self._ctx, True)
+        self._copying.clear()
+        if status != 0:
+            log.error("llama_decode returned %d for an image's embeddings", status)
+            self._fail(
+                job, InternalError(f"The local engine could not decode an image (llama_decode returned {status}).")
+            )
+            return
+        slot.context += slot.pending[:run]
+        slot.pending = slot.pending[run:]
+        self.tokens_prefilled += run
 
     def _sample_outputs(self, slot: Slot, index: int) -> None:
         if slot.sequence is not None and slot.sequence.job.snapshot:

@@ -56,7 +56,7 @@ class MediaText:
         if blob is None:
             return part
         data = base64.b64decode(blob.data)
-        text = self.describe(blob.mime_type, data, param=f"contents[{i}].parts[{j}].inlineData")
+        text = self.describe(blob.mime_type, data, param=part.origin() or f"contents[{i}].parts[{j}].inlineData")
         return gc.Part(text=text)
 
     def describe(self, mime: str, data: bytes, *, param: str) -> str:

@@ -24,8 +24,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"OVKV1\n"
-_HEADER = len(_MAGIC) + 4  # then the token count's int32s, then the state
+_MAGIC = b"OVKV2\n"
+_HEADER = len(_MAGIC) + 4  # then the token count's int64s (an image's placeholders need them), then the state
 _SUFFIX = ".kv"
 
 
@@ -36,12 +36,12 @@ class Snapshot:
 
     @property
     def size(self) -> int:
-        return len(self.state) + 4 * len(self.tokens)
+        return len(self.state) + 8 * len(self.tokens)
 
 
 def snapshot_key(model_identity: str, tokens: tuple[int, ...]) -> str:
     digest = hashlib.sha256(model_identity.encode() + b"\0")
-    digest.update(np.asarray(tokens, dtype=np.int32).tobytes())
+    digest.update(np.asarray(tokens, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 
@@ -142,7 +142,7 @@ class PrefixStore:
             try:
                 with scratch.open("wb") as file:
                     file.write(_MAGIC + struct.pack("<I", len(snapshot.tokens)))
-                    file.write(np.asarray(snapshot.tokens, dtype=np.int32).tobytes())
+                    file.write(np.asarray(snapshot.tokens, dtype=np.int64).tobytes())
                     file.write(snapshot.state)
                 scratch.replace(path)
             except OSError:
@@ -163,11 +163,11 @@ class PrefixStore:
             log.warning("ignoring a malformed KV snapshot: %s", path)
             return None
         (count,) = struct.unpack("<I", data[len(_MAGIC) : _HEADER])
-        end = _HEADER + 4 * count
+        end = _HEADER + 8 * count
         if len(data) <= end:  # cut short: no state after the tokens
             log.warning("ignoring a truncated KV snapshot: %s", path)
             return None
-        tokens = tuple(int(t) for t in np.frombuffer(data[_HEADER:end], dtype=np.int32))
+        tokens = tuple(int(t) for t in np.frombuffer(data[_HEADER:end], dtype=np.int64))
         return Snapshot(tokens, data[end:])
 
     def _make_room(self, incoming: int, *, keep: Path) -> None:

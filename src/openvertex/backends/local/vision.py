@@ -1,0 +1,257 @@
+"""Images seen by a vision model: its projector (an `mmproj` GGUF) through llama.cpp's multimodal
+library (mtmd), the image's embeddings decoded into the engine's KV like prompt tokens.
+
+A prompt stays a list of ints: an image's positions hold placeholders, negative numbers that
+name the image (by its bytes' hash) and the row of its embeddings. Prefix reuse, KV snapshots
+and context caches then work on images as on text: the same image gives the same placeholders,
+another image others from its first position on. The engine decodes a run of placeholders from
+the embeddings the job carries, in a batch of its own (llama.cpp takes tokens or embeddings in a
+batch, not both).
+
+Images are decoded (Pillow), preprocessed and encoded on the planning threads, one encoder at a
+time (it uses every core), and the last few encodings are remembered: a conversation sends its
+images again at every turn.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import hashlib
+import io
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import llama_cpp
+from llama_cpp import mtmd_cpp as mtmd
+from llama_cpp._logger import llama_log_callback
+
+from openvertex.backends.local.media_text import MAX_IMAGE_PIXELS
+from openvertex.errors import InvalidArgumentError
+from openvertex.protocol import generate_content as gc
+
+# The MIME types given to the projector (what Pillow decodes of Gemini's image types).
+SEEN_MIME_TYPES = ("image/png", "image/jpeg", "image/webp")
+_ROW_BITS = 20  # rows of one image's embeddings a placeholder can name (mtmd makes at most thousands)
+_KEY_BITS = 40  # of the image's hash, in its placeholders
+REMEMBERED = 16  # encoded images kept, by their bytes' hash
+
+T = TypeVar("T")
+
+
+def placeholder(key: int, row: int) -> int:
+    return -(((key << _ROW_BITS) | row) + 1)
+
+
+def placeholder_image(token: int) -> tuple[int, int]:
+    """A placeholder's image key and row."""
+    value = -token - 1
+    return value >> _ROW_BITS, value & ((1 << _ROW_BITS) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedImage:
+    embeddings: bytes  # float32, one row of the model's n_embd per placeholder
+    non_causal: bool  # the projector's rows attend to each other both ways (Gemma 3)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptImage:
+    data: bytes
+    param: str  # where the request held it, for errors
+
+
+class Vision:
+    """A projector loaded for one text model."""
+
+    def __init__(self, projector: Path, model: llama_cpp.llama_model_p, *, n_threads: int) -> None:
+        # Its log lines follow llama.cpp's (on with debug logging only).
+        mtmd.mtmd_log_set(llama_log_callback, None)
+        mtmd.mtmd_helper_log_set(llama_log_callback, None)
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = False
+        params.print_timings = False
+        params.warmup = False
+        params.n_threads = n_threads
+        context = mtmd.mtmd_init_from_file(str(projector).encode(), model, params)
+        if not context:
+            raise RuntimeError(f"llama.cpp could not load the projector {projector} for this model")
+        if not mtmd.mtmd_support_vision(context) or mtmd.mtmd_decode_use_mrope(context):
+            mtmd.mtmd_free(context)
+            raise RuntimeError(
+                f"{projector} is not a vision projector openvertex can run (audio-only, or M-RoPE positions)"
+            )
+        self._context = context
+        self.n_embd: int = llama_cpp.llama_model_n_embd(model)
+        self._lock = threading.Lock()  # one mtmd call at a time: its context is not thread-safe
+        self._encoded: OrderedDict[int, EncodedImage] = OrderedDict()
+        self._tokens: OrderedDict[int, list[int]] = OrderedDict()
+        # Where an image sits in a rendered prompt; never in a client's text (it cannot guess it).
+        self._marker = f"<image-{secrets.token_hex(8)}-"
+        self._markers = re.compile(re.escape(self._marker) + r"(\d+)>")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._context:
+                mtmd.mtmd_free(self._context)
+                self._context = None
+
+    # ------------------------------------------------------------------ prompts
+
+    def with_markers(self, request: gc.GenerateContentRequest) -> tuple[gc.GenerateContentRequest, list[PromptImage]]:
+        """The request with each image it holds replaced by a marker in the text, and the images."""
+        images: list[PromptImage] = []
+
+        def part(i: int, j: int, part: gc.Part) -> gc.Part:
+            blob = part.inline_data
+            if blob is None or blob.mime_type not in SEEN_MIME_TYPES:
+                return part
+            param = part.origin() or f"contents[{i}].parts[{j}].inlineData"  # as the client wrote it
+            images.append(PromptImage(base64.b64decode(blob.data), param))
+            return gc.Part(text=f"{self._marker}{len(images) - 1}>")
+
+        contents = [
+            content.model_copy(update={"parts": [part(i, j, p) for j, p in enumerate(content.parts)]})
+            for i, content in enumerate(request.contents)
+        ]
+        return (request.model_copy(update={"contents": contents}) if images else request), images
+
+    def split(self, text: str) -> Iterator[str | int]:
+        """A rendered prompt's text in pieces: text, and the index of each image between."""
+        start = 0
+        for found in self._markers.finditer(text):
+            if found.start() > start:
+                yield text[start : found.start()]
+            yield int(found.group(1))
+            start = found.end()
+        if start < len(text):
+            yield text[start:]
+
+    def tokens(self, image: PromptImage) -> list[int]:
+        """The image's prompt tokens: its placeholders, with the tokens the projector wants around
+        them (an image start and end marker, say)."""
+        key = _key(image.data)
+        with self._lock:
+            known = _remembered(self._tokens, key)
+        if known is None:
+            known = self._run(image, key, encode=False)[0]
+        return known
+
+    def encode(self, image: PromptImage) -> tuple[int, EncodedImage]:
+        key = _key(image.data)
+        with self._lock:
+            known = _remembered(self._encoded, key)
+        if known is None:
+            encoded = self._run(image, key, encode=True)[1]
+            assert encoded is not None
+            known = encoded
+        return key, known
+
+    # ------------------------------------------------------------------ mtmd
+
+    def _run(self, image: PromptImage, key: int, *, encode: bool) -> tuple[list[int], EncodedImage | None]:
+        width, height, pixels = _rgb(image)
+        with self._lock, _bitmap(width, height, pixels) as bitmap, _chunks() as chunks:
+            if not self._context:
+                raise RuntimeError("the projector was closed")
+            marker = mtmd.mtmd_default_marker()
+            text = mtmd.mtmd_input_text(marker, len(marker), False, True)
+            bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            status = mtmd.mtmd_tokenize(self._context, chunks, ctypes.byref(text), bitmaps, 1)
+            if status != 0:
+                raise InvalidArgumentError(f"the image could not be prepared (mtmd status {status})", param=image.param)
+            tokens: list[int] = []
+            encoded: EncodedImage | None = None
+            for index in range(mtmd.mtmd_input_chunks_size(chunks)):
+                chunk = mtmd.mtmd_input_chunks_get(chunks, index)
+                kind = mtmd.mtmd_input_chunk_get_type(chunk)
+                if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                    count = ctypes.c_size_t()
+                    ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                    tokens += [ids[i] for i in range(count.value)]
+                    continue
+                if kind != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE or encoded is not None:
+                    raise InvalidArgumentError("the projector made more than one image of it", param=image.param)
+                rows = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                tokens += [placeholder(key, row) for row in range(rows)]
+                if encode:
+                    encoded = self._encode(chunk, rows, image)
+            _remember(self._tokens, key, tokens)
+            if encoded is not None:
+                _remember(self._encoded, key, encoded)
+            return tokens, encoded
+
+    def _encode(self, chunk: mtmd.mtmd_input_chunk_p, rows: int, image: PromptImage) -> EncodedImage:
+        if mtmd.mtmd_encode_chunk(self._context, chunk) != 0:
+            raise InvalidArgumentError("the projector could not encode the image", param=image.param)
+        output = mtmd.mtmd_get_output_embd(self._context)
+        if not output:
+            raise InvalidArgumentError("the projector gave no embeddings for the image", param=image.param)
+        size = rows * self.n_embd * ctypes.sizeof(ctypes.c_float)
+        return EncodedImage(
+            embeddings=ctypes.string_at(output, size),
+            non_causal=bool(mtmd.mtmd_decode_use_non_causal(self._context, chunk)),
+        )
+
+
+def _key(data: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(data).digest()[: _KEY_BITS // 8], "big")
+
+
+def _remembered(known: OrderedDict[int, T], key: int) -> T | None:
+    value = known.get(key)
+    if value is not None:
+        known.move_to_end(key)
+    return value
+
+
+def _remember(known: OrderedDict[int, T], key: int, value: T) -> None:
+    known[key] = value
+    known.move_to_end(key)
+    while len(known) > REMEMBERED:
+        known.popitem(last=False)
+
+
+def _rgb(image: PromptImage) -> tuple[int, int, bytes]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(image.data)) as opened:
+            width, height = opened.size
+            if width * height <= MAX_IMAGE_PIXELS:  # else refused below, before decoding
+                return width, height, opened.convert("RGB").tobytes()
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InvalidArgumentError("the image could not be decoded", param=image.param) from None
+    raise InvalidArgumentError(
+        f"the image has {width}×{height} pixels; at most {MAX_IMAGE_PIXELS} are read", param=image.param
+    )
+
+
+@contextmanager
+def _bitmap(width: int, height: int, pixels: bytes) -> Iterator[mtmd.mtmd_bitmap_p]:
+    data = (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels)
+    bitmap = mtmd.mtmd_bitmap_init(width, height, data)
+    if not bitmap:
+        raise RuntimeError("mtmd could not make a bitmap")
+    try:
+        yield bitmap
+    finally:
+        mtmd.mtmd_bitmap_free(bitmap)
+
+
+@contextmanager
+def _chunks() -> Iterator[mtmd.mtmd_input_chunks_p]:
+    chunks = mtmd.mtmd_input_chunks_init()
+    if not chunks:
+        raise RuntimeError("mtmd could not allocate chunks")
+    try:
+        yield chunks
+    finally:
+        mtmd.mtmd_input_chunks_free(chunks)
