@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,8 +20,10 @@ from openvertex.errors import ApiError
 from openvertex.http.auth import Authenticator
 from openvertex.http.endpoints import EndpointHandlers, pinned_backends
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
-from openvertex.http.metrics import CountRequests, register_backend_readings
+from openvertex.http.lifecycle import Lifecycle
+from openvertex.http.metrics import register_backend_readings
 from openvertex.http.native import NativeHandlers
+from openvertex.http.recording import RecordRequests
 from openvertex.http.routes import Handlers
 from openvertex.metrics import Metrics
 from openvertex.service.cached_contents import CachedContents
@@ -37,8 +40,14 @@ from openvertex.translate.bounded_json import JsonLimits
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = None) -> Starlette:
-    """`backends` replaces the configured ones (tests inject a FakeBackend this way)."""
+def create_app(
+    settings: Settings,
+    *,
+    backends: Mapping[str, Backend] | None = None,
+    reload: Callable[[], Settings] | None = None,
+) -> Starlette:
+    """`backends` replaces the configured ones (tests inject a FakeBackend this way). `reload`:
+    the settings as the configuration now says, read again on SIGHUP for the keys and routes."""
     if backends is None:
         backends = {
             name: create_backend(config, settings.state_dir / "kv" / name) for name, config in settings.backends.items()
@@ -63,6 +72,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     endpoints = Endpoints(settings.endpoints)
     register_endpoint_readings(metrics, endpoints.pools)
     pinned = pinned_backends(settings.endpoints, backends)
+    lifecycle = Lifecycle()
     handlers = Handlers(
         ChatService(generator),
         NativeHandlers(generator, caches, auth, settings.max_body_bytes, json_limits),
@@ -70,7 +80,19 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
         settings.max_body_bytes,
         json_limits=json_limits,
         endpoints=EndpointHandlers(endpoints, pinned, auth, settings.max_body_bytes),
+        lifecycle=lifecycle,
     )
+
+    def apply_reload() -> None:
+        assert reload is not None
+        try:
+            fresh = reload()
+            router.replace_routes(fresh.routes)
+        except Exception as error:  # a bad edit keeps what runs now
+            log.error("configuration not reloaded: %s", error)
+            return
+        auth.replace(fresh.api_keys)
+        log.info("configuration reloaded: %d API keys, %d routes", len(fresh.api_keys), len(fresh.routes))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -79,9 +101,13 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
+        if reload is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, apply_reload)
         try:
             yield
         finally:
+            if reload is not None:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             for task in (starting, sweeping):
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -91,9 +117,9 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
             await media.close()
             database.close()
 
-    return Starlette(
+    app = Starlette(
         routes=handlers.routes(),
-        middleware=[Middleware(CountRequests, metrics=metrics)],
+        middleware=[Middleware(RecordRequests, metrics=metrics)],
         lifespan=lifespan,
         exception_handlers={
             ApiError: api_error_handler,
@@ -101,6 +127,8 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
             Exception: unexpected_error_handler,
         },
     )
+    app.state.lifecycle = lifecycle
+    return app
 
 
 async def _sweep(caches: CachedContents, interval_s: float) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import gc
 import ipaddress
-import logging
 import socket
 import sys
 from pathlib import Path
@@ -61,25 +60,41 @@ def _with_model(settings: Settings, model: str) -> Settings:
     return settings
 
 
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(
+        args.config, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth, log_level=args.log_level
+    )
+    return _with_model(settings, args.model) if args.model else settings
+
+
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from openvertex.app import create_app
+    from openvertex.http.lifecycle import DrainingServer
     from openvertex.http.listener import bind_listener
+    from openvertex.logs import configure_logging
 
-    settings = load_settings(
-        args.config, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth, log_level=args.log_level
-    )
-    if args.model:
-        settings = _with_model(settings, args.model)
+    settings = _serve_settings(args)
     if not settings.api_keys and not _is_loopback(settings.host) and not settings.insecure_no_auth:
         raise SystemExit(
             f"refusing to serve on {settings.host} without API keys: set OPENVERTEX_API_KEYS "
             "(or api_keys in the config file), or pass --insecure-no-auth"
         )
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
+
+    def reload() -> Settings:  # SIGHUP: the keys and routes as the configuration now says
+        fresh = load_settings(
+            args.config,
+            host=args.host,
+            port=args.port,
+            insecure_no_auth=args.insecure_no_auth,
+            log_level=args.log_level,
+        )
+        return _with_model(fresh, args.model) if args.model else fresh
+
     try:
-        app = create_app(settings)
+        app = create_app(settings, reload=reload)
     except (FileNotFoundError, ValueError) as error:  # a missing model, a malformed secret
         raise SystemExit(str(error)) from None
     sock = bind_listener(settings.host, settings.port)
@@ -91,8 +106,14 @@ def serve(args: argparse.Namespace) -> None:
     # the collector stops walking it at every full collection.
     gc.collect()
     gc.freeze()
-    config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        log_config=None,  # uvicorn's own lines go through the handler configured above
+        access_log=False,  # each request has its own line (http/recording.py)
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+    )
+    DrainingServer(config, app.state.lifecycle).run(sockets=[sock])
 
 
 def models(args: argparse.Namespace) -> None:

@@ -195,6 +195,11 @@ class Settings(BaseSettings):
     max_json_number_length: int = Field(100, ge=20)
     request_timeout_s: float = Field(600.0, gt=0)  # a request still running after this ends with 504
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "json": one JSON object per line (each request's line with its fields), for log collectors.
+    log_format: Literal["text", "json"] = "text"
+    # After SIGTERM: /readyz answers 503 and no new request is taken; requests in flight (streams
+    # included) have this long to finish before they are cut and the process exits.
+    drain_timeout_s: int = Field(30, ge=0)
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
     routes: list[Route] = Field(default_factory=_default_routes)
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)  # self-deployed endpoint ids

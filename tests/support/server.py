@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import httpx
 import uvicorn
+from starlette.applications import Starlette
 
 from openvertex.app import create_app
 from openvertex.backends.base import Backend
@@ -20,8 +21,9 @@ SDK_PATH = "/v1/projects/test-project/locations/us-central1/endpoints/openapi"
 
 
 class RunningServer:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, app: Starlette) -> None:
         self.port = port
+        self.app = app
         self.url = f"http://127.0.0.1:{port}"
         self.chat_url = f"{self.url}{VERTEX_PATH}/chat/completions"
         self.sdk_base_url = f"{self.url}{SDK_PATH}"
@@ -36,7 +38,7 @@ def serve(
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    running = RunningServer(sock.getsockname()[1])
+    running = RunningServer(sock.getsockname()[1], app)
     deadline = time.monotonic() + ready_timeout
     while True:
         try:

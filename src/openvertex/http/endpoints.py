@@ -23,6 +23,7 @@ from openvertex.errors import ApiError, NotFoundError
 from openvertex.http.auth import Authenticator
 from openvertex.http.body import INLINE_PARSE_BYTES, read_body
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
+from openvertex.request_record import current_record
 from openvertex.settings import EndpointSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class EndpointHandlers:
         pool = self.endpoints.get(endpoint_id)
         if pool is None:
             raise NotFoundError(f"Endpoint `{endpoint_id}` not found.")
+        record = current_record()
+        record.model, record.backend = endpoint_id, f"endpoint:{endpoint_id}"
         raw = await read_body(request, self.max_body_bytes)
         if len(raw) <= INLINE_PARSE_BYTES:
             body = with_model(raw, pool.model)

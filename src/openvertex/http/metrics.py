@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from openvertex.metrics import Metrics
 from openvertex.service.routing import Router
 
@@ -29,26 +27,6 @@ def route_name(path: str) -> str:
     if "/cachedContents" in path:
         return "cached_contents"
     return next((name for suffix, name in _ROUTES if path.endswith(suffix)), "other")
-
-
-class CountRequests:
-    """ASGI middleware: one count per response, by route and status code."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                self.metrics.requests.inc(route=route_name(scope["path"]), code=str(message["status"]))
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
 
 
 def register_backend_readings(metrics: Metrics, router: Router) -> None:

@@ -16,6 +16,7 @@ from openvertex.http.body import read_body, read_json
 from openvertex.http.disconnect import until_disconnect
 from openvertex.http.endpoints import EndpointHandlers, PinnedBackend
 from openvertex.http.errors import error_body
+from openvertex.http.lifecycle import Lifecycle
 from openvertex.http.native import NativeHandlers
 from openvertex.http.openapi import openapi_json
 from openvertex.http.sse import OPENAI_SSE, STREAM_HEADERS, EventStreamResponse, Framed, first_item
@@ -37,8 +38,10 @@ class Handlers:
         *,
         json_limits: JsonLimits | None = None,
         endpoints: EndpointHandlers | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.service = service
+        self.lifecycle = lifecycle or Lifecycle()
         self.endpoints = endpoints  # self-deployed endpoints; None: only `openapi` exists
         self.native = native
         self.auth = auth
@@ -119,6 +122,8 @@ class Handlers:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        if self.lifecycle.draining:
+            raise UnavailableError("The server is shutting down.")
         if not self.service.generator.router.ready():
             raise UnavailableError("The model is not ready: still loading, or restarting after a fault.")
         return JSONResponse({"status": "ready"})

@@ -19,6 +19,7 @@ from openvertex.backends.base import Backend
 from openvertex.errors import DeadlineExceededError, NotFoundError
 from openvertex.metrics import Metrics
 from openvertex.protocol import generate_content as gc
+from openvertex.request_record import RequestRecord, current_record
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.capabilities import Namer, check_capabilities, native_name
 from openvertex.service.media import MediaReader
@@ -79,6 +80,8 @@ class Generator:
     ) -> Prepared:
         """Everything that can fail with a 4xx before any generation starts. `timeout_s`: the
         client's own deadline, within the server's."""
+        record = current_record()
+        record.model, record.backend = model.route_ids()[0], self.router.name_of(backend)
         check_capabilities(request, backend.capabilities, name)
         request = await self._media(request, backend, name)
         deadline = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
@@ -192,9 +195,14 @@ class Generator:
         if not prepared.include_thoughts:
             _drop_thoughts(response)
         usage = response.usage_metadata
-        if usage is not None and prepared.cached_tokens:
+        if usage is None:
+            return
+        if prepared.cached_tokens:
             cached = min(prepared.cached_tokens, usage.prompt_token_count or 0)
             usage.cached_content_token_count = max(usage.cached_content_token_count or 0, cached) or None
+        record = current_record()
+        record.prompt_tokens = usage.prompt_token_count
+        record.output_tokens = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
 
     async def generate(self, prepared: Prepared) -> gc.GenerateContentResponse:
         try:  # a timeout, not wait_for: no task per request
@@ -211,7 +219,7 @@ class Generator:
         upstream = prepared.backend.stream(prepared.request, model=prepared.model.routed)
         if self._signs(prepared.backend):
             upstream = self.signer.sign_stream(upstream)  # sees the thoughts it seals
-        clock = _StreamClock(self.metrics)
+        clock = _StreamClock(self.metrics, current_record())
         deadline = _Deadline(prepared.timeout_s)
         try:
             while True:
@@ -270,8 +278,9 @@ def _drop_thoughts(response: gc.GenerateContentResponse) -> None:
 class _StreamClock:
     """Time to first chunk and the gaps between chunks, for the latency histograms."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, record: RequestRecord) -> None:
         self._metrics = metrics
+        self._record = record
         self._started = self._last = time.monotonic()
         self._first = True
 
@@ -279,6 +288,7 @@ class _StreamClock:
         now = time.monotonic()
         if self._first:
             self._metrics.time_to_first_token.observe(now - self._started)
+            self._record.time_to_first_token_ms = round((now - self._started) * 1000, 3)
             self._first = False
         else:
             self._metrics.time_per_token.observe(now - self._last)

@@ -12,10 +12,21 @@ from openvertex.settings import Route
 from openvertex.translate.resources import ModelName
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Router:
     backends: Mapping[str, Backend]
     routes: Sequence[Route]
+
+    def replace_routes(self, routes: Sequence[Route]) -> None:
+        """The routing table from now on (a configuration reload): it may name only the backends
+        this process started with (new backends take a restart)."""
+        unknown = sorted({route.backend for route in routes} - set(self.backends))
+        if unknown:
+            raise ValueError(f"routes name backends this process did not start: {', '.join(unknown)}")
+        self.routes = list(routes)
+
+    def name_of(self, backend: Backend) -> str:
+        return next((name for name, known in self.backends.items() if known is backend), "?")
 
     def find(self, model: str) -> Backend | None:
         for route in self.routes:

@@ -1,0 +1,63 @@
+"""Each request recorded at the HTTP edge: its id (returned as `x-request-id`), a count in
+/metrics by route and status, and one log line (`openvertex.request`) with the key's name (never
+the key), the model, the backend, the tokens, the time to first token and the duration."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from dataclasses import asdict
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from openvertex.http.metrics import route_name
+from openvertex.metrics import Metrics
+from openvertex.request_record import RequestRecord, end_record, start_record
+
+log = logging.getLogger("openvertex.request")
+
+REQUEST_ID_HEADER = b"x-request-id"
+# A client's own id is kept when it is a plain token (a proxy's or a tracer's), else replaced.
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+class RecordRequests:
+    """ASGI middleware: the request's id, its count in /metrics and its log line."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        path = scope["path"]
+        record = RequestRecord(_request_id(scope), scope["method"], path, route_name(path))
+        token = start_record(record)
+        header = (REQUEST_ID_HEADER, record.request_id.encode())
+
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                self.metrics.requests.inc(route=record.route, code=str(record.status))
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+            end_record(token)
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s %s %d", record.method, record.path, record.status, extra={"request": asdict(record)})
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER and _CLIENT_ID.fullmatch(value):
+            return bytes(value).decode()
+    return secrets.token_hex(12)
