@@ -29,12 +29,15 @@ from openvertex.metrics import Metrics
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.chat import ChatService
 from openvertex.service.generation import Generator
+from openvertex.service.keys import KeyRing, Quotas, keep_keys_and_usage
 from openvertex.service.media import MediaReader
 from openvertex.service.routing import Router
 from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSigner, load_or_create_secret, parse_secret
 from openvertex.settings import Settings
+from openvertex.store.api_keys import ApiKeyStore
 from openvertex.store.cached_contents import CachedContentStore
 from openvertex.store.database import DATABASE_FILE, Database
+from openvertex.store.usage import UsageStore
 from openvertex.translate.bounded_json import JsonLimits
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,9 @@ def create_app(
         optional_signatures=settings.optional_thought_signatures,
         media=media,
     )
-    auth = Authenticator(settings.api_keys)
+    keys = KeyRing(settings.api_keys, ApiKeyStore(database))
+    quotas = Quotas()
+    auth = Authenticator(keys, quotas)
     json_limits = JsonLimits(settings.max_json_depth, settings.max_json_number_length)
     endpoints = Endpoints(settings.endpoints)
     register_endpoint_readings(metrics, endpoints.pools)
@@ -83,32 +88,23 @@ def create_app(
         lifecycle=lifecycle,
     )
 
-    def apply_reload() -> None:
-        assert reload is not None
-        try:
-            fresh = reload()
-            router.replace_routes(fresh.routes)
-        except Exception as error:  # a bad edit keeps what runs now
-            log.error("configuration not reloaded: %s", error)
-            return
-        auth.replace(fresh.api_keys)
-        log.info("configuration reloaded: %d API keys, %d routes", len(fresh.api_keys), len(fresh.routes))
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(database.open)
+        await asyncio.to_thread(keys.refresh)
         await endpoints.start()  # the upstreams' HTTP client, and their health checks
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
+        keeping = asyncio.create_task(keep_keys_and_usage(keys, quotas, UsageStore(database), settings.keys_refresh_s))
         if reload is not None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, apply_reload)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reloading(reload, router, keys))
         try:
             yield
         finally:
             if reload is not None:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            for task in (starting, sweeping):
+            for task in (starting, sweeping, keeping):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
@@ -129,6 +125,23 @@ def create_app(
     )
     app.state.lifecycle = lifecycle
     return app
+
+
+def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing) -> Callable[[], None]:
+    """What SIGHUP does: the keys and routes as the configuration now says."""
+
+    def apply() -> None:
+        try:
+            fresh = reload()
+            router.replace_routes(fresh.routes)
+        except Exception as error:  # a bad edit keeps what runs now
+            log.error("configuration not reloaded: %s", error)
+            return
+        keys.replace_configured(fresh.api_keys)
+        keys.refresh()
+        log.info("configuration reloaded: %d API keys, %d routes", len(fresh.api_keys), len(fresh.routes))
+
+    return apply
 
 
 async def _sweep(caches: CachedContents, interval_s: float) -> None:

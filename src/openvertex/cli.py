@@ -7,8 +7,11 @@ import gc
 import ipaddress
 import socket
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+from openvertex.service.keys import issue_key
 from openvertex.settings import (
     BackendSettings,
     GeminiBackendSettings,
@@ -17,6 +20,9 @@ from openvertex.settings import (
     Settings,
     load_settings,
 )
+from openvertex.store.api_keys import ApiKeyStore
+from openvertex.store.database import DATABASE_FILE, Database
+from openvertex.store.usage import UsageStore
 
 BASE_PATH = "/v1/projects/local/locations/us-central1/endpoints/openapi"
 
@@ -35,7 +41,30 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     models = commands.add_parser("models", help="list the models this configuration serves")
     models.add_argument("--config", type=Path, help="TOML configuration file")
+    keys = commands.add_parser("keys", help="issue, list and revoke API keys (kept in state_dir's database)")
+    keys.add_argument("--config", type=Path, help="TOML configuration file")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="issue a key; it is shown once")
+    create.add_argument("name")
+    create.add_argument("--models", nargs="+", default=[], metavar="GLOB", help="models it may use (default: all)")
+    create.add_argument("--rpm", type=_positive, help="requests per minute")
+    create.add_argument("--tpm", type=_positive, help="tokens per minute (prompt and output)")
+    create.add_argument("--concurrent", type=_positive, help="requests in flight at once")
+    create.add_argument("--expires-in-days", type=float, help="valid for this many days (default: until revoked)")
+    actions.add_parser("list", help="the keys, without their secrets")
+    revoke = actions.add_parser("revoke", help="refuse a key from now on (running servers within keys_refresh_s)")
+    revoke.add_argument("name")
+    usage = commands.add_parser("usage", help="requests and tokens per key and model")
+    usage.add_argument("--config", type=Path, help="TOML configuration file")
+    usage.add_argument("--hours", type=float, default=24.0, help="over the last this many hours (default 24)")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -76,10 +105,15 @@ def serve(args: argparse.Namespace) -> None:
     from openvertex.logs import configure_logging
 
     settings = _serve_settings(args)
-    if not settings.api_keys and not _is_loopback(settings.host) and not settings.insecure_no_auth:
+    if (
+        not settings.api_keys
+        and not _is_loopback(settings.host)
+        and not settings.insecure_no_auth
+        and not _issued(settings)
+    ):
         raise SystemExit(
             f"refusing to serve on {settings.host} without API keys: set OPENVERTEX_API_KEYS "
-            "(or api_keys in the config file), or pass --insecure-no-auth"
+            "(or api_keys in the config file), issue one with `openvertex keys create`, or pass --insecure-no-auth"
         )
     configure_logging(settings.log_level, settings.log_format)
 
@@ -142,9 +176,82 @@ def _served_by(backend: BackendSettings) -> str:
     return "a scripted fake"
 
 
+def _issued(settings: Settings) -> bool:
+    """Whether keys issued with `openvertex keys create` are in use."""
+    database = Database(settings.state_dir / DATABASE_FILE)
+    database.open()
+    try:
+        return any(row.revoke_time is None and not _past(row.expire_time) for row in ApiKeyStore(database).all())
+    finally:
+        database.close()
+
+
+def _database(args: argparse.Namespace) -> Database:
+    database = Database(load_settings(args.config).state_dir / DATABASE_FILE)
+    database.open()
+    return database
+
+
+def keys(args: argparse.Namespace) -> None:
+    database = _database(args)
+    try:
+        store = ApiKeyStore(database)
+        if args.action == "create":
+            expire = time.time() + args.expires_in_days * 86400 if args.expires_in_days else None
+            try:
+                key = issue_key(
+                    store,
+                    args.name,
+                    models=tuple(args.models),
+                    requests_per_minute=args.rpm,
+                    tokens_per_minute=args.tpm,
+                    concurrent_requests=args.concurrent,
+                    expire_time=expire,
+                )
+            except ValueError as error:
+                raise SystemExit(str(error)) from None
+            print(key)
+            print(f"key {args.name!r} created; it is shown only this once", file=sys.stderr)
+        elif args.action == "list":
+            print("name\tmodels\trpm\ttpm\tconcurrent\tcreated\texpires\tstatus")
+            for row in store.all():
+                status = "revoked" if row.revoke_time else ("expired" if _past(row.expire_time) else "active")
+                limits = (row.requests_per_minute, row.tokens_per_minute, row.concurrent_requests)
+                print(
+                    f"{row.name}\t{','.join(row.models) or '*'}\t"
+                    + "\t".join(str(v or "-") for v in limits)
+                    + f"\t{_when(row.create_time)}\t{_when(row.expire_time)}\t{status}"
+                )
+        elif not store.revoke(args.name, now=time.time()):
+            raise SystemExit(f"no key {args.name!r} in use")
+        else:
+            print(f"key {args.name!r} revoked")
+    finally:
+        database.close()
+
+
+def usage(args: argparse.Namespace) -> None:
+    database = _database(args)
+    try:
+        rows = UsageStore(database).totals(since_minute=int((time.time() - args.hours * 3600) // 60))
+    finally:
+        database.close()
+    print("key\tmodel\trequests\tprompt_tokens\toutput_tokens")
+    for row in rows:
+        print(f"{row.key_name}\t{row.model or '-'}\t{row.requests}\t{row.prompt_tokens}\t{row.output_tokens}")
+
+
+def _past(moment: float | None) -> bool:
+    return moment is not None and moment <= time.time()
+
+
+def _when(moment: float | None) -> str:
+    return "-" if moment is None else datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    {"serve": serve, "models": models}[args.command](args)
+    {"serve": serve, "models": models, "keys": keys, "usage": usage}[args.command](args)
 
 
 if __name__ == "__main__":

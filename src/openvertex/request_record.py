@@ -5,8 +5,9 @@ through a context variable, so no layer passes it along."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -16,6 +17,7 @@ class RequestRecord:
     path: str
     route: str
     key: str | None = None  # the API key's name
+    models_allowed: tuple[str, ...] | None = None  # globs the key may use; None: any
     model: str | None = None
     backend: str | None = None
     status: int = 0
@@ -23,7 +25,27 @@ class RequestRecord:
     output_tokens: int | None = None
     time_to_first_token_ms: float | None = None
     duration_ms: float = 0.0
+    on_end: list[Callable[[RequestRecord], None]] = field(default_factory=list)  # once the response is sent
 
+    def fields(self) -> dict[str, object]:
+        """What a log line says of the request."""
+        return {name: getattr(self, name) for name in _LOGGED}
+
+
+_LOGGED = (
+    "request_id",
+    "method",
+    "path",
+    "route",
+    "key",
+    "model",
+    "backend",
+    "status",
+    "prompt_tokens",
+    "output_tokens",
+    "time_to_first_token_ms",
+    "duration_ms",
+)
 
 # The record of the request being handled; a fresh throwaway one outside any request.
 _current: ContextVar[RequestRecord | None] = ContextVar("openvertex_request", default=None)

@@ -200,6 +200,9 @@ class Settings(BaseSettings):
     # After SIGTERM: /readyz answers 503 and no new request is taken; requests in flight (streams
     # included) have this long to finish before they are cut and the process exits.
     drain_timeout_s: int = Field(30, ge=0)
+    # How often keys issued with `openvertex keys` are read again (a revoked key is refused within
+    # this time) and the usage per key is written.
+    keys_refresh_s: float = Field(5.0, gt=0)
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
     routes: list[Route] = Field(default_factory=_default_routes)
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)  # self-deployed endpoint ids

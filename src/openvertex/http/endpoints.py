@@ -24,6 +24,7 @@ from openvertex.http.auth import Authenticator
 from openvertex.http.body import INLINE_PARSE_BYTES, read_body
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
 from openvertex.request_record import current_record
+from openvertex.service.keys import check_model
 from openvertex.settings import EndpointSettings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class EndpointHandlers:
             raise NotFoundError(f"Endpoint `{endpoint_id}` not found.")
         record = current_record()
         record.model, record.backend = endpoint_id, f"endpoint:{endpoint_id}"
+        check_model(record, [endpoint_id])
         raw = await read_body(request, self.max_body_bytes)
         if len(raw) <= INLINE_PARSE_BYTES:
             body = with_model(raw, pool.model)

@@ -8,7 +8,6 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import asdict
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -52,8 +51,10 @@ class RecordRequests:
         finally:
             record.duration_ms = round((time.monotonic() - started) * 1000, 3)
             end_record(token)
+            for callback in record.on_end:
+                callback(record)
             if log.isEnabledFor(logging.INFO):
-                log.info("%s %s %d", record.method, record.path, record.status, extra={"request": asdict(record)})
+                log.info("%s %s %d", record.method, record.path, record.status, extra={"request": record.fields()})
 
 
 def _request_id(scope: Scope) -> str:

@@ -22,6 +22,7 @@ from openvertex.protocol import generate_content as gc
 from openvertex.request_record import RequestRecord, current_record
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.capabilities import Namer, check_capabilities, native_name
+from openvertex.service.keys import check_model
 from openvertex.service.media import MediaReader
 from openvertex.service.routing import Router
 from openvertex.service.signatures import ThoughtSigner
@@ -82,6 +83,7 @@ class Generator:
         client's own deadline, within the server's."""
         record = current_record()
         record.model, record.backend = model.route_ids()[0], self.router.name_of(backend)
+        check_model(record, model.route_ids())
         check_capabilities(request, backend.capabilities, name)
         request = await self._media(request, backend, name)
         deadline = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
@@ -149,6 +151,7 @@ class Generator:
         self, request: gc.GenerateContentRequest, model: ModelName, backend: Backend, *, dialect: gc.Dialect
     ) -> gc.CountTokensResponse:
         """What the model would read for `request` (a named cache's content included, not warmed)."""
+        check_model(current_record(), model.route_ids())
         check_capabilities(request, backend.capabilities)
         request = await self._media(request, backend, native_name)
         cached = 0
@@ -165,6 +168,7 @@ class Generator:
     async def compute_tokens(
         self, request: gc.GenerateContentRequest, model: ModelName, backend: Backend
     ) -> gc.ComputeTokensResponse:
+        check_model(current_record(), model.route_ids())
         check_capabilities(request, backend.capabilities)
         request = await self._media(request, backend, native_name)
         turns = await backend.compute_tokens(request, model=model.routed)

@@ -35,6 +35,28 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX cached_contents_by_parent ON cached_contents (parent, create_time, name);
     CREATE INDEX cached_contents_by_expiry ON cached_contents (expire_time);
     """,
+    """
+    CREATE TABLE api_keys (
+        name TEXT PRIMARY KEY,
+        hash BLOB NOT NULL UNIQUE,      -- SHA-256 of the key; the key itself is never stored
+        models TEXT NOT NULL,           -- JSON list of model globs it may use; [] = every model
+        requests_per_minute INTEGER,    -- NULL: no limit
+        tokens_per_minute INTEGER,
+        concurrent_requests INTEGER,
+        create_time REAL NOT NULL,      -- seconds since the epoch
+        expire_time REAL,               -- NULL: never
+        revoke_time REAL                -- NULL: in use
+    );
+    CREATE TABLE usage (
+        key_name TEXT NOT NULL,         -- a stored key's name, or a configured key's fingerprint
+        model TEXT NOT NULL,
+        minute INTEGER NOT NULL,        -- minutes since the epoch
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        PRIMARY KEY (key_name, model, minute)
+    );
+    """,
 )
 
 

@@ -1,0 +1,240 @@
+"""API keys and their quotas.
+
+Keys come from two places: `api_keys` in the configuration (plain strings, compared in constant
+time) and keys issued with `openvertex keys create` (a random 256-bit key shown once; only its
+SHA-256 is stored, with its name, the models it may use, its limits and its expiry). Issued keys
+are read from the database at start and every `keys_refresh_s`, so a key revoked from the CLI
+(or on another replica sharing the database) is refused within that time, and a request's check
+never waits on the database.
+
+Quotas are per key and per clock minute, as Google counts them: requests per minute, tokens per
+minute (prompt and output, counted from each answer's usage once it is done) and requests in
+flight. Past a limit the request is a 429 RESOURCE_EXHAUSTED whose Retry-After says when the
+minute turns (or, for the concurrency limit, one second). Usage per key, model and minute is
+kept in the database for `openvertex usage`, written every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from openvertex.errors import PermissionDeniedError, ResourceExhaustedError
+from openvertex.request_record import RequestRecord
+from openvertex.store.api_keys import ApiKeyRow, ApiKeyStore
+from openvertex.store.usage import UsageRow, UsageStore
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "ov-"
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def configured_key_name(key: str) -> str:
+    """How logs and usage name a configured key: a fingerprint, never the key."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What a key may do."""
+
+    name: str
+    models: tuple[str, ...] = ()  # globs; empty: every model
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent_requests: int | None = None
+    expire_time: float | None = None
+
+    @classmethod
+    def from_row(cls, row: ApiKeyRow) -> KeyGrant:
+        return cls(
+            row.name,
+            row.models,
+            row.requests_per_minute,
+            row.tokens_per_minute,
+            row.concurrent_requests,
+            row.expire_time,
+        )
+
+
+def issue_key(
+    store: ApiKeyStore,
+    name: str,
+    *,
+    models: tuple[str, ...] = (),
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    concurrent_requests: int | None = None,
+    expire_time: float | None = None,
+) -> str:
+    """A new key, stored as its hash: the caller shows it once. ValueError: the name is taken."""
+    key = new_key()
+    row = ApiKeyRow(
+        name,
+        key_hash(key),
+        models,
+        requests_per_minute,
+        tokens_per_minute,
+        concurrent_requests,
+        time.time(),
+        expire_time,
+        None,
+    )
+    if not store.insert(row):
+        raise ValueError(f"a key named {name!r} exists already (names of revoked keys are not reused)")
+    return key
+
+
+def check_model(record: RequestRecord, model_ids: Iterable[str]) -> None:
+    """403 unless the request's key may use a model known by these ids (most specific first)."""
+    allowed = record.models_allowed
+    if allowed is None:
+        return
+    ids = list(model_ids)
+    if not any(fnmatchcase(model, glob) for model in ids for glob in allowed):
+        raise PermissionDeniedError(f"The API key `{record.key}` may not use the model `{ids[0]}`.")
+
+
+class KeyRing:
+    """The keys a request may present."""
+
+    def __init__(self, configured: list[str], store: ApiKeyStore | None = None) -> None:
+        self._store = store
+        self._issued: dict[bytes, KeyGrant] = {}
+        self._ever_issued = False  # revoking every issued key must not open the server
+        self.replace_configured(configured)
+
+    def replace_configured(self, keys: list[str]) -> None:
+        self._configured = [(key.encode(), KeyGrant(configured_key_name(key))) for key in keys]
+
+    @property
+    def open(self) -> bool:
+        """No key was ever configured or issued: any token is accepted (the CLI allows that on
+        loopback only)."""
+        return not self._configured and not self._ever_issued
+
+    def refresh(self) -> None:
+        """Read the issued keys again (a blocking database read: call it off the event loop)."""
+        if self._store is None:
+            return
+        now = time.time()
+        rows = self._store.all()
+        self._issued = {
+            row.hash: KeyGrant.from_row(row)
+            for row in rows
+            if row.revoke_time is None and (row.expire_time is None or row.expire_time > now)
+        }
+        self._ever_issued = bool(rows)
+
+    def find(self, token: str) -> KeyGrant | None:
+        presented = token.encode()
+        # Every configured key is compared, always, so timing says nothing about which one matched.
+        matches = [hmac.compare_digest(presented, key) for key, _ in self._configured]
+        if any(matches):
+            return self._configured[matches.index(True)][1]
+        if not token.startswith(KEY_PREFIX):
+            return None
+        grant = self._issued.get(key_hash(token))  # a hash of a 256-bit secret: its lookup time tells nothing
+        if grant is None or (grant.expire_time is not None and grant.expire_time <= time.time()):
+            return None
+        return grant
+
+
+@dataclass(slots=True)
+class _Minute:
+    minute: int = -1
+    requests: int = 0
+    tokens: int = 0
+
+
+@dataclass(slots=True)
+class Quotas:
+    """Per-key counters for this process, and the usage not yet written."""
+
+    _minutes: dict[str, _Minute] = field(default_factory=dict)
+    _in_flight: Counter[str] = field(default_factory=Counter)
+    _pending: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
+
+    def admit(self, grant: KeyGrant, record: RequestRecord) -> None:
+        """Count the request against its key's quotas, or raise the 429; the request gives its
+        place back, and counts its tokens, once its response is sent."""
+        now = time.time()
+        minute = self._minute(grant.name, now)
+        retry_after = max(1, math.ceil(60 - now % 60))
+        if grant.requests_per_minute is not None and minute.requests >= grant.requests_per_minute:
+            raise ResourceExhaustedError(
+                f"Quota exceeded: the API key `{grant.name}` may send {grant.requests_per_minute} requests a minute.",
+                retry_after_s=retry_after,
+            )
+        if grant.tokens_per_minute is not None and minute.tokens >= grant.tokens_per_minute:
+            raise ResourceExhaustedError(
+                f"Quota exceeded: the API key `{grant.name}` may use {grant.tokens_per_minute} tokens a minute.",
+                retry_after_s=retry_after,
+            )
+        if grant.concurrent_requests is not None and self._in_flight[grant.name] >= grant.concurrent_requests:
+            raise ResourceExhaustedError(
+                f"Quota exceeded: the API key `{grant.name}` may have {grant.concurrent_requests} requests "
+                "in flight at once.",
+                retry_after_s=1,
+            )
+        minute.requests += 1
+        self._in_flight[grant.name] += 1
+        record.on_end.append(self._done)
+
+    def _minute(self, name: str, now: float) -> _Minute:
+        current = int(now // 60)
+        minute = self._minutes.get(name)
+        if minute is None or minute.minute != current:
+            minute = self._minutes[name] = _Minute(current)
+        return minute
+
+    def _done(self, record: RequestRecord) -> None:
+        name = record.key
+        assert name is not None
+        self._in_flight[name] -= 1
+        if self._in_flight[name] <= 0:
+            del self._in_flight[name]
+        now = time.time()
+        prompt, output = record.prompt_tokens or 0, record.output_tokens or 0
+        self._minute(name, now).tokens += prompt + output
+        counts = self._pending.setdefault((name, record.model or "", int(now // 60)), [0, 0, 0])
+        counts[0] += 1
+        counts[1] += prompt
+        counts[2] += output
+
+    def take_usage(self) -> list[UsageRow]:
+        """The usage counted since the last take (on the event loop, where it is counted)."""
+        pending, self._pending = self._pending, {}
+        return [UsageRow(key, model, minute, *counts) for (key, model, minute), counts in pending.items()]
+
+
+async def keep_keys_and_usage(keys: KeyRing, quotas: Quotas, store: UsageStore, interval_s: float) -> None:
+    """Re-read the issued keys and write the usage, every `interval_s`, until cancelled (then
+    the usage once more)."""
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(keys.refresh)
+                await asyncio.to_thread(store.add, quotas.take_usage())
+            except Exception:
+                log.exception("could not refresh the API keys or write the usage")
+    finally:
+        await asyncio.shield(asyncio.to_thread(store.add, quotas.take_usage()))

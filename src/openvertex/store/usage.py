@@ -1,0 +1,51 @@
+"""usage rows: requests and tokens per key, model and minute, for `openvertex usage`."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from openvertex.store.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    key_name: str
+    model: str
+    minute: int
+    requests: int
+    prompt_tokens: int
+    output_tokens: int
+
+
+class UsageStore:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def add(self, rows: Iterable[UsageRow]) -> None:
+        """Add to the counts (rows of the same key, model and minute sum up)."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO usage (key_name, model, minute, requests, prompt_tokens, output_tokens) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_name, model, minute) DO UPDATE SET "
+                "requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+                "output_tokens = output_tokens + excluded.output_tokens",
+                [(r.key_name, r.model, r.minute, r.requests, r.prompt_tokens, r.output_tokens) for r in rows],
+            )
+
+        self._db.call(work)
+
+    def totals(self, *, since_minute: int) -> list[UsageRow]:
+        """Per key and model since a minute: `minute` is the first one with usage."""
+
+        def work(db: sqlite3.Connection) -> list[UsageRow]:
+            rows = db.execute(
+                "SELECT key_name, model, MIN(minute), SUM(requests), SUM(prompt_tokens), SUM(output_tokens) "
+                "FROM usage WHERE minute >= ? GROUP BY key_name, model ORDER BY key_name, model",
+                (since_minute,),
+            )
+            return [UsageRow(*row) for row in rows]
+
+        return self._db.call(work)
