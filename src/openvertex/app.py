@@ -86,6 +86,7 @@ def create_app(
         json_limits=json_limits,
         endpoints=EndpointHandlers(endpoints, pinned, auth, settings.max_body_bytes),
         lifecycle=lifecycle,
+        predict_model=settings.predict_model,
     )
 
     @contextlib.asynccontextmanager
@@ -114,7 +115,7 @@ def create_app(
             database.close()
 
     app = Starlette(
-        routes=handlers.routes(),
+        routes=handlers.container_routes(settings.health_route, settings.predict_route) + handlers.routes(),
         middleware=[Middleware(RecordRequests, metrics=metrics)],
         lifespan=lifespan,
         exception_handlers={

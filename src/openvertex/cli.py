@@ -1,10 +1,11 @@
-"""`openvertex serve | models`: argument parsing and start-up only."""
+"""`openvertex serve | models | keys | usage`: argument parsing and start-up only."""
 
 from __future__ import annotations
 
 import argparse
 import gc
 import ipaddress
+import os
 import socket
 import sys
 import time
@@ -90,8 +91,11 @@ def _with_model(settings: Settings, model: str) -> Settings:
 
 
 def _serve_settings(args: argparse.Namespace) -> Settings:
+    host = args.host
+    if host is None and os.environ.get("AIP_MODE"):  # a Vertex AI custom container listens on every interface
+        host = "0.0.0.0"
     settings = load_settings(
-        args.config, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth, log_level=args.log_level
+        args.config, host=host, port=args.port, insecure_no_auth=args.insecure_no_auth, log_level=args.log_level
     )
     return _with_model(settings, args.model) if args.model else settings
 
@@ -109,6 +113,7 @@ def serve(args: argparse.Namespace) -> None:
         not settings.api_keys
         and not _is_loopback(settings.host)
         and not settings.insecure_no_auth
+        and not os.environ.get("AIP_MODE")  # on Vertex AI, the endpoint's IAM admits callers
         and not _issued(settings)
     ):
         raise SystemExit(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -186,7 +186,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENVERTEX_", env_nested_delimiter="__", extra="forbid")
 
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    # Vertex AI runs a custom container with AIP_HTTP_PORT set: it is the port there.
+    port: int = Field(8080, ge=0, le=65535, validation_alias=AliasChoices("port", "OPENVERTEX_PORT", "AIP_HTTP_PORT"))
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     insecure_no_auth: bool = False
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
@@ -216,6 +217,15 @@ class Settings(BaseSettings):
     # behind one load balancer given the same one accept each other's signatures, with no shared
     # disk. Checked when the app is created, so a malformed value is never echoed in an error.
     thought_signature_secret: SecretStr | None = None
+    # As a Vertex AI custom prediction container: the routes Vertex calls (it sets AIP_HEALTH_ROUTE
+    # and AIP_PREDICT_ROUTE), and the model a prediction gets when its body names none.
+    health_route: str | None = Field(
+        None, validation_alias=AliasChoices("health_route", "OPENVERTEX_HEALTH_ROUTE", "AIP_HEALTH_ROUTE")
+    )
+    predict_route: str | None = Field(
+        None, validation_alias=AliasChoices("predict_route", "OPENVERTEX_PREDICT_ROUTE", "AIP_PREDICT_ROUTE")
+    )
+    predict_model: str | None = None
     # Models (globs) on which a replayed function call may lack its thought signature, as on
     # Gemini 2.5; everywhere else a missing one is a 400, as on Gemini 3.
     optional_thought_signatures: list[str] = Field(default_factory=list)

@@ -29,12 +29,14 @@ class Authenticator:
         self.keys = keys
         self.quotas = quotas
 
-    def check(self, request: Request) -> None:
+    def check(self, request: Request, *, anonymous: bool = False) -> None:
+        """`anonymous`: a request without a token passes while no key exists (a Vertex AI
+        container's prediction route, behind the endpoint's IAM)."""
         token = _presented_token(request)
+        if self.keys.open and (token is not None or anonymous):
+            return
         if token is None:
             raise UnauthenticatedError(_MISSING)
-        if self.keys.open:
-            return
         grant = self.keys.find(token)
         if grant is None:
             raise UnauthenticatedError("Request had invalid authentication credentials.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_snake
@@ -78,9 +78,17 @@ def _validation_to_error(error: ValidationError) -> InvalidArgumentError:
 
 
 def parse_json(body: bytes, model: type[ModelT], limits: JsonLimits | None = None) -> ModelT:
+    return validate(load_object(body, limits), model)
+
+
+def load_object(body: bytes, limits: JsonLimits | None = None) -> dict[str, Any]:
     data = load_json(body, limits or JsonLimits())
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"{_INVALID} Expected a JSON object.")
+    return data
+
+
+def validate(data: dict[str, Any], model: type[ModelT]) -> ModelT:
     try:
         if issubclass(model, GeminiModel):  # read as Google's parser reads it
             return model.from_wire(data)

@@ -3,6 +3,8 @@ surfaces' routes come from http/native.py."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Awaitable
 
@@ -10,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from openvertex.errors import NotFoundError, UnavailableError
+from openvertex.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from openvertex.http.auth import Authenticator
-from openvertex.http.body import read_body, read_json
+from openvertex.http.body import INLINE_PARSE_BYTES, load_object, read_body, read_json, validate
 from openvertex.http.disconnect import until_disconnect
 from openvertex.http.endpoints import EndpointHandlers, PinnedBackend
 from openvertex.http.errors import error_body
@@ -39,9 +41,11 @@ class Handlers:
         json_limits: JsonLimits | None = None,
         endpoints: EndpointHandlers | None = None,
         lifecycle: Lifecycle | None = None,
+        predict_model: str | None = None,
     ) -> None:
         self.service = service
         self.lifecycle = lifecycle or Lifecycle()
+        self.predict_model = predict_model  # for a prediction that names no model
         self.endpoints = endpoints  # self-deployed endpoints; None: only `openapi` exists
         self.native = native
         self.auth = auth
@@ -72,6 +76,34 @@ class Handlers:
         # Until the first byte is sent, only the receive channel tells that the client left:
         # watch it, so a hang-up frees the engine at once instead of at the deadline.
         return await until_disconnect(request.receive, self._answer(body, pinned))
+
+    async def predict(self, request: Request) -> Response:
+        """A Vertex AI custom container's prediction route: `predict` sends `{"instances": [chat
+        requests]}` and gets `{"predictions": [chat.completion]}`; `rawPredict` sends a chat
+        request as it is (streaming or not) and gets its answer as it is."""
+        self.auth.check(request, anonymous=True)
+        raw = await read_body(request, self.max_body_bytes)
+        large = len(raw) > INLINE_PARSE_BYTES  # parsed off the event loop, as read_json does
+        data = (
+            await asyncio.to_thread(load_object, raw, self.json_limits) if large else load_object(raw, self.json_limits)
+        )
+        default = self.predict_model
+        if "instances" not in data:
+            body = validate(data, oa.ChatCompletionRequest)
+            body = body if body.model or default is None else body.model_copy(update={"model": default})
+            return await until_disconnect(request.receive, self._answer(body, None))
+        envelope = validate(data, oa.PredictRequest)
+
+        async def one(body: oa.ChatCompletionRequest) -> oa.ChatCompletion:
+            if body.stream:
+                raise InvalidArgumentError("predict answers whole; stream with rawPredict", param="instances.stream")
+            prepared = await self.service.prepare(body, default_model=default)
+            return await self.service.complete(prepared)
+
+        answers = await until_disconnect(request.receive, asyncio.gather(*map(one, envelope.instances)))
+        deployed = os.environ.get("AIP_DEPLOYED_MODEL_ID")
+        reply = oa.PredictResponse(predictions=list(answers), deployedModelId=deployed)
+        return Response(reply.model_dump_json(exclude_none=True), media_type="application/json")
 
     async def _answer(self, body: oa.ChatCompletionRequest, pinned: PinnedBackend | None) -> Response:
         prepared = await self._prepare(body, pinned)
@@ -127,6 +159,11 @@ class Handlers:
         if not self.service.generator.router.ready():
             raise UnavailableError("The model is not ready: still loading, or restarting after a fault.")
         return JSONResponse({"status": "ready"})
+
+    def container_routes(self, health: str | None, predict: str | None) -> list[Route]:
+        """The routes Vertex AI calls on a custom container (AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE)."""
+        routes = [Route(health, self.readyz, methods=["GET"])] if health else []
+        return routes + ([Route(predict, self.predict, methods=["POST"])] if predict else [])
 
     def routes(self) -> list[Route]:
         return [

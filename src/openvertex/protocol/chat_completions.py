@@ -373,3 +373,16 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class PredictRequest(_Lenient):
+    """Vertex AI's predict envelope, as a custom container receives it on AIP_PREDICT_ROUTE: each
+    instance a chat request (`@requestFormat: chatCompletions` and other unknown keys ignored)."""
+
+    instances: list[ChatCompletionRequest] = Field(min_length=1, max_length=64)
+    parameters: dict[str, Any] | None = None
+
+
+class PredictResponse(BaseModel):
+    predictions: list[ChatCompletion]
+    deployedModelId: str | None = None
