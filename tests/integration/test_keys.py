@@ -161,3 +161,34 @@ def test_usage_per_key_and_model(server: RunningServer, config: Path, capsys: py
 
     _wait_for(lambda: reported()[2:3] == ["2"])  # written every keys_refresh_s
     assert reported()[3:] == ["5", "5"]  # the fake counts a word a token, prompt and answer
+
+
+def test_a_key_sees_only_its_own_context_caches(
+    config: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    settings = Settings(port=0, state_dir=tmp_path / "state", keys_refresh_s=REFRESH_S)
+    with serve(settings, backends={"local": FakeBackend()}) as server:
+        mine = _create(server, config, capsys, "mine")
+        theirs = _create(server, config, capsys, "theirs")
+        parent = f"{server.url}/v1beta1/projects/p/locations/l/cachedContents"
+        model = "projects/p/locations/l/publishers/google/models/gemini-2.5-flash"
+        contents = [{"role": "user", "parts": [{"text": "a long document to keep"}]}]
+
+        def call(method: str, url: str, key: str, **kwargs: object) -> httpx.Response:
+            return httpx.request(method, url, headers={"Authorization": f"Bearer {key}"}, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+        created = call("POST", parent, mine, json={"model": model, "contents": contents})
+        assert created.status_code == 200, created.text
+        name = created.json()["name"]
+        resource = f"{server.url}/v1beta1/{name}"
+        assert call("GET", resource, mine).status_code == 200
+        assert [c["name"] for c in call("GET", parent, mine).json()["cachedContents"]] == [name]
+        assert call("GET", resource, theirs).status_code == 404
+        assert call("GET", parent, theirs).json().get("cachedContents", []) == []
+        assert call("PATCH", resource, theirs, json={"ttl": "60s"}).status_code == 404
+        assert call("DELETE", resource, theirs).status_code == 404
+        question = {"cachedContent": name, "contents": [{"role": "user", "parts": [{"text": "and?"}]}]}
+        generate = f"{server.url}/v1beta1/{model}:generateContent"
+        assert call("POST", generate, theirs, json=question).status_code == 404
+        assert call("POST", generate, mine, json=question).status_code == 200
+        assert call("DELETE", resource, mine).status_code == 200

@@ -27,7 +27,7 @@ from openvertex.service.cached_contents import (
 from openvertex.service.routing import Router
 from openvertex.settings import Route
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
-from openvertex.store.database import DATABASE_FILE, Database
+from openvertex.store.database import DATABASE_FILE, MIGRATIONS, Database
 from openvertex.translate.resources import ModelName, parse_model_name
 
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -553,10 +553,22 @@ def test_a_garbage_page_token_is_refused(env: Env, token: str) -> None:
 
 def _insert_many(env: Env, count: int) -> None:
     rows = [
-        (f"{PARENT}/cachedContents/{10**18 + i}", PARENT, VERTEX_MODEL, None, "{}", 1, START + i, START, START + 10**6)
+        (
+            f"{PARENT}/cachedContents/{10**18 + i}",
+            PARENT,
+            VERTEX_MODEL,
+            None,
+            "{}",
+            1,
+            START + i,
+            START,
+            START + 10**6,
+            None,
+        )
         for i in range(count)
     ]
-    env.database.call(lambda db: db.executemany("INSERT INTO cached_contents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows))
+    insert = "INSERT INTO cached_contents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    env.database.call(lambda db: db.executemany(insert, rows))
 
 
 def test_page_sizes_are_coerced_to_the_maximum_and_default(env: Env) -> None:
@@ -702,10 +714,10 @@ def _user_version(database: Database) -> int:
 def test_the_store_survives_reopening(make: Make, tmp_path: Path) -> None:
     env = make()
     cache = _create(env, ttl="600s")
-    assert _user_version(env.database) == 1
+    assert _user_version(env.database) == len(MIGRATIONS)
     env.database.close()
     reopened = make(clock=env.clock)  # the same file: the migrations are not applied again
-    assert _user_version(reopened.database) == 1
+    assert _user_version(reopened.database) == len(MIGRATIONS)
     assert asyncio.run(reopened.caches.get(_name(cache), "vertex")) == cache
     assert [
         c.name for c in asyncio.run(reopened.caches.page(PARENT, page_size=10, page_token=None)).cached_contents
@@ -721,7 +733,7 @@ def test_a_database_from_a_newer_openvertex_is_refused(tmp_path: Path) -> None:
     database.open()  # also makes the directory
     database.close()
     connection = sqlite3.connect(path)
-    connection.execute("PRAGMA user_version = 2")
+    connection.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     connection.close()
     with pytest.raises(RuntimeError, match="newer than this openvertex knows"):
         Database(path).open()
@@ -731,12 +743,12 @@ def test_a_failed_transaction_leaves_nothing(env: Env) -> None:
     row = CachedContentRow(f"{PARENT}/cachedContents/1", PARENT, VERTEX_MODEL, None, "{}", 1, START, START, START + 60)
 
     def fail(db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO cached_contents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(row))
+        db.execute("INSERT INTO cached_contents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(row))
         raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
         env.database.call(fail)
-    assert asyncio.run(env.store.get(row.name, now=START)) is None
+    assert asyncio.run(env.store.get(row.name, owner=None, now=START)) is None
     asyncio.run(env.store.insert(row))
-    assert asyncio.run(env.store.get(row.name, now=START)) == row
-    assert asyncio.run(env.store.get(row.name, now=START + 60)) is None
+    assert asyncio.run(env.store.get(row.name, owner=None, now=START)) == row
+    assert asyncio.run(env.store.get(row.name, owner=None, now=START + 60)) is None

@@ -29,6 +29,7 @@ from openvertex.errors import (
     unsupported,
 )
 from openvertex.protocol import generate_content as gc
+from openvertex.request_record import current_record
 from openvertex.service.capabilities import check_capabilities
 from openvertex.service.routing import Router
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
@@ -198,6 +199,7 @@ class CachedContents:
             create_time=now,
             update_time=now,
             expire_time=expire,
+            owner=current_record().key,
         )
         try:
             await self._store.insert(row)
@@ -210,7 +212,7 @@ class CachedContents:
         return _resource(await self._row(name, dialect))
 
     async def _row(self, name: str, dialect: gc.Dialect) -> CachedContentRow:
-        row = await self._store.get(name, now=self._clock())
+        row = await self._store.get(name, owner=current_record().key, now=self._clock())
         if row is None:
             raise _not_found(name, dialect)
         return row
@@ -222,7 +224,7 @@ class CachedContents:
         if size < 0:
             raise InvalidArgumentError("must not be negative", param="page_size")
         after = _parse_page_token(page_token) if page_token else None
-        rows = await self._store.page(parent, now=self._clock(), after=after, size=size + 1)
+        rows = await self._store.page(parent, owner=current_record().key, now=self._clock(), after=after, size=size + 1)
         more = len(rows) > size
         rows = rows[:size]
         return gc.ListCachedContentsResponse(
@@ -238,13 +240,13 @@ class CachedContents:
         expire = _expiry(body, now)
         if expire is None:
             raise InvalidArgumentError("an update must set ttl or expire_time", param="ttl")
-        row = await self._store.set_expiry(name, now=now, expire_time=expire)
+        row = await self._store.set_expiry(name, owner=current_record().key, now=now, expire_time=expire)
         if row is None:
             raise _not_found(name, dialect)
         return _resource(row)
 
     async def delete(self, name: str, dialect: gc.Dialect) -> None:
-        row = await self._store.delete(name, now=self._clock())
+        row = await self._store.delete(name, owner=current_record().key, now=self._clock())
         if row is None:
             raise _not_found(name, dialect)
         await self._forget(row)

@@ -19,9 +19,10 @@ class CachedContentRow:
     create_time: float
     update_time: float
     expire_time: float
+    owner: str | None = None  # the creating key's name
 
 
-_COLUMNS = "name, parent, model, display_name, body, token_count, create_time, update_time, expire_time"
+_COLUMNS = "name, parent, model, display_name, body, token_count, create_time, update_time, expire_time, owner"
 
 
 def _row(values: tuple[object, ...]) -> CachedContentRow:
@@ -35,7 +36,7 @@ class CachedContentStore:
     async def insert(self, row: CachedContentRow) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(
-                f"INSERT INTO cached_contents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO cached_contents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     row.name,
                     row.parent,
@@ -46,43 +47,49 @@ class CachedContentStore:
                     row.create_time,
                     row.update_time,
                     row.expire_time,
+                    row.owner,
                 ),
             )
 
         await self._db.run(work)
 
-    async def get(self, name: str, *, now: float) -> CachedContentRow | None:
-        """The cache, unless it is unknown or expired (an expired one can be neither used nor updated)."""
+    async def get(self, name: str, *, owner: str | None, now: float) -> CachedContentRow | None:
+        """The cache, unless it is unknown, another key's or expired (an expired one can be neither
+        used nor updated)."""
 
         def work(db: sqlite3.Connection) -> CachedContentRow | None:
             found = db.execute(
-                f"SELECT {_COLUMNS} FROM cached_contents WHERE name = ? AND expire_time > ?", (name, now)
+                f"SELECT {_COLUMNS} FROM cached_contents WHERE name = ? AND owner IS ? AND expire_time > ?",
+                (name, owner, now),
             ).fetchone()
             return _row(found) if found else None
 
         return await self._db.run(work)
 
     async def page(
-        self, parent: str, *, now: float, after: tuple[float, str] | None, size: int
+        self, parent: str, *, owner: str | None, now: float, after: tuple[float, str] | None, size: int
     ) -> list[CachedContentRow]:
-        """Up to `size` live caches of `parent`, oldest first, after the (create_time, name) cursor."""
+        """Up to `size` live caches of `parent` and `owner`, oldest first, after the (create_time, name) cursor."""
 
         def work(db: sqlite3.Connection) -> list[CachedContentRow]:
             start_time, start_name = after or (-1.0, "")
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM cached_contents WHERE parent = ? AND expire_time > ? "
+                f"SELECT {_COLUMNS} FROM cached_contents WHERE owner IS ? AND parent = ? AND expire_time > ? "
                 "AND (create_time, name) > (?, ?) ORDER BY create_time, name LIMIT ?",
-                (parent, now, start_time, start_name, size),
+                (owner, parent, now, start_time, start_name, size),
             ).fetchall()
             return [_row(r) for r in rows]
 
         return await self._db.run(work)
 
-    async def set_expiry(self, name: str, *, now: float, expire_time: float) -> CachedContentRow | None:
+    async def set_expiry(
+        self, name: str, *, owner: str | None, now: float, expire_time: float
+    ) -> CachedContentRow | None:
         def work(db: sqlite3.Connection) -> CachedContentRow | None:
             updated = db.execute(
-                "UPDATE cached_contents SET expire_time = ?, update_time = ? WHERE name = ? AND expire_time > ?",
-                (expire_time, now, name, now),
+                "UPDATE cached_contents SET expire_time = ?, update_time = ? "
+                "WHERE name = ? AND owner IS ? AND expire_time > ?",
+                (expire_time, now, name, owner, now),
             )
             if updated.rowcount == 0:
                 return None
@@ -90,12 +97,13 @@ class CachedContentStore:
 
         return await self._db.run(work)
 
-    async def delete(self, name: str, *, now: float) -> CachedContentRow | None:
+    async def delete(self, name: str, *, owner: str | None, now: float) -> CachedContentRow | None:
         """Remove a live cache; the row it was, for the backend to let go of its KV."""
 
         def work(db: sqlite3.Connection) -> CachedContentRow | None:
             found = db.execute(
-                f"SELECT {_COLUMNS} FROM cached_contents WHERE name = ? AND expire_time > ?", (name, now)
+                f"SELECT {_COLUMNS} FROM cached_contents WHERE name = ? AND owner IS ? AND expire_time > ?",
+                (name, owner, now),
             ).fetchone()
             if found is not None:
                 db.execute("DELETE FROM cached_contents WHERE name = ?", (name,))

@@ -57,6 +57,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (key_name, model, minute)
     );
     """,
+    """
+    -- The API key (its name) that created a cache: a key sees only its own. NULL: no key (an open server).
+    ALTER TABLE cached_contents ADD COLUMN owner TEXT;
+    CREATE INDEX cached_contents_by_owner ON cached_contents (owner, parent, create_time, name);
+    """,
 )
 
 
