@@ -36,7 +36,9 @@ from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSign
 from openvertex.settings import Settings
 from openvertex.store.api_keys import ApiKeyStore
 from openvertex.store.cached_contents import CachedContentStore
-from openvertex.store.database import DATABASE_FILE, Database
+from openvertex.store.database import database_for
+from openvertex.store.quota_counts import QuotaCountStore
+from openvertex.store.secrets import shared_secret
 from openvertex.store.usage import UsageStore
 from openvertex.translate.bounded_json import JsonLimits
 
@@ -58,7 +60,8 @@ def create_app(
     router = Router(backends=backends, routes=settings.routes)
     metrics = Metrics()
     register_backend_readings(metrics, router)
-    database = Database(settings.state_dir / DATABASE_FILE)
+    database = database_for(settings)
+    signer = ThoughtSigner(_signing_secret(settings))
     caches = CachedContents(CachedContentStore(database), router, max_caches=settings.max_cached_contents)
     media = MediaReader(settings.media)
     generator = Generator(
@@ -66,12 +69,12 @@ def create_app(
         caches,
         metrics=metrics,
         timeout_s=settings.request_timeout_s,
-        signer=ThoughtSigner(_signing_secret(settings)),
+        signer=signer,
         optional_signatures=settings.optional_thought_signatures,
         media=media,
     )
     keys = KeyRing(settings.api_keys, ApiKeyStore(database))
-    quotas = Quotas()
+    quotas = Quotas(QuotaCountStore(database) if database.shared else None)
     auth = Authenticator(keys, quotas)
     json_limits = JsonLimits(settings.max_json_depth, settings.max_json_number_length)
     endpoints = Endpoints(settings.endpoints)
@@ -92,6 +95,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(database.open)
+        if database.shared and settings.thought_signature_secret is None:  # every replica signs alike
+            signer.rekey(await asyncio.to_thread(shared_secret, database, "thought_signature", SECRET_BYTES))
         await asyncio.to_thread(keys.refresh)
         await endpoints.start()  # the upstreams' HTTP client, and their health checks
         # Backends start in the background: /healthz answers at once, /readyz once loaded.

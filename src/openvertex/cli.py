@@ -22,7 +22,7 @@ from openvertex.settings import (
     load_settings,
 )
 from openvertex.store.api_keys import ApiKeyStore
-from openvertex.store.database import DATABASE_FILE, Database
+from openvertex.store.database import Database, database_for
 from openvertex.store.usage import UsageStore
 
 BASE_PATH = "/v1/projects/local/locations/us-central1/endpoints/openapi"
@@ -183,7 +183,7 @@ def _served_by(backend: BackendSettings) -> str:
 
 def _issued(settings: Settings) -> bool:
     """Whether keys issued with `openvertex keys create` are in use."""
-    database = Database(settings.state_dir / DATABASE_FILE)
+    database = database_for(settings)
     database.open()
     try:
         return any(row.revoke_time is None and not _past(row.expire_time) for row in ApiKeyStore(database).all())
@@ -192,7 +192,7 @@ def _issued(settings: Settings) -> bool:
 
 
 def _database(args: argparse.Namespace) -> Database:
-    database = Database(load_settings(args.config).state_dir / DATABASE_FILE)
+    database = database_for(load_settings(args.config))
     database.open()
     return database
 

@@ -211,6 +211,10 @@ class Settings(BaseSettings):
     # Where openvertex keeps what must outlive a restart: the thought-signature secret, the
     # database (openvertex.db: context caches) and the KV of cached prefixes.
     state_dir: Path = Field(default_factory=_default_state_dir)
+    # PostgreSQL for the shared state (keys, quotas, usage, context caches, the signing secret), so
+    # replicas behind a load balancer behave as one: "postgresql://user:password@host/db". Unset:
+    # SQLite in state_dir.
+    database_url: SecretStr | None = None
     cache_sweep_interval_s: float = Field(30.0, gt=0)  # how often expired context caches are removed
     max_cached_contents: int = Field(10_000, ge=1)  # live context caches kept; more is a 429
     # Or the thought-signature secret itself: 64 hex characters (`openssl rand -hex 32`). Replicas

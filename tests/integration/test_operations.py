@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,7 +18,7 @@ import pytest
 from openvertex.backends.fake import FakeBackend
 from openvertex.logs import JsonFormatter, TextFormatter
 from openvertex.settings import Settings
-from tests.support.server import RunningServer, serve
+from tests.support.server import RunningServer, serve, serving
 
 SERVE = [sys.executable, "-m", "openvertex", "serve", "--port", "0"]
 KEY = "team-key-0123456789"
@@ -77,35 +74,10 @@ def test_readyz_is_503_while_draining(fake: FakeBackend) -> None:
         assert response.json()["error"]["status"] == "UNAVAILABLE"
 
 
-@contextmanager
-def _serving(config: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`openvertex serve --config`, ready; killed at the end if it is still running."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENVERTEX_")}
-    command = [*SERVE, "--config", str(config)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as process:
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().split()[-1]
-            deadline = time.monotonic() + 60
-            while not _ready(url):
-                assert time.monotonic() < deadline and process.poll() is None, "openvertex did not become ready"
-                time.sleep(0.1)
-            yield process, url
-        finally:
-            process.kill()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz").status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def test_sigterm_lets_a_stream_finish_and_takes_nothing_new(tmp_path: Path) -> None:
     config = tmp_path / "openvertex.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\ndrain_timeout_s = 60\n')
-    with _serving(config) as (process, url):
+    with serving(config) as (process, url):
         body = {
             "model": "smollm2",
             "messages": [{"role": "user", "content": "Count from one to one hundred in words."}],
@@ -132,7 +104,7 @@ def test_sighup_reloads_keys_and_routes(tmp_path: Path) -> None:
     config = tmp_path / "openvertex.toml"
     state = f'state_dir = "{tmp_path / "state"}"\n'
     config.write_text(state + 'api_keys = ["old-key"]\n')
-    with _serving(config) as (process, url):
+    with serving(config) as (process, url):
 
         def status(key: str, model: str = "smollm2") -> int:
             body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}

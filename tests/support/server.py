@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -55,3 +59,28 @@ def serve(
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextmanager
+def serving(config: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`openvertex serve --config`, ready; killed at the end if it is still running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENVERTEX_")}
+    command = [sys.executable, "-m", "openvertex", "serve", "--port", "0", "--config", str(config)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as process:
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().split()[-1]
+            deadline = time.monotonic() + 60
+            while not _ready(url):
+                assert time.monotonic() < deadline and process.poll() is None, "openvertex did not become ready"
+                time.sleep(0.1)
+            yield process, url
+        finally:
+            process.kill()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz").status_code == 200
+    except httpx.TransportError:
+        return False

@@ -27,7 +27,7 @@ from openvertex.service.cached_contents import (
 from openvertex.service.routing import Router
 from openvertex.settings import Route
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
-from openvertex.store.database import DATABASE_FILE, MIGRATIONS, Database
+from openvertex.store.database import DATABASE_FILE, MIGRATIONS, SqliteDatabase
 from openvertex.translate.resources import ModelName, parse_model_name
 
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -62,7 +62,7 @@ class Env:
     caches: CachedContents
     fake: FakeBackend
     clock: Clock
-    database: Database
+    database: SqliteDatabase
     store: CachedContentStore
 
 
@@ -71,10 +71,10 @@ Make = Callable[..., Env]
 
 @pytest.fixture
 def make(tmp_path: Path) -> Iterator[Make]:
-    opened: list[Database] = []
+    opened: list[SqliteDatabase] = []
 
     def build(fake: FakeBackend | None = None, *, path: Path | None = None, clock: Clock | None = None) -> Env:
-        database = Database(path or tmp_path / DATABASE_FILE)
+        database = SqliteDatabase(path or tmp_path / DATABASE_FILE)
         database.open()
         opened.append(database)
         fake = fake or FakeBackend()
@@ -706,7 +706,7 @@ def test_applying_an_unknown_or_expired_cache_is_not_found(
 # ---------------------------------------------------------------------------------------------- the database
 
 
-def _user_version(database: Database) -> int:
+def _user_version(database: SqliteDatabase) -> int:
     version: int = database.call(lambda db: db.execute("PRAGMA user_version").fetchone()[0])
     return version
 
@@ -729,14 +729,14 @@ def test_the_store_survives_reopening(make: Make, tmp_path: Path) -> None:
 
 def test_a_database_from_a_newer_openvertex_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state" / DATABASE_FILE
-    database = Database(path)
+    database = SqliteDatabase(path)
     database.open()  # also makes the directory
     database.close()
     connection = sqlite3.connect(path)
     connection.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     connection.close()
     with pytest.raises(RuntimeError, match="newer than this openvertex knows"):
-        Database(path).open()
+        SqliteDatabase(path).open()
 
 
 def test_a_failed_transaction_leaves_nothing(env: Env) -> None:

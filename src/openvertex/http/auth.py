@@ -29,7 +29,7 @@ class Authenticator:
         self.keys = keys
         self.quotas = quotas
 
-    def check(self, request: Request, *, anonymous: bool = False) -> None:
+    async def check(self, request: Request, *, anonymous: bool = False) -> None:
         """`anonymous`: a request without a token passes while no key exists (a Vertex AI
         container's prediction route, behind the endpoint's IAM)."""
         token = _presented_token(request)
@@ -42,4 +42,4 @@ class Authenticator:
             raise UnauthenticatedError("Request had invalid authentication credentials.")
         record = current_record()
         record.key, record.models_allowed = grant.name, grant.models or None
-        self.quotas.admit(grant, record)
+        await self.quotas.admit(grant, record)

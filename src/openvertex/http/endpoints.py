@@ -65,7 +65,7 @@ class EndpointHandlers:
         self.max_body_bytes = max_body_bytes
 
     async def relay(self, request: Request, endpoint_id: str) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         pool = self.endpoints.get(endpoint_id)
         if pool is None:
             raise NotFoundError(f"Endpoint `{endpoint_id}` not found.")

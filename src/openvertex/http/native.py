@@ -113,7 +113,7 @@ class NativeHandlers:
     # ------------------------------------------------------------------ models
 
     async def model_call(self, request: Request) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         target = _target(request)
         if target.method is None:
             raise NotFoundError("The requested URL was not found on this server.")
@@ -170,7 +170,7 @@ class NativeHandlers:
         return _json(await self.generator.compute_tokens(content, target.model, backend))
 
     async def model_get(self, request: Request) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         target = _target(request)
         if target.method is not None:
             raise NotFoundError("The requested URL was not found on this server.")
@@ -183,7 +183,7 @@ class NativeHandlers:
         return [info.to_json_dict() for info in self.generator.listed(dialect)]
 
     async def model_list(self, request: Request) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         version, rest = _versioned(request)
         dialect = dialect_of(version, rest)
         key = "publisherModels" if dialect == "vertex" else "models"
@@ -203,7 +203,7 @@ class NativeHandlers:
         return dialect, f"{parent + '/' if parent else ''}cachedContents/{request.path_params['cache']}"
 
     async def caches_create(self, request: Request) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         dialect, parent = self._cache_scope(request)
         body: gc.CachedContent = await self._body(request, gc.CachedContent)
         check_native_request(  # the same rules as a request's (it normalises the body's bytes in place)
@@ -218,7 +218,7 @@ class NativeHandlers:
         return _json(await self.caches.create(parent, body, dialect))
 
     async def caches_list(self, request: Request) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         _, parent = self._cache_scope(request)
         query = request.query_params
         size = query.get("pageSize") or query.get("page_size")
@@ -230,18 +230,18 @@ class NativeHandlers:
         return _json(page)
 
     async def cache_get(self, request: Request) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         dialect, name = self._cache_name(request)
         return _json(await self.caches.get(name, dialect))
 
     async def cache_update(self, request: Request) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         dialect, name = self._cache_name(request)
         body: gc.CachedContent = await self._body(request, gc.CachedContent)
         return _json(await self.caches.update(name, body, dialect))
 
     async def cache_delete(self, request: Request) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         dialect, name = self._cache_name(request)
         await self.caches.delete(name, dialect)
         return _json({})

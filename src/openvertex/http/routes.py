@@ -70,7 +70,7 @@ class Handlers:
         return await self.endpoints.relay(request, endpoint)
 
     async def chat(self, request: Request, pinned: PinnedBackend | None = None) -> Response:
-        self.auth.check(request)
+        await self.auth.check(request)
         raw = await read_body(request, self.max_body_bytes)
         body = await read_json(raw, oa.ChatCompletionRequest, self.json_limits)
         # Until the first byte is sent, only the receive channel tells that the client left:
@@ -81,7 +81,7 @@ class Handlers:
         """A Vertex AI custom container's prediction route: `predict` sends `{"instances": [chat
         requests]}` and gets `{"predictions": [chat.completion]}`; `rawPredict` sends a chat
         request as it is (streaming or not) and gets its answer as it is."""
-        self.auth.check(request, anonymous=True)
+        await self.auth.check(request, anonymous=True)
         raw = await read_body(request, self.max_body_bytes)
         large = len(raw) > INLINE_PARSE_BYTES  # parsed off the event loop, as read_json does
         data = (
@@ -129,7 +129,7 @@ class Handlers:
     async def models(self, request: Request) -> Response:
         """OpenAI's model list; the Gemini API (google-genai 3.x) lists models on this same path, so
         its `models` key is there too, and each SDK reads its own."""
-        self.auth.check(request)
+        await self.auth.check(request)
         cards = [
             oa.ModelCard(
                 id=model,

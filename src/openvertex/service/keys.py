@@ -31,6 +31,7 @@ from fnmatch import fnmatchcase
 from openvertex.errors import PermissionDeniedError, ResourceExhaustedError
 from openvertex.request_record import RequestRecord
 from openvertex.store.api_keys import ApiKeyRow, ApiKeyStore
+from openvertex.store.quota_counts import QuotaCountStore
 from openvertex.store.usage import UsageRow, UsageStore
 
 log = logging.getLogger(__name__)
@@ -166,37 +167,63 @@ class _Minute:
 
 @dataclass(slots=True)
 class Quotas:
-    """Per-key counters for this process, and the usage not yet written."""
+    """Per-key counters, and the usage not yet written. With a shared database (`counts`), the
+    per-minute requests and tokens are counted in it, so they hold across replicas; requests in
+    flight are counted by each process."""
 
+    counts: QuotaCountStore | None = None
     _minutes: dict[str, _Minute] = field(default_factory=dict)
     _in_flight: Counter[str] = field(default_factory=Counter)
     _pending: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
+    _shared_tokens: Counter[tuple[str, int]] = field(default_factory=Counter)
 
-    def admit(self, grant: KeyGrant, record: RequestRecord) -> None:
+    async def admit(self, grant: KeyGrant, record: RequestRecord) -> None:
         """Count the request against its key's quotas, or raise the 429; the request gives its
         place back, and counts its tokens, once its response is sent."""
-        now = time.time()
-        minute = self._minute(grant.name, now)
-        retry_after = max(1, math.ceil(60 - now % 60))
-        if grant.requests_per_minute is not None and minute.requests >= grant.requests_per_minute:
+        name = grant.name
+        if grant.concurrent_requests is not None and self._in_flight[name] >= grant.concurrent_requests:
             raise ResourceExhaustedError(
-                f"Quota exceeded: the API key `{grant.name}` may send {grant.requests_per_minute} requests a minute.",
-                retry_after_s=retry_after,
-            )
-        if grant.tokens_per_minute is not None and minute.tokens >= grant.tokens_per_minute:
-            raise ResourceExhaustedError(
-                f"Quota exceeded: the API key `{grant.name}` may use {grant.tokens_per_minute} tokens a minute.",
-                retry_after_s=retry_after,
-            )
-        if grant.concurrent_requests is not None and self._in_flight[grant.name] >= grant.concurrent_requests:
-            raise ResourceExhaustedError(
-                f"Quota exceeded: the API key `{grant.name}` may have {grant.concurrent_requests} requests "
+                f"Quota exceeded: the API key `{name}` may have {grant.concurrent_requests} requests "
                 "in flight at once.",
                 retry_after_s=1,
             )
-        minute.requests += 1
-        self._in_flight[grant.name] += 1
+        self._in_flight[name] += 1  # taken before any wait, so two requests cannot both pass
+        try:
+            await self._per_minute(grant)
+        except BaseException:
+            self._release(name)
+            raise
         record.on_end.append(self._done)
+
+    async def _per_minute(self, grant: KeyGrant) -> None:
+        rpm, tpm = grant.requests_per_minute, grant.tokens_per_minute
+        if rpm is None and tpm is None:
+            return
+        now = time.time()
+        if self.counts is not None:
+            requests, tokens = await self.counts.count_request(grant.name, int(now // 60))
+            requests -= 1  # those before this one
+        else:
+            minute = self._minute(grant.name, now)
+            requests, tokens = minute.requests, minute.tokens
+        retry_after = max(1, math.ceil(60 - now % 60))
+        if rpm is not None and requests >= rpm:
+            raise ResourceExhaustedError(
+                f"Quota exceeded: the API key `{grant.name}` may send {rpm} requests a minute.",
+                retry_after_s=retry_after,
+            )
+        if tpm is not None and tokens >= tpm:
+            raise ResourceExhaustedError(
+                f"Quota exceeded: the API key `{grant.name}` may use {tpm} tokens a minute.",
+                retry_after_s=retry_after,
+            )
+        if self.counts is None:
+            minute.requests += 1
+
+    def _release(self, name: str) -> None:
+        self._in_flight[name] -= 1
+        if self._in_flight[name] <= 0:
+            del self._in_flight[name]
 
     def _minute(self, name: str, now: float) -> _Minute:
         current = int(now // 60)
@@ -208,12 +235,13 @@ class Quotas:
     def _done(self, record: RequestRecord) -> None:
         name = record.key
         assert name is not None
-        self._in_flight[name] -= 1
-        if self._in_flight[name] <= 0:
-            del self._in_flight[name]
+        self._release(name)
         now = time.time()
         prompt, output = record.prompt_tokens or 0, record.output_tokens or 0
-        self._minute(name, now).tokens += prompt + output
+        if self.counts is not None:
+            self._shared_tokens[(name, int(now // 60))] += prompt + output
+        else:
+            self._minute(name, now).tokens += prompt + output
         counts = self._pending.setdefault((name, record.model or "", int(now // 60)), [0, 0, 0])
         counts[0] += 1
         counts[1] += prompt
@@ -224,17 +252,29 @@ class Quotas:
         pending, self._pending = self._pending, {}
         return [UsageRow(key, model, minute, *counts) for (key, model, minute), counts in pending.items()]
 
+    def take_shared_tokens(self) -> list[tuple[str, int, int]]:
+        """Tokens to add to the shared per-minute counts: (key name, minute, tokens)."""
+        pending, self._shared_tokens = self._shared_tokens, Counter()
+        return [(name, minute, tokens) for (name, minute), tokens in pending.items() if tokens]
+
 
 async def keep_keys_and_usage(keys: KeyRing, quotas: Quotas, store: UsageStore, interval_s: float) -> None:
-    """Re-read the issued keys and write the usage, every `interval_s`, until cancelled (then
-    the usage once more)."""
+    """Re-read the issued keys and write the usage (and the shared token counts), every
+    `interval_s`, until cancelled (then once more)."""
     try:
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await asyncio.to_thread(keys.refresh)
-                await asyncio.to_thread(store.add, quotas.take_usage())
+                await _write(quotas, store)
             except Exception:
                 log.exception("could not refresh the API keys or write the usage")
     finally:
-        await asyncio.shield(asyncio.to_thread(store.add, quotas.take_usage()))
+        await asyncio.shield(_write(quotas, store))
+
+
+async def _write(quotas: Quotas, store: UsageStore) -> None:
+    usage, tokens = quotas.take_usage(), quotas.take_shared_tokens()
+    await asyncio.to_thread(store.add, usage)
+    if quotas.counts is not None:
+        await asyncio.to_thread(quotas.counts.add_tokens, tokens, now_minute=int(time.time() // 60))

@@ -91,6 +91,10 @@ def invalid_signature() -> InvalidArgumentError:
 
 class ThoughtSigner:
     def __init__(self, secret: bytes) -> None:
+        self.rekey(secret)
+
+    def rekey(self, secret: bytes) -> None:
+        """Sign with `secret` from now on (the shared database's, read once it is open)."""
         self._cipher = AESGCM(hmac.new(secret, b"openvertex thought signature", hashlib.sha256).digest())
 
     def sign(self, kind: Kind, bound: str = "", thoughts: str = "") -> str:

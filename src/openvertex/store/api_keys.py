@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from openvertex.store.database import Database
+from openvertex.store.database import Connection, Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,30 +40,27 @@ class ApiKeyStore:
     def insert(self, row: ApiKeyRow) -> bool:
         """False: a key of that name exists (revoked ones too: names are not reused)."""
 
-        def work(db: sqlite3.Connection) -> bool:
-            try:
-                db.execute(
-                    f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        row.name,
-                        row.hash,
-                        json.dumps(list(row.models)),
-                        row.requests_per_minute,
-                        row.tokens_per_minute,
-                        row.concurrent_requests,
-                        row.create_time,
-                        row.expire_time,
-                        row.revoke_time,
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                return False
-            return True
+        def work(db: Connection) -> bool:
+            inserted = db.execute(
+                f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    row.name,
+                    row.hash,
+                    json.dumps(list(row.models)),
+                    row.requests_per_minute,
+                    row.tokens_per_minute,
+                    row.concurrent_requests,
+                    row.create_time,
+                    row.expire_time,
+                    row.revoke_time,
+                ),
+            )
+            return bool(inserted.rowcount == 1)
 
         return self._db.call(work)
 
     def all(self) -> list[ApiKeyRow]:
-        def work(db: sqlite3.Connection) -> list[ApiKeyRow]:
+        def work(db: Connection) -> list[ApiKeyRow]:
             return [_row(r) for r in db.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY create_time, name")]
 
         return self._db.call(work)
@@ -72,10 +68,10 @@ class ApiKeyStore:
     def revoke(self, name: str, *, now: float) -> bool:
         """False: no such key in use."""
 
-        def work(db: sqlite3.Connection) -> bool:
+        def work(db: Connection) -> bool:
             revoked = db.execute(
                 "UPDATE api_keys SET revoke_time = ? WHERE name = ? AND revoke_time IS NULL", (now, name)
             )
-            return revoked.rowcount == 1
+            return bool(revoked.rowcount == 1)
 
         return self._db.call(work)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from openvertex.store.database import Database
+from openvertex.store.database import Connection, Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +33,7 @@ class CachedContentStore:
         self._db = database
 
     async def insert(self, row: CachedContentRow) -> None:
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: Connection) -> None:
             db.execute(
                 f"INSERT INTO cached_contents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -57,9 +56,10 @@ class CachedContentStore:
         """The cache, unless it is unknown, another key's or expired (an expired one can be neither
         used nor updated)."""
 
-        def work(db: sqlite3.Connection) -> CachedContentRow | None:
+        def work(db: Connection) -> CachedContentRow | None:
             found = db.execute(
-                f"SELECT {_COLUMNS} FROM cached_contents WHERE name = ? AND owner IS ? AND expire_time > ?",
+                f"SELECT {_COLUMNS} FROM cached_contents "
+                "WHERE name = ? AND owner IS NOT DISTINCT FROM ? AND expire_time > ?",
                 (name, owner, now),
             ).fetchone()
             return _row(found) if found else None
@@ -71,11 +71,11 @@ class CachedContentStore:
     ) -> list[CachedContentRow]:
         """Up to `size` live caches of `parent` and `owner`, oldest first, after the (create_time, name) cursor."""
 
-        def work(db: sqlite3.Connection) -> list[CachedContentRow]:
+        def work(db: Connection) -> list[CachedContentRow]:
             start_time, start_name = after or (-1.0, "")
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM cached_contents WHERE owner IS ? AND parent = ? AND expire_time > ? "
-                "AND (create_time, name) > (?, ?) ORDER BY create_time, name LIMIT ?",
+                f"SELECT {_COLUMNS} FROM cached_contents WHERE owner IS NOT DISTINCT FROM ? AND parent = ? "
+                "AND expire_time > ? AND (create_time, name) > (?, ?) ORDER BY create_time, name LIMIT ?",
                 (owner, parent, now, start_time, start_name, size),
             ).fetchall()
             return [_row(r) for r in rows]
@@ -85,10 +85,10 @@ class CachedContentStore:
     async def set_expiry(
         self, name: str, *, owner: str | None, now: float, expire_time: float
     ) -> CachedContentRow | None:
-        def work(db: sqlite3.Connection) -> CachedContentRow | None:
+        def work(db: Connection) -> CachedContentRow | None:
             updated = db.execute(
                 "UPDATE cached_contents SET expire_time = ?, update_time = ? "
-                "WHERE name = ? AND owner IS ? AND expire_time > ?",
+                "WHERE name = ? AND owner IS NOT DISTINCT FROM ? AND expire_time > ?",
                 (expire_time, now, name, owner, now),
             )
             if updated.rowcount == 0:
@@ -100,9 +100,10 @@ class CachedContentStore:
     async def delete(self, name: str, *, owner: str | None, now: float) -> CachedContentRow | None:
         """Remove a live cache; the row it was, for the backend to let go of its KV."""
 
-        def work(db: sqlite3.Connection) -> CachedContentRow | None:
+        def work(db: Connection) -> CachedContentRow | None:
             found = db.execute(
-                f"SELECT {_COLUMNS} FROM cached_contents WHERE name = ? AND owner IS ? AND expire_time > ?",
+                f"SELECT {_COLUMNS} FROM cached_contents "
+                "WHERE name = ? AND owner IS NOT DISTINCT FROM ? AND expire_time > ?",
                 (name, owner, now),
             ).fetchone()
             if found is not None:
@@ -114,7 +115,7 @@ class CachedContentStore:
     async def delete_expired(self, *, now: float, limit: int = 100) -> list[CachedContentRow]:
         """Remove up to `limit` caches that expired (SELECT then DELETE: no RETURNING before SQLite 3.35)."""
 
-        def work(db: sqlite3.Connection) -> list[CachedContentRow]:
+        def work(db: Connection) -> list[CachedContentRow]:
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM cached_contents WHERE expire_time <= ? LIMIT ?", (now, limit)
             ).fetchall()
@@ -124,7 +125,7 @@ class CachedContentStore:
         return await self._db.run(work)
 
     async def count(self, *, now: float) -> int:
-        def work(db: sqlite3.Connection) -> int:
+        def work(db: Connection) -> int:
             return int(db.execute("SELECT COUNT(*) FROM cached_contents WHERE expire_time > ?", (now,)).fetchone()[0])
 
         return await self._db.run(work)

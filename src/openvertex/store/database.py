@@ -1,7 +1,10 @@
-"""The embedded database: one SQLite file in state_dir (WAL), schema migrations applied at start.
+"""The shared state's database: by default one SQLite file in state_dir (WAL); with
+`database_url`, PostgreSQL (store/postgres.py), so replicas behind a load balancer share it.
+Schema migrations are applied at start.
 
-sqlite3 calls are short and run on a worker thread under one lock, so the event loop never
-waits on the disk and the connection is used by one thread at a time.
+The stores write SQL that both run (`?` placeholders; ON CONFLICT; IS NOT DISTINCT FROM) and get
+a `Connection` inside a transaction. Calls are short and run on a worker thread under one lock,
+so the event loop never waits on the database and a connection is used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -9,11 +12,39 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from openvertex.settings import Settings
 
 T = TypeVar("T")
+
+
+class Connection(Protocol):
+    """What a store's work gets: sqlite3's connection, or PostgreSQL's behind the same calls."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+class Database(Protocol):
+    """Opened in the app's lifespan (`open`), closed there (`close`)."""
+
+    shared: bool  # replicas share it (PostgreSQL): per-minute quotas are counted in it
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def call(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in a transaction (committed unless it raises)."""
+        ...
+
+    async def run(self, work: Callable[[Connection], T]) -> T: ...
+
 
 DATABASE_FILE = "openvertex.db"
 
@@ -65,8 +96,8 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class Database:
-    """Opened in the app's lifespan (`open`), closed there (`close`)."""
+class SqliteDatabase:
+    shared = False
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -96,7 +127,7 @@ class Database:
             # executescript commits first; the migration and its version bump go in one transaction.
             connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
 
-    def call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def call(self, work: Callable[[Connection], T]) -> T:
         """Run `work` with the connection, in a transaction (committed unless it raises)."""
         with self._lock:
             connection = self._connection
@@ -112,7 +143,7 @@ class Database:
                 raise
             return result
 
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, work: Callable[[Connection], T]) -> T:
         return await asyncio.to_thread(self.call, work)
 
     def close(self) -> None:
@@ -120,3 +151,12 @@ class Database:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
+
+
+def database_for(settings: Settings) -> Database:
+    """PostgreSQL where `database_url` names it, else the SQLite file in state_dir."""
+    if settings.database_url is not None:
+        from openvertex.store.postgres import PostgresDatabase  # psycopg loads only where it is used
+
+        return PostgresDatabase(settings.database_url.get_secret_value())
+    return SqliteDatabase(settings.state_dir / DATABASE_FILE)

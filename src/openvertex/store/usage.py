@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from openvertex.store.database import Database
+from openvertex.store.database import Connection, Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +25,13 @@ class UsageStore:
     def add(self, rows: Iterable[UsageRow]) -> None:
         """Add to the counts (rows of the same key, model and minute sum up)."""
 
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: Connection) -> None:
             db.executemany(
                 "INSERT INTO usage (key_name, model, minute, requests, prompt_tokens, output_tokens) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_name, model, minute) DO UPDATE SET "
-                "requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-                "output_tokens = output_tokens + excluded.output_tokens",
+                "requests = usage.requests + excluded.requests, "
+                "prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, "
+                "output_tokens = usage.output_tokens + excluded.output_tokens",
                 [(r.key_name, r.model, r.minute, r.requests, r.prompt_tokens, r.output_tokens) for r in rows],
             )
 
@@ -40,9 +40,10 @@ class UsageStore:
     def totals(self, *, since_minute: int) -> list[UsageRow]:
         """Per key and model since a minute: `minute` is the first one with usage."""
 
-        def work(db: sqlite3.Connection) -> list[UsageRow]:
+        def work(db: Connection) -> list[UsageRow]:
             rows = db.execute(
-                "SELECT key_name, model, MIN(minute), SUM(requests), SUM(prompt_tokens), SUM(output_tokens) "
+                "SELECT key_name, model, MIN(minute), CAST(SUM(requests) AS BIGINT), "
+                "CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT) "
                 "FROM usage WHERE minute >= ? GROUP BY key_name, model ORDER BY key_name, model",
                 (since_minute,),
             )
