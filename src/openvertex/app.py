@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.applications import Starlette
@@ -17,6 +18,7 @@ from openvertex.backends.registry import create_backend
 from openvertex.endpoints import Endpoints
 from openvertex.endpoints.stats import register_endpoint_readings
 from openvertex.errors import ApiError
+from openvertex.http.admin import AdminHandlers
 from openvertex.http.auth import Authenticator
 from openvertex.http.endpoints import EndpointHandlers, pinned_backends
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
@@ -81,6 +83,8 @@ def create_app(
     register_endpoint_readings(metrics, endpoints.pools)
     pinned = pinned_backends(settings.endpoints, backends)
     lifecycle = Lifecycle()
+    reloading = _reloading(reload, router, keys) if reload is not None else None
+    admin = AdminHandlers(settings.admin_keys, keys, ApiKeyStore(database), UsageStore(database), reloading)
     handlers = Handlers(
         ChatService(generator),
         NativeHandlers(generator, caches, auth, settings.max_body_bytes, json_limits),
@@ -103,12 +107,13 @@ def create_app(
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
         keeping = asyncio.create_task(keep_keys_and_usage(keys, quotas, UsageStore(database), settings.keys_refresh_s))
-        if reload is not None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reloading(reload, router, keys))
+        on_sighup = threading.current_thread() is threading.main_thread()  # where signals arrive
+        if reloading is not None and on_sighup:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloading)
         try:
             yield
         finally:
-            if reload is not None:
+            if reloading is not None and on_sighup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             for task in (starting, sweeping, keeping):
                 task.cancel()
@@ -120,7 +125,11 @@ def create_app(
             database.close()
 
     app = Starlette(
-        routes=handlers.container_routes(settings.health_route, settings.predict_route) + handlers.routes(),
+        routes=[
+            *handlers.container_routes(settings.health_route, settings.predict_route),
+            *handlers.routes(),
+            *admin.routes(),
+        ],
         middleware=[Middleware(RecordRequests, metrics=metrics)],
         lifespan=lifespan,
         exception_handlers={
@@ -133,19 +142,21 @@ def create_app(
     return app
 
 
-def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing) -> Callable[[], None]:
-    """What SIGHUP does: the keys and routes as the configuration now says."""
+def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing) -> Callable[[], bool]:
+    """What SIGHUP (and the admin API's reload) does: the keys and routes as the configuration
+    now says. False: it did not load, and what runs is unchanged."""
 
-    def apply() -> None:
+    def apply() -> bool:
         try:
             fresh = reload()
             router.replace_routes(fresh.routes)
         except Exception as error:  # a bad edit keeps what runs now
             log.error("configuration not reloaded: %s", error)
-            return
+            return False
         keys.replace_configured(fresh.api_keys)
         keys.refresh()
         log.info("configuration reloaded: %d API keys, %d routes", len(fresh.api_keys), len(fresh.routes))
+        return True
 
     return apply
 

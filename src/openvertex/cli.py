@@ -12,7 +12,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from openvertex.service.keys import issue_key
+from pydantic import ValidationError
+
+from openvertex.service.keys import KeySpec, issue_key
 from openvertex.settings import (
     BackendSettings,
     GeminiBackendSettings,
@@ -204,15 +206,17 @@ def keys(args: argparse.Namespace) -> None:
         if args.action == "create":
             expire = time.time() + args.expires_in_days * 86400 if args.expires_in_days else None
             try:
-                key = issue_key(
-                    store,
-                    args.name,
-                    models=tuple(args.models),
+                spec = KeySpec(
+                    name=args.name,
+                    models=args.models,
                     requests_per_minute=args.rpm,
                     tokens_per_minute=args.tpm,
                     concurrent_requests=args.concurrent,
                     expire_time=expire,
                 )
+                key = issue_key(store, spec)
+            except ValidationError as error:
+                raise SystemExit(f"invalid key: {error.errors()[0]['loc'][0]}: {error.errors()[0]['msg']}") from None
             except ValueError as error:
                 raise SystemExit(str(error)) from None
             print(key)

@@ -65,6 +65,11 @@ class NotFoundError(ApiError):
     google_status = "NOT_FOUND"
 
 
+class AlreadyExistsError(ApiError):
+    http_status = 409
+    google_status = "ALREADY_EXISTS"
+
+
 class ResourceExhaustedError(ApiError):
     http_status = 429
     google_status = "RESOURCE_EXHAUSTED"

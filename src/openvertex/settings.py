@@ -189,6 +189,8 @@ class Settings(BaseSettings):
     # Vertex AI runs a custom container with AIP_HTTP_PORT set: it is the port there.
     port: int = Field(8080, ge=0, le=65535, validation_alias=AliasChoices("port", "OPENVERTEX_PORT", "AIP_HTTP_PORT"))
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Keys of the admin API (/admin/…: issue and revoke keys, usage, reload); none: no admin API.
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     insecure_no_auth: bool = False
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     # JSON bodies: arrays/objects nested deeper, or a number literal longer, is a 400 naming the limit.
@@ -234,7 +236,7 @@ class Settings(BaseSettings):
     # Gemini 2.5; everywhere else a missing one is a 400, as on Gemini 3.
     optional_thought_signatures: list[str] = Field(default_factory=list)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         # OPENVERTEX_API_KEYS="key1,key2"

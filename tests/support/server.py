@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,9 +35,13 @@ class RunningServer:
 
 @contextmanager
 def serve(
-    settings: Settings, *, backends: Mapping[str, Backend] | None = None, ready_timeout: float = 60
+    settings: Settings,
+    *,
+    backends: Mapping[str, Backend] | None = None,
+    ready_timeout: float = 60,
+    reload: Callable[[], Settings] | None = None,
 ) -> Iterator[RunningServer]:
-    app = create_app(settings, backends=backends)
+    app = create_app(settings, backends=backends, reload=reload)
     sock = bind_listener("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

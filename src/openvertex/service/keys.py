@@ -27,6 +27,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from openvertex.errors import PermissionDeniedError, ResourceExhaustedError
 from openvertex.request_record import RequestRecord
@@ -75,31 +78,35 @@ class KeyGrant:
         )
 
 
-def issue_key(
-    store: ApiKeyStore,
-    name: str,
-    *,
-    models: tuple[str, ...] = (),
-    requests_per_minute: int | None = None,
-    tokens_per_minute: int | None = None,
-    concurrent_requests: int | None = None,
-    expire_time: float | None = None,
-) -> str:
+class KeySpec(BaseModel):
+    """A key to issue: the CLI's options, the admin API's body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=64)
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    concurrent_requests: int | None = Field(None, ge=1)
+    expire_time: float | None = None  # seconds since the epoch
+
+
+def issue_key(store: ApiKeyStore, spec: KeySpec) -> str:
     """A new key, stored as its hash: the caller shows it once. ValueError: the name is taken."""
     key = new_key()
     row = ApiKeyRow(
-        name,
+        spec.name,
         key_hash(key),
-        models,
-        requests_per_minute,
-        tokens_per_minute,
-        concurrent_requests,
+        tuple(spec.models),
+        spec.requests_per_minute,
+        spec.tokens_per_minute,
+        spec.concurrent_requests,
         time.time(),
-        expire_time,
+        spec.expire_time,
         None,
     )
     if not store.insert(row):
-        raise ValueError(f"a key named {name!r} exists already (names of revoked keys are not reused)")
+        raise ValueError(f"a key named {spec.name!r} exists already (names of revoked keys are not reused)")
     return key
 
 
