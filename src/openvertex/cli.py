@@ -93,13 +93,31 @@ def _with_model(settings: Settings, model: str) -> Settings:
 
 
 def _serve_settings(args: argparse.Namespace) -> Settings:
-    host = args.host
-    if host is None and os.environ.get("AIP_MODE"):  # a Vertex AI custom container listens on every interface
-        host = "0.0.0.0"
-    settings = load_settings(
-        args.config, host=host, port=args.port, insecure_no_auth=args.insecure_no_auth, log_level=args.log_level
-    )
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "insecure_no_auth": args.insecure_no_auth,
+        "log_level": args.log_level,
+    }
+    overrides = _vertex_container() | {k: v for k, v in flags.items() if v is not None}  # flags win
+    settings = load_settings(args.config, **overrides)
     return _with_model(settings, args.model) if args.model else settings
+
+
+def _vertex_container() -> dict[str, object]:
+    """What Vertex AI tells a custom prediction container in its environment (AIP_*)."""
+    env = os.environ
+    if not env.get("AIP_MODE"):
+        return {}
+    port = env.get("AIP_HTTP_PORT", "8080")
+    if not port.isdigit():
+        raise SystemExit(f"AIP_HTTP_PORT must be a port number, not {port!r}")
+    return {
+        "host": "0.0.0.0",  # a container listens on every interface
+        "port": int(port),
+        "health_route": env.get("AIP_HEALTH_ROUTE"),
+        "predict_route": env.get("AIP_PREDICT_ROUTE"),
+    }
 
 
 def serve(args: argparse.Namespace) -> None:

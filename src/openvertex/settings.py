@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -186,8 +186,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENVERTEX_", env_nested_delimiter="__", extra="forbid")
 
     host: str = "127.0.0.1"
-    # Vertex AI runs a custom container with AIP_HTTP_PORT set: it is the port there.
-    port: int = Field(8080, ge=0, le=65535, validation_alias=AliasChoices("port", "OPENVERTEX_PORT", "AIP_HTTP_PORT"))
+    port: int = Field(8080, ge=0, le=65535)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Keys of the admin API (/admin/…: issue and revoke keys, usage, reload); none: no admin API.
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -223,14 +222,11 @@ class Settings(BaseSettings):
     # behind one load balancer given the same one accept each other's signatures, with no shared
     # disk. Checked when the app is created, so a malformed value is never echoed in an error.
     thought_signature_secret: SecretStr | None = None
-    # As a Vertex AI custom prediction container: the routes Vertex calls (it sets AIP_HEALTH_ROUTE
-    # and AIP_PREDICT_ROUTE), and the model a prediction gets when its body names none.
-    health_route: str | None = Field(
-        None, validation_alias=AliasChoices("health_route", "OPENVERTEX_HEALTH_ROUTE", "AIP_HEALTH_ROUTE")
-    )
-    predict_route: str | None = Field(
-        None, validation_alias=AliasChoices("predict_route", "OPENVERTEX_PREDICT_ROUTE", "AIP_PREDICT_ROUTE")
-    )
+    # As a Vertex AI custom prediction container: the routes Vertex calls (`openvertex serve` takes
+    # them from AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE, the port from AIP_HTTP_PORT), and the model
+    # a prediction gets when its body names none.
+    health_route: str | None = None
+    predict_route: str | None = None
     predict_model: str | None = None
     # Models (globs) on which a replayed function call may lack its thought signature, as on
     # Gemini 2.5; everywhere else a missing one is a 400, as on Gemini 3.
