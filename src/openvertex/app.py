@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -107,14 +107,10 @@ def create_app(
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
         keeping = asyncio.create_task(keep_keys_and_usage(keys, quotas, UsageStore(database), settings.keys_refresh_s))
-        on_sighup = threading.current_thread() is threading.main_thread()  # where signals arrive
-        if reloading is not None and on_sighup:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloading)
         try:
-            yield
+            with _reloads_on_sighup(reloading):
+                yield
         finally:
-            if reloading is not None and on_sighup:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             for task in (starting, sweeping, keeping):
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -142,9 +138,32 @@ def create_app(
     return app
 
 
+@contextlib.contextmanager
+def _reloads_on_sighup(reloading: Callable[[], bool] | None) -> Iterator[None]:
+    """SIGHUP reloads the configuration, on a worker thread (it reads files and the database).
+    Signals reach the main thread only: a server run elsewhere (tests) has no handler."""
+    if reloading is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[bool]] = set()
+
+    def on_signal() -> None:
+        task = loop.create_task(asyncio.to_thread(reloading))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_signal)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
 def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing) -> Callable[[], bool]:
     """What SIGHUP (and the admin API's reload) does: the keys and routes as the configuration
-    now says. False: it did not load, and what runs is unchanged."""
+    now says (a blocking call: files and the database are read). False: it did not load, and
+    what runs is unchanged."""
 
     def apply() -> bool:
         try:
@@ -155,6 +174,8 @@ def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing) ->
             return False
         keys.replace_configured(fresh.api_keys)
         keys.refresh()
+        if not fresh.api_keys and keys.closed:
+            log.warning("the configuration names no API keys: only issued keys are accepted now")
         log.info("configuration reloaded: %d API keys, %d routes", len(fresh.api_keys), len(fresh.routes))
         return True
 

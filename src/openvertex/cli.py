@@ -6,6 +6,7 @@ import argparse
 import gc
 import ipaddress
 import os
+import signal
 import socket
 import sys
 import time
@@ -128,6 +129,8 @@ def serve(args: argparse.Namespace) -> None:
     from openvertex.http.listener import bind_listener
     from openvertex.logs import configure_logging
 
+    # SIGHUP reloads once the app has started; before that it must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = _serve_settings(args)
     if (
         not settings.api_keys
@@ -206,7 +209,7 @@ def _issued(settings: Settings) -> bool:
     database = database_for(settings)
     database.open()
     try:
-        return any(row.revoke_time is None and not _past(row.expire_time) for row in ApiKeyStore(database).all())
+        return any(row.status(time.time()) == "active" for row in ApiKeyStore(database).all())
     finally:
         database.close()
 
@@ -242,7 +245,7 @@ def keys(args: argparse.Namespace) -> None:
         elif args.action == "list":
             print("name\tmodels\trpm\ttpm\tconcurrent\tcreated\texpires\tstatus")
             for row in store.all():
-                status = "revoked" if row.revoke_time else ("expired" if _past(row.expire_time) else "active")
+                status = row.status(time.time())
                 limits = (row.requests_per_minute, row.tokens_per_minute, row.concurrent_requests)
                 print(
                     f"{row.name}\t{','.join(row.models) or '*'}\t"
@@ -266,10 +269,6 @@ def usage(args: argparse.Namespace) -> None:
     print("key\tmodel\trequests\tprompt_tokens\toutput_tokens")
     for row in rows:
         print(f"{row.key_name}\t{row.model or '-'}\t{row.requests}\t{row.prompt_tokens}\t{row.output_tokens}")
-
-
-def _past(moment: float | None) -> bool:
-    return moment is not None and moment <= time.time()
 
 
 def _when(moment: float | None) -> str:

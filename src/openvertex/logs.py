@@ -36,8 +36,14 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         fields = getattr(record, "request", None)
         if isinstance(fields, dict):
-            text += "".join(f" {key}={value}" for key, value in fields.items() if value is not None)
+            text += "".join(f" {key}={printable(str(value))}" for key, value in fields.items() if value is not None)
         return text
+
+
+def printable(text: str) -> str:
+    """`text` as it is when it is one plain word, else quoted with its escapes: a client's path or
+    model name cannot break a text log line, or forge one."""
+    return text if text.isprintable() and " " not in text and '"' not in text else json.dumps(text)
 
 
 def configure_logging(level: str, log_format: LogFormat) -> None:

@@ -61,6 +61,7 @@ def _create(server: RunningServer, config: Path, capsys: pytest.CaptureFixture[s
     key = _cli(config, capsys, "keys", "create", name, *options).strip()
     assert key.startswith("ov-") and len(key) > 40
     _wait_for(lambda: _ask(server, "ov-unknown").status_code == 401)
+    time.sleep(2 * REFRESH_S)  # a later key: the server reads it at its next refresh (probing it would spend quota)
     return key
 
 
@@ -113,6 +114,9 @@ def test_a_key_limited_to_some_models(server: RunningServer, config: Path, capsy
     assert refused.status_code == 403
     error = refused.json()[0]["error"]
     assert error["status"] == "PERMISSION_DENIED" and "google/gemini-2.5-pro" in error["message"]
+    # Globs match the id the request was routed by (`google/*` here), not the bare name as well.
+    bare = _create(server, config, capsys, "bare-glob", "--models", "gemini-2.5-flash*")
+    assert _ask(server, bare).status_code == 403
 
 
 def test_requests_per_minute_exactly_at_the_limit(

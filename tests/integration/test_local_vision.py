@@ -172,6 +172,27 @@ def test_two_images_and_a_conversation(server: RunningServer) -> None:
     assert response.json()["usage"]["prompt_tokens"] > 3 * IMAGE_TOKENS
 
 
+def test_the_same_image_twice_in_a_row(server: RunningServer) -> None:
+    # Back to back, its two runs of placeholders touch: each is decoded from its own first row.
+    image = {"type": "image_url", "image_url": {"url": _data_uri(_png((60, 70, 80)))}}
+    body = {
+        "model": f"google/{MODEL}",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Same?"}, image, image]}],
+        "max_tokens": 3,
+    }
+    response = httpx.post(server.chat_url, json=body, headers=AUTH, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["prompt_tokens"] > 2 * IMAGE_TOKENS
+
+
+def test_a_file_that_is_not_one_of_geminis_image_types_is_a_400(server: RunningServer) -> None:
+    gif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, "GIF")  # Pillow reads GIFs; the projector is never given one
+    response = _ask(server, gif.getvalue())  # declared image/png
+    assert response.status_code == 400, response.text
+    assert "messages[0].content[1].image_url" in response.json()[0]["error"]["message"]
+
+
 def test_an_image_too_large_or_broken_is_a_400_naming_the_part(server: RunningServer) -> None:
     huge = io.BytesIO()
     Image.new("1", (8000, 6000)).save(huge, "PNG")  # 48 megapixels, a few kilobytes

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from openvertex.backends.fake import FakeBackend
-from openvertex.logs import JsonFormatter, TextFormatter
+from openvertex.logs import JsonFormatter, TextFormatter, printable
 from openvertex.settings import Settings
 from tests.support.server import RunningServer, serve, serving
 
@@ -63,6 +63,30 @@ def test_each_request_has_an_id_and_one_log_line(keyed_server: RunningServer, ca
     parsed = json.loads(JsonFormatter().format(record))
     assert parsed["level"] == "info" and parsed["status"] == 200 and parsed["request_id"] == ids[0]
     assert f"request_id={ids[0]}" in TextFormatter().format(record)
+
+
+def test_an_unexpected_error_is_a_500_with_its_id_and_line(
+    fake: FakeBackend, keyed_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="openvertex.request")
+    fake.add([RuntimeError("a bug")])
+    failed = _chat(keyed_server)
+    assert failed.status_code == 500
+    assert failed.json()[0]["error"]["status"] == "INTERNAL" and "a bug" not in failed.text
+    request_id = failed.headers["x-request-id"]
+    time.sleep(0.2)
+    line = next(r.request for r in _request_lines(caplog) if r.request["request_id"] == request_id)  # type: ignore[attr-defined]
+    assert line["status"] == 500
+    assert _chat(keyed_server).status_code == 200  # and the server goes on
+
+
+def test_a_text_log_line_cannot_be_forged() -> None:
+    forged = "/v1/x\n2026-01-01 INFO openvertex.request: GET / 200 key=admin"
+    record = logging.LogRecord("openvertex.request", logging.INFO, __file__, 1, "%s", (printable(forged),), None)
+    record.request = {"path": forged, "model": "a b"}
+    text = TextFormatter().format(record)
+    assert "\n" not in text  # one line, whatever the client put in its path
+    assert ' path="/v1/x\\n2026' in text and ' model="a b"' in text
 
 
 def test_readyz_is_503_while_draining(fake: FakeBackend) -> None:
@@ -125,3 +149,10 @@ def test_sighup_reloads_keys_and_routes(tmp_path: Path) -> None:
         process.send_signal(signal.SIGHUP)  # a bad edit is refused whole: what runs stays
         time.sleep(1)
         assert status("new-key", "team/small") == 200
+        config.write_text(state)  # no keys at all: the server stays closed, it does not open
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while status("new-key") != 401:
+            assert time.monotonic() < deadline, "not reloaded"
+            time.sleep(0.1)
+        assert status("anything") == 401

@@ -63,7 +63,7 @@ def test_raw_predict_takes_a_chat_request_as_it_is(container: RunningServer) -> 
     ("body", "named"),
     [
         ({"instances": []}, "instances"),
-        ({"instances": [{"messages": _user("x"), "stream": True}]}, "instances.stream"),
+        ({"instances": [{"messages": _user("x"), "stream": True}]}, "instances[0].stream"),
         ({"instances": [{"messages": []}]}, "instances[0].messages"),
         ({"instances": "not a list"}, "instances"),
     ],

@@ -34,6 +34,8 @@ def write_tiny_projector(path: Path, *, text_n_embd: int) -> Path:
     }.items():
         writer.add_uint32(f"clip.vision.{key}", value)
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    # LLaVA takes the penultimate layer's output unless told which: with one block, the block's.
+    writer.add_array("clip.vision.feature_layer", [1])
     writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
     rng = np.random.default_rng(0)

@@ -83,9 +83,7 @@ class AdminHandlers:
                 "create_time": row.create_time,
                 "expire_time": row.expire_time,
                 "revoke_time": row.revoke_time,
-                "status": "revoked"
-                if row.revoke_time
-                else ("expired" if row.expire_time is not None and row.expire_time <= now else "active"),
+                "status": row.status(now),
             }
             for row in rows
         ]

@@ -71,7 +71,7 @@ class EndpointHandlers:
             raise NotFoundError(f"Endpoint `{endpoint_id}` not found.")
         record = current_record()
         record.model, record.backend = endpoint_id, f"endpoint:{endpoint_id}"
-        check_model(record, [endpoint_id])
+        check_model(record, endpoint_id)
         raw = await read_body(request, self.max_body_bytes)
         if len(raw) <= INLINE_PARSE_BYTES:
             body = with_model(raw, pool.model)

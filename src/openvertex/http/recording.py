@@ -9,9 +9,12 @@ import re
 import secrets
 import time
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from openvertex.http.errors import unexpected_error_handler
 from openvertex.http.metrics import route_name
+from openvertex.logs import printable
 from openvertex.metrics import Metrics
 from openvertex.request_record import RequestRecord, end_record, start_record
 
@@ -48,13 +51,21 @@ class RecordRequests:
 
         try:
             await self.app(scope, receive, recording_send)
+        except Exception as error:
+            if record.status:  # the response had started: nothing more can be sent
+                raise
+            # Rendered here, not by Starlette's outermost handler, so the 500 is counted, logged
+            # and carries its request id like any other answer.
+            response = await unexpected_error_handler(Request(scope), error)
+            await response(scope, receive, recording_send)
         finally:
             record.duration_ms = round((time.monotonic() - started) * 1000, 3)
             end_record(token)
             for callback in record.on_end:
                 callback(record)
             if log.isEnabledFor(logging.INFO):
-                log.info("%s %s %d", record.method, record.path, record.status, extra={"request": record.fields()})
+                message = f"{record.method} {printable(record.path)} {record.status}"
+                log.info("%s", message, extra={"request": record.fields()})
 
 
 def _request_id(scope: Scope) -> str:

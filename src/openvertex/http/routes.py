@@ -93,14 +93,26 @@ class Handlers:
             body = body if body.model or default is None else body.model_copy(update={"model": default})
             return await until_disconnect(request.receive, self._answer(body, None))
         envelope = validate(data, oa.PredictRequest)
+        for i, body in enumerate(envelope.instances):
+            if body.stream:
+                raise InvalidArgumentError(
+                    "predict answers whole; stream with rawPredict", param=f"instances[{i}].stream"
+                )
 
         async def one(body: oa.ChatCompletionRequest) -> oa.ChatCompletion:
-            if body.stream:
-                raise InvalidArgumentError("predict answers whole; stream with rawPredict", param="instances.stream")
             prepared = await self.service.prepare(body, default_model=default)
             return await self.service.complete(prepared)
 
-        answers = await until_disconnect(request.receive, asyncio.gather(*map(one, envelope.instances)))
+        async def all_of() -> list[oa.ChatCompletion]:
+            # One instance failing fails the prediction: the others are cancelled, not left running.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(one(body)) for body in envelope.instances]
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+            return [task.result() for task in tasks]
+
+        answers = await until_disconnect(request.receive, all_of())
         deployed = os.environ.get("AIP_DEPLOYED_MODEL_ID")
         reply = oa.PredictResponse(predictions=list(answers), deployedModelId=deployed)
         return Response(reply.model_dump_json(exclude_none=True), media_type="application/json")

@@ -31,6 +31,7 @@ from openvertex.errors import (
 from openvertex.protocol import generate_content as gc
 from openvertex.request_record import current_record
 from openvertex.service.capabilities import check_capabilities
+from openvertex.service.keys import check_model
 from openvertex.service.routing import Router
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
 from openvertex.translate.resources import ModelName, parent_of, parse_model_name
@@ -160,6 +161,7 @@ class CachedContents:
 
     async def create(self, parent: str, body: gc.CachedContent, dialect: gc.Dialect) -> gc.CachedContent:
         model, backend = self._model(body.model, dialect)
+        check_model(current_record(), self._router.routed_id(model))  # before any of its work
         if not backend.capabilities.cached_content:
             raise unsupported("model", "context caching")
         if parent and parent_of(model.resource) not in ("", parent):

@@ -82,8 +82,8 @@ class Generator:
         """Everything that can fail with a 4xx before any generation starts. `timeout_s`: the
         client's own deadline, within the server's."""
         record = current_record()
-        record.model, record.backend = model.route_ids()[0], self.router.name_of(backend)
-        check_model(record, model.route_ids())
+        record.model, record.backend = self.router.routed_id(model), self.router.name_of(backend)
+        check_model(record, record.model)
         check_capabilities(request, backend.capabilities, name)
         request = await self._media(request, backend, name)
         deadline = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
@@ -151,7 +151,7 @@ class Generator:
         self, request: gc.GenerateContentRequest, model: ModelName, backend: Backend, *, dialect: gc.Dialect
     ) -> gc.CountTokensResponse:
         """What the model would read for `request` (a named cache's content included, not warmed)."""
-        check_model(current_record(), model.route_ids())
+        check_model(current_record(), self.router.routed_id(model))
         check_capabilities(request, backend.capabilities)
         request = await self._media(request, backend, native_name)
         cached = 0
@@ -168,7 +168,7 @@ class Generator:
     async def compute_tokens(
         self, request: gc.GenerateContentRequest, model: ModelName, backend: Backend
     ) -> gc.ComputeTokensResponse:
-        check_model(current_record(), model.route_ids())
+        check_model(current_record(), self.router.routed_id(model))
         check_capabilities(request, backend.capabilities)
         request = await self._media(request, backend, native_name)
         turns = await backend.compute_tokens(request, model=model.routed)
@@ -195,7 +195,7 @@ class Generator:
     def _deadline_error(self, timeout_s: float) -> DeadlineExceededError:
         return DeadlineExceededError(f"The request did not finish within {timeout_s:g} s.")
 
-    def _finish(self, prepared: Prepared, response: gc.GenerateContentResponse) -> None:
+    def _finish(self, prepared: Prepared, response: gc.GenerateContentResponse, charge: _Charge) -> None:
         if not prepared.include_thoughts:
             _drop_thoughts(response)
         usage = response.usage_metadata
@@ -204,9 +204,7 @@ class Generator:
         if prepared.cached_tokens:
             cached = min(prepared.cached_tokens, usage.prompt_token_count or 0)
             usage.cached_content_token_count = max(usage.cached_content_token_count or 0, cached) or None
-        record = current_record()
-        record.prompt_tokens = usage.prompt_token_count
-        record.output_tokens = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+        charge.count(usage)
 
     async def generate(self, prepared: Prepared) -> gc.GenerateContentResponse:
         try:  # a timeout, not wait_for: no task per request
@@ -216,7 +214,7 @@ class Generator:
             raise self._deadline_error(prepared.timeout_s) from None
         if self._signs(prepared.backend):
             self.signer.sign_response(response)
-        self._finish(prepared, response)
+        self._finish(prepared, response, _Charge(current_record()))
         return response
 
     async def stream(self, prepared: Prepared) -> AsyncIterator[gc.GenerateContentResponse]:
@@ -224,6 +222,7 @@ class Generator:
         if self._signs(prepared.backend):
             upstream = self.signer.sign_stream(upstream)  # sees the thoughts it seals
         clock = _StreamClock(self.metrics, current_record())
+        charge = _Charge(current_record())
         deadline = _Deadline(prepared.timeout_s)
         try:
             while True:
@@ -238,7 +237,7 @@ class Generator:
                     raise
                 finally:
                     deadline.waiting = None
-                self._finish(prepared, response)
+                self._finish(prepared, response, charge)
                 clock.tick()
                 yield response
                 if deadline.expired:  # passed while the consumer had the chunk
@@ -277,6 +276,23 @@ def _drop_thoughts(response: gc.GenerateContentResponse) -> None:
     for candidate in response.candidates or []:
         if candidate.content is not None:
             candidate.content.parts = [part for part in candidate.content.parts if not part.thought]
+
+
+class _Charge:
+    """One generation's tokens, added to its request's record: a stream's usage is cumulative, and
+    one request (a prediction of several instances) may hold several generations."""
+
+    def __init__(self, record: RequestRecord) -> None:
+        self._record = record
+        self._prompt = self._output = 0
+
+    def count(self, usage: gc.UsageMetadata) -> None:
+        prompt = usage.prompt_token_count or 0
+        output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+        record = self._record
+        record.prompt_tokens = (record.prompt_tokens or 0) + prompt - self._prompt
+        record.output_tokens = (record.output_tokens or 0) + output - self._output
+        self._prompt, self._output = prompt, output
 
 
 class _StreamClock:

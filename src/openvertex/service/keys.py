@@ -24,12 +24,11 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from openvertex.errors import PermissionDeniedError, ResourceExhaustedError
 from openvertex.request_record import RequestRecord
@@ -50,9 +49,12 @@ def key_hash(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+CONFIGURED_PREFIX = "key-"  # the names of the keys from the configuration
+
+
 def configured_key_name(key: str) -> str:
     """How logs and usage name a configured key: a fingerprint, never the key."""
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return CONFIGURED_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,13 @@ class KeySpec(BaseModel):
     concurrent_requests: int | None = Field(None, ge=1)
     expire_time: float | None = None  # seconds since the epoch
 
+    @field_validator("name")
+    @classmethod
+    def _not_a_fingerprint(cls, name: str) -> str:
+        if name.startswith(CONFIGURED_PREFIX):  # quotas and usage are counted by name
+            raise ValueError(f"names starting with `{CONFIGURED_PREFIX}` are those of the configured keys")
+        return name
+
 
 def issue_key(store: ApiKeyStore, spec: KeySpec) -> str:
     """A new key, stored as its hash: the caller shows it once. ValueError: the name is taken."""
@@ -110,14 +119,11 @@ def issue_key(store: ApiKeyStore, spec: KeySpec) -> str:
     return key
 
 
-def check_model(record: RequestRecord, model_ids: Iterable[str]) -> None:
-    """403 unless the request's key may use a model known by these ids (most specific first)."""
+def check_model(record: RequestRecord, model_id: str) -> None:
+    """403 unless the request's key may use the model it was routed by."""
     allowed = record.models_allowed
-    if allowed is None:
-        return
-    ids = list(model_ids)
-    if not any(fnmatchcase(model, glob) for model in ids for glob in allowed):
-        raise PermissionDeniedError(f"The API key `{record.key}` may not use the model `{ids[0]}`.")
+    if allowed is not None and not any(fnmatchcase(model_id, glob) for glob in allowed):
+        raise PermissionDeniedError(f"The API key `{record.key}` may not use the model `{model_id}`.")
 
 
 class KeyRing:
@@ -126,17 +132,20 @@ class KeyRing:
     def __init__(self, configured: list[str], store: ApiKeyStore | None = None) -> None:
         self._store = store
         self._issued: dict[bytes, KeyGrant] = {}
-        self._ever_issued = False  # revoking every issued key must not open the server
+        # Once a key exists the server stays closed: revoking every issued key, or reloading a
+        # configuration that names none, must not open it.
+        self.closed = False
         self.replace_configured(configured)
 
     def replace_configured(self, keys: list[str]) -> None:
         self._configured = [(key.encode(), KeyGrant(configured_key_name(key))) for key in keys]
+        self.closed = self.closed or bool(keys)
 
     @property
     def open(self) -> bool:
         """No key was ever configured or issued: any token is accepted (the CLI allows that on
         loopback only)."""
-        return not self._configured and not self._ever_issued
+        return not self.closed
 
     def refresh(self) -> None:
         """Read the issued keys again (a blocking database read: call it off the event loop)."""
@@ -144,12 +153,8 @@ class KeyRing:
             return
         now = time.time()
         rows = self._store.all()
-        self._issued = {
-            row.hash: KeyGrant.from_row(row)
-            for row in rows
-            if row.revoke_time is None and (row.expire_time is None or row.expire_time > now)
-        }
-        self._ever_issued = bool(rows)
+        self._issued = {row.hash: KeyGrant.from_row(row) for row in rows if row.status(now) == "active"}
+        self.closed = self.closed or bool(rows)
 
     def find(self, token: str) -> KeyGrant | None:
         presented = token.encode()
@@ -210,6 +215,7 @@ class Quotas:
         if self.counts is not None:
             requests, tokens = await self.counts.count_request(grant.name, int(now // 60))
             requests -= 1  # those before this one
+            tokens += self._shared_tokens[(grant.name, int(now // 60))]  # this process's, not yet written
         else:
             minute = self._minute(grant.name, now)
             requests, tokens = minute.requests, minute.tokens
@@ -259,6 +265,16 @@ class Quotas:
         pending, self._pending = self._pending, {}
         return [UsageRow(key, model, minute, *counts) for (key, model, minute), counts in pending.items()]
 
+    def restore(self, usage: list[UsageRow], tokens: list[tuple[str, int, int]]) -> None:
+        """Put back what was taken but could not be written, for the next write."""
+        for row in usage:
+            counts = self._pending.setdefault((row.key_name, row.model, row.minute), [0, 0, 0])
+            counts[0] += row.requests
+            counts[1] += row.prompt_tokens
+            counts[2] += row.output_tokens
+        for name, minute, count in tokens:
+            self._shared_tokens[(name, minute)] += count
+
     def take_shared_tokens(self) -> list[tuple[str, int, int]]:
         """Tokens to add to the shared per-minute counts: (key name, minute, tokens)."""
         pending, self._shared_tokens = self._shared_tokens, Counter()
@@ -282,6 +298,14 @@ async def keep_keys_and_usage(keys: KeyRing, quotas: Quotas, store: UsageStore, 
 
 async def _write(quotas: Quotas, store: UsageStore) -> None:
     usage, tokens = quotas.take_usage(), quotas.take_shared_tokens()
-    await asyncio.to_thread(store.add, usage)
+    try:
+        await asyncio.to_thread(store.add, usage)
+    except BaseException:
+        quotas.restore(usage, tokens)
+        raise
     if quotas.counts is not None:
-        await asyncio.to_thread(quotas.counts.add_tokens, tokens, now_minute=int(time.time() // 60))
+        try:
+            await asyncio.to_thread(quotas.counts.add_tokens, tokens, now_minute=int(time.time() // 60))
+        except BaseException:
+            quotas.restore([], tokens)
+            raise

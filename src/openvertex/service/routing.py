@@ -38,6 +38,11 @@ class Router:
         """The backend of a native model name: by `publisher/M`, else by `M`."""
         return next(filter(None, map(self.find, model.route_ids())), None)
 
+    def routed_id(self, model: ModelName) -> str:
+        """The id a native model name is routed by (`publisher/M` when a route matches it, else
+        `M`): what a key's model allowlist and the request's record name."""
+        return next((name for name in model.route_ids() if self.find(name) is not None), model.routed)
+
     def resolve(self, model: str) -> Backend:
         backend = self.find(model)
         if backend is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from openvertex.store.database import Connection, Database
 
@@ -20,6 +20,11 @@ class ApiKeyRow:
     create_time: float
     expire_time: float | None
     revoke_time: float | None
+
+    def status(self, now: float) -> Literal["active", "expired", "revoked"]:
+        if self.revoke_time is not None:
+            return "revoked"
+        return "expired" if self.expire_time is not None and self.expire_time <= now else "active"
 
 
 _COLUMNS = (

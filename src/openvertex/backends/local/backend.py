@@ -179,7 +179,7 @@ class LocalBackend:
             GrammarLimits(settings.max_schema_bytes, settings.grammar_lexer_fuel, settings.max_grammar_size),
         )
         if self.projector_path is not None:
-            self._vision = Vision(self.projector_path, model.model, n_threads=threads)
+            self._vision = Vision(self.projector_path, model.model, n_threads=threads, n_batch=settings.n_batch)
         self._model = model
         self._engine = self._new_engine(model)  # last: ready() once everything a request needs is here
         log.info(

@@ -421,13 +421,22 @@ class Engine:
         if batch is None or image is None:
             self._fail(job, InternalError("The local engine was given an image it has no embeddings for."))
             return
-        run = 0
-        while run < min(len(slot.pending), self._n_batch) and slot.pending[run] < 0:
-            if placeholder_image(slot.pending[run])[0] != key:
-                break
-            run += 1
+        # One run is consecutive rows of one image: the same image twice in a row starts again
+        # at row 0, and a run never reads past the image's embeddings.
         row_bytes = self._n_embd * ctypes.sizeof(ctypes.c_float)
         first_row = placeholder_image(slot.pending[0])[1]
+        rows = len(image.embeddings) // row_bytes
+        run = 0
+        while (
+            run < min(len(slot.pending), self._n_batch)
+            and first_row + run < rows
+            and slot.pending[run] < 0
+            and placeholder_image(slot.pending[run]) == (key, first_row + run)
+        ):
+            run += 1
+        if run == 0:
+            self._fail(job, InternalError("The local engine was given an image row it has no embeddings for."))
+            return
         ctypes.memmove(
             batch.embd, image.embeddings[first_row * row_bytes : (first_row + run) * row_bytes], run * row_bytes
         )

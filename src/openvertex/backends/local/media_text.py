@@ -17,16 +17,22 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 log = logging.getLogger(__name__)
 
 # The media a text model can be given as text, by MIME type prefix.
 READABLE_MIME_PREFIXES = ("image/png", "image/jpeg", "image/webp", "audio/", "application/pdf", "text/")
 MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused before they are decoded
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # what Pillow is let parse: Gemini's image types
 MAX_PDF_PAGES = 500
 MAX_AUDIO_S = 120.0  # longer clips are refused before they are transcribed (about 0.45x real time here)
 REMEMBERED = 64  # images and documents whose text is kept, by their bytes' hash
@@ -83,17 +89,8 @@ class MediaText:
         return text
 
     def _image(self, mime: str, data: bytes, *, param: str) -> str:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-        except (UnidentifiedImageError, OSError, ValueError):
-            raise InvalidArgumentError(f"the {mime} image could not be decoded", param=param) from None
-        if width * height > MAX_IMAGE_PIXELS:
-            raise InvalidArgumentError(
-                f"the image has {width}×{height} pixels; at most {MAX_IMAGE_PIXELS} are read", param=param
-            )
+        with opened_image(data, param=param) as image:
+            width, height = image.size
         lines = self._read_text(data)
         head = f"[An image ({mime}, {width}×{height} pixels). This model cannot see images"
         if not lines:
@@ -133,6 +130,25 @@ class MediaText:
         if not spoken:
             return head + "; no speech was recognised in this one.]"
         return f"{head}; its speech, transcribed:]\n{spoken}\n[End of the transcript.]"
+
+
+@contextmanager
+def opened_image(data: bytes, *, param: str) -> Iterator[Image]:
+    """The image opened by Pillow as one of Gemini's image types, its size checked before any of
+    its pixels are decoded; a file that is not one, or that fails to decode, is a 400."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise InvalidArgumentError(
+                    f"the image has {width}×{height} pixels; at most {MAX_IMAGE_PIXELS} are read", param=param
+                )
+            yield image
+    # Pillow's parsers raise SyntaxError on some malformed files, and a bomb check of its own.
+    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, OSError, ValueError):
+        raise InvalidArgumentError("the image could not be decoded", param=param) from None
 
 
 def _pdf(data: bytes, *, param: str) -> str:

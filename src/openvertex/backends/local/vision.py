@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import ctypes
 import hashlib
-import io
 import re
 import secrets
 import threading
@@ -33,7 +32,7 @@ import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 from llama_cpp._logger import llama_log_callback
 
-from openvertex.backends.local.media_text import MAX_IMAGE_PIXELS
+from openvertex.backends.local.media_text import opened_image
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
 
@@ -71,7 +70,7 @@ class PromptImage:
 class Vision:
     """A projector loaded for one text model."""
 
-    def __init__(self, projector: Path, model: llama_cpp.llama_model_p, *, n_threads: int) -> None:
+    def __init__(self, projector: Path, model: llama_cpp.llama_model_p, *, n_threads: int, n_batch: int) -> None:
         # Its log lines follow llama.cpp's (on with debug logging only).
         mtmd.mtmd_log_set(llama_log_callback, None)
         mtmd.mtmd_helper_log_set(llama_log_callback, None)
@@ -90,6 +89,7 @@ class Vision:
             )
         self._context = context
         self.n_embd: int = llama_cpp.llama_model_n_embd(model)
+        self._n_batch = n_batch  # an image whose rows attend both ways is decoded in one batch
         self._lock = threading.Lock()  # one mtmd call at a time: its context is not thread-safe
         self._encoded: OrderedDict[int, EncodedImage] = OrderedDict()
         self._tokens: OrderedDict[int, list[int]] = OrderedDict()
@@ -180,6 +180,12 @@ class Vision:
                 if kind != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE or encoded is not None:
                     raise InvalidArgumentError("the projector made more than one image of it", param=image.param)
                 rows = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                if rows > self._n_batch and mtmd.mtmd_decode_use_non_causal(self._context, chunk):
+                    raise InvalidArgumentError(
+                        f"the image makes {rows} embeddings, decoded together, and this server's batch holds"
+                        f" {self._n_batch} (n_batch)",
+                        param=image.param,
+                    )
                 tokens += [placeholder(key, row) for row in range(rows)]
                 if encode:
                     encoded = self._encode(chunk, rows, image)
@@ -220,18 +226,8 @@ def _remember(known: OrderedDict[int, T], key: int, value: T) -> None:
 
 
 def _rgb(image: PromptImage) -> tuple[int, int, bytes]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(image.data)) as opened:
-            width, height = opened.size
-            if width * height <= MAX_IMAGE_PIXELS:  # else refused below, before decoding
-                return width, height, opened.convert("RGB").tobytes()
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise InvalidArgumentError("the image could not be decoded", param=image.param) from None
-    raise InvalidArgumentError(
-        f"the image has {width}×{height} pixels; at most {MAX_IMAGE_PIXELS} are read", param=image.param
-    )
+    with opened_image(image.data, param=image.param) as opened:
+        return opened.size[0], opened.size[1], opened.convert("RGB").tobytes()
 
 
 @contextmanager
