@@ -34,6 +34,7 @@ from openvertex.service.generation import Generator
 from openvertex.service.keys import KeyRing, Quotas, keep_keys_and_usage
 from openvertex.service.media import MediaReader
 from openvertex.service.routing import Router
+from openvertex.service.safety import SafetyPolicy
 from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSigner, load_or_create_secret, parse_secret
 from openvertex.settings import Settings
 from openvertex.store.api_keys import ApiKeyStore
@@ -66,6 +67,7 @@ def create_app(
     signer = ThoughtSigner(_signing_secret(settings))
     caches = CachedContents(CachedContentStore(database), router, max_caches=settings.max_cached_contents)
     media = MediaReader(settings.media)
+    safety = SafetyPolicy(settings.safety)
     generator = Generator(
         router,
         caches,
@@ -74,6 +76,7 @@ def create_app(
         signer=signer,
         optional_signatures=settings.optional_thought_signatures,
         media=media,
+        safety=safety,
     )
     keys = KeyRing(settings.api_keys, ApiKeyStore(database))
     quotas = Quotas(QuotaCountStore(database) if database.shared else None)
@@ -118,6 +121,7 @@ def create_app(
             await asyncio.gather(*(backend.close() for backend in backends.values()))
             await endpoints.close()
             await media.close()
+            await safety.close()
             database.close()
 
     app = Starlette(

@@ -6,6 +6,7 @@ Precedence, highest first: CLI flags, environment, file, defaults.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from openvertex.protocol.generate_content import HarmCategory
 
 DEFAULT_MODEL_ALIAS = "smollm2"
 
@@ -177,6 +180,67 @@ class MediaSettings(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)
 
 
+class ModerationSettings(_Section):
+    """A moderation model behind any OpenAI-compatible server (Llama Guard on vLLM, say): it is sent
+    the text as a chat and answers `safe`, or `unsafe` and a line of its category codes."""
+
+    url: str  # the base URL, ending before /chat/completions
+    model: str | None = None  # the served model's name; None: no `model` in the body
+    bearer_token: SecretStr | None = None
+    categories: dict[str, HarmCategory]  # the model's codes (S1, S10, …) → Gemini's categories
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"moderation url {url!r} is not an http:// or https:// URL with a host")
+        return url.rstrip("/")
+
+
+class BlocklistSettings(_Section):
+    """Terms and patterns no prompt or answer may hold (finishReason BLOCKLIST), for every model."""
+
+    terms: list[str] = Field(default_factory=list)  # whole words or phrases, any case
+    patterns: list[str] = Field(default_factory=list)  # Python regular expressions, searched
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"blocklist pattern {pattern!r}: {error}") from None
+        return patterns
+
+
+ClassifierKind = Literal["profanity", "moderation"]
+_PROFANITY_CATEGORIES: dict[HarmCategory, ClassifierKind] = {
+    "HARM_CATEGORY_HARASSMENT": "profanity",
+    "HARM_CATEGORY_HATE_SPEECH": "profanity",
+}
+
+
+class SafetyConfig(_Section):
+    """What enforces safetySettings for backends that do not filter themselves (the embedded model,
+    self-deployed endpoints named as backends); Gemini applies its own."""
+
+    # A category → its classifier: "profanity" (alt-profanity-check, offline) or "moderation" (the
+    # model configured below). A blocking threshold for a category with none is a 400.
+    classifiers: dict[HarmCategory, ClassifierKind] = Field(default_factory=lambda: dict(_PROFANITY_CATEGORIES))
+    moderation: ModerationSettings | None = None
+    blocklist: BlocklistSettings = Field(default_factory=BlocklistSettings)
+    window_chars: int = Field(160, ge=16, le=10_000)  # an answer is checked (and held) this much at a time
+
+    @model_validator(mode="after")
+    def _moderation_configured(self) -> SafetyConfig:
+        if "moderation" in self.classifiers.values() and self.moderation is None:
+            raise ValueError('a category classified by "moderation" needs [safety.moderation]')
+        return self
+
+
 def _default_state_dir() -> Path:
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "openvertex"
@@ -209,6 +273,7 @@ class Settings(BaseSettings):
     routes: list[Route] = Field(default_factory=_default_routes)
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)  # self-deployed endpoint ids
     media: MediaSettings = Field(default_factory=MediaSettings)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
     # Where openvertex keeps what must outlive a restart: the thought-signature secret, the
     # database (openvertex.db: context caches) and the KV of cached prefixes.
     state_dir: Path = Field(default_factory=_default_state_dir)

@@ -235,7 +235,7 @@ def test_unsupported_feature_is_a_clear_400_not_a_silent_drop() -> None:
                     extra_body={
                         "google": {
                             "safety_settings": [
-                                {"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_LOW_AND_ABOVE"}
+                                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "threshold": "BLOCK_LOW_AND_ABOVE"}
                             ]
                         }
                     }

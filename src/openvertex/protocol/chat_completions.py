@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from openvertex.protocol import generate_content as gc
+
 log = logging.getLogger(__name__)
 
 
@@ -45,9 +47,9 @@ class ThinkingConfig(_Proto):
 
 
 class SafetySetting(_Proto):
-    category: str
-    threshold: str
-    method: str | None = None
+    category: gc.HarmCategory
+    threshold: gc.HarmBlockThreshold
+    method: gc.HarmBlockMethod | None = None
 
 
 class GoogleRequestExtensions(_Proto):

@@ -199,10 +199,45 @@ class GenerationConfig(GeminiModel):
     enable_affective_dialog: bool | None = None
 
 
+HarmCategory = Literal[
+    "HARM_CATEGORY_UNSPECIFIED",
+    "HARM_CATEGORY_HARASSMENT",
+    "HARM_CATEGORY_HATE_SPEECH",
+    "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+    "HARM_CATEGORY_DANGEROUS_CONTENT",
+    "HARM_CATEGORY_CIVIC_INTEGRITY",
+    "HARM_CATEGORY_JAILBREAK",
+    "HARM_CATEGORY_IMAGE_HATE",
+    "HARM_CATEGORY_IMAGE_DANGEROUS_CONTENT",
+    "HARM_CATEGORY_IMAGE_HARASSMENT",
+    "HARM_CATEGORY_IMAGE_SEXUALLY_EXPLICIT",
+]
+HarmBlockThreshold = Literal[
+    "HARM_BLOCK_THRESHOLD_UNSPECIFIED",
+    "BLOCK_LOW_AND_ABOVE",
+    "BLOCK_MEDIUM_AND_ABOVE",
+    "BLOCK_ONLY_HIGH",
+    "BLOCK_NONE",
+    "OFF",
+]
+HarmBlockMethod = Literal["HARM_BLOCK_METHOD_UNSPECIFIED", "SEVERITY", "PROBABILITY"]
+HarmProbability = Literal["NEGLIGIBLE", "LOW", "MEDIUM", "HIGH"]
+
+
 class SafetySetting(GeminiModel):
-    category: str
-    threshold: str
-    method: str | None = None
+    category: HarmCategory
+    threshold: HarmBlockThreshold
+    method: HarmBlockMethod | None = None
+
+
+class SafetyRating(GeminiModel):
+    model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
+    category: str | None = None
+    probability: str | None = None
+    probability_score: float | None = None
+    severity: str | None = None
+    severity_score: float | None = None
+    blocked: bool | None = None
 
 
 class FunctionDeclaration(GeminiModel):
@@ -272,6 +307,7 @@ class Candidate(GeminiModel):
     content: Content | None = None
     finish_reason: str | None = None
     finish_message: str | None = None
+    safety_ratings: list[SafetyRating] | None = None
     logprobs_result: LogprobsResult | None = None
     avg_logprobs: float | None = None
 
@@ -299,6 +335,7 @@ class PromptFeedback(GeminiModel):
     model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
     block_reason: str | None = None
     block_reason_message: str | None = None
+    safety_ratings: list[SafetyRating] | None = None
 
 
 class GenerateContentResponse(GeminiModel):

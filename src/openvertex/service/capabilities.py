@@ -20,7 +20,6 @@ from openvertex.translate.parts import content_part_to_part
 Namer = Callable[[str], str]
 
 # Thresholds that block nothing are honoured by a backend without a safety filter.
-_NON_BLOCKING = frozenset({"BLOCK_NONE", "OFF"})
 # Where each optional field lives on the internal request (attribute names).
 _OPTIONAL_ATTRIBUTES = {
     "generationConfig.routingConfig": ("generation_config", "routing_config"),
@@ -138,7 +137,3 @@ def check_capabilities(request: gc.GenerateContentRequest, caps: Capabilities, n
     _check_contents(request, caps, name)
     if request.cached_content is not None and not caps.cached_content:
         raise unsupported(name("cachedContent"), "context caching")
-    if not caps.safety_filtering:
-        for index, setting in enumerate(request.safety_settings or []):
-            if setting.threshold not in _NON_BLOCKING:
-                raise unsupported(name(f"safetySettings[{index}].threshold"), f"safety filtering ({setting.threshold})")

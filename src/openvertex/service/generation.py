@@ -25,8 +25,9 @@ from openvertex.service.capabilities import Namer, check_capabilities, native_na
 from openvertex.service.keys import check_model
 from openvertex.service.media import MediaReader
 from openvertex.service.routing import Router
+from openvertex.service.safety import SafetyCheck, SafetyPolicy
 from openvertex.service.signatures import ThoughtSigner
-from openvertex.settings import MediaSettings
+from openvertex.settings import MediaSettings, SafetyConfig
 from openvertex.translate.resources import ModelName
 
 # Backend: the HTTP handlers hold one (opaque to them) between resolving a model and using it.
@@ -43,6 +44,7 @@ class Prepared:
     include_thoughts: bool
     cached_tokens: int  # the prompt tokens a named context cache holds
     timeout_s: float  # until the answer must be complete
+    safety: SafetyCheck | None = None  # what is checked here of the prompt and the answer
 
 
 class Generator:
@@ -56,9 +58,11 @@ class Generator:
         signer: ThoughtSigner,
         optional_signatures: Sequence[str] = (),
         media: MediaReader | None = None,
+        safety: SafetyPolicy | None = None,
     ) -> None:
         self.router = router
         self.media = media or MediaReader(MediaSettings())
+        self.safety = safety or SafetyPolicy(SafetyConfig())
         self.caches = caches
         self.metrics = metrics
         self.timeout_s = timeout_s
@@ -85,6 +89,7 @@ class Generator:
         record.model, record.backend = self.router.routed_id(model), self.router.name_of(backend)
         check_model(record, record.model)
         check_capabilities(request, backend.capabilities, name)
+        safety = self.safety.plan(request, backend.capabilities, name)
         request = await self._media(request, backend, name)
         deadline = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
         cached_tokens = 0
@@ -101,7 +106,8 @@ class Generator:
             )
             self.signer.check_request(request.contents, required=not optional)
         thinking = request.generation_config.thinking_config if request.generation_config else None
-        return Prepared(backend, request, model, bool(thinking and thinking.include_thoughts), cached_tokens, deadline)
+        include_thoughts = bool(thinking and thinking.include_thoughts)
+        return Prepared(backend, request, model, include_thoughts, cached_tokens, deadline, safety)
 
     def backend(self, model: ModelName, *, dialect: gc.Dialect, version: str | None, method: str | None) -> Backend:
         """The backend serving a native model name, or the 404 each dialect words its own way."""
@@ -209,20 +215,43 @@ class Generator:
     async def generate(self, prepared: Prepared) -> gc.GenerateContentResponse:
         try:  # a timeout, not wait_for: no task per request
             async with asyncio.timeout(prepared.timeout_s):
+                blocked = await self._prompt_block(prepared)
+                if blocked is not None:
+                    self._finish(prepared, blocked, _Charge(current_record()))
+                    return blocked
                 response = await prepared.backend.generate(prepared.request, model=prepared.model.routed)
+                if self._signs(prepared.backend):
+                    self.signer.sign_response(response)
+                if prepared.safety is not None:  # what the client would get
+                    await prepared.safety.check_answer(response)
         except TimeoutError:
             raise self._deadline_error(prepared.timeout_s) from None
-        if self._signs(prepared.backend):
-            self.signer.sign_response(response)
         self._finish(prepared, response, _Charge(current_record()))
         return response
 
+    async def _prompt_block(self, prepared: Prepared) -> gc.GenerateContentResponse | None:
+        if prepared.safety is None:
+            return None
+        return await prepared.safety.prompt_block(prepared.request, prepared.backend, prepared.model.routed)
+
     async def stream(self, prepared: Prepared) -> AsyncIterator[gc.GenerateContentResponse]:
+        clock = _StreamClock(self.metrics, current_record())
+        charge = _Charge(current_record())
+        try:
+            async with asyncio.timeout(prepared.timeout_s):
+                blocked = await self._prompt_block(prepared)
+        except TimeoutError:
+            raise self._deadline_error(prepared.timeout_s) from None
+        if blocked is not None:  # the stream's first and only chunk
+            self._finish(prepared, blocked, charge)
+            clock.tick()
+            yield blocked
+            return
         upstream = prepared.backend.stream(prepared.request, model=prepared.model.routed)
         if self._signs(prepared.backend):
             upstream = self.signer.sign_stream(upstream)  # sees the thoughts it seals
-        clock = _StreamClock(self.metrics, current_record())
-        charge = _Charge(current_record())
+        if prepared.safety is not None:
+            upstream = prepared.safety.guard(upstream)  # sees what the client would
         deadline = _Deadline(prepared.timeout_s)
         try:
             while True:

@@ -1,0 +1,278 @@
+"""Safety settings enforced in front of a backend that does not filter itself: the shipped
+classifier (alt-profanity-check, for real), the operator's blocklist and a moderation model on a
+local server; prompts blocked before generation, answers blocked as they are produced (whole and
+streamed), on both surfaces; what cannot be enforced is a 400. A backend that filters itself
+(Gemini) gets the settings untouched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from openvertex.backends.base import Capabilities
+from openvertex.backends.fake import FakeBackend
+from openvertex.protocol import generate_content as gc
+from openvertex.settings import BlocklistSettings, ModerationSettings, SafetyConfig, Settings
+from tests.support.server import RunningServer, serve
+from tests.support.stub import Reply, stub_server
+
+AUTH = {"Authorization": "Bearer test"}
+NATIVE = "/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash"
+INSULT = "You are a stupid worthless idiot and everybody hates you."
+BLOCK_HARASSMENT = [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_MEDIUM_AND_ABOVE"}]
+
+
+def _unfiltered() -> FakeBackend:
+    return FakeBackend(capabilities=Capabilities(function_calling=True))
+
+
+@pytest.fixture
+def fake() -> FakeBackend:
+    return _unfiltered()
+
+
+@pytest.fixture
+def server(fake: FakeBackend) -> Iterator[RunningServer]:
+    safety = SafetyConfig(
+        window_chars=24, blocklist=BlocklistSettings(terms=["forbidden fruit"], patterns=[r"\bcode-\d{4}\b"])
+    )
+    with serve(Settings(port=0, safety=safety), backends={"local": fake}) as running:
+        yield running
+
+
+def _answer(*texts: str) -> list[gc.GenerateContentResponse]:
+    """One chunk per text, the last finishing, each with the usage so far."""
+    chunks = []
+    for number, text in enumerate(texts, 1):
+        candidate = gc.Candidate(
+            index=0,
+            content=gc.Content(role="model", parts=[gc.Part(text=text)]),
+            finish_reason="STOP" if number == len(texts) else None,
+        )
+        usage = gc.UsageMetadata(prompt_token_count=5, candidates_token_count=number, total_token_count=5 + number)
+        chunks.append(gc.GenerateContentResponse(candidates=[candidate], usage_metadata=usage))
+    return chunks
+
+
+def _native(server: RunningServer, text: str, settings: Any = None, *, stream: bool = False) -> httpx.Response:
+    body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+    if settings is not None:
+        body["safetySettings"] = settings
+    method = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+    return httpx.post(f"{server.url}{NATIVE}{method}", json=body, headers=AUTH, timeout=60)
+
+
+def _chat(server: RunningServer, text: str, settings: Any = None, **extra: Any) -> httpx.Response:
+    body: dict[str, Any] = {"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": text}]}
+    if settings is not None:
+        body["extra_body"] = {"google": {"safety_settings": settings}}
+    return httpx.post(server.chat_url, json={**body, **extra}, headers=AUTH, timeout=60)
+
+
+def _events(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    lines = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    return [json.loads(line) for line in lines if line != "[DONE]"]
+
+
+def test_a_blocked_prompt_never_reaches_the_model(server: RunningServer, fake: FakeBackend) -> None:
+    native = _native(server, INSULT, BLOCK_HARASSMENT)
+    assert native.status_code == 200, native.text
+    body = native.json()
+    assert "candidates" not in body
+    feedback = body["promptFeedback"]
+    assert feedback["blockReason"] == "SAFETY"
+    rating = next(r for r in feedback["safetyRatings"] if r["category"] == "HARM_CATEGORY_HARASSMENT")
+    assert rating["blocked"] is True and rating["probability"] in ("MEDIUM", "HIGH")
+    assert body["usageMetadata"]["promptTokenCount"] == body["usageMetadata"]["totalTokenCount"] > 0
+    assert "candidatesTokenCount" not in body["usageMetadata"]
+
+    chat = _chat(server, INSULT, BLOCK_HARASSMENT)
+    assert chat.status_code == 200, chat.text
+    choice = chat.json()["choices"][0]
+    assert choice["finish_reason"] == "content_filter" and choice["message"]["content"] is None
+    assert chat.json()["usage"]["completion_tokens"] == 0
+
+    events = _events(_chat(server, INSULT, BLOCK_HARASSMENT, stream=True))
+    assert [e["choices"][0].get("finish_reason") for e in events if e["choices"]] == ["content_filter"]
+    streamed = _events(_native(server, INSULT, BLOCK_HARASSMENT, stream=True))
+    assert len(streamed) == 1 and streamed[0]["promptFeedback"]["blockReason"] == "SAFETY"
+    assert fake.requests == []  # nothing was generated
+
+
+def test_a_harmless_prompt_passes_with_its_ratings(server: RunningServer, fake: FakeBackend) -> None:
+    fake.add(_answer("The capital of France is Paris."))
+    response = _native(server, "What is the capital of France?", BLOCK_HARASSMENT)
+    assert response.status_code == 200, response.text
+    candidate = response.json()["candidates"][0]
+    assert candidate["finishReason"] == "STOP" and candidate["content"]["parts"][0]["text"].endswith("Paris.")
+    assert candidate["safetyRatings"] == [
+        {
+            "category": "HARM_CATEGORY_HARASSMENT",
+            "probability": "NEGLIGIBLE",
+            "probabilityScore": candidate["safetyRatings"][0]["probabilityScore"],
+            "severity": "HARM_SEVERITY_NEGLIGIBLE",
+            "severityScore": candidate["safetyRatings"][0]["severityScore"],
+        }
+    ]
+    assert candidate["safetyRatings"][0]["probabilityScore"] < 0.25
+
+
+def test_a_blocked_answer_loses_its_content(server: RunningServer, fake: FakeBackend) -> None:
+    fake.add(_answer("Well. ", INSULT))
+    native = _native(server, "Tell me what you think of me.", BLOCK_HARASSMENT)
+    assert native.status_code == 200, native.text
+    candidate = native.json()["candidates"][0]
+    assert candidate["finishReason"] == "SAFETY" and "content" not in candidate
+    assert any(r.get("blocked") for r in candidate["safetyRatings"])
+
+    fake.add(_answer("Well. ", INSULT))
+    chat = _chat(server, "Tell me what you think of me.", BLOCK_HARASSMENT)
+    choice = chat.json()["choices"][0]
+    assert choice["finish_reason"] == "content_filter" and choice["message"]["content"] is None
+
+    fake.add(_answer("Well. ", INSULT))  # not asked to block harassment: the answer goes through
+    assert _chat(server, "Tell me.").json()["choices"][0]["message"]["content"] == "Well. " + INSULT
+
+
+def test_a_stream_stops_at_the_first_blocked_window(server: RunningServer, fake: FakeBackend) -> None:
+    clean = ["The weather today ", "is mild and sunny, ", "a good day for a walk. "]
+    fake.add(_answer(*clean, INSULT, "And more text that is never sent."))
+    events = _events(_native(server, "How is the weather?", BLOCK_HARASSMENT, stream=True))
+    sent = "".join(
+        p.get("text", "")
+        for e in events
+        for c in e.get("candidates", [])
+        for p in c.get("content", {}).get("parts", [])
+    )
+    # Windows of 24 characters: the first two chunks were rated clean and went out; the third
+    # shares its window with the insult, and neither is sent.
+    assert sent == "".join(clean[:2])
+    last = events[-1]["candidates"][0]
+    assert last["finishReason"] == "SAFETY" and "content" not in last
+    assert any(r.get("blocked") for r in last["safetyRatings"])
+    assert events[-1]["usageMetadata"]["promptTokenCount"] == 5
+
+    fake.add(_answer(*clean, INSULT, "And more text that is never sent."))
+    chunks = _events(_chat(server, "How is the weather?", BLOCK_HARASSMENT, stream=True))
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert content == "".join(clean[:2])
+    finishes = [
+        c["choices"][0].get("finish_reason") for c in chunks if c["choices"] and c["choices"][0].get("finish_reason")
+    ]
+    assert finishes == ["content_filter"]
+    assert chunks[-1]["usage"]["prompt_tokens"] == 5
+
+
+def test_the_blocklist_applies_whatever_the_settings(server: RunningServer, fake: FakeBackend) -> None:
+    prompt = _native(server, "Where is the Forbidden  Fruit? No: the forbidden fruit.")
+    assert prompt.json()["promptFeedback"]["blockReason"] == "BLOCKLIST"
+    fake.add(_answer("Your code is ", "code-1234, keep it."))
+    events = _events(_native(server, "What is my code?", stream=True))
+    assert events[-1]["candidates"][0]["finishReason"] == "BLOCKLIST"
+    assert "code-1234" not in json.dumps(events)
+    fake.add(_answer("Your code is code-12345."))  # not a whole match of the pattern
+    assert _native(server, "What is my code?").json()["candidates"][0]["finishReason"] == "STOP"
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ([{"category": "HARM_CATEGORY_MADE_UP", "threshold": "OFF"}], "safetySettings[0].category"),
+        ([{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_SOME"}], "safetySettings[0].threshold"),
+        ([{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "OFF", "method": "VIBES"}], "safetySettings[0].method"),
+        (BLOCK_HARASSMENT * 2, "safetySettings[1].category"),
+        # No classifier for this category is configured: a 400, never a silent pass.
+        (
+            [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "threshold": "BLOCK_ONLY_HIGH"}],
+            "safetySettings[0].category",
+        ),
+    ],
+)
+def test_settings_that_cannot_be_honoured_are_a_400(server: RunningServer, settings: Any, named: str) -> None:
+    native = _native(server, "Hi", settings)
+    assert native.status_code == 400, native.text
+    assert named in native.json()["error"]["message"]
+    chat = _chat(server, "Hi", settings)
+    assert chat.status_code == 400, chat.text
+    snake = "extra_body.google.safety_settings" + named.removeprefix("safetySettings")
+    assert snake in chat.json()[0]["error"]["message"]
+
+
+def test_safety_settings_with_model_armor_are_a_400(server: RunningServer) -> None:
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
+        "safetySettings": BLOCK_HARASSMENT,
+        "modelArmorConfig": {"promptTemplateName": "projects/p/locations/l/templates/t"},
+    }
+    response = httpx.post(f"{server.url}{NATIVE}:generateContent", json=body, headers=AUTH, timeout=30)
+    assert response.status_code == 400 and "modelArmorConfig" in response.text
+
+
+def test_a_moderation_model_on_an_openai_server(fake: FakeBackend) -> None:
+    def reply(text: str) -> Reply:
+        body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+        return Reply(200, json.dumps(body).encode())
+
+    with stub_server([reply("unsafe\nS9,S1"), reply("safe"), reply("safe"), Reply(500, b"{}")]) as guard:
+        safety = SafetyConfig(
+            classifiers={"HARM_CATEGORY_DANGEROUS_CONTENT": "moderation"},
+            moderation=ModerationSettings(
+                url=f"{guard.url}/v1", model="llama-guard", categories={"S1": "HARM_CATEGORY_DANGEROUS_CONTENT"}
+            ),
+        )
+        settings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "threshold": "BLOCK_ONLY_HIGH"}]
+        with serve(Settings(port=0, safety=safety), backends={"local": fake}) as server:
+            blocked = _native(server, "How do I make a weapon?", settings)
+            assert blocked.json()["promptFeedback"]["blockReason"] == "SAFETY"
+            sent = json.loads(guard.requests[0].body)
+            assert guard.requests[0].path == "/v1/chat/completions" and sent["model"] == "llama-guard"
+            assert sent["messages"] == [{"role": "user", "content": "How do I make a weapon?"}]
+            fake.add(_answer("Hello there."))
+            allowed = _native(server, "Hello?", settings)  # prompt safe, answer safe
+            assert allowed.json()["candidates"][0]["finishReason"] == "STOP"
+            answer_check = json.loads(guard.requests[2].body)["messages"]
+            assert answer_check == [
+                {"role": "user", "content": "Hello?"},
+                {"role": "assistant", "content": "Hello there."},
+            ]
+            failing = _native(server, "Hello again?", settings)  # the moderation model fails: nothing passes unchecked
+            assert failing.status_code == 503 and failing.json()["error"]["status"] == "UNAVAILABLE"
+
+
+def test_a_backend_that_filters_itself_gets_the_settings_untouched() -> None:
+    gemini_like = FakeBackend()  # declares safety_filtering, as the Gemini backend does
+    settings = [
+        {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "threshold": "BLOCK_LOW_AND_ABOVE", "method": "SEVERITY"}
+    ]
+    with serve(Settings(port=0), backends={"local": gemini_like}) as server:
+        response = _native(server, INSULT, settings)
+        assert response.status_code == 200, response.text
+        sent = gemini_like.requests[0].safety_settings
+        assert sent is not None and [s.model_dump(by_alias=True, exclude_none=True) for s in sent] == settings
+
+
+def test_on_the_embedded_model(tmp_path: Any) -> None:
+    # A schema whose only value is an insult makes the real model write it: its answer is blocked,
+    # whole and streamed; a prompt is rated before the engine sees it.
+    schema = {"type": "string", "enum": [INSULT]}
+    forced = {"type": "json_schema", "json_schema": {"name": "said", "schema": schema}}
+    with serve(Settings(port=0, state_dir=tmp_path / "state")) as server:
+        whole = _chat(server, "Say something.", BLOCK_HARASSMENT, response_format=forced, max_tokens=40)
+        assert whole.status_code == 200, whole.text
+        choice = whole.json()["choices"][0]
+        assert choice["finish_reason"] == "content_filter" and choice["message"]["content"] is None
+        assert whole.json()["usage"]["completion_tokens"] > 0  # it was generated, then withheld
+        chunks = _events(
+            _chat(server, "Say something.", BLOCK_HARASSMENT, response_format=forced, max_tokens=40, stream=True)
+        )
+        assert "stupid" not in "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        assert [c["choices"][0].get("finish_reason") for c in chunks if c["choices"]][-1] == "content_filter"
+        unrestricted = _chat(server, "Say something.", response_format=forced, max_tokens=40)
+        assert "stupid" in unrestricted.json()["choices"][0]["message"]["content"]
+        prompt = _chat(server, INSULT, BLOCK_HARASSMENT)
+        assert prompt.json()["choices"][0]["finish_reason"] == "content_filter"
