@@ -31,6 +31,7 @@ from openvertex.metrics import Metrics
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.chat import ChatService
 from openvertex.service.generation import Generator
+from openvertex.service.grounding import GroundingPolicy
 from openvertex.service.keys import KeyRing, Quotas, keep_keys_and_usage
 from openvertex.service.media import MediaReader
 from openvertex.service.routing import Router
@@ -68,6 +69,7 @@ def create_app(
     caches = CachedContents(CachedContentStore(database), router, max_caches=settings.max_cached_contents)
     media = MediaReader(settings.media)
     safety = SafetyPolicy(settings.safety)
+    grounding = GroundingPolicy(settings.grounding, settings.state_dir)
     generator = Generator(
         router,
         caches,
@@ -77,6 +79,7 @@ def create_app(
         optional_signatures=settings.optional_thought_signatures,
         media=media,
         safety=safety,
+        grounding=grounding,
     )
     keys = KeyRing(settings.api_keys, ApiKeyStore(database))
     quotas = Quotas(QuotaCountStore(database) if database.shared else None)
@@ -122,6 +125,7 @@ def create_app(
             await endpoints.close()
             await media.close()
             await safety.close()
+            await grounding.close()
             database.close()
 
     app = Starlette(

@@ -241,6 +241,28 @@ class SafetyConfig(_Section):
         return self
 
 
+class GroundingSettings(_Section):
+    """What answers `googleSearch` (web_search_options) for backends without Google Search: a
+    SearxNG instance (the self-hosted metasearch engine, by its JSON API), or a folder of documents
+    indexed once with SQLite FTS5. None: such a request is a 400 on those backends."""
+
+    provider: Literal["none", "corpus", "searxng"] = "none"
+    corpus_dir: Path | None = None  # .txt, .md and .html files, read recursively
+    # Where the corpus's documents are served, for their citations' URLs; None: file:// URLs.
+    corpus_base_url: str | None = None
+    searxng_url: str | None = None
+    max_sources: int = Field(4, ge=1, le=10)
+    timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _provider_configured(self) -> GroundingSettings:
+        if self.provider == "corpus" and self.corpus_dir is None:
+            raise ValueError('provider = "corpus" needs corpus_dir')
+        if self.provider == "searxng" and not self.searxng_url:
+            raise ValueError('provider = "searxng" needs searxng_url')
+        return self
+
+
 def _default_state_dir() -> Path:
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "openvertex"
@@ -274,6 +296,7 @@ class Settings(BaseSettings):
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)  # self-deployed endpoint ids
     media: MediaSettings = Field(default_factory=MediaSettings)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    grounding: GroundingSettings = Field(default_factory=GroundingSettings)
     # Where openvertex keeps what must outlive a restart: the thought-signature secret, the
     # database (openvertex.db: context caches) and the KV of cached prefixes.
     state_dir: Path = Field(default_factory=_default_state_dir)

@@ -43,10 +43,13 @@ def stub_server(replies: list[Reply]) -> Iterator[Stub]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_POST(self) -> None:
+        def do_GET(self) -> None:
+            self.do_POST("GET")
+
+        def do_POST(self, method: str = "POST") -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             with lock:
-                stub.requests.append(Recorded("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                stub.requests.append(Recorded(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 reply = stub.replies.pop(0) if len(stub.replies) > 1 else stub.replies[0]
             self.send_response(reply.status)
             for name, value in reply.headers:

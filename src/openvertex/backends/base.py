@@ -130,7 +130,12 @@ def merge_chunks(chunks: Iterable[GenerateContentResponse]) -> GenerateContentRe
             assert target.content is not None
             target.content.parts.extend(candidate.content.parts if candidate.content else [])
             target.finish_reason = candidate.finish_reason or target.finish_reason
+            target.finish_message = candidate.finish_message or target.finish_message
+            target.safety_ratings = candidate.safety_ratings or target.safety_ratings
+            target.grounding_metadata = candidate.grounding_metadata or target.grounding_metadata
             target.logprobs_result = _join_logprobs(target.logprobs_result, candidate.logprobs_result)
+            for name, value in (candidate.model_extra or {}).items():  # citationMetadata, …: the last wins
+                setattr(target, name, value)
         merged.usage_metadata = chunk.usage_metadata or merged.usage_metadata
         merged.prompt_feedback = chunk.prompt_feedback or merged.prompt_feedback
         merged.response_id = chunk.response_id or merged.response_id

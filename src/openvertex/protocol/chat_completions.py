@@ -266,11 +266,24 @@ class AudioOut(BaseModel):
     extra_content: ExtraContentOut | None = omit_none()
 
 
+class UrlCitation(BaseModel):
+    start_index: int  # characters into the message's content
+    end_index: int
+    url: str
+    title: str
+
+
+class Annotation(BaseModel):
+    type: Literal["url_citation"] = "url_citation"
+    url_citation: UrlCitation
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCallOut] | None = omit_none()
     audio: AudioOut | None = omit_none()
+    annotations: list[Annotation] | None = omit_none()  # a grounded answer's citations
     extra_content: ExtraContentOut | None = omit_none()
 
 
@@ -344,6 +357,7 @@ class Delta(BaseModel):
     content: str | None = omit_none()
     tool_calls: list[DeltaToolCall] | None = omit_none()
     audio: AudioOut | None = omit_none()
+    annotations: list[Annotation] | None = omit_none()  # on a grounded answer's last chunk
     extra_content: ExtraContentOut | None = omit_none()
 
 

@@ -308,6 +308,7 @@ class Candidate(GeminiModel):
     finish_reason: str | None = None
     finish_message: str | None = None
     safety_ratings: list[SafetyRating] | None = None
+    grounding_metadata: dict[str, Any] | None = None  # as Gemini gives it (REST JSON names)
     logprobs_result: LogprobsResult | None = None
     avg_logprobs: float | None = None
 

@@ -13,6 +13,7 @@ import fnmatch
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from openvertex.backends.base import Backend
@@ -22,12 +23,13 @@ from openvertex.protocol import generate_content as gc
 from openvertex.request_record import RequestRecord, current_record
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.capabilities import Namer, check_capabilities, native_name
+from openvertex.service.grounding import Grounding, GroundingPolicy
 from openvertex.service.keys import check_model
 from openvertex.service.media import MediaReader
 from openvertex.service.routing import Router
 from openvertex.service.safety import SafetyCheck, SafetyPolicy
 from openvertex.service.signatures import ThoughtSigner
-from openvertex.settings import MediaSettings, SafetyConfig
+from openvertex.settings import GroundingSettings, MediaSettings, SafetyConfig
 from openvertex.translate.resources import ModelName
 
 # Backend: the HTTP handlers hold one (opaque to them) between resolving a model and using it.
@@ -45,6 +47,7 @@ class Prepared:
     cached_tokens: int  # the prompt tokens a named context cache holds
     timeout_s: float  # until the answer must be complete
     safety: SafetyCheck | None = None  # what is checked here of the prompt and the answer
+    grounding: Grounding | None = None  # the search done here for the request
 
 
 class Generator:
@@ -59,10 +62,12 @@ class Generator:
         optional_signatures: Sequence[str] = (),
         media: MediaReader | None = None,
         safety: SafetyPolicy | None = None,
+        grounding: GroundingPolicy | None = None,
     ) -> None:
         self.router = router
         self.media = media or MediaReader(MediaSettings())
         self.safety = safety or SafetyPolicy(SafetyConfig())
+        self.grounding = grounding or GroundingPolicy(GroundingSettings(), Path("."))
         self.caches = caches
         self.metrics = metrics
         self.timeout_s = timeout_s
@@ -88,6 +93,9 @@ class Generator:
         record = current_record()
         record.model, record.backend = self.router.routed_id(model), self.router.name_of(backend)
         check_model(record, record.model)
+        grounding = self.grounding.plan(request, backend.capabilities, name)
+        if grounding is not None:
+            request = grounding.without_search(request)
         check_capabilities(request, backend.capabilities, name)
         safety = self.safety.plan(request, backend.capabilities, name)
         request = await self._media(request, backend, name)
@@ -106,8 +114,10 @@ class Generator:
             )
             self.signer.check_request(request.contents, required=not optional)
         thinking = request.generation_config.thinking_config if request.generation_config else None
+        if grounding is not None:
+            request = await grounding.search(request)
         include_thoughts = bool(thinking and thinking.include_thoughts)
-        return Prepared(backend, request, model, include_thoughts, cached_tokens, deadline, safety)
+        return Prepared(backend, request, model, include_thoughts, cached_tokens, deadline, safety, grounding)
 
     def backend(self, model: ModelName, *, dialect: gc.Dialect, version: str | None, method: str | None) -> Backend:
         """The backend serving a native model name, or the 404 each dialect words its own way."""
@@ -222,6 +232,8 @@ class Generator:
                 response = await prepared.backend.generate(prepared.request, model=prepared.model.routed)
                 if self._signs(prepared.backend):
                     self.signer.sign_response(response)
+                if prepared.grounding is not None:
+                    prepared.grounding.add_metadata(response)
                 if prepared.safety is not None:  # what the client would get
                     await prepared.safety.check_answer(response)
         except TimeoutError:
@@ -250,6 +262,8 @@ class Generator:
         upstream = prepared.backend.stream(prepared.request, model=prepared.model.routed)
         if self._signs(prepared.backend):
             upstream = self.signer.sign_stream(upstream)  # sees the thoughts it seals
+        if prepared.grounding is not None:
+            upstream = prepared.grounding.guard(upstream)
         if prepared.safety is not None:
             upstream = prepared.safety.guard(upstream)  # sees what the client would
         deadline = _Deadline(prepared.timeout_s)

@@ -6,11 +6,13 @@ response is those deltas merged, so streamed and unstreamed answers cannot drift
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.arguments import ArgumentWriter, compact_json
+from openvertex.translate.citations import url_citations
 from openvertex.translate.context import ResponseContext
 from openvertex.translate.logprobs import logprobs_result_to_openai
 from openvertex.translate.tables import FINISH_REASON_DEFAULT, FINISH_REASON_TO_OPENAI
@@ -157,12 +159,29 @@ def candidate_to_choice(candidate: gc.Candidate, index: int, ctx: ResponseContex
     closing = translator.close()
     if closing is not None:
         deltas.append(closing)
+    message = merge_deltas(deltas)
+    if candidate.grounding_metadata:
+        message.annotations = url_citations(candidate.grounding_metadata, answer_spans(parts, deltas))
     return oa.Choice(
         index=index,
         finish_reason=translator.finish_reason(candidate.finish_reason),
-        message=merge_deltas(deltas),
+        message=message,
         logprobs=logprobs_result_to_openai(candidate.logprobs_result),
     )
+
+
+def answer_spans(parts: Sequence[gc.Part], deltas: Sequence[oa.Delta], emitted: int = 0) -> list[tuple[int, str]]:
+    """Where each answer text part sits in the content the deltas make (after `emitted` characters
+    already sent): a text part's delta ends with its text (it may open with a thought's closing tag)."""
+    answers = iter(part.text for part in parts if part.text and not part.thought)
+    spans = []
+    answer = next(answers, None)
+    for delta in deltas:
+        emitted += len(delta.content or "")
+        if answer is not None and delta.content and delta.content.endswith(answer):
+            spans.append((emitted - len(answer), answer))
+            answer = next(answers, None)
+    return spans
 
 
 def blocked_choice() -> oa.Choice:

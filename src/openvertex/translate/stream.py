@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
+from openvertex.translate.citations import url_citations
 from openvertex.translate.context import ResponseContext
 from openvertex.translate.logprobs import logprobs_result_to_openai
-from openvertex.translate.response import PartTranslator
+from openvertex.translate.response import PartTranslator, answer_spans
 from openvertex.translate.usage import usage_metadata_to_usage
 
 
@@ -21,6 +22,8 @@ class ChunkTranslator:
         self._include_usage = include_usage
         self._parts: dict[int, PartTranslator] = {}
         self._finished: set[int] = set()
+        self._emitted: dict[int, int] = {}  # characters of content sent, per candidate
+        self._spans: dict[int, list[tuple[int, str]]] = {}  # where its answer text parts went
         self._usage = gc.UsageMetadata()
         self._response_id: str | None = None
 
@@ -52,6 +55,14 @@ class ChunkTranslator:
         translator = self._translator(index)
         parts = candidate.content.parts if candidate.content is not None else []
         deltas = [d for d in map(translator.translate, parts) if d is not None]
+        if any(part.text for part in parts):  # where the answer's text went, for its citations
+            spans = self._spans.setdefault(index, [])
+            spans += answer_spans(parts, deltas, self._emitted.get(index, 0))
+        self._emitted[index] = self._emitted.get(index, 0) + sum(len(d.content or "") for d in deltas)
+        if candidate.grounding_metadata:
+            annotations = url_citations(candidate.grounding_metadata, self._spans.get(index, []))
+            if annotations:
+                deltas.append(oa.Delta(annotations=annotations))
         reason = None
         if candidate.finish_reason is not None:
             closing = translator.close()
