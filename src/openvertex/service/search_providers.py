@@ -3,8 +3,9 @@
 - `Searxng`: a SearxNG instance's JSON API (`/search?q=…&format=json`), the self-hosted
   metasearch engine.
 - `LocalCorpus`: a folder of documents (.txt, .md, .html), cut into passages and indexed with SQLite
-  FTS5 in `state_dir`; indexed again only when a file was added, changed or removed. A question's
-  words are searched with OR (bm25 ranking), one passage per document.
+  FTS5 in `state_dir` at the first search after a start (again only if a file was added, changed or
+  removed since the index was built). A question's words, common English words left out, are
+  searched with OR (bm25 ranking), one passage per document.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ _SUFFIXES = (".txt", ".md", ".html", ".htm")
 _PASSAGE_CHARS = 800
 _WORD = re.compile(r"\w+", re.UNICODE)
 _TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.DOTALL | re.IGNORECASE)
-MAX_QUERY_WORDS = 32
+MAX_QUERY_WORDS = 24
+# Words that match nearly every English passage: searching for them costs time and ranks nothing.
+_COMMON_WORDS = (
+    "a an and are as at be been but by can could did do does for from had has have how i if in into is it its"
+    " me my no not of on or our she so than that the their them then there these they this to was we were"
+    " what when where which who whom why will with would you your"
+)
+_STOPWORDS = frozenset(_COMMON_WORDS.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,23 +90,23 @@ class LocalCorpus:
         self._index = index
         self._base_url = base_url.rstrip("/") if base_url else None
         self._lock = threading.Lock()
-        self._ready = False
+        self._db: sqlite3.Connection | None = None
 
     async def search(self, query: str, limit: int) -> list[Source]:
         return await asyncio.to_thread(self._search, query, limit)
 
     def _search(self, query: str, limit: int) -> list[Source]:
-        words = list(dict.fromkeys(word.lower() for word in _WORD.findall(query)))[:MAX_QUERY_WORDS]
+        words = [word for word in dict.fromkeys(w.lower() for w in _WORD.findall(query)) if word not in _STOPWORDS]
         if not words:
             return []
-        match = " OR ".join('"' + word.replace('"', '""') + '"' for word in words)
+        # Each word quoted: a question's text is never read as FTS5 query syntax.
+        match = " OR ".join('"' + word.replace('"', '""') + '"' for word in words[:MAX_QUERY_WORDS])
         with self._lock:
-            self._build()
-            with sqlite3.connect(self._index) as db:
-                rows = db.execute(
-                    "SELECT path, title, text FROM passages WHERE passages MATCH ? ORDER BY bm25(passages) LIMIT ?",
-                    (match, limit * 8),
-                ).fetchall()
+            db = self._open()
+            rows = db.execute(
+                "SELECT path, title, text FROM passages WHERE passages MATCH ? ORDER BY bm25(passages) LIMIT ?",
+                (match, limit * 8),
+            ).fetchall()
         sources: list[Source] = []
         seen: set[str] = set()
         for path, title, text in rows:  # the best passage of each document
@@ -112,10 +120,15 @@ class LocalCorpus:
             return (self._folder / relative).as_uri()
         return f"{self._base_url}/{quote(relative)}"
 
+    def _open(self) -> sqlite3.Connection:
+        """The index, built first if the folder changed since it was (under the lock)."""
+        if self._db is None:
+            self._build()
+            self._db = sqlite3.connect(self._index, check_same_thread=False)  # used under the lock only
+        return self._db
+
     def _build(self) -> None:
         """Index the folder, unless the index holds it as it is now."""
-        if self._ready:
-            return
         files = sorted(p for p in self._folder.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES)
         stamp = hashlib.sha256(
             "\n".join(
@@ -138,10 +151,13 @@ class LocalCorpus:
                     )
                 db.execute("DELETE FROM stamp")
                 db.execute("INSERT INTO stamp VALUES (?)", (stamp,))
-        self._ready = True
+        db.close()
 
     async def close(self) -> None:
-        return None
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 def _read(path: Path) -> tuple[str, list[str]]:
