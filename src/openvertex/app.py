@@ -112,12 +112,13 @@ def create_app(
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
+        indexing = asyncio.create_task(grounding.start())  # a corpus is indexed while the model loads
         keeping = asyncio.create_task(keep_keys_and_usage(keys, quotas, UsageStore(database), settings.keys_refresh_s))
         try:
             with _reloads_on_sighup(reloading):
                 yield
         finally:
-            for task in (starting, sweeping, keeping):
+            for task in (starting, sweeping, keeping, indexing):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
@@ -173,7 +174,13 @@ def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing) ->
     now says (a blocking call: files and the database are read). False: it did not load, and
     what runs is unchanged."""
 
+    one_at_a_time = threading.Lock()  # two signals in a row: the second reload waits for the first
+
     def apply() -> bool:
+        with one_at_a_time:
+            return load()
+
+    def load() -> bool:
         try:
             fresh = reload()
             router.replace_routes(fresh.routes)

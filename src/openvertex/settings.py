@@ -256,8 +256,8 @@ class GroundingSettings(_Section):
 
     @model_validator(mode="after")
     def _provider_configured(self) -> GroundingSettings:
-        if self.provider == "corpus" and self.corpus_dir is None:
-            raise ValueError('provider = "corpus" needs corpus_dir')
+        if self.provider == "corpus" and (self.corpus_dir is None or not self.corpus_dir.expanduser().is_dir()):
+            raise ValueError(f'provider = "corpus" needs corpus_dir, a folder ({self.corpus_dir} is not one)')
         if self.provider == "searxng" and not self.searxng_url:
             raise ValueError('provider = "searxng" needs searxng_url')
         return self

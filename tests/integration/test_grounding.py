@@ -110,9 +110,10 @@ def test_sources_reach_the_prompt_and_the_answer_cites_them(server: RunningServe
     # The model was given the sources, numbered, and no search tool.
     sent = fake.requests[0]
     assert sent.tools is None and sent.system_instruction is not None
-    instruction = sent.system_instruction.parts[-1].text or ""
-    assert "[1] The Zorblax festival (https://docs.example/kb/festival.md)" in instruction
-    assert "takes place in Quenton" in instruction
+    assert "cite it by its number" in (sent.system_instruction.parts[-1].text or "")  # the server's instruction
+    results = sent.contents[-1].parts[0].text or ""  # the web's text, in the user's turn
+    assert "[1] The Zorblax festival (https://docs.example/kb/festival.md)" in results
+    assert "takes place in Quenton" in results and sent.contents[-1].parts[-1].text == QUESTION
     _check_segments(ANSWER, metadata)
     supports = {s["segment"]["text"]: s for s in metadata["groundingSupports"]}
     fact = "Selon la légende — the Zorblax festival takes place in Quenton every March."
@@ -175,6 +176,8 @@ def test_searxng_on_a_local_server(fake: FakeBackend, tmp_path: Path) -> None:
     results = {
         "query": QUESTION,
         "results": [
+            {"url": "javascript:alert(1)", "title": "Not a page", "content": "Zorblax festival Quenton"},
+            {"url": "http://[::1", "title": "Broken", "content": "Zorblax festival Quenton"},
             {
                 "url": "https://zorblax.example/about",
                 "title": "About Zorblax",

@@ -38,23 +38,29 @@ def fake() -> FakeBackend:
 @pytest.fixture
 def server(fake: FakeBackend) -> Iterator[RunningServer]:
     safety = SafetyConfig(
-        window_chars=24, blocklist=BlocklistSettings(terms=["forbidden fruit"], patterns=[r"\bcode-\d{4}\b"])
+        window_chars=24, blocklist=BlocklistSettings(terms=["forbidden fruit", "badword"], patterns=[r"\bcode-\d{4}\b"])
     )
     with serve(Settings(port=0, safety=safety), backends={"local": fake}) as running:
         yield running
 
 
-def _answer(*texts: str) -> list[gc.GenerateContentResponse]:
-    """One chunk per text, the last finishing, each with the usage so far."""
+def _answer(*texts: str, index: int = 0, usage_at_end: bool = False) -> list[gc.GenerateContentResponse]:
+    """One chunk per text, the last finishing, each with the usage so far (or only the last, as
+    the embedded backend does)."""
     chunks = []
     for number, text in enumerate(texts, 1):
+        last = number == len(texts)
         candidate = gc.Candidate(
-            index=0,
+            index=index,
             content=gc.Content(role="model", parts=[gc.Part(text=text)]),
-            finish_reason="STOP" if number == len(texts) else None,
+            finish_reason="STOP" if last else None,
         )
         usage = gc.UsageMetadata(prompt_token_count=5, candidates_token_count=number, total_token_count=5 + number)
-        chunks.append(gc.GenerateContentResponse(candidates=[candidate], usage_metadata=usage))
+        chunks.append(
+            gc.GenerateContentResponse(
+                candidates=[candidate], usage_metadata=usage if last or not usage_at_end else None
+            )
+        )
     return chunks
 
 
@@ -166,6 +172,61 @@ def test_a_stream_stops_at_the_first_blocked_window(server: RunningServer, fake:
     ]
     assert finishes == ["content_filter"]
     assert chunks[-1]["usage"]["prompt_tokens"] == 5
+
+
+def _sent_text(events: list[dict[str, Any]]) -> str:
+    return "".join(
+        p.get("text", "")
+        for e in events
+        for c in e.get("candidates", [])
+        for p in c.get("content", {}).get("parts", [])
+    )
+
+
+def test_no_text_is_sent_before_it_is_rated(server: RunningServer, fake: FakeBackend) -> None:
+    # The first chunk fills a window: only its rated part (up to its last whitespace) goes out.
+    fake.add(_answer("one two three four five badword", " six seven", " end.", usage_at_end=True))
+    events = _events(_native(server, "Count.", stream=True))
+    assert _sent_text(events) == "one two three four five "
+    assert events[-1]["candidates"][0]["finishReason"] == "BLOCKLIST"
+    # Stopped before the backend's last chunk: the usage is counted here, not left out.
+    usage = events[-1]["usageMetadata"]
+    assert usage["promptTokenCount"] > 0 and usage["candidatesTokenCount"] > 0
+
+    # Two candidates: one's window coming due sends nothing of the other's unrated text.
+    first = _answer("alpha beta gamma delta epsilon zeta eta theta iota", " kappa.", index=0)
+    second = _answer("a badword", " here.", index=1)
+    fake.add([first[0], second[0], first[1], second[1]])
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "Two."}]}],
+        "generationConfig": {"candidateCount": 2},
+    }
+    response = httpx.post(f"{server.url}{NATIVE}:streamGenerateContent?alt=sse", json=body, headers=AUTH, timeout=60)
+    events = _events(response)
+    assert "badword" not in response.text
+    ends = {c["index"]: c["finishReason"] for e in events for c in e.get("candidates", []) if "finishReason" in c}
+    assert ends == {0: "STOP", 1: "BLOCKLIST"}
+
+
+def test_a_blocked_answer_keeps_nothing_that_quotes_it(server: RunningServer, fake: FakeBackend) -> None:
+    answer = gc.GenerateContentResponse.model_validate(
+        {
+            "candidates": [
+                {
+                    "index": 0,
+                    "content": {"role": "model", "parts": [{"text": "The badword is here."}]},
+                    "finishReason": "STOP",
+                    "groundingMetadata": {"groundingSupports": [{"segment": {"text": "The badword is here."}}]},
+                    "citationMetadata": {"citations": [{"title": "badword"}]},
+                    "avgLogprobs": -0.5,
+                }
+            ]
+        }
+    )
+    fake.add([answer])
+    response = _native(server, "Well?")
+    assert response.status_code == 200, response.text
+    assert "badword" not in response.text and response.json()["candidates"][0]["finishReason"] == "BLOCKLIST"
 
 
 def test_the_blocklist_applies_whatever_the_settings(server: RunningServer, fake: FakeBackend) -> None:

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from openvertex.errors import ApiError, InternalError, InvalidArgumentError, NotFoundError
+from openvertex.logs import printable
 
 log = logging.getLogger(__name__)
 
@@ -93,5 +94,5 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("internal error on %s %s", request.method, printable(request.url.path), exc_info=exc)
     return error_response(InternalError("Internal error encountered."), wrapped=wraps_errors(request))

@@ -233,7 +233,7 @@ class Generator:
                 if self._signs(prepared.backend):
                     self.signer.sign_response(response)
                 if prepared.grounding is not None:
-                    prepared.grounding.add_metadata(response)
+                    prepared.grounding.add_metadata(response, include_thoughts=prepared.include_thoughts)
                 if prepared.safety is not None:  # what the client would get
                     await prepared.safety.check_answer(response)
         except TimeoutError:

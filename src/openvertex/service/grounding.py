@@ -12,6 +12,7 @@ answer text (its text parts other than thoughts, joined), as Gemini counts them.
 from __future__ import annotations
 
 import html
+import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from openvertex.protocol import generate_content as gc
 from openvertex.service.capabilities import Namer
 from openvertex.service.search_providers import LocalCorpus, SearchProvider, Searxng, Source
 from openvertex.settings import GroundingSettings
+
+log = logging.getLogger(__name__)
 
 RETRIEVAL_REFUSED = (
     "Unable to submit request because google_search_retrieval is not supported; please use google_search field "
@@ -73,6 +76,14 @@ class GroundingPolicy:
             raise unsupported(name(f"tools[{searched}].googleSearch.{option}"), f"the search option {option!r}")
         return Grounding(self._provider, self._settings.max_sources, self._search_url)
 
+    async def start(self) -> None:
+        if self._provider is None:
+            return
+        try:
+            await self._provider.start()
+        except Exception:  # searches will try again, and fail with the same error in view
+            log.exception("could not get the grounding provider ready")
+
     async def close(self) -> None:
         if self._provider is not None:
             await self._provider.close()
@@ -106,14 +117,23 @@ class Grounding:
             f"[{number}] {source.title} ({source.uri})\n{source.text[:SOURCE_CHARS]}"
             for number, source in enumerate(self.sources, 1)
         )
+        # The instruction is the server's, in the system turn; the results are the web's, in the
+        # user's turn (a page cannot speak with the system's voice), before the question.
         system = request.system_instruction or gc.Content(parts=[])
-        parts = [*system.parts, gc.Part(text=f"{INSTRUCTION}\n\n{listed}")]
-        return request.model_copy(update={"system_instruction": system.model_copy(update={"parts": parts})})
+        system = system.model_copy(update={"parts": [*system.parts, gc.Part(text=INSTRUCTION)]})
+        contents = list(request.contents)
+        last = max(i for i, content in enumerate(contents) if content.role in (None, "user"))
+        results = gc.Part(text=f"Search results:\n\n{listed}\n\nEnd of the search results.\n\n")
+        contents[last] = contents[last].model_copy(update={"parts": [results, *contents[last].parts]})
+        return request.model_copy(update={"system_instruction": system, "contents": contents})
 
-    def add_metadata(self, response: gc.GenerateContentResponse) -> None:
+    def add_metadata(self, response: gc.GenerateContentResponse, *, include_thoughts: bool) -> None:
         for candidate in response.candidates or []:
             parts = candidate.content.parts if candidate.content is not None else []
-            candidate.grounding_metadata = self.metadata(_text(parts), _first_text(parts))
+            shown = (
+                parts if include_thoughts else [part for part in parts if not part.thought]
+            )  # as the client gets them
+            candidate.grounding_metadata = self.metadata(_text(parts), _first_text(shown))
 
     async def guard(
         self, upstream: AsyncIterator[gc.GenerateContentResponse]

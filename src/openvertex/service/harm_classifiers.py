@@ -25,6 +25,7 @@ import aiohttp
 from openvertex.errors import UnavailableError
 from openvertex.settings import BlocklistSettings, ModerationSettings
 
+MODERATION_CALLS = 8  # in flight at once, per server
 Ratings = dict[str, float]  # a category → the probability that the text is harmful in it
 
 
@@ -87,6 +88,7 @@ class ModerationClassifier:
         self._settings = settings
         self._url = f"{settings.url}/chat/completions"
         self._session: aiohttp.ClientSession | None = None
+        self._calls = asyncio.Semaphore(MODERATION_CALLS)  # a long text's windows do not flood the model
         self._headers = {"Content-Type": "application/json"}
         if settings.bearer_token is not None:
             self._headers["Authorization"] = f"Bearer {settings.bearer_token.get_secret_value()}"
@@ -95,6 +97,10 @@ class ModerationClassifier:
         return list(await asyncio.gather(*(self._rate(text, prompt) for text in texts)))
 
     async def _rate(self, text: str, prompt: str | None) -> Ratings:
+        async with self._calls:
+            return await self._call(text, prompt)
+
+    async def _call(self, text: str, prompt: str | None) -> Ratings:
         # A prompt is the user's turn; an answer is the assistant's, after the user's turn it answers.
         messages = [{"role": "user", "content": text}]
         if prompt is not None:

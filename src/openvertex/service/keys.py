@@ -298,14 +298,16 @@ async def keep_keys_and_usage(keys: KeyRing, quotas: Quotas, store: UsageStore, 
 
 async def _write(quotas: Quotas, store: UsageStore) -> None:
     usage, tokens = quotas.take_usage(), quotas.take_shared_tokens()
+    # Put back only what a failed write did not write: a cancelled wait leaves its thread running
+    # to its commit, so a cancellation puts nothing back (the final write would count it twice).
     try:
         await asyncio.to_thread(store.add, usage)
-    except BaseException:
+    except Exception:
         quotas.restore(usage, tokens)
         raise
     if quotas.counts is not None:
         try:
             await asyncio.to_thread(quotas.counts.add_tokens, tokens, now_minute=int(time.time() // 60))
-        except BaseException:
+        except Exception:
             quotas.restore([], tokens)
             raise

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from openvertex.backends.base import Backend, Capabilities
 from openvertex.errors import InvalidArgumentError, unsupported
@@ -38,6 +39,9 @@ LEVELS = ("NEGLIGIBLE", "LOW", "MEDIUM", "HIGH")
 _LEVEL_FLOORS = (0.25, 0.5, 0.75)  # the probability at which LOW, MEDIUM and HIGH start
 _BLOCKS_FROM = {"BLOCK_LOW_AND_ABOVE": 1, "BLOCK_MEDIUM_AND_ABOVE": 2, "BLOCK_ONLY_HIGH": 3}  # the lowest blocked level
 _UNRATED = frozenset({"OFF"})
+MAX_RATED_CHARS = 256 * 1024  # of a prompt's user turns, when classifiers rate it
+CONTEXT_CHARS = 4000  # of the last user turn, sent to a moderation model with each answer window
+OFF_LOOP_CHARS = 64 * 1024  # texts longer than this are matched and cut on a worker thread
 
 
 def level(probability: float) -> int:
@@ -86,7 +90,7 @@ class SafetyPolicy:
             thresholds[setting.category] = setting.threshold
         if not thresholds and not self.blocklist:
             return None
-        return SafetyCheck(self, thresholds)
+        return SafetyCheck(self, thresholds, name)
 
     async def rate(self, texts: Sequence[str], categories: Sequence[str], *, prompt: str | None) -> Ratings:
         """The highest probability each category gets over `texts`."""
@@ -140,10 +144,13 @@ class Verdict:
 class SafetyCheck:
     """One request's checks: its prompt, then its answer (whole, or as a stream)."""
 
-    def __init__(self, policy: SafetyPolicy, thresholds: dict[str, str]) -> None:
+    def __init__(self, policy: SafetyPolicy, thresholds: dict[str, str], name: Namer) -> None:
         self._policy = policy
         self._thresholds = thresholds
+        self._name = name
         self._prompt: str | None = None  # the last user turn, which an answer is rated as answering
+        self._candidates = 1
+        self._source: tuple[Backend, gc.GenerateContentRequest, str] | None = None  # for token counts
 
     async def prompt_block(
         self, request: gc.GenerateContentRequest, backend: Backend, model: str
@@ -151,7 +158,17 @@ class SafetyCheck:
         """Gemini's blocked prompt when the prompt is blocked, else None."""
         turns = [_text(content.parts) for content in request.contents if content.role in (None, "user")]
         turns = [turn for turn in turns if turn]
-        self._prompt = turns[-1] if turns else None
+        total = sum(map(len, turns))
+        if self._thresholds and total > MAX_RATED_CHARS:  # rated whole, or not at all
+            raise InvalidArgumentError(
+                f"safety settings are enforced on at most {MAX_RATED_CHARS} characters of a prompt's user turns "
+                f"here; this prompt has {total}",
+                param=self._name("safetySettings"),
+            )
+        self._prompt = turns[-1][-CONTEXT_CHARS:] if turns else None
+        config = request.generation_config
+        self._candidates = (config.candidate_count if config else None) or 1
+        self._source = (backend, request, model)
         verdict = await self._judge(turns, prompt=None)
         if verdict.reason is None:
             return None
@@ -175,58 +192,83 @@ class SafetyCheck:
     async def guard(
         self, upstream: AsyncIterator[gc.GenerateContentResponse]
     ) -> AsyncIterator[gc.GenerateContentResponse]:
-        """The stream, each window of each candidate's text held until it is rated."""
-        held: list[gc.GenerateContentResponse] = []
-        pending: dict[int, str] = {}  # text not yet rated, per candidate
-        verdicts: dict[int, Verdict] = {}
-        blocked: set[int] = set()
-        usage: gc.UsageMetadata | None = None
+        """The stream with each candidate's answer text held until it is rated, a window at a time;
+        thoughts and function calls go on as soon as the text before them has."""
+        held: dict[int, _Held] = {}
+        chunk: gc.GenerateContentResponse | None = None
         try:
             async for chunk in upstream:
-                usage = chunk.usage_metadata or usage
-                _drop(chunk, blocked)
-                held.append(chunk)
-                due = _due(chunk, pending, self._policy.window_chars)
-                if not due:
-                    continue
-                newly = await self._judge_windows(due, pending, verdicts)
-                for ready in _released(held, newly, verdicts):
-                    yield ready
-                held = []
-                if newly:
-                    blocked |= set(newly)
-                    yield gc.GenerateContentResponse(
-                        candidates=[_blocked(index, verdict) for index, verdict in sorted(newly.items())],
-                        usage_metadata=usage,
-                    )
-                    if all(index in blocked for index in pending):
-                        return  # nothing left to send: the generation stops here
-            for ready in held:
-                yield ready
+                for position, candidate in enumerate(chunk.candidates or []):
+                    index = _index(candidate, position)
+                    held.setdefault(index, _Held()).add(candidate)
+                candidates = await self._release(held, final=False)
+                blocked = any(h.blocked for h in held.values())
+                stop = blocked and all(i in held and held[i].closed for i in range(self._candidates))
+                update: dict[str, Any] = {"candidates": candidates or None}
+                if stop and not _counts_output(chunk.usage_metadata):
+                    update["usage_metadata"] = await self._usage_so_far(held)
+                if candidates or chunk.usage_metadata is not None or chunk.prompt_feedback is not None or stop:
+                    yield chunk.model_copy(update=update)
+                if stop:
+                    return  # nothing more of this answer will be sent: its generation stops here
+            # The upstream ended: what is left is rated now, a candidate it never finished included.
+            candidates = await self._release(held, final=True)
+            if candidates and chunk is not None:
+                yield chunk.model_copy(update={"candidates": candidates, "usage_metadata": None})
         finally:
             with contextlib.suppress(Exception):
                 await upstream.aclose()  # type: ignore[attr-defined]
 
-    async def _judge_windows(
-        self, due: dict[int, str], pending: dict[int, str], verdicts: dict[int, Verdict]
-    ) -> dict[int, Verdict]:
-        """Rate each candidate's due window, taken off its pending text; the candidates it blocks."""
+    async def _release(self, held: dict[int, _Held], *, final: bool) -> list[gc.Candidate]:
+        """Rate each candidate's due window; the candidates to send now: their rated parts (and
+        their end), or their block."""
+        window = self._policy.window_chars
+        due = {index: text for index, h in held.items() if (text := h.due(window, final=final)) is not None}
         judged = await asyncio.gather(*(self._judge([text], prompt=self._prompt) for text in due.values()))
-        newly: dict[int, Verdict] = {}
-        for index, verdict in zip(due, judged, strict=True):
-            pending[index] = pending[index][len(due[index]) :]
-            verdicts[index] = verdicts.get(index, Verdict()).merge(verdict)
-            if verdict.reason is not None:
-                newly[index] = verdicts[index]
-        return newly
+        verdicts = dict(zip(due, judged, strict=True))
+        candidates = []
+        for index, h in sorted(held.items()):
+            if h.closed:
+                continue
+            verdict = verdicts.get(index)
+            if verdict is not None and verdict.reason is not None:
+                candidates.append(h.block(index, verdict))
+                continue
+            if verdict is not None:
+                h.verdict = h.verdict.merge(verdict)
+            candidate = h.release(index, len(due.get(index, "")), final=final)
+            if candidate is not None:
+                candidates.append(candidate)
+        return candidates
+
+    async def _usage_so_far(self, held: dict[int, _Held]) -> gc.UsageMetadata | None:
+        """A stream stopped before its backend gave its usage: the prompt's tokens, and the text
+        generated so far tokenized as an answer (the backend's own count is not known)."""
+        if self._source is None:
+            return None
+        backend, request, model = self._source
+        prompt = await backend.count_tokens(request, model=model)
+        said = gc.GenerateContentRequest(contents=[gc.Content(role="model", parts=[gc.Part(text="")])])
+        empty = await backend.count_tokens(said, model=model)
+        output = 0
+        for h in held.values():
+            if h.seen:
+                said.contents[0].parts[0].text = h.seen
+                output += max(0, await backend.count_tokens(said, model=model) - empty)
+        return gc.UsageMetadata(
+            prompt_token_count=prompt, candidates_token_count=output, total_token_count=prompt + output
+        )
 
     async def _judge(self, texts: Sequence[str], *, prompt: str | None) -> Verdict:
         texts = [text for text in texts if text]
         if not texts:
             return Verdict()
-        if self._policy.blocklist and any(self._policy.blocklist.hit(text) for text in texts):
+        if sum(map(len, texts)) > OFF_LOOP_CHARS:  # a long text's matching and cutting: off the event loop
+            hit, windows = await asyncio.to_thread(self._prepare, texts)
+        else:
+            hit, windows = self._prepare(texts)
+        if hit:
             return Verdict(reason="BLOCKLIST")
-        windows = [piece for text in texts for piece in _windows(text, self._policy.window_chars)]
         ratings = await self._policy.rate(windows, list(self._thresholds), prompt=prompt)
         blocked = frozenset(
             category
@@ -234,6 +276,106 @@ class SafetyCheck:
             if level(score) >= _BLOCKS_FROM.get(self._thresholds[category], len(LEVELS))
         )
         return Verdict(ratings, "SAFETY" if blocked else None, blocked)
+
+    def _prepare(self, texts: list[str]) -> tuple[bool, list[str]]:
+        """Whether the blocklist holds any of the texts, and the windows the classifiers rate."""
+        blocklist = self._policy.blocklist
+        if blocklist and any(blocklist.hit(text) for text in texts):
+            return True, []
+        if not self._thresholds:
+            return False, []
+        return False, [piece for text in texts for piece in _windows(text, self._policy.window_chars)]
+
+
+@dataclass(slots=True)
+class _Held:
+    """What a stream holds of one candidate until it is rated."""
+
+    parts: list[gc.Part] = field(default_factory=list)
+    pending: str = ""  # the answer text in `parts`: not yet rated
+    seen: str = ""  # all of its answer text so far
+    logprobs: list[gc.LogprobsResult] = field(default_factory=list)
+    last: gc.Candidate | None = None  # its latest candidate as the backend sent it
+    verdict: Verdict = field(default_factory=Verdict)
+    finished: bool = False  # the backend ended it
+    closed: bool = False  # its end (or its block) was sent
+    blocked: bool = False
+
+    def add(self, candidate: gc.Candidate) -> None:
+        if self.closed:
+            return  # blocked: the rest of it is dropped
+        parts = _parts(candidate)
+        self.parts += parts
+        text = _text(parts)
+        self.pending += text
+        self.seen += text
+        if candidate.logprobs_result is not None:
+            self.logprobs.append(candidate.logprobs_result)
+        self.last = candidate
+        self.finished = self.finished or candidate.finish_reason is not None
+
+    def due(self, window: int, *, final: bool) -> str | None:
+        """The text to rate now, if any: all that is pending at its end, else a window's worth."""
+        if self.closed:
+            return None
+        if self.finished or final:
+            return self.pending
+        return _cut(self.pending, final=False) if len(self.pending) >= window else None
+
+    def release(self, index: int, rated: int, *, final: bool) -> gc.Candidate | None:
+        """The candidate to send with the parts whose answer text is rated (`rated` characters more
+        of it), and the parts that need no rating before the first that is not."""
+        out: list[gc.Part] = []
+        self.pending = self.pending[rated:]
+        while self.parts:
+            part = self.parts[0]
+            if not part.text or part.thought:
+                out.append(self.parts.pop(0))
+            elif len(part.text) <= rated:
+                rated -= len(part.text)
+                out.append(self.parts.pop(0))
+            else:
+                if rated:  # a part cut at the window's end: its signature stays with its start
+                    out.append(part.model_copy(update={"text": part.text[:rated]}))
+                    self.parts[0] = part.model_copy(update={"text": part.text[rated:], "thought_signature": None})
+                break
+        ending = (self.finished or final) and not self.parts
+        if not out and not ending:
+            return None
+        content = gc.Content(role="model", parts=out) if out else None
+        if not ending:
+            return gc.Candidate(index=index, content=content)
+        self.closed = True
+        last = self.last or gc.Candidate(index=index)
+        return last.model_copy(
+            update={
+                "index": index,
+                "content": content,
+                "safety_ratings": self.verdict.safety_ratings(),
+                "logprobs_result": _joined(self.logprobs),  # held to the end: they hold the tokens' text
+            }
+        )
+
+    def block(self, index: int, verdict: Verdict) -> gc.Candidate:
+        self.verdict = self.verdict.merge(verdict)
+        self.parts, self.pending, self.logprobs = [], "", []
+        self.closed = self.blocked = True
+        candidate = gc.Candidate(index=index)
+        _apply(candidate, self.verdict)
+        return candidate
+
+
+def _joined(results: list[gc.LogprobsResult]) -> gc.LogprobsResult | None:
+    if not results:
+        return None
+    return gc.LogprobsResult(
+        chosen_candidates=[c for r in results for c in r.chosen_candidates or []],
+        top_candidates=[c for r in results for c in r.top_candidates or []],
+    )
+
+
+def _counts_output(usage: gc.UsageMetadata | None) -> bool:
+    return usage is not None and usage.candidates_token_count is not None
 
 
 def _parts(candidate: gc.Candidate) -> list[gc.Part]:
@@ -258,66 +400,29 @@ def _cut(text: str, *, final: bool) -> str:
 
 
 def _windows(text: str, size: int) -> list[str]:
+    """The text in windows of at most `size` characters, cut at whitespace where there is some."""
     windows = []
-    while len(text) > size:
-        piece = _cut(text[:size], final=False)
+    start = 0
+    while len(text) - start > size:
+        piece = _cut(text[start : start + size], final=False)
         windows.append(piece)
-        text = text[len(piece) :]
-    return [*windows, text] if text else windows
-
-
-def _due(chunk: gc.GenerateContentResponse, pending: dict[int, str], window: int) -> dict[int, str]:
-    """The chunk's text added to each candidate's pending text; the windows to rate now: a
-    candidate's whole pending text when it finishes, else its first `window` characters' worth."""
-    finishing = set()
-    for position, candidate in enumerate(chunk.candidates or []):
-        index = _index(candidate, position)
-        pending[index] = pending.get(index, "") + _text(_parts(candidate))
-        if candidate.finish_reason is not None:
-            finishing.add(index)
-    return {
-        index: _cut(text, final=index in finishing)
-        for index, text in pending.items()
-        if index in finishing or len(text) >= window
-    }
-
-
-def _released(
-    held: list[gc.GenerateContentResponse], blocked: dict[int, Verdict], verdicts: dict[int, Verdict]
-) -> list[gc.GenerateContentResponse]:
-    """The held chunks that may go now: without the candidates just blocked, finishing candidates
-    with their ratings."""
-    for chunk in held:
-        _drop(chunk, set(blocked))
-        _rate_finished(chunk, verdicts)
-    return [chunk for chunk in held if chunk.candidates or chunk.usage_metadata or chunk.prompt_feedback]
-
-
-def _drop(chunk: gc.GenerateContentResponse, blocked: set[int]) -> None:
-    if blocked and chunk.candidates:
-        kept = [c for position, c in enumerate(chunk.candidates) if _index(c, position) not in blocked]
-        chunk.candidates = kept or None
-
-
-def _rate_finished(chunk: gc.GenerateContentResponse, verdicts: dict[int, Verdict]) -> None:
-    for position, candidate in enumerate(chunk.candidates or []):
-        verdict = verdicts.get(_index(candidate, position))
-        if candidate.finish_reason is not None and verdict is not None:
-            candidate.safety_ratings = verdict.safety_ratings()
+        start += len(piece)
+    return [*windows, text[start:]] if start < len(text) else windows
 
 
 def _apply(candidate: gc.Candidate, verdict: Verdict) -> None:
     candidate.safety_ratings = verdict.safety_ratings()
     if verdict.reason is not None:
+        # Nothing of the blocked text stays: not its parts, its tokens, nor the sentences that
+        # grounding metadata or any other field quotes.
+        for name in list(candidate.model_extra or {}):
+            delattr(candidate, name)
         candidate.content = None
+        candidate.logprobs_result = None
+        candidate.avg_logprobs = None
+        candidate.grounding_metadata = None
         candidate.finish_reason = verdict.reason
         candidate.finish_message = _message("The answer", verdict)
-
-
-def _blocked(index: int, verdict: Verdict) -> gc.Candidate:
-    candidate = gc.Candidate(index=index)
-    _apply(candidate, verdict)
-    return candidate
 
 
 def _message(what: str, verdict: Verdict) -> str:

@@ -47,10 +47,15 @@ class Source:
 
     @property
     def domain(self) -> str:
-        return urlsplit(self.uri).hostname or "local"
+        try:
+            return urlsplit(self.uri).hostname or "local"
+        except ValueError:
+            return "local"
 
 
 class SearchProvider(Protocol):
+    async def start(self) -> None: ...
+
     async def search(self, query: str, limit: int) -> list[Source]: ...
 
     async def close(self) -> None: ...
@@ -61,6 +66,9 @@ class Searxng:
         self._url = url.rstrip("/") + "/search"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        return None
 
     async def search(self, query: str, limit: int) -> list[Source]:
         if self._session is None:
@@ -73,7 +81,7 @@ class Searxng:
             sources = [
                 Source(str(result["url"]), str(result.get("title") or result["url"]), str(result.get("content") or ""))
                 for result in results
-                if isinstance(result, dict) and isinstance(result.get("url"), str)
+                if isinstance(result, dict) and _is_web_url(result.get("url"))
             ]
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             raise UnavailableError("The search engine did not answer; the request could not be grounded.") from None
@@ -84,6 +92,17 @@ class Searxng:
             await self._session.close()
 
 
+def _is_web_url(url: object) -> bool:
+    """An http(s) URL with a host: what a citation may link to (never javascript:, data:, …)."""
+    if not isinstance(url, str) or len(url) > 4096:
+        return False
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # an unbalanced IPv6 bracket, a bad port
+        return False
+
+
 class LocalCorpus:
     def __init__(self, folder: Path, index: Path, *, base_url: str | None) -> None:
         self._folder = folder.expanduser().resolve()
@@ -91,6 +110,14 @@ class LocalCorpus:
         self._base_url = base_url.rstrip("/") if base_url else None
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+
+    async def start(self) -> None:
+        """Index the folder now (at the server's start), not at the first question."""
+        await asyncio.to_thread(self._connected)
+
+    def _connected(self) -> None:
+        with self._lock:
+            self._open()
 
     async def search(self, query: str, limit: int) -> list[Source]:
         return await asyncio.to_thread(self._search, query, limit)
@@ -154,6 +181,9 @@ class LocalCorpus:
         db.close()
 
     async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
         with self._lock:
             if self._db is not None:
                 self._db.close()

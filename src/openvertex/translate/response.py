@@ -155,13 +155,14 @@ def merge_deltas(deltas: list[oa.Delta]) -> oa.ResponseMessage:
 def candidate_to_choice(candidate: gc.Candidate, index: int, ctx: ResponseContext) -> oa.Choice:
     translator = PartTranslator(ctx)
     parts = candidate.content.parts if candidate.content is not None else []
-    deltas = [d for d in map(translator.translate, parts) if d is not None]
+    translated = [translator.translate(part) for part in parts]
+    deltas = [d for d in translated if d is not None]
     closing = translator.close()
     if closing is not None:
         deltas.append(closing)
     message = merge_deltas(deltas)
     if candidate.grounding_metadata:
-        message.annotations = url_citations(candidate.grounding_metadata, answer_spans(parts, deltas))
+        message.annotations = url_citations(candidate.grounding_metadata, answer_spans(parts, translated))
     return oa.Choice(
         index=index,
         finish_reason=translator.finish_reason(candidate.finish_reason),
@@ -170,17 +171,18 @@ def candidate_to_choice(candidate: gc.Candidate, index: int, ctx: ResponseContex
     )
 
 
-def answer_spans(parts: Sequence[gc.Part], deltas: Sequence[oa.Delta], emitted: int = 0) -> list[tuple[int, str]]:
-    """Where each answer text part sits in the content the deltas make (after `emitted` characters
-    already sent): a text part's delta ends with its text (it may open with a thought's closing tag)."""
-    answers = iter(part.text for part in parts if part.text and not part.thought)
+def answer_spans(
+    parts: Sequence[gc.Part], translated: Sequence[oa.Delta | None], emitted: int = 0
+) -> list[tuple[int, str]]:
+    """Where each answer text part sits in the content its delta (`translated[i]` is part i's)
+    adds after `emitted` characters: at the delta's end (it may open with a thought's closing tag)."""
     spans = []
-    answer = next(answers, None)
-    for delta in deltas:
-        emitted += len(delta.content or "")
-        if answer is not None and delta.content and delta.content.endswith(answer):
-            spans.append((emitted - len(answer), answer))
-            answer = next(answers, None)
+    for part, delta in zip(parts, translated, strict=True):
+        if delta is None or not delta.content:
+            continue
+        emitted += len(delta.content)
+        if part.text and not part.thought and delta.content.endswith(part.text):
+            spans.append((emitted - len(part.text), part.text))
     return spans
 
 

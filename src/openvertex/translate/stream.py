@@ -54,10 +54,11 @@ class ChunkTranslator:
     def _candidate_chunks(self, index: int, candidate: gc.Candidate) -> list[oa.ChatCompletionChunk]:
         translator = self._translator(index)
         parts = candidate.content.parts if candidate.content is not None else []
-        deltas = [d for d in map(translator.translate, parts) if d is not None]
+        translated = [translator.translate(part) for part in parts]
+        deltas = [d for d in translated if d is not None]
         if any(part.text for part in parts):  # where the answer's text went, for its citations
             spans = self._spans.setdefault(index, [])
-            spans += answer_spans(parts, deltas, self._emitted.get(index, 0))
+            spans += answer_spans(parts, translated, self._emitted.get(index, 0))
         self._emitted[index] = self._emitted.get(index, 0) + sum(len(d.content or "") for d in deltas)
         if candidate.grounding_metadata:
             annotations = url_citations(candidate.grounding_metadata, self._spans.get(index, []))
