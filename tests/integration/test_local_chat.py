@@ -238,3 +238,20 @@ def test_logprobs_when_asked(client: openai.OpenAI) -> None:
         t.token for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []
     ]
     assert streamed == [t.token for t in content]
+
+
+def test_every_native_chunk_has_the_usage_so_far(local_server: RunningServer) -> None:
+    # As Gemini's do: a stream cut short (a client that leaves, a blocked answer) is still counted.
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "Count from one to twenty."}]}],
+        "generationConfig": {"maxOutputTokens": 12, "temperature": 0},
+    }
+    path = "/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:streamGenerateContent"
+    response = httpx.post(f"{local_server.url}{path}?alt=sse", json=body, headers=AUTH, timeout=60)
+    assert response.status_code == 200, response.text
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    counts = [event["usageMetadata"]["candidatesTokenCount"] for event in events]
+    assert len(counts) > 1 and counts == sorted(counts) and counts[-1] == 12
+    assert {event["usageMetadata"]["promptTokenCount"] for event in events} == {
+        events[0]["usageMetadata"]["promptTokenCount"]
+    }

@@ -418,17 +418,22 @@ class LocalBackend:
                 else None
             )
             job = Job(prompt=prompt, sampling=sampling, candidates=candidates, restore=restore, images=images)
-            generated = cached = thoughts = finished = 0
+            cached = finished = 0
+            counts: dict[int, tuple[int, int]] = {}  # per candidate: answer and reasoning tokens so far
             async with contextlib.aclosing(self._events(job)) as events:
                 async for event in events:
                     if isinstance(event, Snapshotted):
                         continue
                     if isinstance(event, CandidateDone):
                         finished += 1
-                        generated += event.tokens
-                        thoughts += event.thought_tokens
+                        counts[event.candidate] = (event.tokens, event.thought_tokens)
                         cached = event.cached_tokens
-                    usage = _usage(len(prompt), generated, cached, thoughts) if finished == candidates else None
+                    else:
+                        counts[event.candidate] = (event.tokens, event.thoughts)
+                    # Every chunk has the usage so far, as Gemini's do: a stream cut short (a client
+                    # that left, a blocked answer) is still counted.
+                    generated, thoughts = map(sum, zip(*counts.values(), strict=True))
+                    usage = _usage(len(prompt), generated, cached, thoughts)
                     yield _chunk(event, _parts(event, readers), model, usage)
                     if finished == candidates:
                         break
@@ -593,7 +598,8 @@ def _merge_text(events: list[Event]) -> list[Event]:
         deltas = [event for event in run if isinstance(event, TextDelta)]
         text = "".join(delta.text for delta in deltas)
         logprobs = tuple(logprob for delta in deltas for logprob in delta.logprobs)
-        merged.append(TextDelta(deltas[0].candidate, text, logprobs, deltas[0].thought))
+        last = deltas[-1]
+        merged.append(TextDelta(last.candidate, text, logprobs, last.thought, last.tokens, last.thoughts))
     return merged
 
 

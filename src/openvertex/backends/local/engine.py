@@ -507,7 +507,7 @@ class Engine:
         # sequence holds its text back.
         logprobs = (self._logprob(index, token, top_n),) if top_n is not None and index is not None else ()
         if text or logprobs:
-            self._emit(sequence.job, TextDelta(sequence.candidate, text, logprobs))
+            self._emit(sequence.job, _delta(sequence, text, logprobs))
 
     def _continue(self, slot: Slot, sequence: Sequence, token: int) -> None:
         """Decode `token` next, unless the answer or the context is full."""
@@ -544,7 +544,7 @@ class Engine:
                 self._finish(slot, "STOP")
                 return
         elif text:
-            self._emit(sequence.job, TextDelta(sequence.candidate, text, thought=True))
+            self._emit(sequence.job, _delta(sequence, text, thought=True))
         self._continue(slot, sequence, token)
 
     def _end_thinking(self, sequence: Sequence, text: str, *, after: str = "") -> str:
@@ -552,7 +552,7 @@ class Engine:
         which the answer keeps what its grammar allows (returned)."""
         text += sequence.decoder.decode(b"", final=True)
         if text.strip():
-            self._emit(sequence.job, TextDelta(sequence.candidate, text.rstrip(), thought=True))
+            self._emit(sequence.job, _delta(sequence, text.rstrip(), thought=True))
         sequence.thinking = None
         sequence.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         return sequence.sampler.begin_answer(after)
@@ -581,7 +581,7 @@ class Engine:
             self._end_thinking(sequence, sequence.thinking.flush())
         tail = sequence.matcher.feed(sequence.decoder.decode(b"", final=True)) + sequence.matcher.flush()
         if tail:
-            self._emit(sequence.job, TextDelta(sequence.candidate, tail))
+            self._emit(sequence.job, _delta(sequence, tail))
         self._emit(
             sequence.job,
             CandidateDone(sequence.candidate, reason, sequence.tokens, sequence.cached_tokens, sequence.thoughts),
@@ -614,3 +614,10 @@ def _common_prefix(a: list[int] | tuple[int, ...], b: list[int]) -> int:
 def _jobs(slots: list[Slot]) -> list[Job]:
     """The jobs running in `slots`, each once, in slot order."""
     return list(dict.fromkeys(slot.sequence.job for slot in slots if slot.sequence is not None))
+
+
+def _delta(
+    sequence: Sequence, text: str, logprobs: tuple[TokenLogprob, ...] = (), *, thought: bool = False
+) -> TextDelta:
+    """Text of a candidate, with its token counts so far (each chunk's usage comes from them)."""
+    return TextDelta(sequence.candidate, text, logprobs, thought, sequence.tokens, sequence.thoughts)

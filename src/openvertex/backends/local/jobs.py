@@ -35,6 +35,8 @@ class TextDelta:
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
     thought: bool = False
+    tokens: int = 0  # the candidate's answer tokens so far
+    thoughts: int = 0  # and its reasoning tokens
 
 
 @dataclass(frozen=True, slots=True)
