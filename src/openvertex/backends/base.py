@@ -125,10 +125,10 @@ def merge_chunks(chunks: Iterable[GenerateContentResponse]) -> GenerateContentRe
     candidates: dict[int, gc.Candidate] = {}
     for chunk in chunks:
         for position, candidate in enumerate(chunk.candidates or []):
-            index = candidate.index if candidate.index is not None else position
+            index = candidate.index_at(position)
             target = candidates.setdefault(index, gc.Candidate(index=index, content=gc.Content(role="model", parts=[])))
             assert target.content is not None
-            target.content.parts.extend(candidate.content.parts if candidate.content else [])
+            target.content.parts.extend(candidate.content_parts())
             target.finish_reason = candidate.finish_reason or target.finish_reason
             target.finish_message = candidate.finish_message or target.finish_message
             target.safety_ratings = candidate.safety_ratings or target.safety_ratings

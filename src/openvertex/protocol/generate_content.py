@@ -157,6 +157,10 @@ class Content(GeminiModel):
     role: Role | None = None
     parts: list[Part] = Field(default_factory=list)  # Gemini leaves it out of an empty answer
 
+    def text(self) -> str:
+        """Its text parts joined, thoughts left out."""
+        return "".join(part.text for part in self.parts if part.text and not part.thought)
+
     @field_validator("role", mode="before")
     @classmethod
     def _lower(cls, role: Any) -> Any:
@@ -282,6 +286,10 @@ class GenerateContentRequest(GeminiModel):
     model_armor_config: dict[str, Any] | None = None
     service_tier: str | None = None
 
+    def user_texts(self) -> list[str]:
+        """The text of each user turn that has some (thoughts left out), in order."""
+        return [text for content in self.contents if content.role in (None, "user") and (text := content.text())]
+
 
 class LogprobsCandidate(GeminiModel):
     model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
@@ -311,6 +319,17 @@ class Candidate(GeminiModel):
     grounding_metadata: dict[str, Any] | None = None  # as Gemini gives it (REST JSON names)
     logprobs_result: LogprobsResult | None = None
     avg_logprobs: float | None = None
+
+    def index_at(self, position: int) -> int:
+        """Its index, or, where it names none, its position among the response's candidates."""
+        return self.index if self.index is not None else position
+
+    def content_parts(self) -> list[Part]:
+        return self.content.parts if self.content is not None else []
+
+    def text(self) -> str:
+        """Its answer's text, thoughts left out."""
+        return self.content.text() if self.content is not None else ""
 
 
 class ModalityTokenCount(GeminiModel):

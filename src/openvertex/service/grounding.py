@@ -107,8 +107,9 @@ class Grounding:
         return request.model_copy(update={"tools": tools or None})
 
     async def search(self, request: gc.GenerateContentRequest) -> gc.GenerateContentRequest:
-        """Search with the last user turn; the request with the sources in its system instruction."""
-        turns = [_text(content.parts) for content in request.contents if content.role in (None, "user")]
+        """Search with the last user turn; the request with the results in that turn, numbered, and
+        the instruction to cite them in its system instruction."""
+        turns = request.user_texts()
         self.query = next((turn for turn in reversed(turns) if turn.strip()), "")[:MAX_QUERY_CHARS].strip()
         self.sources = await self.provider.search(self.query, self.max_sources) if self.query else []
         if not self.sources:
@@ -129,11 +130,11 @@ class Grounding:
 
     def add_metadata(self, response: gc.GenerateContentResponse, *, include_thoughts: bool) -> None:
         for candidate in response.candidates or []:
-            parts = candidate.content.parts if candidate.content is not None else []
+            parts = candidate.content_parts()
             shown = (
                 parts if include_thoughts else [part for part in parts if not part.thought]
             )  # as the client gets them
-            candidate.grounding_metadata = self.metadata(_text(parts), _first_text(shown))
+            candidate.grounding_metadata = self.metadata(candidate.text(), _first_text(shown))
 
     async def guard(
         self, upstream: AsyncIterator[gc.GenerateContentResponse]
@@ -143,9 +144,8 @@ class Grounding:
         try:
             async for chunk in upstream:
                 for position, candidate in enumerate(chunk.candidates or []):
-                    index = candidate.index if candidate.index is not None else position
-                    parts = candidate.content.parts if candidate.content is not None else []
-                    answers[index] = answers.get(index, "") + _text(parts)
+                    index = candidate.index_at(position)
+                    answers[index] = answers.get(index, "") + candidate.text()
                     if candidate.finish_reason is not None:
                         candidate.grounding_metadata = self.metadata(answers[index], 0)
                 yield chunk
@@ -210,10 +210,6 @@ def _supports(answer: str, sources: Sequence[Source], part_index: int) -> list[d
                 }
             )
     return supports
-
-
-def _text(parts: Sequence[gc.Part]) -> str:
-    return "".join(part.text for part in parts if part.text and not part.thought)
 
 
 def _first_text(parts: Sequence[gc.Part]) -> int:

@@ -255,10 +255,13 @@ class Quotas:
             self._shared_tokens[(name, int(now // 60))] += prompt + output
         else:
             self._minute(name, now).tokens += prompt + output
-        counts = self._pending.setdefault((name, record.model or "", int(now // 60)), [0, 0, 0])
-        counts[0] += 1
-        counts[1] += prompt
-        counts[2] += output
+        self._add_usage(UsageRow(name, record.model or "", int(now // 60), 1, prompt, output))
+
+    def _add_usage(self, row: UsageRow) -> None:
+        counts = self._pending.setdefault((row.key_name, row.model, row.minute), [0, 0, 0])
+        counts[0] += row.requests
+        counts[1] += row.prompt_tokens
+        counts[2] += row.output_tokens
 
     def take_usage(self) -> list[UsageRow]:
         """The usage counted since the last take (on the event loop, where it is counted)."""
@@ -268,10 +271,7 @@ class Quotas:
     def restore(self, usage: list[UsageRow], tokens: list[tuple[str, int, int]]) -> None:
         """Put back what was taken but could not be written, for the next write."""
         for row in usage:
-            counts = self._pending.setdefault((row.key_name, row.model, row.minute), [0, 0, 0])
-            counts[0] += row.requests
-            counts[1] += row.prompt_tokens
-            counts[2] += row.output_tokens
+            self._add_usage(row)
         for name, minute, count in tokens:
             self._shared_tokens[(name, minute)] += count
 

@@ -10,8 +10,8 @@ stream stops at the first blocked window without sending it (what was sent befor
 the blocked candidate ends with `finishReason: SAFETY` (or `BLOCKLIST`), no content, and its
 ratings with `blocked: true`. Ratings map a probability to Gemini's levels (under 0.25 NEGLIGIBLE,
 0.5 LOW, 0.75 MEDIUM, else HIGH); the classifiers give no separate severity, so `method: SEVERITY`
-is judged on the same score. The operator's blocklist applies to every request on these backends,
-whatever its settings. Thoughts and function calls are not rated.
+is judged on the same score. The operator's blocklist applies to every request on every backend,
+Gemini included, whatever its settings. Thoughts and function calls are not rated.
 """
 
 from __future__ import annotations
@@ -156,8 +156,7 @@ class SafetyCheck:
         self, request: gc.GenerateContentRequest, backend: Backend, model: str
     ) -> gc.GenerateContentResponse | None:
         """Gemini's blocked prompt when the prompt is blocked, else None."""
-        turns = [_text(content.parts) for content in request.contents if content.role in (None, "user")]
-        turns = [turn for turn in turns if turn]
+        turns = request.user_texts()
         total = sum(map(len, turns))
         if self._thresholds and total > MAX_RATED_CHARS:  # rated whole, or not at all
             raise InvalidArgumentError(
@@ -185,7 +184,7 @@ class SafetyCheck:
     async def check_answer(self, response: gc.GenerateContentResponse) -> None:
         """Rate each candidate of a whole answer; a blocked one loses its content."""
         candidates = response.candidates or []
-        verdicts = await asyncio.gather(*(self._judge([_text(_parts(c))], prompt=self._prompt) for c in candidates))
+        verdicts = await asyncio.gather(*(self._judge([c.text()], prompt=self._prompt) for c in candidates))
         for candidate, verdict in zip(candidates, verdicts, strict=True):
             _apply(candidate, verdict)
 
@@ -199,8 +198,7 @@ class SafetyCheck:
         try:
             async for chunk in upstream:
                 for position, candidate in enumerate(chunk.candidates or []):
-                    index = _index(candidate, position)
-                    held.setdefault(index, _Held()).add(candidate)
+                    held.setdefault(candidate.index_at(position), _Held()).add(candidate)
                 candidates = await self._release(held, final=False)
                 blocked = any(h.blocked for h in held.values())
                 stop = blocked and all(i in held and held[i].closed for i in range(self._candidates))
@@ -304,9 +302,8 @@ class _Held:
     def add(self, candidate: gc.Candidate) -> None:
         if self.closed:
             return  # blocked: the rest of it is dropped
-        parts = _parts(candidate)
-        self.parts += parts
-        text = _text(parts)
+        self.parts += candidate.content_parts()
+        text = candidate.text()
         self.pending += text
         self.seen += text
         if candidate.logprobs_result is not None:
@@ -376,18 +373,6 @@ def _joined(results: list[gc.LogprobsResult]) -> gc.LogprobsResult | None:
 
 def _counts_output(usage: gc.UsageMetadata | None) -> bool:
     return usage is not None and usage.candidates_token_count is not None
-
-
-def _parts(candidate: gc.Candidate) -> list[gc.Part]:
-    return candidate.content.parts if candidate.content is not None else []
-
-
-def _text(parts: Sequence[gc.Part]) -> str:
-    return "".join(part.text for part in parts if part.text and not part.thought)
-
-
-def _index(candidate: gc.Candidate, position: int) -> int:
-    return candidate.index if candidate.index is not None else position
 
 
 def _cut(text: str, *, final: bool) -> str:

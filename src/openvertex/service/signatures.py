@@ -172,8 +172,7 @@ class ThoughtSigner:
         try:
             async for chunk in chunks:
                 for position, candidate in enumerate(chunk.candidates or []):
-                    index = candidate.index if candidate.index is not None else position
-                    states.setdefault(index, _CandidateSigning()).sign(
+                    states.setdefault(candidate.index_at(position), _CandidateSigning()).sign(
                         self, candidate, finished=candidate.finish_reason is not None
                     )
                 yield chunk
@@ -187,7 +186,7 @@ class _CandidateSigning:
     thoughts: list[str] = field(default_factory=list)
 
     def sign(self, signer: ThoughtSigner, candidate: gc.Candidate, *, finished: bool) -> None:
-        parts = candidate.content.parts if candidate.content is not None else []
+        parts = candidate.content_parts()
         for part in parts:
             if part.thought and part.text:
                 self.thoughts.append(part.text)

@@ -154,7 +154,7 @@ def merge_deltas(deltas: list[oa.Delta]) -> oa.ResponseMessage:
 
 def candidate_to_choice(candidate: gc.Candidate, index: int, ctx: ResponseContext) -> oa.Choice:
     translator = PartTranslator(ctx)
-    parts = candidate.content.parts if candidate.content is not None else []
+    parts = candidate.content_parts()
     translated = [translator.translate(part) for part in parts]
     deltas = [d for d in translated if d is not None]
     closing = translator.close()

@@ -47,13 +47,12 @@ class ChunkTranslator:
             self._finished.add(0)
             chunks.append(self._chunk(0, oa.Delta(), "content_filter"))
         for position, candidate in enumerate(response.candidates or []):
-            index = candidate.index if candidate.index is not None else position
-            chunks.extend(self._candidate_chunks(index, candidate))
+            chunks.extend(self._candidate_chunks(candidate.index_at(position), candidate))
         return self._with_usage(chunks)
 
     def _candidate_chunks(self, index: int, candidate: gc.Candidate) -> list[oa.ChatCompletionChunk]:
         translator = self._translator(index)
-        parts = candidate.content.parts if candidate.content is not None else []
+        parts = candidate.content_parts()
         translated = [translator.translate(part) for part in parts]
         deltas = [d for d in translated if d is not None]
         if any(part.text for part in parts):  # where the answer's text went, for its citations

@@ -111,8 +111,7 @@ def _native_messages(content: gc.Content) -> list[dict[str, Any]]:
     responses = [p.function_response for p in content.parts if p.function_response is not None]
     if responses:
         return [{"role": "tool", "content": json.dumps(_response_body(r))} for r in responses]
-    text = "".join(p.text for p in content.parts if p.text and not p.thought)
-    message: dict[str, Any] = {"role": _ROLE[content.role or "user"], "content": text}
+    message: dict[str, Any] = {"role": _ROLE[content.role or "user"], "content": content.text()}
     calls = [p.function_call for p in content.parts if p.function_call is not None]
     if calls:
         message["tool_calls"] = [
