@@ -27,13 +27,15 @@ from openvertex.http.metrics import register_backend_readings
 from openvertex.http.native import NativeHandlers
 from openvertex.http.recording import RecordRequests
 from openvertex.http.routes import Handlers
+from openvertex.http_clients import HttpClients
 from openvertex.metrics import Metrics
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.chat import ChatService
-from openvertex.service.generation import Generator
 from openvertex.service.grounding import GroundingPolicy
 from openvertex.service.keys import KeyRing, Quotas, keep_keys_and_usage
 from openvertex.service.media import MediaReader
+from openvertex.service.native import NativeService
+from openvertex.service.pipeline import Pipeline
 from openvertex.service.routing import Router
 from openvertex.service.safety import SafetyPolicy
 from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSigner, load_or_create_secret, parse_secret
@@ -57,27 +59,28 @@ def create_app(
 ) -> Starlette:
     """`backends` replaces the configured ones (tests inject a FakeBackend this way). `reload`:
     the settings as the configuration now says, read again on SIGHUP for the keys and routes."""
+    clients = HttpClients()  # every long-lived HTTP session: opened and closed by the lifespan
     if backends is None:
         backends = {
-            name: create_backend(config, settings.state_dir / "kv" / name) for name, config in settings.backends.items()
+            name: create_backend(config, settings.state_dir / "kv" / name, clients)
+            for name, config in settings.backends.items()
         }
+    safety = SafetyPolicy(settings.safety, clients)
+    grounding = GroundingPolicy(settings.grounding, settings.state_dir, clients)
     router = Router(backends=backends, routes=settings.routes)
     metrics = Metrics()
     register_backend_readings(metrics, router)
     database = database_for(settings)
     signer = ThoughtSigner(_signing_secret(settings))
     caches = CachedContents(CachedContentStore(database), router, max_caches=settings.max_cached_contents)
-    media = MediaReader(settings.media)
-    safety = SafetyPolicy(settings.safety)
-    grounding = GroundingPolicy(settings.grounding, settings.state_dir)
-    generator = Generator(
+    pipeline = Pipeline(
         router,
         caches,
         metrics=metrics,
         timeout_s=settings.request_timeout_s,
         signer=signer,
         optional_signatures=settings.optional_thought_signatures,
-        media=media,
+        media=MediaReader(settings.media, clients),
         safety=safety,
         grounding=grounding,
     )
@@ -85,19 +88,20 @@ def create_app(
     quotas = Quotas(QuotaCountStore(database) if database.shared else None)
     auth = Authenticator(keys, quotas)
     json_limits = JsonLimits(settings.max_json_depth, settings.max_json_number_length)
-    endpoints = Endpoints(settings.endpoints)
+    endpoints = Endpoints(settings.endpoints, clients)
     register_endpoint_readings(metrics, endpoints.pools)
     pinned = pinned_backends(settings.endpoints, backends)
     lifecycle = Lifecycle()
     reloading = _reloading(reload, router, keys) if reload is not None else None
     admin = AdminHandlers(settings.admin_keys, keys, ApiKeyStore(database), UsageStore(database), reloading)
     handlers = Handlers(
-        ChatService(generator),
-        NativeHandlers(generator, caches, auth, settings.max_body_bytes, json_limits),
+        ChatService(pipeline, router),
+        NativeHandlers(NativeService(pipeline, router), caches, settings.max_body_bytes, json_limits),
         auth,
         settings.max_body_bytes,
+        metrics=metrics,
         json_limits=json_limits,
-        endpoints=EndpointHandlers(endpoints, pinned, auth, settings.max_body_bytes),
+        endpoints=EndpointHandlers(endpoints, pinned, settings.max_body_bytes),
         lifecycle=lifecycle,
         predict_model=settings.predict_model,
     )
@@ -108,7 +112,8 @@ def create_app(
         if database.shared and settings.thought_signature_secret is None:  # every replica signs alike
             signer.rekey(await asyncio.to_thread(shared_secret, database, "thought_signature", SECRET_BYTES))
         await asyncio.to_thread(keys.refresh)
-        await endpoints.start()  # the upstreams' HTTP client, and their health checks
+        await clients.open()  # before anything calls out: the endpoints' health checks, the backends
+        await endpoints.start()  # the upstreams' health checks
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
@@ -123,10 +128,8 @@ def create_app(
                 with contextlib.suppress(BaseException):
                     await task
             await asyncio.gather(*(backend.close() for backend in backends.values()))
-            await endpoints.close()
-            await media.close()
-            await safety.close()
-            await grounding.close()
+            for close in (endpoints.close, grounding.close, clients.close):  # the HTTP sessions last
+                await close()
             database.close()
 
     app = Starlette(

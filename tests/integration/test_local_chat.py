@@ -255,3 +255,19 @@ def test_every_native_chunk_has_the_usage_so_far(local_server: RunningServer) ->
     assert {event["usageMetadata"]["promptTokenCount"] for event in events} == {
         events[0]["usageMetadata"]["promptTokenCount"]
     }
+
+
+def test_a_whole_native_answer_is_one_text_part_with_its_signature(local_server: RunningServer) -> None:
+    # As Gemini answers: not one part per token, and the signature on the part it signs.
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "Say hello and introduce yourself."}]}],
+        "generationConfig": {"maxOutputTokens": 16, "temperature": 0},
+    }
+    path = "/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:generateContent"
+    response = httpx.post(f"{local_server.url}{path}", json=body, headers=AUTH, timeout=60)
+    assert response.status_code == 200, response.text
+    candidate = response.json()["candidates"][0]
+    assert candidate["finishReason"] == "MAX_TOKENS"
+    parts = candidate["content"]["parts"]
+    assert len(parts) == 1, parts
+    assert len(parts[0]["text"]) > 10 and parts[0]["thoughtSignature"]

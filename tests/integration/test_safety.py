@@ -155,9 +155,10 @@ def test_a_stream_stops_at_the_first_blocked_window(server: RunningServer, fake:
         for c in e.get("candidates", [])
         for p in c.get("content", {}).get("parts", [])
     )
-    # Windows of 24 characters: the first two chunks were rated clean and went out; the third
-    # shares its window with the insult, and neither is sent.
-    assert sent == "".join(clean[:2])
+    # Windows of at most 24 characters, cut at whitespace: "The weather today is ", "mild and
+    # sunny, a good ", "day for a walk. You are " were rated clean and went out; the next,
+    # "a stupid worthless ", is blocked and is not sent, nor anything after it.
+    assert sent == "".join(clean) + "You are "
     last = events[-1]["candidates"][0]
     assert last["finishReason"] == "SAFETY" and "content" not in last
     assert any(r.get("blocked") for r in last["safetyRatings"])
@@ -166,7 +167,7 @@ def test_a_stream_stops_at_the_first_blocked_window(server: RunningServer, fake:
     fake.add(_answer(*clean, INSULT, "And more text that is never sent."))
     chunks = _events(_chat(server, "How is the weather?", BLOCK_HARASSMENT, stream=True))
     content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    assert content == "".join(clean[:2])
+    assert content == "".join(clean) + "You are "
     finishes = [
         c["choices"][0].get("finish_reason") for c in chunks if c["choices"] and c["choices"][0].get("finish_reason")
     ]
@@ -184,8 +185,10 @@ def _sent_text(events: list[dict[str, Any]]) -> str:
 
 
 def test_no_text_is_sent_before_it_is_rated(server: RunningServer, fake: FakeBackend) -> None:
-    # The first chunk fills a window: only its rated part (up to its last whitespace) goes out.
-    fake.add(_answer("one two three four five badword", " six seven", " end.", usage_at_end=True))
+    # The first chunk fills a window and then some: only its first window (up to its last
+    # whitespace) is rated and goes out, once the blocklist has read its longest match (31
+    # characters, "forbidden fruit" with up to 16 spaces) past it.
+    fake.add(_answer("one two three four five six seven eight nine ten badword", " six", " end.", usage_at_end=True))
     events = _events(_native(server, "Count.", stream=True))
     assert _sent_text(events) == "one two three four five "
     assert events[-1]["candidates"][0]["finishReason"] == "BLOCKLIST"
@@ -337,3 +340,29 @@ def test_on_the_embedded_model(tmp_path: Any) -> None:
         assert "stupid" in unrestricted.json()["choices"][0]["message"]["content"]
         prompt = _chat(server, INSULT, BLOCK_HARASSMENT)
         assert prompt.json()["choices"][0]["finish_reason"] == "content_filter"
+
+
+@pytest.mark.parametrize("surface", ["native", "openai"])
+def test_a_blocklisted_phrase_split_across_chunks_is_blocked_streamed_and_whole(
+    server: RunningServer, fake: FakeBackend, surface: str
+) -> None:
+    split = ["It was a ", "forbidden", " fruit", " indeed, and nothing else was said after it."]
+    fake.add(_answer(*split))
+    if surface == "native":
+        streamed = _native(server, "What was it?", stream=True)
+        ends = [c["finishReason"] for e in _events(streamed) for c in e.get("candidates", []) if "finishReason" in c]
+        assert ends == ["BLOCKLIST"]
+    else:
+        streamed = _chat(server, "What was it?", stream=True)
+        finishes = [c["choices"][0].get("finish_reason") for c in _events(streamed) if c["choices"]]
+        assert [f for f in finishes if f] == ["content_filter"]
+    assert "forbidden" not in streamed.text.lower()  # no part of the phrase went out
+
+    fake.add(_answer(*split))
+    whole = _native(server, "What was it?") if surface == "native" else _chat(server, "What was it?")
+    if surface == "native":
+        candidate = whole.json()["candidates"][0]
+        assert candidate["finishReason"] == "BLOCKLIST" and "content" not in candidate
+    else:
+        choice = whole.json()["choices"][0]
+        assert choice["finish_reason"] == "content_filter" and choice["message"]["content"] is None

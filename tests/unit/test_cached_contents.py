@@ -22,12 +22,12 @@ from openvertex.service.cached_contents import (
     MAX_PAGE_SIZE,
     AppliedCache,
     CachedContents,
-    format_time,
 )
 from openvertex.service.routing import Router
 from openvertex.settings import Route
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
 from openvertex.store.database import DATABASE_FILE, MIGRATIONS, SqliteDatabase
+from openvertex.translate.native import format_time
 from openvertex.translate.resources import ModelName, parse_model_name
 
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z

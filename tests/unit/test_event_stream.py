@@ -5,11 +5,14 @@ stream's deadline ends it (real asyncio, a recording `send`/`receive` pair in pl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from openvertex.errors import ApiError
 from openvertex.http.sse import OPENAI_SSE, EventStreamResponse, Framed
+from openvertex.protocol import generate_content as gc
+from openvertex.service.pipeline import Streamed
 
 SCOPE: dict[str, Any] = {"type": "http"}
 
@@ -39,8 +42,25 @@ def _error_body(error: ApiError) -> dict[str, Any]:
     return {"error": {"message": error.message}}
 
 
-def _response(first: str, rest: AsyncIterator[str]) -> EventStreamResponse:
-    framed = Framed(first, rest, OPENAI_SSE, dump=str.encode, error_body=_error_body)
+class _Texts:
+    """A surface whose items are the chunks' response ids."""
+
+    def feed(self, response: gc.GenerateContentResponse) -> list[str]:
+        return [response.response_id or ""]
+
+    def finish(self) -> list[str]:
+        return []
+
+
+async def _response(first: str, rest: AsyncIterator[str]) -> EventStreamResponse:
+    async def chunks() -> AsyncGenerator[gc.GenerateContentResponse, None]:
+        yield gc.GenerateContentResponse(response_id=first)
+        async with contextlib.aclosing(rest) as texts:  # type: ignore[type-var]
+            async for text in texts:
+                yield gc.GenerateContentResponse(response_id=text)
+
+    framed = Framed(Streamed(chunks(), _Texts()), OPENAI_SSE, dump=str.encode, error_body=_error_body)
+    await framed.start()
     return EventStreamResponse(framed, headers={}, media_type=OPENAI_SSE.media_type)
 
 
@@ -58,7 +78,7 @@ async def _chunks_made_together_go_in_one_message() -> None:
             yield text  # no wait between them: one burst
 
     client = Client()
-    await _response("a", rest())(SCOPE, client.receive, client.send)
+    await (await _response("a", rest()))(SCOPE, client.receive, client.send)
     assert client.bodies == [b"".join(_event(t) for t in "abcd") + b"data: [DONE]\n\n"]
     assert client.ended
 
@@ -77,7 +97,7 @@ async def _a_chunk_made_alone_goes_before_the_next_is_made() -> None:
             sent_before_next.append(list(client.bodies))
             yield text
 
-    await _response("a", rest())(SCOPE, client.receive, client.send)
+    await (await _response("a", rest()))(SCOPE, client.receive, client.send)
     assert sent_before_next == [[_event("a")], [_event("a"), _event("b")]]
     assert client.bodies[-1] == _event("c") + b"data: [DONE]\n\n"
 
@@ -97,7 +117,7 @@ async def _a_hang_up_stops_a_silent_producer() -> None:
             closed.set()
 
     client = Client()
-    answering = asyncio.ensure_future(_response("a", rest())(SCOPE, client.receive, client.send))
+    answering = asyncio.ensure_future((await _response("a", rest()))(SCOPE, client.receive, client.send))
     await asyncio.sleep(0.01)
     client.left.set()
     await asyncio.wait_for(answering, 2)
@@ -122,7 +142,7 @@ async def _a_client_that_does_not_read_holds_the_producer_back() -> None:
 
     blocked = asyncio.Event()
     client = Client(slow=blocked)
-    answering = asyncio.ensure_future(_response(big, rest())(SCOPE, client.receive, client.send))
+    answering = asyncio.ensure_future((await _response(big, rest()))(SCOPE, client.receive, client.send))
     await asyncio.sleep(0.05)
     assert made < 16  # about 1 MiB held, not all 16 MiB
     blocked.set()
@@ -141,7 +161,7 @@ async def _an_error_after_the_first_chunk_is_the_last_event() -> None:
         raise ApiError("it broke")
 
     client = Client()
-    await _response("a", rest())(SCOPE, client.receive, client.send)
+    await (await _response("a", rest()))(SCOPE, client.receive, client.send)
     sent = b"".join(client.bodies)
     assert sent == _event("a") + _event("b") + b'data: {"error": {"message": "it broke"}}\n\n'
     assert client.ended

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from profanity_check import predict_prob
 
-from openvertex.service.harm_classifiers import Blocklist, _profanity_scorer
+from openvertex.service.blocklist import Blocklist
+from openvertex.service.harm_classifiers import _profanity_scorer
 from openvertex.service.safety import LEVELS, _windows, level
 from openvertex.service.search_providers import LocalCorpus
 from openvertex.settings import BlocklistSettings
@@ -69,3 +70,14 @@ def test_a_question_is_never_read_as_query_syntax(tmp_path: Path, question: str)
     found = asyncio.run(corpus.search(question + " bamboo", 3))
     assert [source.title for source in found] == ["Pandas"]
     assert asyncio.run(corpus.search("the of and", 3)) == []  # only common words: nothing to search
+
+
+def test_the_blocklist_reads_each_window_with_its_reach_either_side() -> None:
+    blocklist = Blocklist(BlocklistSettings(terms=["forbidden fruit"], patterns=[r"code-\d{4}"]))
+    assert blocklist.reach == len("forbidden") + 16 + len("fruit")  # a phrase's words, up to 16 spaces apart
+    text = "It was a forbidden fruit indeed."
+    start = text.index("forbidden")
+    assert blocklist.hit_within(text, 0, start + 3)  # the match starts in the window, and ends past it
+    assert not blocklist.hit_within(text, 0, start)  # it starts after the window: the next one's
+    assert not blocklist.hit_within("a forbidden fruitcake", 0, 4)  # read past the window: not a whole word
+    assert Blocklist(BlocklistSettings(patterns=["a.*b"])).reach == 1024  # unbounded: searched within 1 KiB

@@ -97,7 +97,9 @@ def test_streams_sign_the_first_call_or_end_text_with_a_signature(signer: Though
             yield gc.GenerateContentResponse(candidates=[gc.Candidate(index=0, content=content, finish_reason=finish)])
 
     async def signed(parts: list[list[gc.Part]]) -> list[gc.Part]:
-        return [p for c in [c async for c in signer.sign_stream(chunks(parts))] for p in c.candidates[0].content.parts]  # type: ignore[index, union-attr]
+        stage = signer.stage()
+        signed = [out async for chunk in chunks(parts) for out in await stage.feed(chunk)]
+        return [p for c in signed for p in c.candidates[0].content.parts]  # type: ignore[index, union-attr]
 
     calls = asyncio.run(signed([[gc.Part(text="Checking.")], [_call("a")], [_call("b")]]))
     assert calls[0].thought_signature is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,7 +45,7 @@ class Capabilities:
     response_mime_types: frozenset[str] | None = None  # None: any
     safety_filtering: bool = False
     cached_content: bool = False
-    native_tools: frozenset[str] = frozenset()  # googleSearch, codeExecution, …
+    google_tools: frozenset[str] = frozenset()  # googleSearch, codeExecution, …
     max_candidates: int = 8
     # Output tokens when a request sets none (Gemini models each declare one).
     max_output_tokens: int | None = None
@@ -99,7 +99,10 @@ class Backend(Protocol):
 
     async def generate(self, request: GenerateContentRequest, *, model: str) -> GenerateContentResponse: ...
 
-    def stream(self, request: GenerateContentRequest, *, model: str) -> AsyncIterator[GenerateContentResponse]: ...
+    def stream(self, request: GenerateContentRequest, *, model: str) -> AsyncGenerator[GenerateContentResponse, None]:
+        """The answer chunk by chunk; closing the generator early (a client that left, a deadline,
+        a blocked answer) stops the generation and frees what it held."""
+        ...
 
     async def count_tokens(self, request: GenerateContentRequest, *, model: str) -> int:
         """The prompt's tokens as the model would read them."""
@@ -119,8 +122,14 @@ class Backend(Protocol):
         ...
 
 
+# A candidate that ends for one of these (the safety stage's blocks) withdraws what it said before.
+WITHDRAWN_REASONS = frozenset({"SAFETY", "BLOCKLIST"})
+
+
 def merge_chunks(chunks: Iterable[GenerateContentResponse]) -> GenerateContentResponse:
-    """Fold streamed chunks into one response: parts concatenated per candidate, last values win."""
+    """Fold streamed chunks into one response shaped as Gemini answers whole: per candidate, runs of
+    text parts with the same `thought` flag become one part (carrying the run's signature), other
+    parts stay as they came; for the other fields the last value wins."""
     merged = GenerateContentResponse()
     candidates: dict[int, gc.Candidate] = {}
     for chunk in chunks:
@@ -128,7 +137,9 @@ def merge_chunks(chunks: Iterable[GenerateContentResponse]) -> GenerateContentRe
             index = candidate.index_at(position)
             target = candidates.setdefault(index, gc.Candidate(index=index, content=gc.Content(role="model", parts=[])))
             assert target.content is not None
-            target.content.parts.extend(candidate.content_parts())
+            if candidate.finish_reason in WITHDRAWN_REASONS and candidate.content is None:
+                target.content.parts, target.logprobs_result, target.grounding_metadata = [], None, None
+            _extend(target.content.parts, candidate.content_parts())
             target.finish_reason = candidate.finish_reason or target.finish_reason
             target.finish_message = candidate.finish_message or target.finish_message
             target.safety_ratings = candidate.safety_ratings or target.safety_ratings
@@ -140,8 +151,50 @@ def merge_chunks(chunks: Iterable[GenerateContentResponse]) -> GenerateContentRe
         merged.prompt_feedback = chunk.prompt_feedback or merged.prompt_feedback
         merged.response_id = chunk.response_id or merged.response_id
         merged.model_version = chunk.model_version or merged.model_version
+    for candidate in candidates.values():
+        if (
+            candidate.finish_reason in WITHDRAWN_REASONS
+            and candidate.content is not None
+            and not candidate.content.parts
+        ):
+            candidate.content = None  # blocked: nothing of it stays
     merged.candidates = [candidates[i] for i in sorted(candidates)] or None
     return merged
+
+
+def _extend(parts: list[gc.Part], more: Iterable[gc.Part]) -> None:
+    for part in more:
+        last = parts[-1] if parts else None
+        if last is not None and _joins(last, part):
+            parts[-1] = gc.Part(
+                text=(last.text or "") + (part.text or ""),
+                thought=last.thought or part.thought,
+                thought_signature=last.thought_signature or part.thought_signature,
+            )
+        else:
+            parts.append(part)
+
+
+def _joins(last: gc.Part, part: gc.Part) -> bool:
+    """Two text parts of one kind join, unless both are signed (spec §3.4: never combine two
+    signed parts)."""
+    return (
+        _plain_text(last)
+        and _plain_text(part)
+        and bool(last.thought) == bool(part.thought)
+        and not (last.thought_signature and part.thought_signature)
+    )
+
+
+def _plain_text(part: gc.Part) -> bool:
+    return (
+        part.text is not None
+        and not part.model_extra
+        and all(getattr(part, name) is None for name in _OTHER_PART_FIELDS)
+    )
+
+
+_OTHER_PART_FIELDS = tuple(set(gc.Part.model_fields) - {"text", "thought", "thought_signature"})
 
 
 def _join_logprobs(a: gc.LogprobsResult | None, b: gc.LogprobsResult | None) -> gc.LogprobsResult | None:

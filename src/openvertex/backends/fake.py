@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from pathlib import Path
 
 from openvertex.backends.base import OPTIONAL_FIELDS, BackendLoad, Capabilities, RoleTokens, collect_stream
@@ -29,7 +29,7 @@ class FakeBackend:
             output_modalities=frozenset({"TEXT", "IMAGE", "AUDIO"}),
             safety_filtering=True,
             cached_content=True,
-            native_tools=frozenset({"googleSearch", "codeExecution", "urlContext"}),
+            google_tools=frozenset({"googleSearch", "codeExecution", "urlContext"}),
             thought_signatures=True,  # scripted signatures pass through, like Gemini's
             min_cached_content_tokens=1,
             optional_fields=OPTIONAL_FIELDS,
@@ -74,7 +74,7 @@ class FakeBackend:
 
     async def stream(
         self, request: gc.GenerateContentRequest, *, model: str
-    ) -> AsyncIterator[gc.GenerateContentResponse]:
+    ) -> AsyncGenerator[gc.GenerateContentResponse, None]:
         for item in self._next_turn(request):
             if isinstance(item, Exception):
                 raise item

@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from openvertex.errors import (
     error_for,
     unsupported,
 )
+from openvertex.http_clients import HttpClients, SessionSpec
 from openvertex.protocol import generate_content as gc
 from openvertex.settings import GeminiBackendSettings
 
@@ -62,7 +63,7 @@ class _Counts:
 
 
 class GeminiBackend:
-    def __init__(self, settings: GeminiBackendSettings) -> None:
+    def __init__(self, settings: GeminiBackendSettings, clients: HttpClients) -> None:
         self.settings = settings
         self.capabilities = Capabilities(
             function_calling=True,
@@ -72,7 +73,7 @@ class GeminiBackend:
             output_modalities=frozenset({"TEXT", "IMAGE", "AUDIO"}),
             safety_filtering=True,
             cached_content=True,  # openvertex's caches put their content in front of the request
-            native_tools=frozenset(
+            google_tools=frozenset(
                 {"googleSearch", "codeExecution", "urlContext", "googleMaps", "enterpriseWebSearch", "retrieval"}
             ),
             thought_signatures=True,
@@ -82,7 +83,9 @@ class GeminiBackend:
         self._key = key
         self._project = settings.project  # else the credentials', once loaded
         self._tokens = None if key else TokenSource(self._credentials, _no_credentials)
-        self._session: aiohttp.ClientSession | None = None
+        # No total: a long stream is fine; the connection and each wait for bytes are bounded.
+        timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout_s, sock_read=settings.timeout_s)
+        self._client = clients.add(SessionSpec(timeout=timeout, limit=settings.max_connections))
         self._urls: dict[tuple[str, str, bool], URL] = {}
         self._counts = _Counts()
 
@@ -106,24 +109,9 @@ class GeminiBackend:
         )
 
     async def start(self) -> None:
-        self._session_now()
-
-    def _session_now(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            settings = self.settings
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=settings.max_connections),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=settings.connect_timeout_s, sock_read=settings.timeout_s
-                ),
-                raise_for_status=False,
-            )
-        return self._session
+        return None  # its session is opened by its HttpClients, before backends start
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
         if self._tokens is not None:
             self._tokens.close()
 
@@ -193,7 +181,7 @@ class GeminiBackend:
         while True:
             headers = {"content-type": "application/json", **await self._auth_headers()}
             try:
-                response = await self._session_now().post(url, data=payload, headers=headers)
+                response = await self._client.session.post(url, data=payload, headers=headers)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:  # never sent
                 if attempt >= self.settings.max_retries:
                     raise UnavailableError(f"Gemini could not be reached: {error or type(error).__name__}") from None
@@ -251,18 +239,24 @@ class GeminiBackend:
 
     async def stream(
         self, request: gc.GenerateContentRequest, *, model: str
-    ) -> AsyncIterator[gc.GenerateContentResponse]:
+    ) -> AsyncGenerator[gc.GenerateContentResponse, None]:
         started = time.monotonic()
         self._counts.requests += 1
         failed = True
         try:
             response = await self._post(model, "streamGenerateContent", self._payload(request), sse=True)
             async with response:  # closing it (the client left) ends the upstream request
-                async for data in _sse_events(response):
-                    event = _parse(data)
-                    if event.model_extra and "error" in event.model_extra:
-                        raise _error_from(event.model_extra, 500)
-                    yield event
+                decoder = _EventData()
+                try:
+                    async for chunk in response.content.iter_any():
+                        for data in decoder.feed(chunk):
+                            yield _event(data)
+                except (aiohttp.SocketTimeoutError, TimeoutError):
+                    raise DeadlineExceededError("Gemini stopped sending its answer.") from None
+                except aiohttp.ClientError as error:
+                    raise UnavailableError(f"Gemini's stream broke off: {error or type(error).__name__}") from None
+                for data in decoder.finish():
+                    yield _event(data)
             failed = False
         except (GeneratorExit, asyncio.CancelledError):  # the client left: not the upstream's failure
             failed = False
@@ -366,36 +360,46 @@ def _parse(data: bytes) -> gc.GenerateContentResponse:
         raise InternalError("Gemini answered in a shape openvertex cannot read.") from None
 
 
-async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The `data:` payloads of an SSE stream (LF or CRLF), one per event; other lines are framing.
-    Lines are split here, not by aiohttp, whose line limit (128 to 512 KiB) an image part exceeds."""
-    buffer = bytearray()
-    lines: list[bytes] = []
-    try:
-        async for chunk in response.content.iter_any():
-            searched = len(buffer)
-            buffer += chunk
-            while (end := buffer.find(b"\n", searched)) >= 0:
-                line = bytes(buffer[:end]).rstrip(b"\r")
-                del buffer[: end + 1]
-                searched = 0
-                if not line:
-                    if lines:
-                        yield b"\n".join(lines)
-                        lines = []
-                elif line.startswith(b"data:"):
-                    lines.append(line[5:].removeprefix(b" "))
-            if len(buffer) > MAX_EVENT_BYTES:
-                raise InternalError("Gemini sent an event larger than openvertex reads.")
-    except (aiohttp.SocketTimeoutError, TimeoutError):
-        raise DeadlineExceededError("Gemini stopped sending its answer.") from None
-    except aiohttp.ClientError as error:
-        raise UnavailableError(f"Gemini's stream broke off: {error or type(error).__name__}") from None
-    tail = bytes(buffer).strip()
-    if tail.startswith(b"data:"):
-        lines.append(tail[5:].removeprefix(b" "))
-    if lines:
-        yield b"\n".join(lines)
+class _EventData:
+    """The `data:` payloads of an SSE stream (LF or CRLF), one per event, fed the bytes as they
+    come; other lines are framing. Lines are split here, not by aiohttp, whose line limit (128 to
+    512 KiB) an image part exceeds."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        events = []
+        buffer = self._buffer
+        searched = len(buffer)
+        buffer += chunk
+        while (end := buffer.find(b"\n", searched)) >= 0:
+            line = bytes(buffer[:end]).rstrip(b"\r")
+            del buffer[: end + 1]
+            searched = 0
+            if not line:
+                if self._lines:
+                    events.append(b"\n".join(self._lines))
+                    self._lines = []
+            elif line.startswith(b"data:"):
+                self._lines.append(line[5:].removeprefix(b" "))
+        if len(buffer) > MAX_EVENT_BYTES:
+            raise InternalError("Gemini sent an event larger than openvertex reads.")
+        return events
+
+    def finish(self) -> list[bytes]:
+        tail = bytes(self._buffer).strip()
+        if tail.startswith(b"data:"):
+            self._lines.append(tail[5:].removeprefix(b" "))
+        return [b"\n".join(self._lines)] if self._lines else []
+
+
+def _event(data: bytes) -> gc.GenerateContentResponse:
+    event = _parse(data)
+    if event.model_extra and "error" in event.model_extra:
+        raise _error_from(event.model_extra, 500)
+    return event
 
 
 def _error_from(body: Any, code: int) -> ApiError:

@@ -7,33 +7,34 @@ from pathlib import Path
 from typing import Any
 
 from openvertex.backends.base import Backend
+from openvertex.http_clients import HttpClients
 from openvertex.settings import BackendSettings, FakeBackendSettings, GeminiBackendSettings, LocalBackendSettings
 
 
-def _local(settings: Any, directory: Path) -> Backend:
+def _local(settings: Any, directory: Path, clients: HttpClients) -> Backend:
     from openvertex.backends.local.backend import LocalBackend  # imports llama.cpp: only when used
 
     assert isinstance(settings, LocalBackendSettings)
     return LocalBackend(settings, kv_dir=directory)
 
 
-def _fake(settings: Any, directory: Path) -> Backend:
+def _fake(settings: Any, directory: Path, clients: HttpClients) -> Backend:
     from openvertex.backends.fake import FakeBackend
 
     assert isinstance(settings, FakeBackendSettings)
     return FakeBackend.from_file(settings.script) if settings.script else FakeBackend()
 
 
-def _gemini(settings: Any, directory: Path) -> Backend:
+def _gemini(settings: Any, directory: Path, clients: HttpClients) -> Backend:
     from openvertex.backends.gemini import GeminiBackend
 
     assert isinstance(settings, GeminiBackendSettings)
-    return GeminiBackend(settings)
+    return GeminiBackend(settings, clients)
 
 
-# (the backend's settings, its own directory under state_dir) → the backend
-FACTORIES: dict[str, Callable[[Any, Path], Backend]] = {"local": _local, "fake": _fake, "gemini": _gemini}
+# (the backend's settings, its own directory under state_dir, the HTTP sessions) → the backend
+FACTORIES: dict[str, Callable[[Any, Path, HttpClients], Backend]] = {"local": _local, "fake": _fake, "gemini": _gemini}
 
 
-def create_backend(settings: BackendSettings, directory: Path) -> Backend:
-    return FACTORIES[settings.type](settings, directory)
+def create_backend(settings: BackendSettings, directory: Path, clients: HttpClients) -> Backend:
+    return FACTORIES[settings.type](settings, directory, clients)

@@ -1,8 +1,7 @@
 """Self-deployed endpoints (`…/endpoints/{ID}/chat/completions`): a pass-through to OpenAI-compatible
 replicas (vLLM, TGI's Messages API, llama-server, another openvertex).
 
-    gateway.py       Endpoints: every configured endpoint's pool and health checks, started and stopped with the app
-    client.py        the one aiohttp session every endpoint shares
+    gateway.py       Endpoints: every configured endpoint's pool, the aiohttp session they share, and health checks
     pool.py          EndpointPool.forward: pick a replica, add auth, send, retry a failed connection elsewhere
     replicas.py      the replicas of one endpoint: least outstanding requests, failures, in or out of service
     health.py        the periodic GET on each replica's health path

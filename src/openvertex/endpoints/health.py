@@ -30,7 +30,7 @@ async def check_forever(pool: EndpointPool) -> None:
 async def check(pool: EndpointPool, replica: Replica, timeout: aiohttp.ClientTimeout) -> bool:
     try:
         headers = await pool.auth.headers(replica)  # the health route may sit behind the same auth
-        async with pool.client.session().get(replica.health_url, headers=headers, timeout=timeout) as response:
+        async with pool.client.session.get(replica.health_url, headers=headers, timeout=timeout) as response:
             healthy, reason = response.status == 200, f"health check answered {response.status}"
     except (aiohttp.ClientError, TimeoutError, ApiError) as error:
         healthy, reason = False, f"health check failed: {error or type(error).__name__}"

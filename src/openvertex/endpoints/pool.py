@@ -17,11 +17,11 @@ import time
 
 import aiohttp
 
-from openvertex.endpoints.client import UpstreamClient
 from openvertex.endpoints.replicas import Replica, ReplicaSet
 from openvertex.endpoints.stats import EndpointStats
 from openvertex.endpoints.upstream_auth import UpstreamAuth, upstream_auth
 from openvertex.errors import ApiError, DeadlineExceededError, UnavailableError
+from openvertex.http_clients import HttpClient
 from openvertex.settings import EndpointSettings
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ RELAYED_HEADERS = ("content-type", "cache-control", "retry-after")
 
 
 class EndpointPool:
-    def __init__(self, endpoint_id: str, settings: EndpointSettings, client: UpstreamClient) -> None:
+    def __init__(self, endpoint_id: str, settings: EndpointSettings, client: HttpClient) -> None:
         self.endpoint_id = endpoint_id
         self.settings = settings
         self.client = client
@@ -77,7 +77,7 @@ class EndpointPool:
             raise
         replica.outstanding += 1
         try:
-            response = await self.client.session().post(
+            response = await self.client.session.post(
                 replica.chat_url, data=body, headers=headers, timeout=self.timeout
             )
         except aiohttp.ConnectionTimeoutError:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from openvertex.errors import UnauthenticatedError
 from openvertex.request_record import current_record
@@ -20,6 +25,9 @@ def _presented_token(request: Request) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return request.headers.get("x-goog-api-key") or request.query_params.get("key") or None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class Authenticator:
@@ -43,3 +51,19 @@ class Authenticator:
         record = current_record()
         record.key, record.models_allowed = grant.name, grant.models or None
         await self.quotas.admit(grant, record)
+
+    def guard(self, handler: Handler, *, anonymous: bool = False) -> Handler:
+        """`handler` behind the key check: how every API route is authenticated."""
+
+        @functools.wraps(handler)
+        async def guarded(request: Request) -> Response:
+            await self.check(request, anonymous=anonymous)
+            return await handler(request)
+
+        return guarded
+
+    def guard_routes(self, routes: list[Route]) -> list[Route]:
+        return [
+            Route(route.path, self.guard(route.endpoint), methods=list(route.methods or ()), name=route.name)
+            for route in routes
+        ]

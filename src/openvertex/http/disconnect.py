@@ -17,6 +17,7 @@ from typing import TypeVar
 from starlette.types import Receive
 
 from openvertex.errors import CancelledError
+from openvertex.interrupts import Interrupt
 
 T = TypeVar("T")
 
@@ -38,28 +39,21 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     """Await `work` in this task; if the client disconnects first, cancel it and raise
     ClientDisconnected. One watcher task per call, and `work` runs here, not in a task of its
     own: both matter at thousands of requests a second."""
-    task = asyncio.current_task()
-    assert task is not None, "until_disconnect runs inside a task"
-    hung_up = False
+    hang_up = Interrupt()
 
-    def cancel_work(watcher: asyncio.Future[None]) -> None:
-        nonlocal hung_up
+    def on_disconnect(watcher: asyncio.Future[None]) -> None:
         if not watcher.cancelled() and watcher.exception() is None:
-            hung_up = True
-            task.cancel()  # raises CancelledError where `work` waits, through its `finally` blocks
+            hang_up.fire()  # raises CancelledError where `work` waits, through its `finally` blocks
 
     watcher = asyncio.ensure_future(wait_for_disconnect(receive))
-    watcher.add_done_callback(cancel_work)
+    watcher.add_done_callback(on_disconnect)
     try:
         return await work
     except asyncio.CancelledError:
-        if hung_up:
-            hung_up = False
-            if task.uncancel() == 0:  # ours alone, not also a deadline's or shutdown's
-                raise ClientDisconnected() from None
+        if hang_up.claims():  # ours alone, not also a deadline's or shutdown's
+            raise ClientDisconnected() from None
         raise
     finally:
-        watcher.remove_done_callback(cancel_work)
+        watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
-        if hung_up:  # cancelled, but `work` swallowed it or failed otherwise: the client left all the same
-            task.uncancel()
+        hang_up.release()  # cancelled, but `work` swallowed it or failed otherwise: the client left all the same

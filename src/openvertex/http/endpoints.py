@@ -20,7 +20,6 @@ from starlette.types import Receive, Scope, Send
 from openvertex.endpoints import Endpoints, UpstreamAnswer
 from openvertex.endpoints.model_member import with_model
 from openvertex.errors import ApiError, NotFoundError
-from openvertex.http.auth import Authenticator
 from openvertex.http.body import INLINE_PARSE_BYTES, read_body
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
 from openvertex.request_record import current_record
@@ -56,16 +55,13 @@ class EndpointHandlers:
         self,
         endpoints: Endpoints,
         pinned: Mapping[str, PinnedBackend],
-        auth: Authenticator,
         max_body_bytes: int,
     ) -> None:
         self.endpoints = endpoints
         self.pinned = pinned
-        self.auth = auth
         self.max_body_bytes = max_body_bytes
 
     async def relay(self, request: Request, endpoint_id: str) -> Response:
-        await self.auth.check(request)
         pool = self.endpoints.get(endpoint_id)
         if pool is None:
             raise NotFoundError(f"Endpoint `{endpoint_id}` not found.")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -19,48 +18,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from openvertex.errors import InvalidArgumentError, NotFoundError
-from openvertex.http.auth import Authenticator
 from openvertex.http.body import read_body, read_json
 from openvertex.http.disconnect import until_disconnect
 from openvertex.http.errors import error_body, native_error_body, route_path
-from openvertex.http.sse import JSON_ARRAY, NATIVE_SSE, STREAM_HEADERS, EventStreamResponse, Framed, first_item
+from openvertex.http.sse import JSON_ARRAY, NATIVE_SSE, STREAM_HEADERS, EventStreamResponse, Framed
 from openvertex.protocol import generate_content as gc
-from openvertex.service.cached_contents import CachedContents, format_time
-from openvertex.service.generation import Backend, Generator
+from openvertex.service.cached_contents import CachedContents
+from openvertex.service.native import ModelCall, NativeService
 from openvertex.translate.bounded_json import JsonLimits
-from openvertex.translate.context import new_response_id
-from openvertex.translate.native import check_native_request, count_tokens_request, render_response
-from openvertex.translate.resources import (
-    MODEL_METHODS,
-    ModelName,
-    dialect_of,
-    parse_model_name,
-    split_version,
-)
+from openvertex.translate.native import check_native_request
+from openvertex.translate.resources import MODEL_METHODS, dialect_of, parse_model_name, split_version
 
 _PARENT = "/projects/{project:str}/locations/{location:str}"
-_GENERATION_METHODS = [
-    "generateContent",
-    "streamGenerateContent",
-    "countTokens",
-    "computeTokens",
-    "createCachedContent",
-]
 
 
 def _json(model: gc.GeminiModel | dict[str, Any]) -> Response:
     body = model if isinstance(model, dict) else model.to_json_dict()
     return Response(json.dumps(body).encode(), media_type="application/json")
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """What a model route's URL names."""
-
-    version: str | None
-    dialect: gc.Dialect
-    model: ModelName
-    method: str | None  # generateContent, …; None for a model get
 
 
 def _versioned(request: Request) -> tuple[str | None, str]:
@@ -73,7 +47,7 @@ def _versioned(request: Request) -> tuple[str | None, str]:
     return version, rest
 
 
-def _target(request: Request) -> _Target:
+def _model_call(request: Request) -> ModelCall:
     version, rest = _versioned(request)
     name, _, method = rest.partition(":")
     model = parse_model_name(name)
@@ -82,29 +56,22 @@ def _target(request: Request) -> _Target:
     if method and method not in MODEL_METHODS:
         served = ", ".join(sorted(MODEL_METHODS))
         raise NotFoundError(f"Method `{method}` is not served here (openvertex serves {served}).")
-    return _Target(version, dialect_of(version, name), model, method or None)
+    return ModelCall(model, dialect_of(version, name), version, method or None)
 
 
 class NativeHandlers:
     def __init__(
         self,
-        generator: Generator,
+        service: NativeService,
         caches: CachedContents,
-        auth: Authenticator,
         max_body_bytes: int,
         json_limits: JsonLimits,
     ) -> None:
-        self.generator = generator
+        self.service = service
         self.caches = caches
-        self.auth = auth
         self.max_body_bytes = max_body_bytes
         self.json_limits = json_limits
         self.started = int(time.time())
-
-    def _backend_of(self, target: _Target) -> Backend:
-        return self.generator.backend(
-            target.model, dialect=target.dialect, version=target.version, method=target.method
-        )
 
     async def _body(self, request: Request, model: type[gc.GeminiModel]) -> Any:
         raw = await read_body(request, self.max_body_bytes)
@@ -113,81 +80,46 @@ class NativeHandlers:
     # ------------------------------------------------------------------ models
 
     async def model_call(self, request: Request) -> Response:
-        await self.auth.check(request)
-        target = _target(request)
-        if target.method is None:
+        call = _model_call(request)
+        if call.method is None:
             raise NotFoundError("The requested URL was not found on this server.")
-        backend = self._backend_of(target)
-        if target.method in ("countTokens", "computeTokens"):
-            return await self._tokens(request, target, backend)
+        self.service.backend(call)  # an unknown model is a 404 before its body is read
+        if call.method == "countTokens":
+            return _json(await self.service.count_tokens(await self._body(request, gc.CountTokensRequest), call))
+        if call.method == "computeTokens":
+            return _json(await self.service.compute_tokens(await self._body(request, gc.ComputeTokensRequest), call))
         body: gc.GenerateContentRequest = await self._body(request, gc.GenerateContentRequest)
-        check_native_request(body)
         # Until the first byte is sent, only the receive channel tells that the client left.
-        return await until_disconnect(request.receive, self._answer(request, target, backend, body))
+        return await until_disconnect(request.receive, self._answer(request, call, body))
 
-    async def _answer(
-        self, request: Request, target: _Target, backend: Backend, body: gc.GenerateContentRequest
-    ) -> Response:
-        timeout_s = _server_timeout(request)
-        prepared = await self.generator.prepare(
-            body, target.model, backend, dialect=target.dialect, timeout_s=timeout_s
-        )
-        response_id, created = new_response_id(), format_time(time.time())
-
-        def render(response: gc.GenerateContentResponse) -> dict[str, Any]:
-            return render_response(
-                response,
-                dialect=target.dialect,
-                model_version=target.model.model,
-                response_id=response_id,
-                create_time=created,
-            )
-
-        if target.method == "generateContent":
-            return _json(render(await self.generator.generate(prepared)))
-        responses = self.generator.stream(prepared)
-        # The first chunk before answering: errors found while starting get a real HTTP status.
-        first = await first_item(responses)
+    async def _answer(self, request: Request, call: ModelCall, body: gc.GenerateContentRequest) -> Response:
+        native = await self.service.prepare(body, call, timeout_s=_server_timeout(request))
+        if call.method == "generateContent":
+            return _json(await self.service.generate(native))
         framing = NATIVE_SSE if request.query_params.get("alt") == "sse" else JSON_ARRAY
         framed = Framed(
-            first,
-            responses,
+            self.service.stream(native),
             framing,
-            dump=lambda response: json.dumps(render(response)).encode(),
+            dump=lambda rendered: json.dumps(rendered).encode(),
             error_body=native_error_body if framing is NATIVE_SSE else error_body,
         )
+        await framed.start()
         return EventStreamResponse(framed, headers=STREAM_HEADERS, media_type=framing.media_type)
 
-    async def _tokens(self, request: Request, target: _Target, backend: Backend) -> Response:
-        if target.method == "countTokens":
-            counted: gc.CountTokensRequest = await self._body(request, gc.CountTokensRequest)
-            content = count_tokens_request(counted)
-            check_native_request(content)
-            return _json(await self.generator.count_tokens(content, target.model, backend, dialect=target.dialect))
-        computed: gc.ComputeTokensRequest = await self._body(request, gc.ComputeTokensRequest)
-        content = gc.GenerateContentRequest(contents=computed.contents or [])
-        check_native_request(content)
-        return _json(await self.generator.compute_tokens(content, target.model, backend))
-
     async def model_get(self, request: Request) -> Response:
-        await self.auth.check(request)
-        target = _target(request)
-        if target.method is not None:
+        call = _model_call(request)
+        if call.method is not None:
             raise NotFoundError("The requested URL was not found on this server.")
-        info = self.generator.model_info(target.model, self._backend_of(target), target.dialect).to_json_dict()
+        info = self.service.model_info(call).to_json_dict()
         if route_path(request).startswith("/v1/models/"):  # OpenAI's retrieve shares the path: both shapes
-            info |= {"id": target.model.model, "object": "model", "created": self.started, "owned_by": "openvertex"}
+            info |= {"id": call.model.model, "object": "model", "created": self.started, "owned_by": "openvertex"}
         return _json(info)
 
-    def listed(self, dialect: gc.Dialect) -> list[dict[str, Any]]:
-        return [info.to_json_dict() for info in self.generator.listed(dialect)]
-
     async def model_list(self, request: Request) -> Response:
-        await self.auth.check(request)
         version, rest = _versioned(request)
         dialect = dialect_of(version, rest)
         key = "publisherModels" if dialect == "vertex" else "models"
-        return _json({key: self.listed(dialect)})
+        return _json({key: self.service.listed(dialect)})
 
     # ------------------------------------------------------------------ cachedContents
 
@@ -203,7 +135,6 @@ class NativeHandlers:
         return dialect, f"{parent + '/' if parent else ''}cachedContents/{request.path_params['cache']}"
 
     async def caches_create(self, request: Request) -> Response:
-        await self.auth.check(request)
         dialect, parent = self._cache_scope(request)
         body: gc.CachedContent = await self._body(request, gc.CachedContent)
         check_native_request(  # the same rules as a request's (it normalises the body's bytes in place)
@@ -218,7 +149,6 @@ class NativeHandlers:
         return _json(await self.caches.create(parent, body, dialect))
 
     async def caches_list(self, request: Request) -> Response:
-        await self.auth.check(request)
         _, parent = self._cache_scope(request)
         query = request.query_params
         size = query.get("pageSize") or query.get("page_size")
@@ -230,18 +160,15 @@ class NativeHandlers:
         return _json(page)
 
     async def cache_get(self, request: Request) -> Response:
-        await self.auth.check(request)
         dialect, name = self._cache_name(request)
         return _json(await self.caches.get(name, dialect))
 
     async def cache_update(self, request: Request) -> Response:
-        await self.auth.check(request)
         dialect, name = self._cache_name(request)
         body: gc.CachedContent = await self._body(request, gc.CachedContent)
         return _json(await self.caches.update(name, body, dialect))
 
     async def cache_delete(self, request: Request) -> Response:
-        await self.auth.check(request)
         dialect, name = self._cache_name(request)
         await self.caches.delete(name, dialect)
         return _json({})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,9 +20,10 @@ from openvertex.http.errors import error_body
 from openvertex.http.lifecycle import Lifecycle
 from openvertex.http.native import NativeHandlers
 from openvertex.http.openapi import openapi_json
-from openvertex.http.sse import OPENAI_SSE, STREAM_HEADERS, EventStreamResponse, Framed, first_item
+from openvertex.http.sse import OPENAI_SSE, STREAM_HEADERS, EventStreamResponse, Framed
+from openvertex.metrics import Metrics
 from openvertex.protocol import chat_completions as oa
-from openvertex.service.chat import ChatService, PreparedChat
+from openvertex.service.chat import ChatService
 from openvertex.translate.bounded_json import JsonLimits
 
 VERTEX_CHAT = "/{version:str}/projects/{project:str}/locations/{location:str}/endpoints/{endpoint:str}/chat/completions"
@@ -38,12 +38,14 @@ class Handlers:
         auth: Authenticator,
         max_body_bytes: int,
         *,
+        metrics: Metrics,
         json_limits: JsonLimits | None = None,
         endpoints: EndpointHandlers | None = None,
         lifecycle: Lifecycle | None = None,
         predict_model: str | None = None,
     ) -> None:
         self.service = service
+        self.metrics = metrics
         self.lifecycle = lifecycle or Lifecycle()
         self.predict_model = predict_model  # for a prediction that names no model
         self.endpoints = endpoints  # self-deployed endpoints; None: only `openapi` exists
@@ -70,7 +72,6 @@ class Handlers:
         return await self.endpoints.relay(request, endpoint)
 
     async def chat(self, request: Request, pinned: PinnedBackend | None = None) -> Response:
-        await self.auth.check(request)
         raw = await read_body(request, self.max_body_bytes)
         body = await read_json(raw, oa.ChatCompletionRequest, self.json_limits)
         # Until the first byte is sent, only the receive channel tells that the client left:
@@ -81,7 +82,6 @@ class Handlers:
         """A Vertex AI custom container's prediction route: `predict` sends `{"instances": [chat
         requests]}` and gets `{"predictions": [chat.completion]}`; `rawPredict` sends a chat
         request as it is (streaming or not) and gets its answer as it is."""
-        await self.auth.check(request, anonymous=True)
         raw = await read_body(request, self.max_body_bytes)
         large = len(raw) > INLINE_PARSE_BYTES  # parsed off the event loop, as read_json does
         data = (
@@ -118,30 +118,27 @@ class Handlers:
         return Response(reply.model_dump_json(exclude_none=True), media_type="application/json")
 
     async def _answer(self, body: oa.ChatCompletionRequest, pinned: PinnedBackend | None) -> Response:
-        prepared = await self._prepare(body, pinned)
+        if pinned is None:
+            prepared = await self.service.prepare(body)
+        else:  # the endpoint is the deployed model: it answers whatever model the request names
+            prepared = await self.service.prepare(
+                body.model_copy(update={"model": pinned.model}), backend=pinned.backend
+            )
         if not body.stream:
             completion = await self.service.complete(prepared)
             return Response(completion.model_dump_json(), media_type="application/json")
-        chunks = self.service.stream(prepared)
-        # Pull the first chunk before answering, so errors found while starting (a prompt
-        # too long for the context, say) get a real HTTP status instead of an SSE event.
-        first = await first_item(chunks)
         framed = Framed(
-            first, chunks, OPENAI_SSE, dump=lambda chunk: chunk.model_dump_json().encode(), error_body=error_body
+            self.service.stream(prepared),
+            OPENAI_SSE,
+            dump=lambda chunk: chunk.model_dump_json().encode(),
+            error_body=error_body,
         )
+        await framed.start()
         return EventStreamResponse(framed, headers=STREAM_HEADERS, media_type=OPENAI_SSE.media_type)
-
-    def _prepare(self, body: oa.ChatCompletionRequest, pinned: PinnedBackend | None) -> Awaitable[PreparedChat]:
-        if pinned is None:
-            return self.service.prepare(body)
-        # The endpoint is the deployed model: it answers whatever model the request names.
-        backend = self.service.generator.router.backends[pinned.backend]
-        return self.service.prepare(body.model_copy(update={"model": pinned.model}), backend=backend)
 
     async def models(self, request: Request) -> Response:
         """OpenAI's model list; the Gemini API (google-genai 3.x) lists models on this same path, so
         its `models` key is there too, and each SDK reads its own."""
-        await self.auth.check(request)
         cards = [
             oa.ModelCard(
                 id=model,
@@ -149,9 +146,9 @@ class Handlers:
                 owned_by="openvertex",
                 max_output_tokens=backend.capabilities.max_output_tokens,
             )
-            for model, backend in self.service.generator.router.models()
+            for model, backend in self.service.router.models()
         ]
-        body = oa.ModelList(data=cards).model_dump(mode="json") | {"models": self.native.listed("gemini")}
+        body = oa.ModelList(data=cards).model_dump(mode="json") | {"models": self.native.service.listed("gemini")}
         return JSONResponse(body)
 
     async def openapi(self, request: Request) -> Response:
@@ -159,8 +156,8 @@ class Handlers:
             self._openapi = openapi_json(self.routes())
         return Response(self._openapi, media_type="application/json")
 
-    async def metrics(self, request: Request) -> Response:
-        return Response(self.service.generator.metrics.render(), media_type="text/plain; version=0.0.4")
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -168,23 +165,29 @@ class Handlers:
     async def readyz(self, request: Request) -> Response:
         if self.lifecycle.draining:
             raise UnavailableError("The server is shutting down.")
-        if not self.service.generator.router.ready():
+        if not self.service.router.ready():
             raise UnavailableError("The model is not ready: still loading, or restarting after a fault.")
         return JSONResponse({"status": "ready"})
 
     def container_routes(self, health: str | None, predict: str | None) -> list[Route]:
-        """The routes Vertex AI calls on a custom container (AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE)."""
+        """The routes Vertex AI calls on a custom container (AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE);
+        a prediction passes without a key while none exists (the endpoint's IAM stands before it)."""
         routes = [Route(health, self.readyz, methods=["GET"])] if health else []
-        return routes + ([Route(predict, self.predict, methods=["POST"])] if predict else [])
+        if predict:
+            routes.append(Route(predict, self.auth.guard(self.predict, anonymous=True), methods=["POST"]))
+        return routes
 
     def routes(self) -> list[Route]:
-        return [
+        api = [
             Route(VERTEX_CHAT, self.vertex_chat, methods=["POST"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
+            *self.native.routes(),
+        ]
+        return [
+            *self.auth.guard_routes(api),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/metrics", self.metrics_text, methods=["GET"], name="metrics"),
             Route("/openapi.json", self.openapi, methods=["GET"]),
-            *self.native.routes(),
         ]

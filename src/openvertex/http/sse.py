@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from openvertex.errors import ApiError, InternalError, UnavailableError
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
+from openvertex.service.pipeline import Streamed
 
 log = logging.getLogger(__name__)
 
@@ -48,57 +49,70 @@ JSON_ARRAY = Framing("application/json", b"[", b"", b",\r\n", b"", b"]", b"]")
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-async def first_item(items: AsyncIterator[T]) -> T:
-    """A stream's first item, pulled before answering, so errors found while starting get a real
-    HTTP status instead of an event."""
-    try:
-        return await anext(items)
-    except StopAsyncIteration:
-        raise UnavailableError("The backend ended the stream without a response.") from None
-
-
-async def _close(iterator: AsyncIterator[object]) -> None:
-    # Typed as an iterator by its producer, but an async generator: closing it runs its
-    # `finally`, which is what frees the backend's sequences.
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
 class Framed(Generic[T]):
-    """A stream framed for the wire, its first item already known (so errors before it got a real
-    status). The terminator, once the items ran out, is `tail`: it goes out with the response's
-    last message instead of a write of its own."""
+    """A surface's stream framed for the wire. `start()` pulls its first items before the answer
+    starts, so errors found while starting get a real HTTP status; after that an error is the
+    stream's last event. The terminator, once the stream ended, is `tail`: it goes out with the
+    response's last message instead of a write of its own."""
 
     def __init__(
         self,
-        first: T,
-        rest: AsyncIterator[T],
+        streamed: Streamed[T],
         framing: Framing,
         *,
         dump: Callable[[T], bytes],
         error_body: Callable[[ApiError], dict[str, Any]],
     ) -> None:
-        self._first, self._rest, self._framing = first, rest, framing
+        self._streamed, self._framing = streamed, framing
         self._dump, self._error_body = dump, error_body
+        self._first: list[T] = []
+        self._ended = False  # the first items were pulled to the stream's end
         self.tail = b""
         self.events = self._frame()
 
-    async def _frame(self) -> AsyncIterator[bytes]:
-        framing, dump, rest = self._framing, self._dump, self._rest
+    async def start(self) -> None:
+        streamed = self._streamed
         try:
-            yield framing.start + framing.prefix + dump(self._first) + framing.suffix
-            async for item in rest:
-                yield framing.separator + framing.prefix + dump(item) + framing.suffix
-            self.tail = framing.end
+            async for response in streamed.chunks:  # left open: the rest is read by `events`
+                self._first = streamed.translation.feed(response)
+                if self._first:
+                    return
+        except ApiError as error:
+            raise streamed.rename(error) from None
+        self._ended = True
+        self._first = streamed.translation.finish()
+        if not self._first:
+            raise UnavailableError("The backend ended the stream without a response.")
+
+    def _framed(self, items: list[T], *, first: bool = False) -> bytes:
+        framing, dump = self._framing, self._dump
+        events = [framing.prefix + dump(item) + framing.suffix for item in items]
+        return (framing.start if first else framing.separator) + framing.separator.join(events)
+
+    async def _frame(self) -> AsyncGenerator[bytes, None]:
+        streamed = self._streamed
+        try:
+            yield self._framed(self._first, first=True)
+            if not self._ended:
+                async for response in streamed.chunks:
+                    items = streamed.translation.feed(response)
+                    if items:
+                        yield self._framed(items)
+                items = streamed.translation.finish()
+                if items:
+                    yield self._framed(items)
+            self.tail = self._framing.end
         except Exception as exc:
-            if not isinstance(exc, ApiError):
+            if isinstance(exc, ApiError):
+                exc = streamed.rename(exc)
+            else:
                 log.exception("internal error during a stream")
                 exc = InternalError("Internal error encountered.")
+            framing = self._framing
             body = json.dumps(self._error_body(exc)).encode()
             self.tail = framing.separator + framing.prefix + body + framing.suffix + framing.end_after_error
         finally:
-            await _close(rest)  # also when this generator is closed while suspended at a `yield`
+            await streamed.chunks.aclose()  # also when this generator is closed while suspended at a `yield`
 
 
 class EventStreamResponse(StreamingResponse):
@@ -128,7 +142,7 @@ class EventStreamResponse(StreamingResponse):
             await writer.finish(self._framed.tail)
         finally:
             writer.stop()
-            await _close(events)
+            await events.aclose()
 
 
 class _Writer:

@@ -34,6 +34,7 @@ from openvertex.service.capabilities import check_capabilities
 from openvertex.service.keys import check_model
 from openvertex.service.routing import Router
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
+from openvertex.translate.native import format_time
 from openvertex.translate.resources import ModelName, parent_of, parse_model_name
 
 DEFAULT_TTL_S = 3600.0  # Vertex's and the Gemini API's default
@@ -42,11 +43,6 @@ DEFAULT_PAGE_SIZE = 100
 LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant a Timestamp can hold
 _DURATION = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)s")
 _VERTEX_MODEL_FORM = "projects/{project}/locations/{location}/publishers/google/models/{model}"
-
-
-def format_time(seconds: float) -> str:
-    """RFC 3339 in UTC, as Google writes timestamps."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _parse_time(value: str, *, param: str) -> float:

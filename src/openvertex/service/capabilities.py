@@ -101,7 +101,7 @@ def _check_tools(request: gc.GenerateContentRequest, caps: Capabilities, name: N
                 raise unsupported(name(path), "`behavior` (the Live API's non-blocking functions)")
         native = list(tool.model_extra or {}) + (["googleSearch"] if tool.google_search is not None else [])
         for key in map(to_camel, native):
-            if key not in caps.native_tools:
+            if key not in caps.google_tools:
                 raise unsupported(name(f"tools[{index}].{key}"), f"the native tool {key!r}")
 
 
@@ -116,7 +116,7 @@ def _check_contents(request: gc.GenerateContentRequest, caps: Capabilities, name
             path = f"contents[{index}].parts[{position}]"
             if (part.function_call or part.function_response) and not caps.function_calling:
                 raise unsupported(name("contents"), "function calling (tool calls and tool results)")
-            if (part.executable_code or part.code_execution_result) and "codeExecution" not in caps.native_tools:
+            if (part.executable_code or part.code_execution_result) and "codeExecution" not in caps.google_tools:
                 raise unsupported(name(path), "code execution")
             mime = media_mime(part)
             if mime is not None and not mime.startswith(caps.input_mime_prefixes):

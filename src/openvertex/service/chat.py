@@ -1,14 +1,15 @@
-"""The OpenAI-compatible surface: chat request → GenerateContentRequest → the shared pipeline → chat.completion."""
+"""The OpenAI-compatible surface: chat request → GenerateContentRequest → the pipeline → chat.completion
+(whole, or as chat.completion.chunk events)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from openvertex.errors import InvalidArgumentError
+from openvertex.errors import ApiError, InvalidArgumentError
 from openvertex.protocol import chat_completions as oa
 from openvertex.service.capabilities import check_openai_media
-from openvertex.service.generation import Backend, Generator, Prepared
+from openvertex.service.pipeline import Pipeline, Prepared, Streamed
+from openvertex.service.routing import Router
 from openvertex.translate.context import ResponseContext
 from openvertex.translate.params import openai_param, renamed
 from openvertex.translate.request import chat_request_to_generate_content
@@ -27,24 +28,24 @@ class PreparedChat:
 
 
 class ChatService:
-    def __init__(self, generator: Generator) -> None:
-        self.generator = generator
+    def __init__(self, pipeline: Pipeline, router: Router) -> None:
+        self.pipeline = pipeline
+        self.router = router
 
     async def prepare(
-        self, request: oa.ChatCompletionRequest, *, default_model: str | None = None, backend: Backend | None = None
+        self, request: oa.ChatCompletionRequest, *, default_model: str | None = None, backend: str | None = None
     ) -> PreparedChat:
-        """Everything that can fail with a 4xx before any generation starts. `backend`: the one a
-        self-deployed endpoint names, instead of the model's route."""
+        """Everything that can fail with a 4xx before any generation starts. `backend`: the
+        configured backend a self-deployed endpoint names, instead of the model's route."""
         model = request.model or default_model
         if model is None:
             raise InvalidArgumentError("a model is required", param="model")
-        if backend is None:
-            backend = self.generator.router.resolve(model)
-        check_openai_media(request, backend.capabilities)
-        prepared = await self.generator.prepare(
+        chosen = self.router.resolve(model) if backend is None else self.router.backends[backend]
+        check_openai_media(request, chosen.capabilities)
+        prepared = await self.pipeline.prepare(
             chat_request_to_generate_content(request),
             model_name_from_id(model),
-            backend,
+            chosen,
             dialect="vertex",
             name=lambda path: openai_param(path, request),  # what it refuses, named as this surface names it
         )
@@ -60,21 +61,15 @@ class ChatService:
 
     async def complete(self, chat: PreparedChat) -> oa.ChatCompletion:
         try:
-            response = await self.generator.generate(chat.prepared)
+            response = await self.pipeline.generate(chat.prepared)
         except InvalidArgumentError as error:  # found while generating, named by its native path
             raise renamed(error, chat.request) from None
         return generate_content_to_completion(response, chat.ctx)
 
-    async def stream(self, chat: PreparedChat) -> AsyncIterator[oa.ChatCompletionChunk]:
+    def stream(self, chat: PreparedChat) -> Streamed[oa.ChatCompletionChunk]:
         translator = ChunkTranslator(chat.ctx, candidate_count=chat.candidate_count, include_usage=chat.include_usage)
-        responses = self.generator.stream(chat.prepared)
-        try:
-            async for response in responses:
-                for chunk in translator.feed(response):
-                    yield chunk
-        except InvalidArgumentError as error:
-            raise renamed(error, chat.request) from None
-        finally:
-            await responses.aclose()  # type: ignore[attr-defined]
-        for chunk in translator.finish():
-            yield chunk
+
+        def rename(error: ApiError) -> ApiError:
+            return renamed(error, chat.request) if isinstance(error, InvalidArgumentError) else error
+
+        return Streamed(self.pipeline.stream(chat.prepared), translator, rename)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from openvertex.backends.base import Capabilities
 from openvertex.errors import InvalidArgumentError, unsupported
+from openvertex.http_clients import HttpClients
 from openvertex.protocol import generate_content as gc
 from openvertex.service.capabilities import Namer
 from openvertex.service.search_providers import LocalCorpus, SearchProvider, Searxng, Source
@@ -47,12 +48,12 @@ _MIN_OVERLAP = 0.5  # of a sentence's words found in a source, to support it wit
 
 
 class GroundingPolicy:
-    def __init__(self, settings: GroundingSettings, state_dir: Path) -> None:
+    def __init__(self, settings: GroundingSettings, state_dir: Path, clients: HttpClients) -> None:
         self._settings = settings
         self._search_url = settings.searxng_url.rstrip("/") + "/search" if settings.searxng_url else None
         self._provider: SearchProvider | None = None
         if settings.provider == "searxng" and settings.searxng_url:
-            self._provider = Searxng(settings.searxng_url, timeout_s=settings.timeout_s)
+            self._provider = Searxng(settings.searxng_url, timeout_s=settings.timeout_s, clients=clients)
         elif settings.provider == "corpus" and settings.corpus_dir is not None:
             index = state_dir / "grounding" / "corpus.sqlite3"
             self._provider = LocalCorpus(settings.corpus_dir, index, base_url=settings.corpus_base_url)
@@ -67,7 +68,7 @@ class GroundingPolicy:
                 raise InvalidArgumentError(RETRIEVAL_REFUSED, param=name(f"tools[{index}].googleSearchRetrieval"))
             if tool.google_search is not None:
                 searched = index
-        if searched is None or "googleSearch" in caps.native_tools:
+        if searched is None or "googleSearch" in caps.google_tools:
             return None
         if self._provider is None:
             raise unsupported(name(f"tools[{searched}].googleSearch"), "search grounding (no grounding provider)")
@@ -128,29 +129,8 @@ class Grounding:
         contents[last] = contents[last].model_copy(update={"parts": [results, *contents[last].parts]})
         return request.model_copy(update={"system_instruction": system, "contents": contents})
 
-    def add_metadata(self, response: gc.GenerateContentResponse, *, include_thoughts: bool) -> None:
-        for candidate in response.candidates or []:
-            parts = candidate.content_parts()
-            shown = (
-                parts if include_thoughts else [part for part in parts if not part.thought]
-            )  # as the client gets them
-            candidate.grounding_metadata = self.metadata(candidate.text(), _first_text(shown))
-
-    async def guard(
-        self, upstream: AsyncIterator[gc.GenerateContentResponse]
-    ) -> AsyncIterator[gc.GenerateContentResponse]:
-        """The stream as it comes, each candidate's last chunk with the metadata of its whole text."""
-        answers: dict[int, str] = {}
-        try:
-            async for chunk in upstream:
-                for position, candidate in enumerate(chunk.candidates or []):
-                    index = candidate.index_at(position)
-                    answers[index] = answers.get(index, "") + candidate.text()
-                    if candidate.finish_reason is not None:
-                        candidate.grounding_metadata = self.metadata(answers[index], 0)
-                yield chunk
-        finally:
-            await upstream.aclose()  # type: ignore[attr-defined]
+    def stage(self, *, include_thoughts: bool) -> GroundingStage:
+        return GroundingStage(self, include_thoughts=include_thoughts)
 
     def metadata(self, answer: str, part_index: int) -> dict[str, Any]:
         """Gemini's groundingMetadata for an answer to this search."""
@@ -175,6 +155,53 @@ class Grounding:
             ".chip{border:1px solid #ccc;border-radius:16px;padding:4px 12px;text-decoration:none;color:#333}</style>"
             f'<div class="container">{chip}</div>'
         )
+
+
+class GroundingStage:
+    """The response stage that puts the search's groundingMetadata on each candidate's last chunk:
+    its supports are segments of the candidate's whole answer text, in the part the client gets
+    that text in (runs of text parts merge into one part; thoughts count only when shown)."""
+
+    stopped = False
+
+    def __init__(self, grounding: Grounding, *, include_thoughts: bool) -> None:
+        self._grounding = grounding
+        self._include_thoughts = include_thoughts
+        self._answers: dict[int, str] = {}
+        self._shapes: dict[int, _PartShapes] = {}
+
+    async def feed(self, chunk: gc.GenerateContentResponse) -> list[gc.GenerateContentResponse]:
+        for position, candidate in enumerate(chunk.candidates or []):
+            index = candidate.index_at(position)
+            self._answers[index] = self._answers.get(index, "") + candidate.text()
+            shapes = self._shapes.setdefault(index, _PartShapes())
+            for part in candidate.content_parts():
+                if self._include_thoughts or not part.thought:
+                    shapes.add(part)
+            if candidate.finish_reason is not None:
+                candidate.grounding_metadata = self._grounding.metadata(self._answers[index], shapes.first_answer or 0)
+        return [chunk]
+
+    async def finish(self) -> list[gc.GenerateContentResponse]:
+        return []
+
+
+@dataclass(slots=True)
+class _PartShapes:
+    """The parts a client gets of one candidate, as far as their positions go: where its answer
+    text starts once runs of text parts are merged."""
+
+    count: int = 0
+    last: tuple[bool, bool] | None = None  # of the last part: (a text part, a thought)
+    first_answer: int | None = None
+
+    def add(self, part: gc.Part) -> None:
+        shape = (part.text is not None and part.function_call is None, bool(part.thought))
+        if not (shape[0] and shape == self.last):  # not the continuation of a run of text
+            self.count += 1
+        if shape == (True, False) and self.first_answer is None:
+            self.first_answer = self.count - 1
+        self.last = shape
 
 
 def _supports(answer: str, sources: Sequence[Source], part_index: int) -> list[dict[str, Any]]:
@@ -210,7 +237,3 @@ def _supports(answer: str, sources: Sequence[Source], part_index: int) -> list[d
                 }
             )
     return supports
-
-
-def _first_text(parts: Sequence[gc.Part]) -> int:
-    return next((i for i, part in enumerate(parts) if part.text is not None and not part.thought), 0)

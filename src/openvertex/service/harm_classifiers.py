@@ -8,14 +8,11 @@ operator's blocklist.
 - `ModerationClassifier`: a moderation model (Llama Guard, say) behind any OpenAI-compatible
   server. It answers `safe`, or `unsafe` and a line of category codes that the configuration maps
   to Gemini's categories: a flagged category is rated 1, the others 0.
-- `Blocklist`: terms (whole words, any case) and regular expressions; a hit blocks whatever the
-  safety settings say, as Vertex's terminology blocklists do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -23,7 +20,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from openvertex.errors import UnavailableError
-from openvertex.settings import BlocklistSettings, ModerationSettings
+from openvertex.http_clients import HttpClients, SessionSpec
+from openvertex.settings import ModerationSettings
 
 MODERATION_CALLS = 8  # in flight at once, per server
 Ratings = dict[str, float]  # a category → the probability that the text is harmful in it
@@ -33,8 +31,6 @@ class HarmClassifier(Protocol):
     async def rate(self, texts: Sequence[str], *, prompt: str | None) -> list[Ratings]:
         """Ratings for each text: parts of a prompt (`prompt` None), or of an answer to `prompt`."""
         ...
-
-    async def close(self) -> None: ...
 
 
 class ProfanityClassifier:
@@ -52,9 +48,6 @@ class ProfanityClassifier:
             if self._predict is None:
                 self._predict = _profanity_scorer()
         return [float(score) for score in self._predict(texts)]
-
-    async def close(self) -> None:
-        return None
 
 
 def _profanity_scorer() -> Callable[[list[str]], Sequence[float]]:
@@ -84,10 +77,10 @@ def _profanity_scorer() -> Callable[[list[str]], Sequence[float]]:
 
 
 class ModerationClassifier:
-    def __init__(self, settings: ModerationSettings) -> None:
+    def __init__(self, settings: ModerationSettings, clients: HttpClients) -> None:
         self._settings = settings
         self._url = f"{settings.url}/chat/completions"
-        self._session: aiohttp.ClientSession | None = None
+        self._client = clients.add(SessionSpec(timeout=aiohttp.ClientTimeout(total=settings.timeout_s)))
         self._calls = asyncio.Semaphore(MODERATION_CALLS)  # a long text's windows do not flood the model
         self._headers = {"Content-Type": "application/json"}
         if settings.bearer_token is not None:
@@ -108,10 +101,8 @@ class ModerationClassifier:
         body: dict[str, Any] = {"messages": messages, "max_tokens": 32, "temperature": 0}
         if self._settings.model is not None:
             body["model"] = self._settings.model
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._settings.timeout_s))
         try:
-            async with self._session.post(self._url, json=body, headers=self._headers) as response:
+            async with self._client.session.post(self._url, json=body, headers=self._headers) as response:
                 if response.status != 200:
                     raise UnavailableError(f"The moderation model answered HTTP {response.status}.")
                 answer = (await response.json())["choices"][0]["message"]["content"] or ""
@@ -130,23 +121,3 @@ class ModerationClassifier:
             if code in flagged:
                 ratings[category] = 1.0
         return ratings
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-class Blocklist:
-    def __init__(self, settings: BlocklistSettings) -> None:
-        # Whole words, any case, any run of whitespace between a phrase's words.
-        words = [r"(?<!\w)" + re.escape(term).replace(r"\ ", r"\s+") + r"(?!\w)" for term in settings.terms]
-        self._terms = re.compile("|".join(words), re.IGNORECASE) if words else None
-        self._patterns = [re.compile(pattern) for pattern in settings.patterns]
-
-    def __bool__(self) -> bool:
-        return self._terms is not None or bool(self._patterns)
-
-    def hit(self, text: str) -> bool:
-        if self._terms is not None and self._terms.search(text):
-            return True
-        return any(pattern.search(text) for pattern in self._patterns)

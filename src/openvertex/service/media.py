@@ -33,6 +33,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from openvertex.errors import InvalidArgumentError
+from openvertex.http_clients import HttpClients, SessionSpec
 from openvertex.protocol import generate_content as gc
 from openvertex.settings import MediaSettings
 
@@ -64,8 +65,8 @@ def canonical_mime(mime: str) -> str:
     return MIME_ALIASES.get(base, base)
 
 
-# Leading bytes that name a format unambiguously: (offset, signature, MIME type).
-_SIGNATURES = (
+# Leading bytes that name a format unambiguously (its magic): (offset, magic, MIME type).
+_MAGIC = (
     (0, b"\x89PNG\r\n\x1a\n", "image/png"),
     (0, b"\xff\xd8\xff", "image/jpeg"),
     (8, b"WEBP", "image/webp"),
@@ -80,9 +81,9 @@ _SIGNATURES = (
 
 
 def sniff_mime(data: bytes) -> str | None:
-    """The type the bytes themselves show, for the formats whose signature is unambiguous."""
-    for offset, signature, mime in _SIGNATURES:
-        if data[offset : offset + len(signature)] == signature and (offset == 0 or data[:4] == b"RIFF"):
+    """The type the bytes themselves show, for the formats whose magic is unambiguous."""
+    for offset, magic, mime in _MAGIC:
+        if data[offset : offset + len(magic)] == magic and (offset == 0 or data[:4] == b"RIFF"):
             return mime
     if len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06:  # an MPEG audio frame
         return "audio/mpeg"
@@ -114,9 +115,10 @@ class Media:
 
 
 class MediaReader:
-    """Reads what media parts point at. One aiohttp session for `https://`, opened on first use."""
+    """Reads what media parts point at. `https://` goes through one session of `clients`, whose
+    connections reach only the addresses `_socket` lets through."""
 
-    def __init__(self, settings: MediaSettings) -> None:
+    def __init__(self, settings: MediaSettings, clients: HttpClients) -> None:
         self.settings = settings
         networks: list[Network] = []
         names: set[str] = set()
@@ -127,13 +129,15 @@ class MediaReader:
                 names.add(entry.lower())
         self._allowed_networks = tuple(networks)
         self._allowed_names = frozenset(names)
-        self._session: aiohttp.ClientSession | None = None
+        # No DNS cache: every connection resolves afresh, and `_socket` checks the address it got.
+        guarded = SessionSpec(
+            timeout=aiohttp.ClientTimeout(total=settings.fetch_timeout_s),
+            socket_factory=self._socket,
+            use_dns_cache=False,
+            trust_env=False,  # a proxy from the environment would connect for us, unchecked
+        )
+        self._client = clients.add(guarded)
         self._storage: Any = None  # google.cloud.storage.Client, made on first gs:// read
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     # ------------------------------------------------------------------ requests
 
@@ -221,13 +225,6 @@ class MediaReader:
 
     # ------------------------------------------------------------------ https://
 
-    def _session_now(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(socket_factory=self._socket, use_dns_cache=False)
-            timeout = aiohttp.ClientTimeout(total=self.settings.fetch_timeout_s)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
-        return self._session
-
     def _socket(self, addr_info: Any) -> socket.socket:
         """Every connection's last check: the address it is about to connect to."""
         family, kind, proto, _, address = addr_info
@@ -259,7 +256,7 @@ class MediaReader:
         for _ in range(self.settings.max_redirects + 1):
             await self._check_target(uri, param=param)
             try:
-                async with self._session_now().get(uri, allow_redirects=False) as response:
+                async with self._client.session.get(uri, allow_redirects=False) as response:
                     if response.status in REDIRECTS and "location" in response.headers:
                         uri = urljoin(uri, response.headers["location"])
                         continue

@@ -4,30 +4,32 @@ self-deployed model named as a backend); Gemini applies its own, and gets the se
 A request's blocking thresholds need a classifier for their category (service/harm_classifiers.py),
 else they are a 400 naming the entry: nothing is passed silently. The prompt's user text is rated
 before generation: blocked, the answer is Gemini's blocked prompt (no candidates,
-`promptFeedback.blockReason`, prompt-only usage). An answer is rated in windows of about
-`window_chars` characters, cut at whitespace: a stream holds each window until it is rated, so a
-stream stops at the first blocked window without sending it (what was sent before stays sent), and
-the blocked candidate ends with `finishReason: SAFETY` (or `BLOCKLIST`), no content, and its
-ratings with `blocked: true`. Ratings map a probability to Gemini's levels (under 0.25 NEGLIGIBLE,
-0.5 LOW, 0.75 MEDIUM, else HIGH); the classifiers give no separate severity, so `method: SEVERITY`
-is judged on the same score. The operator's blocklist applies to every request on every backend,
-Gemini included, whatever its settings. Thoughts and function calls are not rated.
+`promptFeedback.blockReason`, prompt-only usage). The answer is rated by a response stage
+(`SafetyStage`) in windows of at most `window_chars` characters cut at whitespace, which fall where
+the text alone says: a stream holds each window until it is rated (and the blocklist has read its
+reach past it), so it stops at the first blocked window without sending it (what was sent before
+stays sent), and a whole answer is rated on the same windows. The blocked candidate ends with
+`finishReason: SAFETY` (or `BLOCKLIST`), no content, and its ratings with `blocked: true`. Ratings
+map a probability to Gemini's levels (under 0.25 NEGLIGIBLE, 0.5 LOW, 0.75 MEDIUM, else HIGH); the
+classifiers give no separate severity, so `method: SEVERITY` is judged on the same score. The
+operator's blocklist (service/blocklist.py) applies to every request on every backend, Gemini
+included, whatever its settings. Thoughts and function calls are not rated.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from openvertex.backends.base import Backend, Capabilities
 from openvertex.errors import InvalidArgumentError, unsupported
+from openvertex.http_clients import HttpClients
 from openvertex.protocol import generate_content as gc
+from openvertex.service.blocklist import Blocklist
 from openvertex.service.capabilities import Namer
 from openvertex.service.harm_classifiers import (
-    Blocklist,
     HarmClassifier,
     ModerationClassifier,
     ProfanityClassifier,
@@ -51,14 +53,14 @@ def level(probability: float) -> int:
 class SafetyPolicy:
     """The server's classifiers and blocklist; `plan` decides what one request gets."""
 
-    def __init__(self, config: SafetyConfig) -> None:
+    def __init__(self, config: SafetyConfig, clients: HttpClients) -> None:
         self.window_chars = config.window_chars
         profanity = [category for category, kind in config.classifiers.items() if kind == "profanity"]
         shared: dict[str, HarmClassifier] = {}
         if profanity:
             shared["profanity"] = ProfanityClassifier(profanity)
         if config.moderation is not None:
-            shared["moderation"] = ModerationClassifier(config.moderation)
+            shared["moderation"] = ModerationClassifier(config.moderation, clients)
         self._classifiers: dict[str, HarmClassifier] = {c: shared[kind] for c, kind in config.classifiers.items()}
         self._shared = list(shared.values())
         self.blocklist = Blocklist(config.blocklist)
@@ -108,9 +110,6 @@ class SafetyPolicy:
             for category in wanted:
                 highest[category] = max(rating.get(category, 0.0) for rating in ratings)
         return highest
-
-    async def close(self) -> None:
-        await asyncio.gather(*(classifier.close() for classifier in self._shared))
 
 
 @dataclass(slots=True)
@@ -181,65 +180,18 @@ class SafetyCheck:
             usage_metadata=gc.UsageMetadata(prompt_token_count=tokens, total_token_count=tokens),
         )
 
-    async def check_answer(self, response: gc.GenerateContentResponse) -> None:
-        """Rate each candidate of a whole answer; a blocked one loses its content."""
-        candidates = response.candidates or []
-        verdicts = await asyncio.gather(*(self._judge([c.text()], prompt=self._prompt) for c in candidates))
-        for candidate, verdict in zip(candidates, verdicts, strict=True):
-            _apply(candidate, verdict)
+    def stage(self) -> SafetyStage:
+        return SafetyStage(self)
 
-    async def guard(
-        self, upstream: AsyncIterator[gc.GenerateContentResponse]
-    ) -> AsyncIterator[gc.GenerateContentResponse]:
-        """The stream with each candidate's answer text held until it is rated, a window at a time;
-        thoughts and function calls go on as soon as the text before them has."""
-        held: dict[int, _Held] = {}
-        chunk: gc.GenerateContentResponse | None = None
-        try:
-            async for chunk in upstream:
-                for position, candidate in enumerate(chunk.candidates or []):
-                    held.setdefault(candidate.index_at(position), _Held()).add(candidate)
-                candidates = await self._release(held, final=False)
-                blocked = any(h.blocked for h in held.values())
-                stop = blocked and all(i in held and held[i].closed for i in range(self._candidates))
-                update: dict[str, Any] = {"candidates": candidates or None}
-                if stop and not _counts_output(chunk.usage_metadata):
-                    update["usage_metadata"] = await self._usage_so_far(held)
-                if candidates or chunk.usage_metadata is not None or chunk.prompt_feedback is not None or stop:
-                    yield chunk.model_copy(update=update)
-                if stop:
-                    return  # nothing more of this answer will be sent: its generation stops here
-            # The upstream ended: what is left is rated now, a candidate it never finished included.
-            candidates = await self._release(held, final=True)
-            if candidates and chunk is not None:
-                yield chunk.model_copy(update={"candidates": candidates, "usage_metadata": None})
-        finally:
-            with contextlib.suppress(Exception):
-                await upstream.aclose()  # type: ignore[attr-defined]
+    async def judge_window(self, text: str, start: int, end: int) -> Verdict:
+        """The verdict on one window of an answer: `text[start:end]` rated as answering the prompt,
+        the blocklist read around it."""
+        blocklist = self._policy.blocklist
+        if blocklist and blocklist.hit_within(text, start, end):
+            return Verdict(reason="BLOCKLIST")
+        return await self._rated([text[start:end]], prompt=self._prompt)
 
-    async def _release(self, held: dict[int, _Held], *, final: bool) -> list[gc.Candidate]:
-        """Rate each candidate's due window; the candidates to send now: their rated parts (and
-        their end), or their block."""
-        window = self._policy.window_chars
-        due = {index: text for index, h in held.items() if (text := h.due(window, final=final)) is not None}
-        judged = await asyncio.gather(*(self._judge([text], prompt=self._prompt) for text in due.values()))
-        verdicts = dict(zip(due, judged, strict=True))
-        candidates = []
-        for index, h in sorted(held.items()):
-            if h.closed:
-                continue
-            verdict = verdicts.get(index)
-            if verdict is not None and verdict.reason is not None:
-                candidates.append(h.block(index, verdict))
-                continue
-            if verdict is not None:
-                h.verdict = h.verdict.merge(verdict)
-            candidate = h.release(index, len(due.get(index, "")), final=final)
-            if candidate is not None:
-                candidates.append(candidate)
-        return candidates
-
-    async def _usage_so_far(self, held: dict[int, _Held]) -> gc.UsageMetadata | None:
+    async def usage_so_far(self, answers: Iterable[str]) -> gc.UsageMetadata | None:
         """A stream stopped before its backend gave its usage: the prompt's tokens, and the text
         generated so far tokenized as an answer (the backend's own count is not known)."""
         if self._source is None:
@@ -249,9 +201,9 @@ class SafetyCheck:
         said = gc.GenerateContentRequest(contents=[gc.Content(role="model", parts=[gc.Part(text="")])])
         empty = await backend.count_tokens(said, model=model)
         output = 0
-        for h in held.values():
-            if h.seen:
-                said.contents[0].parts[0].text = h.seen
+        for answer in answers:
+            if answer:
+                said.contents[0].parts[0].text = answer
                 output += max(0, await backend.count_tokens(said, model=model) - empty)
         return gc.UsageMetadata(
             prompt_token_count=prompt, candidates_token_count=output, total_token_count=prompt + output
@@ -267,7 +219,10 @@ class SafetyCheck:
             hit, windows = self._prepare(texts)
         if hit:
             return Verdict(reason="BLOCKLIST")
-        ratings = await self._policy.rate(windows, list(self._thresholds), prompt=prompt)
+        return await self._rated(windows, prompt=prompt)
+
+    async def _rated(self, windows: Sequence[str], *, prompt: str | None) -> Verdict:
+        ratings = await self._policy.rate([w for w in windows if w], list(self._thresholds), prompt=prompt)
         blocked = frozenset(
             category
             for category, score in ratings.items()
@@ -284,14 +239,83 @@ class SafetyCheck:
             return False, []
         return False, [piece for text in texts for piece in _windows(text, self._policy.window_chars)]
 
+    @property
+    def candidates(self) -> int:
+        return self._candidates
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """An answer's window size, and how far the blocklist reads past a window's end."""
+        blocklist = self._policy.blocklist
+        return self._policy.window_chars, blocklist.reach if blocklist else 0
+
+
+class SafetyStage:
+    """The response stage that rates an answer's text a window at a time and holds each window until
+    it is rated (and the blocklist has read past it): a stream stops at the first blocked window
+    without sending it, what was sent before stays sent, and a whole answer, fed as one chunk, is
+    rated on the same windows. Thoughts and function calls go on as soon as the text before them has."""
+
+    def __init__(self, check: SafetyCheck) -> None:
+        self._check = check
+        self._held: dict[int, _Held] = {}
+        self._last: gc.GenerateContentResponse | None = None
+        self.stopped = False
+
+    async def feed(self, chunk: gc.GenerateContentResponse) -> list[gc.GenerateContentResponse]:
+        held = self._held
+        for position, candidate in enumerate(chunk.candidates or []):
+            held.setdefault(candidate.index_at(position), _Held()).add(candidate)
+        self._last = chunk
+        candidates = await self._release(final=False)
+        blocked = any(h.blocked for h in held.values())
+        self.stopped = blocked and all(i in held and held[i].closed for i in range(self._check.candidates))
+        update: dict[str, Any] = {"candidates": candidates or None}
+        if self.stopped and not _counts_output(chunk.usage_metadata):
+            update["usage_metadata"] = await self._check.usage_so_far(h.seen for h in held.values())
+        if candidates or chunk.usage_metadata is not None or chunk.prompt_feedback is not None or self.stopped:
+            return [chunk.model_copy(update=update)]
+        return []
+
+    async def finish(self) -> list[gc.GenerateContentResponse]:
+        """The upstream ended: what is left is rated now, a candidate it never finished included."""
+        if self.stopped:
+            return []
+        candidates = await self._release(final=True)
+        if candidates and self._last is not None:
+            return [self._last.model_copy(update={"candidates": candidates, "usage_metadata": None})]
+        return []
+
+    async def _release(self, *, final: bool) -> list[gc.Candidate]:
+        """Rate each candidate's due windows; the candidates to send now: their rated parts (and
+        their end), or their block."""
+        size, reach = self._check.window
+        due = {index: h.windows(size, reach, final=final) for index, h in self._held.items() if not h.closed}
+        spans = [(index, start, end) for index, windows in due.items() for start, end in windows]
+        judged = await asyncio.gather(
+            *(self._check.judge_window(self._held[index].seen, start, end) for index, start, end in spans)
+        )
+        verdicts: dict[int, list[tuple[int, Verdict]]] = {}
+        for (index, _, end), verdict in zip(spans, judged, strict=True):
+            verdicts.setdefault(index, []).append((end, verdict))
+        candidates = []
+        for index, h in sorted(self._held.items()):
+            if h.closed:
+                continue
+            candidate = h.judged(index, verdicts.get(index, []), final=final)
+            if candidate is not None:
+                candidates.append(candidate)
+        return candidates
+
 
 @dataclass(slots=True)
 class _Held:
-    """What a stream holds of one candidate until it is rated."""
+    """What the safety stage holds of one candidate until it is rated."""
 
-    parts: list[gc.Part] = field(default_factory=list)
-    pending: str = ""  # the answer text in `parts`: not yet rated
+    parts: list[gc.Part] = field(default_factory=list)  # not yet sent
     seen: str = ""  # all of its answer text so far
+    rated: int = 0  # characters of `seen` rated, and so free to send
+    sent: int = 0  # characters of `seen` sent
     logprobs: list[gc.LogprobsResult] = field(default_factory=list)
     last: gc.Candidate | None = None  # its latest candidate as the backend sent it
     verdict: Verdict = field(default_factory=Verdict)
@@ -303,39 +327,62 @@ class _Held:
         if self.closed:
             return  # blocked: the rest of it is dropped
         self.parts += candidate.content_parts()
-        text = candidate.text()
-        self.pending += text
-        self.seen += text
+        self.seen += candidate.text()
         if candidate.logprobs_result is not None:
             self.logprobs.append(candidate.logprobs_result)
         self.last = candidate
         self.finished = self.finished or candidate.finish_reason is not None
 
-    def due(self, window: int, *, final: bool) -> str | None:
-        """The text to rate now, if any: all that is pending at its end, else a window's worth."""
-        if self.closed:
-            return None
-        if self.finished or final:
-            return self.pending
-        return _cut(self.pending, final=False) if len(self.pending) >= window else None
+    def windows(self, size: int, reach: int, *, final: bool) -> list[tuple[int, int]]:
+        """The windows to rate now, as (start, end) in `seen`. Where they fall depends on the text
+        alone, not on how it arrived: a window is cut at the last whitespace within `size`
+        characters once more text follows it, and rated once `reach` characters more are there."""
+        done = self.finished or final
+        windows = []
+        start = self.rated
+        while start < len(self.seen):
+            rest = len(self.seen) - start
+            if rest > size:
+                end = start + len(_cut(self.seen[start : start + size], final=False))
+            elif done:
+                end = len(self.seen)
+            else:
+                break
+            if not done and len(self.seen) <= end + reach:
+                break
+            windows.append((start, end))
+            start = end
+        return windows
 
-    def release(self, index: int, rated: int, *, final: bool) -> gc.Candidate | None:
-        """The candidate to send with the parts whose answer text is rated (`rated` characters more
-        of it), and the parts that need no rating before the first that is not."""
+    def judged(self, index: int, verdicts: list[tuple[int, Verdict]], *, final: bool) -> gc.Candidate | None:
+        """The candidate to send once its due windows are judged (in order, up to the first that
+        blocks): its block, or its rated parts and perhaps its end."""
+        for end, verdict in verdicts:
+            self.verdict = self.verdict.merge(verdict)
+            if verdict.reason is not None:
+                return self.block(index)
+            self.rated = end
+        return self.release(index, final=final)
+
+    def release(self, index: int, *, final: bool) -> gc.Candidate | None:
+        """The candidate to send with the parts whose answer text is rated, and the parts that need
+        no rating before the first that is not."""
         out: list[gc.Part] = []
-        self.pending = self.pending[rated:]
+        budget = self.rated - self.sent
         while self.parts:
             part = self.parts[0]
             if not part.text or part.thought:
                 out.append(self.parts.pop(0))
-            elif len(part.text) <= rated:
-                rated -= len(part.text)
+            elif len(part.text) <= budget:
+                budget -= len(part.text)
                 out.append(self.parts.pop(0))
             else:
-                if rated:  # a part cut at the window's end: its signature stays with its start
-                    out.append(part.model_copy(update={"text": part.text[:rated]}))
-                    self.parts[0] = part.model_copy(update={"text": part.text[rated:], "thought_signature": None})
+                if budget:  # a part cut at the window's end: its signature stays with its start
+                    out.append(part.model_copy(update={"text": part.text[:budget]}))
+                    self.parts[0] = part.model_copy(update={"text": part.text[budget:], "thought_signature": None})
+                    budget = 0
                 break
+        self.sent = self.rated - budget
         ending = (self.finished or final) and not self.parts
         if not out and not ending:
             return None
@@ -353,9 +400,8 @@ class _Held:
             }
         )
 
-    def block(self, index: int, verdict: Verdict) -> gc.Candidate:
-        self.verdict = self.verdict.merge(verdict)
-        self.parts, self.pending, self.logprobs = [], "", []
+    def block(self, index: int) -> gc.Candidate:
+        self.parts, self.logprobs = [], []
         self.closed = self.blocked = True
         candidate = gc.Candidate(index=index)
         _apply(candidate, self.verdict)

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from openvertex.errors import UnavailableError
+from openvertex.http_clients import HttpClients, SessionSpec
 
 _SUFFIXES = (".txt", ".md", ".html", ".htm")
 _PASSAGE_CHARS = 800
@@ -62,19 +63,16 @@ class SearchProvider(Protocol):
 
 
 class Searxng:
-    def __init__(self, url: str, *, timeout_s: float) -> None:
+    def __init__(self, url: str, *, timeout_s: float, clients: HttpClients) -> None:
         self._url = url.rstrip("/") + "/search"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._client = clients.add(SessionSpec(timeout=aiohttp.ClientTimeout(total=timeout_s)))
 
     async def start(self) -> None:
         return None
 
     async def search(self, query: str, limit: int) -> list[Source]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
-            async with self._session.get(self._url, params={"q": query, "format": "json"}) as response:
+            async with self._client.session.get(self._url, params={"q": query, "format": "json"}) as response:
                 if response.status != 200:
                     raise UnavailableError(f"The search engine answered HTTP {response.status}.")
                 results: list[dict[str, Any]] = (await response.json())["results"]
@@ -88,8 +86,7 @@ class Searxng:
         return sources[:limit]
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        return None  # its session is its HttpClients' to close
 
 
 def _is_web_url(url: object) -> bool:

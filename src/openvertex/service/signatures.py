@@ -19,7 +19,6 @@ import hmac
 import os
 import secrets
 import zlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -157,27 +156,29 @@ class ThoughtSigner:
             raise invalid_signature()
         return thoughts
 
-    # ------------------------------------------------------------------ responses
+    def stage(self) -> SigningStage:
+        return SigningStage(self)
 
-    def sign_response(self, response: gc.GenerateContentResponse) -> None:
-        for candidate in response.candidates or []:
-            _CandidateSigning().sign(self, candidate, finished=True)
 
-    async def sign_stream(
-        self, chunks: AsyncIterator[gc.GenerateContentResponse]
-    ) -> AsyncIterator[gc.GenerateContentResponse]:
-        """Sign each candidate's first function call, or end a candidate that made none with
-        an empty text part carrying a signature (as Gemini streams it)."""
-        states: dict[int, _CandidateSigning] = {}
-        try:
-            async for chunk in chunks:
-                for position, candidate in enumerate(chunk.candidates or []):
-                    states.setdefault(candidate.index_at(position), _CandidateSigning()).sign(
-                        self, candidate, finished=candidate.finish_reason is not None
-                    )
-                yield chunk
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+class SigningStage:
+    """The response stage that signs an answer: each candidate's first function call, or, for a
+    candidate that made none, its end: an empty text part carrying the signature, as Gemini streams
+    it (merged into the text before it in a whole answer)."""
+
+    stopped = False
+
+    def __init__(self, signer: ThoughtSigner) -> None:
+        self._signer = signer
+        self._states: dict[int, _CandidateSigning] = {}
+
+    async def feed(self, chunk: gc.GenerateContentResponse) -> list[gc.GenerateContentResponse]:
+        for position, candidate in enumerate(chunk.candidates or []):
+            state = self._states.setdefault(candidate.index_at(position), _CandidateSigning())
+            state.sign(self._signer, candidate, finished=candidate.finish_reason is not None)
+        return [chunk]
+
+    async def finish(self) -> list[gc.GenerateContentResponse]:
+        return []
 
 
 @dataclass

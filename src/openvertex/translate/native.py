@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic.alias_generators import to_camel
@@ -27,6 +28,11 @@ from openvertex.translate.tables import (
 
 _NAME = re.compile(FUNCTION_NAME_PATTERN)
 JSON_MIME = "application/json"
+
+
+def format_time(seconds: float) -> str:
+    """RFC 3339 in UTC, as Google writes timestamps."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def standard_base64(value: str, *, field: str) -> str:
