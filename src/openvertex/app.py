@@ -15,20 +15,20 @@ from starlette.middleware import Middleware
 
 from openvertex.backends.base import Backend
 from openvertex.backends.registry import create_backend
-from openvertex.endpoints import Endpoints
-from openvertex.endpoints.stats import register_endpoint_readings
 from openvertex.errors import ApiError
 from openvertex.http.admin import AdminHandlers
 from openvertex.http.auth import Authenticator
-from openvertex.http.endpoints import EndpointHandlers, pinned_backends
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
 from openvertex.http.lifecycle import Lifecycle
 from openvertex.http.metrics import register_backend_readings
 from openvertex.http.native import NativeHandlers
 from openvertex.http.recording import RecordRequests
+from openvertex.http.relay import RelayHandlers, pinned_backends
 from openvertex.http.routes import Handlers
 from openvertex.http_clients import HttpClients
 from openvertex.metrics import Metrics
+from openvertex.relay import RelayEndpoints
+from openvertex.relay.stats import register_relay_readings
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.chat import ChatService
 from openvertex.service.grounding import GroundingPolicy
@@ -88,8 +88,8 @@ def create_app(
     quotas = Quotas(QuotaCountStore(database) if database.shared else None)
     auth = Authenticator(keys, quotas)
     json_limits = JsonLimits(settings.max_json_depth, settings.max_json_number_length)
-    endpoints = Endpoints(settings.endpoints, clients)
-    register_endpoint_readings(metrics, endpoints.pools)
+    relay = RelayEndpoints(settings.endpoints, clients)
+    register_relay_readings(metrics, relay.pools)
     pinned = pinned_backends(settings.endpoints, backends)
     lifecycle = Lifecycle()
     reloading = _reloading(reload, router, keys) if reload is not None else None
@@ -101,7 +101,7 @@ def create_app(
         settings.max_body_bytes,
         metrics=metrics,
         json_limits=json_limits,
-        endpoints=EndpointHandlers(endpoints, pinned, settings.max_body_bytes),
+        relay=RelayHandlers(relay, pinned, settings.max_body_bytes),
         lifecycle=lifecycle,
         predict_model=settings.predict_model,
     )
@@ -113,7 +113,7 @@ def create_app(
             signer.rekey(await asyncio.to_thread(shared_secret, database, "thought_signature", SECRET_BYTES))
         await asyncio.to_thread(keys.refresh)
         await clients.open()  # before anything calls out: the endpoints' health checks, the backends
-        await endpoints.start()  # the upstreams' health checks
+        await relay.start()  # the relay endpoints' health checks
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
@@ -128,7 +128,7 @@ def create_app(
                 with contextlib.suppress(BaseException):
                     await task
             await asyncio.gather(*(backend.close() for backend in backends.values()))
-            for close in (endpoints.close, grounding.close, clients.close):  # the HTTP sessions last
+            for close in (relay.close, grounding.close, clients.close):  # the HTTP sessions last
                 await close()
             database.close()
 

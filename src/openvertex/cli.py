@@ -20,7 +20,7 @@ from openvertex.settings import (
     BackendSettings,
     GeminiBackendSettings,
     LocalBackendSettings,
-    Route,
+    ModelRoute,
     Settings,
     load_settings,
 )
@@ -89,7 +89,7 @@ def _with_model(settings: Settings, model: str) -> Settings:
         raise SystemExit("--model needs a backend named 'local' of type 'local' in the configuration")
     settings.backends["local"] = local.model_copy(update={"model": model})
     if all(route.model != model_id(model) for route in settings.routes):
-        settings.routes.append(Route(model=model_id(model), backend="local"))
+        settings.routes.append(ModelRoute(model=model_id(model), backend="local"))
     return settings
 
 

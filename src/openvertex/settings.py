@@ -151,7 +151,7 @@ class EndpointSettings(_Section):
         return self
 
 
-class Route(_Section):
+class ModelRoute(_Section):
     """Requests whose model matches `model` (a glob) go to `backend`; first match wins."""
 
     model: str
@@ -162,8 +162,8 @@ def _default_backends() -> dict[str, BackendSettings]:
     return {"local": LocalBackendSettings()}
 
 
-def _default_routes() -> list[Route]:
-    return [Route(model="google/*", backend="local"), Route(model=DEFAULT_MODEL_ALIAS, backend="local")]
+def _default_routes() -> list[ModelRoute]:
+    return [ModelRoute(model="google/*", backend="local"), ModelRoute(model=DEFAULT_MODEL_ALIAS, backend="local")]
 
 
 class MediaSettings(_Section):
@@ -292,7 +292,7 @@ class Settings(BaseSettings):
     # this time) and the usage per key is written.
     keys_refresh_s: float = Field(5.0, gt=0)
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
-    routes: list[Route] = Field(default_factory=_default_routes)
+    routes: list[ModelRoute] = Field(default_factory=_default_routes)
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)  # self-deployed endpoint ids
     media: MediaSettings = Field(default_factory=MediaSettings)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
@@ -333,7 +333,7 @@ class Settings(BaseSettings):
 
     @field_validator("routes")
     @classmethod
-    def _routes_name_backends(cls, routes: list[Route], info: Any) -> list[Route]:
+    def _routes_name_backends(cls, routes: list[ModelRoute], info: Any) -> list[ModelRoute]:
         backends = info.data.get("backends", {})
         for route in routes:
             if route.backend not in backends:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from openvertex.backends.local.backend import LocalBackend
 from openvertex.backends.local.jobs import BACKLOG_PER_CANDIDATE
@@ -35,7 +35,7 @@ async def slow_reader() -> None:
     request = gc.GenerateContentRequest(
         contents=[gc.Content(role="user", parts=[gc.Part(text="Numbers please.")])], generation_config=config
     )
-    stream: AsyncIterator[gc.GenerateContentResponse] = backend.stream(request, model="local")
+    stream: AsyncGenerator[gc.GenerateContentResponse, None] = backend.stream(request, model="local")
     try:
         await anext(stream)
         # The backlog fills, then nothing more: far from the 900 tokens asked for.
@@ -46,7 +46,7 @@ async def slow_reader() -> None:
             await anext(stream)
         await settled_tokens(backend, above=paused)  # reading again resumed it
     finally:
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         await backend.close()
 
 

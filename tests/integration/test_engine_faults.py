@@ -15,7 +15,7 @@ import httpx
 import llama_cpp
 import pytest
 
-from openvertex.backends.local import backend as local_backend
+from openvertex.backends.local import supervisor as local_supervisor
 from openvertex.backends.local.backend import LocalBackend
 from openvertex.backends.local.engine import Engine, Slot
 from openvertex.settings import LocalBackendSettings, Settings
@@ -87,8 +87,8 @@ def test_one_requests_sampling_fault_ends_that_request_alone(monkeypatch: pytest
 def test_a_failed_decode_ends_its_batch_and_the_engine_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     with local_server(n_parallel=2) as (server, backend):
         decode, failures = llama_cpp.llama_decode, [-3]
-        assert backend._engine is not None
-        ours = backend._engine._ctx  # an engine of an earlier test may still be winding down
+        assert backend._supervisor.engine is not None
+        ours = backend._supervisor.engine._ctx  # an engine of an earlier test may still be winding down
 
         def failing_once(ctx: Any, batch: Any) -> int:
             return failures.pop() if failures and ctx is ours else int(decode(ctx, batch))
@@ -104,7 +104,7 @@ def test_a_failed_decode_ends_its_batch_and_the_engine_goes_on(monkeypatch: pyte
 
 
 def test_a_dead_engine_thread_turns_readyz_red_and_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    gate, real_engine = threading.Event(), local_backend.Engine
+    gate, real_engine = threading.Event(), local_supervisor.Engine
 
     def gated_engine(*args: Any, **kwargs: Any) -> Engine:
         gate.wait(timeout=120)  # the replacement waits until the test has seen the red state
@@ -115,8 +115,8 @@ def test_a_dead_engine_thread_turns_readyz_red_and_is_replaced(monkeypatch: pyte
 
     with local_server(n_parallel=1, max_waiting=2) as (server, backend), ThreadPoolExecutor(max_workers=1) as pool:
         try:
-            monkeypatch.setattr(local_backend, "Engine", gated_engine)
-            engine = backend._engine
+            monkeypatch.setattr(local_supervisor, "Engine", gated_engine)
+            engine = backend._supervisor.engine
             assert engine is not None
             with httpx.stream("POST", server.chat_url, json=LONG, headers=AUTH, timeout=60) as r:
                 events = data_lines(r.iter_lines())
@@ -134,6 +134,6 @@ def test_a_dead_engine_thread_turns_readyz_red_and_is_replaced(monkeypatch: pyte
         finally:
             gate.set()
         wait_for_readyz(server, 200)
-        assert backend._engine is not engine
+        assert backend._supervisor.engine is not engine
         ok = httpx.post(server.chat_url, json=SHORT, headers=AUTH, timeout=60)
         assert ok.status_code == 200, ok.text

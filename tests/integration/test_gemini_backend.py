@@ -18,7 +18,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from openvertex.settings import GeminiBackendSettings, Route, Settings
+from openvertex.settings import GeminiBackendSettings, ModelRoute, Settings
 from tests.integration.test_local_capacity import metric
 from tests.support.google_token import ACCESS_TOKEN, token_endpoint
 from tests.support.server import RunningServer, serve
@@ -45,7 +45,7 @@ def _gateway(state_dir: Path, **gemini: Any) -> Settings:
         port=0,
         state_dir=state_dir,
         backends={"gemini": backend},
-        routes=[Route(model="google/*", backend="gemini")],
+        routes=[ModelRoute(model="google/*", backend="gemini")],
         request_timeout_s=120,
     )
 

@@ -240,15 +240,20 @@ def test_logprobs_when_asked(client: openai.OpenAI) -> None:
     assert streamed == [t.token for t in content]
 
 
+def _native(server: RunningServer, method: str, text: str, max_tokens: int) -> httpx.Response:
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": text}]}],
+        "generationConfig": {"maxOutputTokens": max_tokens, "temperature": 0},
+    }
+    path = f"/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:{method}"
+    response = httpx.post(f"{server.url}{path}", json=body, headers=AUTH, timeout=60)
+    assert response.status_code == 200, response.text
+    return response
+
+
 def test_every_native_chunk_has_the_usage_so_far(local_server: RunningServer) -> None:
     # As Gemini's do: a stream cut short (a client that leaves, a blocked answer) is still counted.
-    body = {
-        "contents": [{"role": "user", "parts": [{"text": "Count from one to twenty."}]}],
-        "generationConfig": {"maxOutputTokens": 12, "temperature": 0},
-    }
-    path = "/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:streamGenerateContent"
-    response = httpx.post(f"{local_server.url}{path}?alt=sse", json=body, headers=AUTH, timeout=60)
-    assert response.status_code == 200, response.text
+    response = _native(local_server, "streamGenerateContent?alt=sse", "Count from one to twenty.", 12)
     events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
     counts = [event["usageMetadata"]["candidatesTokenCount"] for event in events]
     assert len(counts) > 1 and counts == sorted(counts) and counts[-1] == 12
@@ -259,13 +264,7 @@ def test_every_native_chunk_has_the_usage_so_far(local_server: RunningServer) ->
 
 def test_a_whole_native_answer_is_one_text_part_with_its_signature(local_server: RunningServer) -> None:
     # As Gemini answers: not one part per token, and the signature on the part it signs.
-    body = {
-        "contents": [{"role": "user", "parts": [{"text": "Say hello and introduce yourself."}]}],
-        "generationConfig": {"maxOutputTokens": 16, "temperature": 0},
-    }
-    path = "/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:generateContent"
-    response = httpx.post(f"{local_server.url}{path}", json=body, headers=AUTH, timeout=60)
-    assert response.status_code == 200, response.text
+    response = _native(local_server, "generateContent", "Say hello and introduce yourself.", 16)
     candidate = response.json()["candidates"][0]
     assert candidate["finishReason"] == "MAX_TOKENS"
     parts = candidate["content"]["parts"]

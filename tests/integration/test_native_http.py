@@ -23,7 +23,7 @@ import pytest
 from openvertex.backends.fake import FakeBackend
 from openvertex.errors import UnavailableError
 from openvertex.protocol import generate_content as gc
-from openvertex.settings import Route, Settings
+from openvertex.settings import ModelRoute, Settings
 from tests.support.server import RunningServer, serve
 
 AUTH = {"Authorization": "Bearer test"}
@@ -136,7 +136,7 @@ def server(fake: FakeBackend, tmp_path: Path) -> Iterator[RunningServer]:
 @pytest.fixture
 def narrow_server(fake: FakeBackend, tmp_path: Path) -> Iterator[RunningServer]:
     """One Gemini model only, so that another Gemini-API name is unknown (`google/*` routes them all)."""
-    routes = [Route(model=f"google/{MODEL}", backend="local")]
+    routes = [ModelRoute(model=f"google/{MODEL}", backend="local")]
     with serve(Settings(port=0, state_dir=tmp_path, routes=routes), backends={"local": fake}) as running:
         yield running
 

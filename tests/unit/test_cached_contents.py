@@ -24,7 +24,7 @@ from openvertex.service.cached_contents import (
     CachedContents,
 )
 from openvertex.service.routing import Router
-from openvertex.settings import Route
+from openvertex.settings import ModelRoute
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
 from openvertex.store.database import DATABASE_FILE, MIGRATIONS, SqliteDatabase
 from openvertex.translate.native import format_time
@@ -78,7 +78,7 @@ def make(tmp_path: Path) -> Iterator[Make]:
         database.open()
         opened.append(database)
         fake = fake or FakeBackend()
-        router = Router(backends={"local": fake}, routes=[Route(model="google/*", backend="local")])
+        router = Router(backends={"local": fake}, routes=[ModelRoute(model="google/*", backend="local")])
         store = CachedContentStore(database)
         clock = clock or Clock()
         return Env(CachedContents(store, router, clock=clock), fake, clock, database, store)

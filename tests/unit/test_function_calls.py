@@ -150,9 +150,9 @@ WEATHER = gc.FunctionDeclaration(
 @pytest.mark.parametrize("source", [None, NATIVE_TEMPLATE])
 def test_declarations_calls_and_results_reach_the_prompt(source: str | None) -> None:
     template = ChatTemplate(source, bos_token="", eos_token="<|im_end|>")
-    assert template.native_tools == (source is not None)
+    assert template.template_tools == (source is not None)
     system = gc.Content(parts=[gc.Part(text="Be brief.")])
-    messages = contents_to_messages(system, HISTORY, tools=[WEATHER], native_tools=template.native_tools)
+    messages = contents_to_messages(system, HISTORY, tools=[WEATHER], template_tools=template.template_tools)
     prompt = template.render(messages, tools=[WEATHER])
     assert prompt.count("Be brief.") == 1
     tools = prompt[prompt.index("<tools>") : prompt.index("</tools>")]

@@ -59,7 +59,7 @@ def _tokens(
     tools: list[gc.FunctionDeclaration] | None = None,
     limit: int = 4095,
 ) -> list[int]:
-    conversation = Conversation(system, contents, tools=tools, native_tools=template.native_tools)
+    conversation = Conversation(system, contents, tools=tools, template_tools=template.template_tools)
     return prompt_tokens(template, conversation, opening="", tokenize=_tokenize(model), bos=[], limit=limit)
 
 
@@ -147,7 +147,7 @@ def test_a_template_that_rewrites_text_is_checked_instead(model: LlamaModel) -> 
 
 def test_calls_and_declarations_a_template_writes_itself_are_checked(model: LlamaModel) -> None:
     template = ChatTemplate(NATIVE, bos_token="", eos_token="")
-    assert template.native_tools
+    assert template.template_tools
     response = gc.FunctionResponse(name="lookup", response={"result": INJECTION})
     clean = [
         _user("Look it up."),

@@ -15,11 +15,11 @@ from openvertex.errors import InvalidArgumentError, NotFoundError, UnavailableEr
 from openvertex.http.auth import Authenticator
 from openvertex.http.body import INLINE_PARSE_BYTES, load_object, read_body, read_json, validate
 from openvertex.http.disconnect import until_disconnect
-from openvertex.http.endpoints import EndpointHandlers, PinnedBackend
 from openvertex.http.errors import error_body
 from openvertex.http.lifecycle import Lifecycle
 from openvertex.http.native import NativeHandlers
 from openvertex.http.openapi import openapi_json
+from openvertex.http.relay import PinnedBackend, RelayHandlers
 from openvertex.http.sse import OPENAI_SSE, STREAM_HEADERS, EventStreamResponse, Framed
 from openvertex.metrics import Metrics
 from openvertex.protocol import chat_completions as oa
@@ -40,7 +40,7 @@ class Handlers:
         *,
         metrics: Metrics,
         json_limits: JsonLimits | None = None,
-        endpoints: EndpointHandlers | None = None,
+        relay: RelayHandlers | None = None,
         lifecycle: Lifecycle | None = None,
         predict_model: str | None = None,
     ) -> None:
@@ -48,7 +48,7 @@ class Handlers:
         self.metrics = metrics
         self.lifecycle = lifecycle or Lifecycle()
         self.predict_model = predict_model  # for a prediction that names no model
-        self.endpoints = endpoints  # self-deployed endpoints; None: only `openapi` exists
+        self.relay = relay  # relay endpoints (self-deployed); None: only `openapi` exists
         self.native = native
         self.auth = auth
         self.max_body_bytes = max_body_bytes
@@ -63,13 +63,13 @@ class Handlers:
         endpoint = params["endpoint"]
         if endpoint == "openapi":
             return await self.chat(request)
-        if self.endpoints is None:
+        if self.relay is None:
             raise NotFoundError(f"Endpoint `{endpoint}` not found.")
         # Self-deployed endpoints (…/endpoints/{ENDPOINT_ID}): a configured backend, else replicas.
-        pinned = self.endpoints.pinned.get(endpoint)
+        pinned = self.relay.pinned.get(endpoint)
         if pinned is not None:
             return await self.chat(request, pinned)
-        return await self.endpoints.relay(request, endpoint)
+        return await self.relay.relay(request, endpoint)
 
     async def chat(self, request: Request, pinned: PinnedBackend | None = None) -> Response:
         raw = await read_body(request, self.max_body_bytes)

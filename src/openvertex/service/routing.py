@@ -8,16 +8,16 @@ from fnmatch import fnmatchcase
 
 from openvertex.backends.base import Backend
 from openvertex.errors import NotFoundError
-from openvertex.settings import Route
+from openvertex.settings import ModelRoute
 from openvertex.translate.resources import ModelName
 
 
 @dataclass(slots=True)
 class Router:
     backends: Mapping[str, Backend]
-    routes: Sequence[Route]
+    routes: Sequence[ModelRoute]
 
-    def replace_routes(self, routes: Sequence[Route]) -> None:
+    def replace_routes(self, routes: Sequence[ModelRoute]) -> None:
         """The routing table from now on (a configuration reload): it may name only the backends
         this process started with (new backends take a restart)."""
         unknown = sorted({route.backend for route in routes} - set(self.backends))

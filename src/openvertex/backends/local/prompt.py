@@ -106,7 +106,7 @@ def _attachment(part: gc.FunctionResponsePart) -> dict[str, str]:
     return {"name": "inline data", "mime_type": part.inline_data.mime_type}
 
 
-def _native_messages(content: gc.Content) -> list[dict[str, Any]]:
+def _template_tool_messages(content: gc.Content) -> list[dict[str, Any]]:
     """OpenAI-shaped messages for a template that renders tools itself."""
     responses = [p.function_response for p in content.parts if p.function_response is not None]
     if responses:
@@ -145,25 +145,25 @@ def contents_to_messages(
     *,
     instructions: Sequence[str] = (),
     tools: list[gc.FunctionDeclaration] | None = None,
-    native_tools: bool = False,
+    template_tools: bool = False,
     thought_tags: tuple[str, str] | None = None,
     thoughts_from: int | None = None,
 ) -> list[dict[str, Any]]:
-    """`instructions` follow the system prompt. With `native_tools`, the template shows the
+    """`instructions` follow the system prompt. With `template_tools`, the template shows the
     declarations and renders calls and results itself; otherwise both are written out in the
     generic format. Thoughts of the model contents from index `thoughts_from` on (default: the
     current turn's, as reasoning templates give them back) go back inside `thought_tags`;
     earlier ones are left out."""
     messages: list[dict[str, Any]] = []
     system_texts = [p.text or "" for p in system.parts] if system is not None else []
-    if tools and not native_tools:
+    if tools and not template_tools:
         system_texts.append(tool_instruction(tools))
     system_texts += instructions
     if system_texts:
         messages.append({"role": "system", "content": "\n\n".join(system_texts)})
     first = gc.current_turn_start(contents) if thoughts_from is None else thoughts_from
     for index, content in enumerate(contents):
-        rendered = _native_messages(content) if native_tools else [_message(content)]
+        rendered = _template_tool_messages(content) if template_tools else [_message(content)]
         if thought_tags is not None and index >= first:
             rendered[0]["content"] = _thought_text(content, thought_tags) + rendered[0]["content"]
         messages.extend(rendered)
@@ -178,7 +178,7 @@ class Conversation:
     contents: list[gc.Content]
     instructions: Sequence[str] = ()
     tools: list[gc.FunctionDeclaration] | None = None
-    native_tools: bool = False
+    template_tools: bool = False
     thought_tags: tuple[str, str] | None = None
 
     def messages(self, *, thoughts_from: int) -> list[dict[str, Any]]:
@@ -187,7 +187,7 @@ class Conversation:
             self.contents,
             instructions=self.instructions,
             tools=self.tools,
-            native_tools=self.native_tools,
+            template_tools=self.template_tools,
             thought_tags=self.thought_tags,
             thoughts_from=thoughts_from,
         )
@@ -219,7 +219,7 @@ class ChatTemplate:
         self.eos_token = eos_token
         # Templates that render `tools` and answer in <tool_call> blocks (Qwen, Hermes, SmolLM3)
         # get the declarations their own way; the output format is the same as the generic one.
-        self.native_tools = source is not None and "tools" in source and TOOL_CALL_TAG in source
+        self.template_tools = source is not None and "tools" in source and TOOL_CALL_TAG in source
         self._warned = False
 
     def render(self, messages: list[dict[str, Any]], tools: list[gc.FunctionDeclaration] | None = None) -> str:
@@ -227,7 +227,7 @@ class ChatTemplate:
         declared = [{"type": "function", "function": _declaration(d)} for d in tools or []]
         return self._template.render(
             messages=messages,
-            tools=declared if declared and self.native_tools else None,
+            tools=declared if declared and self.template_tools else None,
             add_generation_prompt=True,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
@@ -328,7 +328,7 @@ def _tokens(
         )
     if checked:
         _refuse_control_text([m["content"] for m in messages if isinstance(m.get("content"), str)], tokenize)
-    if template.native_tools:
+    if template.template_tools:
         # The template writes calls and declarations from their values: none may hold control tokens.
         _refuse_control_text(_structured_strings(messages, tools), tokenize)
     tokens = list(bos)

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 
-from openvertex.endpoints.health import check_forever
-from openvertex.endpoints.pool import EndpointPool
 from openvertex.http_clients import HttpClients, SessionSpec
+from openvertex.relay.health import check_forever
+from openvertex.relay.pool import RelayPool
 from openvertex.settings import EndpointSettings
 
 # The one session every endpoint shares: a pool of kept-alive connections to the replicas.
@@ -28,17 +28,17 @@ UPSTREAM_SESSION = SessionSpec(
 )
 
 
-class Endpoints:
+class RelayEndpoints:
     def __init__(self, configured: Mapping[str, EndpointSettings], clients: HttpClients) -> None:
         self.client = clients.add(UPSTREAM_SESSION)
         self.pools = {
-            endpoint_id: EndpointPool(endpoint_id, settings, self.client)
+            endpoint_id: RelayPool(endpoint_id, settings, self.client)
             for endpoint_id, settings in configured.items()
             if settings.upstreams
         }
         self._checks: list[asyncio.Task[None]] = []
 
-    def get(self, endpoint_id: str) -> EndpointPool | None:
+    def get(self, endpoint_id: str) -> RelayPool | None:
         return self.pools.get(endpoint_id)
 
     async def start(self) -> None:

@@ -10,7 +10,7 @@ from openvertex.metrics import Metrics
 
 
 @dataclass(slots=True)
-class EndpointStats:
+class RelayStats:
     requests: int = 0  # forwarded, or refused for want of a replica
     errors: int = 0  # the gateway's own failures, answers cut short, and upstream 5xx answers
     retries: int = 0  # sent again to another replica after a connection failure
@@ -19,7 +19,7 @@ class EndpointStats:
 
 class HasStats(Protocol):
     @property
-    def stats(self) -> EndpointStats: ...
+    def stats(self) -> RelayStats: ...
 
 
 _READINGS = (
@@ -30,7 +30,7 @@ _READINGS = (
 )
 
 
-def register_endpoint_readings(metrics: Metrics, pools: Mapping[str, HasStats]) -> None:
+def register_relay_readings(metrics: Metrics, pools: Mapping[str, HasStats]) -> None:
     def per_endpoint(field: str) -> Callable[[], dict[str, float]]:
         return lambda: {endpoint: float(getattr(pool.stats, field)) for endpoint, pool in pools.items()}
 

@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from openvertex.endpoints import Endpoints, UpstreamAnswer
-from openvertex.endpoints.model_member import with_model
 from openvertex.errors import ApiError, NotFoundError
 from openvertex.http.body import INLINE_PARSE_BYTES, read_body
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
+from openvertex.relay import RelayEndpoints, UpstreamAnswer
+from openvertex.relay.model_member import with_model
 from openvertex.request_record import current_record
 from openvertex.service.keys import check_model
 from openvertex.settings import EndpointSettings
@@ -50,10 +50,10 @@ def pinned_backends(configured: Mapping[str, EndpointSettings], backends: Collec
     return pinned
 
 
-class EndpointHandlers:
+class RelayHandlers:
     def __init__(
         self,
-        endpoints: Endpoints,
+        endpoints: RelayEndpoints,
         pinned: Mapping[str, PinnedBackend],
         max_body_bytes: int,
     ) -> None:

@@ -17,11 +17,11 @@ import time
 
 import aiohttp
 
-from openvertex.endpoints.replicas import Replica, ReplicaSet
-from openvertex.endpoints.stats import EndpointStats
-from openvertex.endpoints.upstream_auth import UpstreamAuth, upstream_auth
 from openvertex.errors import ApiError, DeadlineExceededError, UnavailableError
 from openvertex.http_clients import HttpClient
+from openvertex.relay.replicas import Replica, ReplicaSet
+from openvertex.relay.stats import RelayStats
+from openvertex.relay.upstream_auth import UpstreamAuth, upstream_auth
 from openvertex.settings import EndpointSettings
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 RELAYED_HEADERS = ("content-type", "cache-control", "retry-after")
 
 
-class EndpointPool:
+class RelayPool:
     def __init__(self, endpoint_id: str, settings: EndpointSettings, client: HttpClient) -> None:
         self.endpoint_id = endpoint_id
         self.settings = settings
@@ -38,7 +38,7 @@ class EndpointPool:
             [Replica.at(url, settings.health_path) for url in settings.upstreams], max_failures=settings.max_failures
         )
         self.auth: UpstreamAuth = upstream_auth(settings)
-        self.stats = EndpointStats()
+        self.stats = RelayStats()
         # Bounded waits: to connect, and between any two bytes of an answer (a long stream is fine).
         self.timeout = aiohttp.ClientTimeout(  # `connect` bounds the DNS lookup too
             total=None,
@@ -121,7 +121,7 @@ class EndpointPool:
 class UpstreamAnswer:
     """An upstream's answer with its status and headers read; the body is read as it arrives."""
 
-    def __init__(self, response: aiohttp.ClientResponse, replica: Replica, pool: EndpointPool, started: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, replica: Replica, pool: RelayPool, started: float) -> None:
         self.status = response.status
         self.headers = [(name, value) for name in RELAYED_HEADERS if (value := response.headers.get(name)) is not None]
         self._response = response

@@ -11,8 +11,8 @@ from typing import Protocol
 from google.auth.credentials import Credentials
 
 from openvertex.backends.google_auth import TokenSource, access_credentials, id_token_credentials
-from openvertex.endpoints.replicas import Replica
 from openvertex.errors import ApiError, UnavailableError
+from openvertex.relay.replicas import Replica
 from openvertex.settings import EndpointSettings
 
 log = logging.getLogger(__name__)

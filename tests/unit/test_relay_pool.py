@@ -8,11 +8,11 @@ import json
 import pytest
 from pydantic import SecretStr
 
-from openvertex.endpoints.model_member import top_level_members, with_model
-from openvertex.endpoints.replicas import Replica, ReplicaSet
-from openvertex.endpoints.stats import EndpointStats, register_endpoint_readings
-from openvertex.endpoints.upstream_auth import BearerToken, GoogleToken, NoAuth, upstream_auth
 from openvertex.metrics import Metrics
+from openvertex.relay.model_member import top_level_members, with_model
+from openvertex.relay.replicas import Replica, ReplicaSet
+from openvertex.relay.stats import RelayStats, register_relay_readings
+from openvertex.relay.upstream_auth import BearerToken, GoogleToken, NoAuth, upstream_auth
 from openvertex.settings import EndpointSettings
 
 # ---- the `model` member: only its bytes change -------------------------------------------------
@@ -144,11 +144,11 @@ def test_auth_kinds() -> None:
 
 def test_stats_are_read_per_endpoint() -> None:
     class Pool:
-        def __init__(self, stats: EndpointStats) -> None:
+        def __init__(self, stats: RelayStats) -> None:
             self.stats = stats
 
     metrics = Metrics()
-    register_endpoint_readings(metrics, {"123": Pool(EndpointStats(requests=3, retries=1, seconds=0.5))})
+    register_relay_readings(metrics, {"123": Pool(RelayStats(requests=3, retries=1, seconds=0.5))})
     text = metrics.render()
     assert 'openvertex_endpoint_requests_total{endpoint="123"} 3' in text
     assert 'openvertex_endpoint_retries_total{endpoint="123"} 1' in text

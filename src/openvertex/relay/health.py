@@ -7,14 +7,14 @@ import logging
 
 import aiohttp
 
-from openvertex.endpoints.pool import EndpointPool
-from openvertex.endpoints.replicas import Replica
 from openvertex.errors import ApiError
+from openvertex.relay.pool import RelayPool
+from openvertex.relay.replicas import Replica
 
 log = logging.getLogger(__name__)
 
 
-async def check_forever(pool: EndpointPool) -> None:
+async def check_forever(pool: RelayPool) -> None:
     """Check every replica of `pool` at once, every `health_interval_s`, until cancelled."""
     interval = pool.settings.health_interval_s
     # A check slower than the interval counts as failed: the next one is due.
@@ -27,7 +27,7 @@ async def check_forever(pool: EndpointPool) -> None:
         await asyncio.sleep(interval)
 
 
-async def check(pool: EndpointPool, replica: Replica, timeout: aiohttp.ClientTimeout) -> bool:
+async def check(pool: RelayPool, replica: Replica, timeout: aiohttp.ClientTimeout) -> bool:
     try:
         headers = await pool.auth.headers(replica)  # the health route may sit behind the same auth
         async with pool.client.session.get(replica.health_url, headers=headers, timeout=timeout) as response:

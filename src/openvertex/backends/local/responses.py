@@ -1,0 +1,120 @@
+"""Engine events → GenerateContentResponse chunks: text, thoughts and function calls per candidate,
+logprobs, and the usage so far on every chunk."""
+
+from __future__ import annotations
+
+import itertools
+
+from openvertex.backends.local.calls import CallReader, FunctionCalling
+from openvertex.backends.local.jobs import CandidateDone, Event, TextDelta, TokenLogprob
+from openvertex.protocol import generate_content as gc
+
+
+class ChunkBuilder:
+    """One job's answer: each event becomes a chunk carrying the usage so far."""
+
+    def __init__(
+        self, *, model: str, prompt_tokens: int, candidates: int, tools: FunctionCalling | None, streaming: bool
+    ) -> None:
+        self._model, self._prompt_tokens, self._candidates = model, prompt_tokens, candidates
+        # Arguments arrive in pieces only in a stream that asked for them (spec §3.5).
+        self._readers = (
+            [
+                CallReader(
+                    stream_arguments=streaming and tools.stream_arguments,
+                    names=frozenset(d.name for d in tools.allowed),
+                )
+                for _ in range(candidates)
+            ]
+            if tools is not None
+            else None
+        )
+        self._cached = self._finished = 0
+        self._counts: dict[int, tuple[int, int]] = {}  # per candidate: answer and reasoning tokens so far
+
+    @property
+    def done(self) -> bool:
+        """Every candidate has finished."""
+        return self._finished == self._candidates
+
+    def feed(self, event: TextDelta | CandidateDone) -> gc.GenerateContentResponse:
+        if isinstance(event, CandidateDone):
+            self._finished += 1
+            self._counts[event.candidate] = (event.tokens, event.thought_tokens)
+            self._cached = event.cached_tokens
+        else:
+            self._counts[event.candidate] = (event.tokens, event.thoughts)
+        # Every chunk has the usage so far, as Gemini's do: a stream cut short (a client that
+        # left, a blocked answer) is still counted.
+        generated, thoughts = map(sum, zip(*self._counts.values(), strict=True))
+        usage = usage_metadata(self._prompt_tokens, generated, self._cached, thoughts)
+        return chunk(event, parts(event, self._readers), self._model, usage)
+
+
+def usage_metadata(prompt_tokens: int, generated: int, cached: int, thoughts: int) -> gc.UsageMetadata:
+    return gc.UsageMetadata(
+        prompt_token_count=prompt_tokens,
+        cached_content_token_count=cached or None,
+        candidates_token_count=generated,
+        thoughts_token_count=thoughts or None,
+        total_token_count=prompt_tokens + generated + thoughts,
+        traffic_type="ON_DEMAND",
+    )
+
+
+def logprobs_result(logprobs: tuple[TokenLogprob, ...]) -> gc.LogprobsResult | None:
+    if not logprobs:
+        return None
+
+    def candidate(token_id: int, token: str, logprob: float) -> gc.LogprobsCandidate:
+        return gc.LogprobsCandidate(token=token, token_id=token_id, log_probability=logprob)
+
+    return gc.LogprobsResult(
+        chosen_candidates=[candidate(lp.token_id, lp.token, lp.logprob) for lp in logprobs],
+        top_candidates=[gc.TopCandidates(candidates=[candidate(*top) for top in lp.top]) for lp in logprobs],
+    )
+
+
+def parts(event: TextDelta | CandidateDone, readers: list[CallReader] | None) -> list[gc.Part]:
+    reader = readers[event.candidate] if readers is not None else None
+    if isinstance(event, CandidateDone):
+        return reader.finish() if reader is not None else []
+    if event.thought:
+        return [gc.Part(text=event.text, thought=True)] if event.text else []
+    if reader is not None:
+        return reader.feed(event.text)
+    return [gc.Part(text=event.text)] if event.text else []
+
+
+def chunk(
+    event: TextDelta | CandidateDone, parts: list[gc.Part], model: str, usage: gc.UsageMetadata | None
+) -> gc.GenerateContentResponse:
+    if isinstance(event, TextDelta):
+        candidate = gc.Candidate(
+            index=event.candidate,
+            content=gc.Content(role="model", parts=parts),
+            logprobs_result=logprobs_result(event.logprobs),
+        )
+    else:
+        content = gc.Content(role="model", parts=parts) if parts else None
+        candidate = gc.Candidate(index=event.candidate, content=content, finish_reason=event.finish_reason)
+    return gc.GenerateContentResponse(candidates=[candidate], usage_metadata=usage, model_version=model)
+
+
+def merge_text(events: list[Event]) -> list[Event]:
+    """Runs of text for the same candidate and kind become one delta (joined once: linear)."""
+    merged: list[Event] = []
+    for key, run in itertools.groupby(events, key=_text_run):
+        if key is None:
+            merged.extend(run)
+            continue
+        deltas = [event for event in run if isinstance(event, TextDelta)]
+        text = "".join(delta.text for delta in deltas)
+        logprobs = tuple(logprob for delta in deltas for logprob in delta.logprobs)
+        last = deltas[-1]
+        merged.append(TextDelta(last.candidate, text, logprobs, last.thought, last.tokens, last.thoughts))
+    return merged
+
+
+def _text_run(event: Event) -> tuple[int, bool] | None:
+    return (event.candidate, event.thought) if isinstance(event, TextDelta) else None

@@ -1,0 +1,19 @@
+"""Relay endpoints: the self-deployed endpoints (`…/endpoints/{ID}/chat/completions`), a pass-through
+to OpenAI-compatible replicas (vLLM, TGI's Messages API, llama-server, another openvertex).
+
+    endpoints.py     RelayEndpoints: every configured endpoint's pool, the aiohttp session they share, and health checks
+    pool.py          RelayPool.forward: pick a replica, add auth, send, retry a failed connection elsewhere
+    replicas.py      the replicas of one endpoint: least outstanding requests, failures, in or out of service
+    health.py        the periodic GET on each replica's health path
+    upstream_auth.py none, a static bearer token, or a Google ID or access token
+    model_member.py  the one edit made to a body on its way: its `model` dropped or rewritten
+    stats.py         per-endpoint counts read by /metrics
+
+Unlike every other route, the answer is not translated: status, content type, body and SSE frames
+reach the client as the container wrote them; only the relay's own failures are Google-shaped.
+"""
+
+from openvertex.relay.endpoints import RelayEndpoints
+from openvertex.relay.pool import RelayPool, UpstreamAnswer
+
+__all__ = ["RelayEndpoints", "RelayPool", "UpstreamAnswer"]
