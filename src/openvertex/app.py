@@ -112,8 +112,7 @@ def create_app(
         if database.shared and settings.thought_signature_secret is None:  # every replica signs alike
             signer.rekey(await asyncio.to_thread(shared_secret, database, "thought_signature", SECRET_BYTES))
         await asyncio.to_thread(keys.refresh)
-        await clients.open()  # before anything calls out: the endpoints' health checks, the backends
-        await relay.start()  # the relay endpoints' health checks
+        await _open_outbound(clients, relay)  # before the backends start: they may call out
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
         sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
@@ -148,6 +147,17 @@ def create_app(
     )
     app.state.lifecycle = lifecycle
     return app
+
+
+async def _open_outbound(clients: HttpClients, relay: RelayEndpoints) -> None:
+    """The HTTP sessions, then the relay endpoints' health checks that use them; on a failure,
+    nothing is left open."""
+    await clients.open()
+    try:
+        await relay.start()
+    except BaseException:
+        await clients.close()
+        raise
 
 
 @contextlib.contextmanager

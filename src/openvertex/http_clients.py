@@ -12,6 +12,7 @@ is an async context manager:
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,9 +93,12 @@ class HttpClients:
             self._open = True
 
     async def close(self) -> None:
+        """Close every session, whichever fails to close (each is tried; the first error is raised)."""
         self._open = False
-        for client in self._clients:
-            await client._close()
+        results = await asyncio.gather(*(client._close() for client in self._clients), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def __aenter__(self) -> HttpClients:
         await self.open()

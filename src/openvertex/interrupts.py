@@ -10,6 +10,7 @@ error (499 CANCELLED, 504 DEADLINE_EXCEEDED) and let any other cancellation (shu
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -73,6 +74,8 @@ class Deadline:
     async def wait(self, work: Awaitable[T]) -> T:
         """`work`'s result; TimeoutError when the deadline passes first (or had passed)."""
         if self._interrupt.fired:
+            if inspect.iscoroutine(work):
+                work.close()  # never started: not left for the garbage collector to warn about
             raise TimeoutError
         self._interrupt.arm()  # whichever task waits: a stream may be pulled by more than one
         try:

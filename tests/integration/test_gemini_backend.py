@@ -393,3 +393,37 @@ def test_a_streamed_image_part_larger_than_a_line_buffer(tmp_path: Path) -> None
         assert response.status_code == 200
         received = [json.loads(line[6:]) for line in response.text.split("\r\n\r\n") if line.startswith("data: ")]
         assert received[-1]["candidates"][0]["content"]["parts"][0]["inlineData"]["data"] == image
+
+
+def test_a_whole_gemini_answer_keeps_its_own_shape(tmp_path: Path) -> None:
+    """Gemini's whole answer goes through the pipeline's stages, and comes back as Gemini gave it:
+    its parts as they were (grounding segments index them), the fields openvertex does not model."""
+    answer = {
+        "candidates": [
+            {
+                "content": {
+                    "role": "model",
+                    "parts": [{"text": "One. "}, {"text": "Two.", "thoughtSignature": "c2ln"}],
+                },
+                "finishReason": "STOP",
+                "avgLogprobs": -0.25,
+                "groundingMetadata": {"groundingSupports": [{"segment": {"partIndex": 1, "text": "Two."}}]},
+            }
+        ],
+        "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 2, "totalTokenCount": 3},
+        "modelStatus": {"modelStage": "STABLE"},
+    }
+    with (
+        stub_server([Reply(200, json.dumps(answer).encode())]) as upstream,
+        serve(_gateway(tmp_path, api="gemini", api_key="k", base_url=upstream.url)) as server,
+    ):
+        response = httpx.post(
+            f"{server.url}/v1beta/models/{MODEL}:generateContent",
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+            headers={"x-goog-api-key": "k"},
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    candidate = body["candidates"][0]
+    assert candidate["content"]["parts"] == answer["candidates"][0]["content"]["parts"]  # type: ignore[index]
+    assert candidate["avgLogprobs"] == -0.25 and body["modelStatus"] == {"modelStage": "STABLE"}

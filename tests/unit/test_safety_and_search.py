@@ -74,10 +74,13 @@ def test_a_question_is_never_read_as_query_syntax(tmp_path: Path, question: str)
 
 def test_the_blocklist_reads_each_window_with_its_reach_either_side() -> None:
     blocklist = Blocklist(BlocklistSettings(terms=["forbidden fruit"], patterns=[r"code-\d{4}"]))
-    assert blocklist.reach == len("forbidden") + 16 + len("fruit")  # a phrase's words, up to 16 spaces apart
+    # A phrase's words up to 16 spaces apart, and the character after it that ends its last word.
+    assert blocklist.reach == len("forbidden") + 16 + len("fruit") + 1
     text = "It was a forbidden fruit indeed."
     start = text.index("forbidden")
     assert blocklist.hit_within(text, 0, start + 3)  # the match starts in the window, and ends past it
     assert not blocklist.hit_within(text, 0, start)  # it starts after the window: the next one's
     assert not blocklist.hit_within("a forbidden fruitcake", 0, 4)  # read past the window: not a whole word
     assert Blocklist(BlocklistSettings(patterns=["a.*b"])).reach == 1024  # unbounded: searched within 1 KiB
+    looking = Blocklist(BlocklistSettings(patterns=[r"secret(?!ary)"]))  # what a lookahead reads counts too
+    assert not looking.hit_within("the secretary", 0, 10) and looking.hit_within("the secret one", 0, 10)

@@ -126,40 +126,51 @@ class Backend(Protocol):
 WITHDRAWN_REASONS = frozenset({"SAFETY", "BLOCKLIST"})
 
 
-def merge_chunks(chunks: Iterable[GenerateContentResponse]) -> GenerateContentResponse:
-    """Fold streamed chunks into one response shaped as Gemini answers whole: per candidate, runs of
-    text parts with the same `thought` flag become one part (carrying the run's signature), other
-    parts stay as they came; for the other fields the last value wins."""
+def merge_chunks(chunks: Iterable[GenerateContentResponse], *, join_text: bool = True) -> GenerateContentResponse:
+    """Fold streamed chunks into one response shaped as Gemini answers whole: per candidate, its
+    parts in order, and (`join_text`) runs of text parts with the same `thought` flag joined into
+    one part carrying the run's signature; for the other fields the last value wins. A candidate
+    that ends blocked by the safety stage keeps nothing it said. Without `join_text`, one chunk is
+    the answer as it is (a backend's own whole answer keeps its shape)."""
+    chunks = list(chunks)
+    if len(chunks) == 1 and not join_text:
+        return chunks[0]
     merged = GenerateContentResponse()
     candidates: dict[int, gc.Candidate] = {}
     for chunk in chunks:
         for position, candidate in enumerate(chunk.candidates or []):
             index = candidate.index_at(position)
-            target = candidates.setdefault(index, gc.Candidate(index=index, content=gc.Content(role="model", parts=[])))
-            assert target.content is not None
-            if candidate.finish_reason in WITHDRAWN_REASONS and candidate.content is None:
-                target.content.parts, target.logprobs_result, target.grounding_metadata = [], None, None
-            _extend(target.content.parts, candidate.content_parts())
-            target.finish_reason = candidate.finish_reason or target.finish_reason
-            target.finish_message = candidate.finish_message or target.finish_message
-            target.safety_ratings = candidate.safety_ratings or target.safety_ratings
-            target.grounding_metadata = candidate.grounding_metadata or target.grounding_metadata
-            target.logprobs_result = _join_logprobs(target.logprobs_result, candidate.logprobs_result)
-            for name, value in (candidate.model_extra or {}).items():  # citationMetadata, …: the last wins
-                setattr(target, name, value)
+            target = candidates.setdefault(index, gc.Candidate(index=index))
+            _merge_candidate(target, candidate, join_text=join_text)
         merged.usage_metadata = chunk.usage_metadata or merged.usage_metadata
         merged.prompt_feedback = chunk.prompt_feedback or merged.prompt_feedback
         merged.response_id = chunk.response_id or merged.response_id
         merged.model_version = chunk.model_version or merged.model_version
-    for candidate in candidates.values():
-        if (
-            candidate.finish_reason in WITHDRAWN_REASONS
-            and candidate.content is not None
-            and not candidate.content.parts
-        ):
-            candidate.content = None  # blocked: nothing of it stays
+        merged.create_time = chunk.create_time or merged.create_time
+        for name, value in (chunk.model_extra or {}).items():  # modelStatus, …: the last wins
+            setattr(merged, name, value)
     merged.candidates = [candidates[i] for i in sorted(candidates)] or None
     return merged
+
+
+def _merge_candidate(target: gc.Candidate, candidate: gc.Candidate, *, join_text: bool) -> None:
+    if candidate.finish_reason in WITHDRAWN_REASONS and candidate.content is None:
+        target.content, target.logprobs_result, target.avg_logprobs, target.grounding_metadata = None, None, None, None
+    if candidate.content is not None:
+        if target.content is None:
+            target.content = gc.Content(role=candidate.content.role or "model", parts=[])
+        if join_text:
+            _extend(target.content.parts, candidate.content.parts)
+        else:
+            target.content.parts.extend(candidate.content.parts)
+    target.finish_reason = candidate.finish_reason or target.finish_reason
+    target.finish_message = candidate.finish_message or target.finish_message
+    target.safety_ratings = candidate.safety_ratings or target.safety_ratings
+    target.grounding_metadata = candidate.grounding_metadata or target.grounding_metadata
+    target.logprobs_result = _join_logprobs(target.logprobs_result, candidate.logprobs_result)
+    target.avg_logprobs = candidate.avg_logprobs if candidate.avg_logprobs is not None else target.avg_logprobs
+    for name, value in (candidate.model_extra or {}).items():  # citationMetadata, …: the last wins
+        setattr(target, name, value)
 
 
 def _extend(parts: list[gc.Part], more: Iterable[gc.Part]) -> None:

@@ -54,6 +54,7 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
             raise ClientDisconnected() from None
         raise
     finally:
+        hang_up.armed = False  # a hang-up reported from here on is not this work's to cancel
         watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
         hang_up.release()  # cancelled, but `work` swallowed it or failed otherwise: the client left all the same

@@ -77,12 +77,20 @@ class Framed(Generic[T]):
                 self._first = streamed.translation.feed(response)
                 if self._first:
                     return
-        except ApiError as error:
-            raise streamed.rename(error) from None
-        self._ended = True
-        self._first = streamed.translation.finish()
+            self._ended = True
+            self._first = streamed.translation.finish()
+        except BaseException as error:
+            await self.aclose()
+            if isinstance(error, ApiError):
+                raise streamed.rename(error) from None
+            raise
         if not self._first:
             raise UnavailableError("The backend ended the stream without a response.")
+
+    async def aclose(self) -> None:
+        """Stop the stream, the pipeline and its backend included, whether it was framed or not."""
+        await self.events.aclose()
+        await self._streamed.chunks.aclose()
 
     def _framed(self, items: list[T], *, first: bool = False) -> bytes:
         framing, dump = self._framing, self._dump
@@ -142,7 +150,7 @@ class EventStreamResponse(StreamingResponse):
             await writer.finish(self._framed.tail)
         finally:
             writer.stop()
-            await events.aclose()
+            await self._framed.aclose()  # also when it never started: the client left before the headers
 
 
 class _Writer:

@@ -2,16 +2,17 @@
 (finishReason BLOCKLIST), whatever the safety settings say, as Vertex's terminology blocklists do.
 
 A term matches as whole words, in any case, with a run of up to 16 whitespace characters between
-its words. Every match is at most `reach` characters long (a pattern that could match more is
-searched within that many characters), so an answer checked a window at a time needs to see only
-`reach` characters either side of each window: a stream holds back that much, and the stream and
-the whole answer block exactly the same texts.
+its words. Every match, with what its lookaheads read past it, spans at most `reach` characters (a
+pattern that could reach further is searched within MAX_REACH characters), so an answer checked a
+window at a time needs to see only `reach` characters either side of each window: a stream holds
+back that much, and the stream and the whole answer block exactly the same texts.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+from typing import Any
 
 from openvertex.settings import BlocklistSettings
 
@@ -44,10 +45,30 @@ class Blocklist:
 
 
 def _width(pattern: re.Pattern[str]) -> int:
-    """The most characters a match of `pattern` can span, up to MAX_REACH."""
+    """The most characters a match of `pattern` can span or look ahead at, up to MAX_REACH."""
     try:  # the regular expression parser's own measure (no public API gives it)
         parser = importlib.import_module("re._parser")
-        widest = int(parser.parse(pattern.pattern, pattern.flags).getwidth()[1])
+        parsed = parser.parse(pattern.pattern, pattern.flags)
+        widest = int(parsed.getwidth()[1]) + _lookahead(parsed)
     except Exception:
         return MAX_REACH
     return min(widest, MAX_REACH)
+
+
+def _lookahead(items: Any) -> int:
+    """How far past a match its lookaheads may read (the parser counts them as zero-width): their
+    widths added up, an upper bound."""
+    total = 0
+    for op, value in items:
+        name = str(op)
+        if name in ("ASSERT", "ASSERT_NOT"):
+            direction, inner = value
+            if direction == 1:
+                total += int(inner.getwidth()[1]) + _lookahead(inner)
+        elif name == "SUBPATTERN":
+            total += _lookahead(value[-1])
+        elif name == "BRANCH":
+            total += max((_lookahead(branch) for branch in value[1]), default=0)
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") and _lookahead(value[2]):
+            return MAX_REACH
+    return total

@@ -158,8 +158,10 @@ class Pipeline:
         return stages
 
     async def generate(self, prepared: Prepared) -> gc.GenerateContentResponse:
-        """The whole answer: the merge of the chunks the stages give for the backend's whole answer."""
-        return merge_chunks([chunk async for chunk in self._run(prepared, streaming=False)])
+        """The whole answer: the merge of the chunks the stages give for the backend's whole answer
+        (a backend that signs its own answers, Gemini, keeps the shape of its parts)."""
+        chunks = [chunk async for chunk in self._run(prepared, streaming=False)]
+        return merge_chunks(chunks, join_text=self._signs(prepared.backend))
 
     def stream(self, prepared: Prepared) -> AsyncGenerator[gc.GenerateContentResponse, None]:
         return self._run(prepared, streaming=True)
@@ -186,9 +188,9 @@ class Pipeline:
                 except StopAsyncIteration:
                     break
                 for out in await deadline.wait(feed_all(stages, [chunk])):
-                    yield out
                     if clock is not None:
                         clock.tick()
+                    yield out
             for out in await deadline.wait(finish_all(stages)):
                 yield out
             if deadline.passed:  # passed while the consumer had the last chunk

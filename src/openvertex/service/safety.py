@@ -96,8 +96,16 @@ class SafetyPolicy:
 
     async def rate(self, texts: Sequence[str], categories: Sequence[str], *, prompt: str | None) -> Ratings:
         """The highest probability each category gets over `texts`."""
+        highest: Ratings = {}
+        for ratings in await self.rate_each(texts, categories, prompt=prompt):
+            for category, score in ratings.items():
+                highest[category] = max(score, highest.get(category, 0.0))
+        return highest
+
+    async def rate_each(self, texts: Sequence[str], categories: Sequence[str], *, prompt: str | None) -> list[Ratings]:
+        """Each text's probability in each category: one call of each classifier for all of them."""
         if not texts or not categories:
-            return {}
+            return [{} for _ in texts]
         by_classifier: dict[int, tuple[HarmClassifier, list[str]]] = {}
         for category in categories:
             classifier = self._classifiers[category]
@@ -105,11 +113,11 @@ class SafetyPolicy:
         results = await asyncio.gather(
             *(classifier.rate(texts, prompt=prompt) for classifier, _ in by_classifier.values())
         )
-        highest: Ratings = {}
+        each: list[Ratings] = [{} for _ in texts]
         for (_, wanted), ratings in zip(by_classifier.values(), results, strict=True):
-            for category in wanted:
-                highest[category] = max(rating.get(category, 0.0) for rating in ratings)
-        return highest
+            for mine, rating in zip(each, ratings, strict=True):
+                mine.update({category: rating.get(category, 0.0) for category in wanted})
+        return each
 
 
 @dataclass(slots=True)
@@ -183,13 +191,25 @@ class SafetyCheck:
     def stage(self) -> SafetyStage:
         return SafetyStage(self)
 
-    async def judge_window(self, text: str, start: int, end: int) -> Verdict:
-        """The verdict on one window of an answer: `text[start:end]` rated as answering the prompt,
-        the blocklist read around it."""
+    async def judge_windows(self, windows: Sequence[tuple[str, int, int]]) -> list[Verdict]:
+        """The verdict on each window of an answer, `(text, start, end)`: `text[start:end]` rated
+        as answering the prompt (one call of each classifier for all), the blocklist read around it."""
+        if not windows:
+            return []
+        if sum(end - start for _, start, end in windows) > OFF_LOOP_CHARS:  # a long answer's matching
+            hits = await asyncio.to_thread(self._blocklist_hits, windows)
+        else:
+            hits = self._blocklist_hits(windows)
+        texts = [text[start:end] for text, start, end in windows]
+        ratings = await self._policy.rate_each(texts, list(self._thresholds), prompt=self._prompt)
+        return [
+            Verdict(reason="BLOCKLIST") if hit else self._verdict(rating)
+            for hit, rating in zip(hits, ratings, strict=True)
+        ]
+
+    def _blocklist_hits(self, windows: Sequence[tuple[str, int, int]]) -> list[bool]:
         blocklist = self._policy.blocklist
-        if blocklist and blocklist.hit_within(text, start, end):
-            return Verdict(reason="BLOCKLIST")
-        return await self._rated([text[start:end]], prompt=self._prompt)
+        return [bool(blocklist) and blocklist.hit_within(text, start, end) for text, start, end in windows]
 
     async def usage_so_far(self, answers: Iterable[str]) -> gc.UsageMetadata | None:
         """A stream stopped before its backend gave its usage: the prompt's tokens, and the text
@@ -222,7 +242,9 @@ class SafetyCheck:
         return await self._rated(windows, prompt=prompt)
 
     async def _rated(self, windows: Sequence[str], *, prompt: str | None) -> Verdict:
-        ratings = await self._policy.rate([w for w in windows if w], list(self._thresholds), prompt=prompt)
+        return self._verdict(await self._policy.rate([w for w in windows if w], list(self._thresholds), prompt=prompt))
+
+    def _verdict(self, ratings: Ratings) -> Verdict:
         blocked = frozenset(
             category
             for category, score in ratings.items()
@@ -292,9 +314,7 @@ class SafetyStage:
         size, reach = self._check.window
         due = {index: h.windows(size, reach, final=final) for index, h in self._held.items() if not h.closed}
         spans = [(index, start, end) for index, windows in due.items() for start, end in windows]
-        judged = await asyncio.gather(
-            *(self._check.judge_window(self._held[index].seen, start, end) for index, start, end in spans)
-        )
+        judged = await self._check.judge_windows([(self._held[index].seen, start, end) for index, start, end in spans])
         verdicts: dict[int, list[tuple[int, Verdict]]] = {}
         for (index, _, end), verdict in zip(spans, judged, strict=True):
             verdicts.setdefault(index, []).append((end, verdict))
