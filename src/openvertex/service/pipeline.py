@@ -174,8 +174,9 @@ class Pipeline:
         clock = _StreamClock(self.metrics, current_record()) if streaming else None
         upstream: AsyncGenerator[gc.GenerateContentResponse, None] | None = None
         try:
-            blocked = await deadline.wait(self._prompt_block(prepared))
             backend, request, model = prepared.backend, prepared.request, prepared.model.routed
+            safety = prepared.safety
+            blocked = None if safety is None else await deadline.wait(safety.prompt_block(request, backend, model))
             if blocked is not None:  # the answer's first and only chunk
                 upstream = _once(blocked)
             elif streaming:
@@ -183,11 +184,10 @@ class Pipeline:
             else:
                 upstream = _once(lambda: backend.generate(request, model=model))
             while not any(stage.stopped for stage in stages):
-                try:
-                    chunk = await deadline.wait(anext(upstream))
-                except StopAsyncIteration:
+                outs = await deadline.wait(_next(upstream, stages))  # one wait a chunk: its making and its stages
+                if outs is None:
                     break
-                for out in await deadline.wait(feed_all(stages, [chunk])):
+                for out in outs:
                     if clock is not None:
                         clock.tick()
                     yield out
@@ -202,10 +202,16 @@ class Pipeline:
             if upstream is not None:
                 await upstream.aclose()
 
-    async def _prompt_block(self, prepared: Prepared) -> gc.GenerateContentResponse | None:
-        if prepared.safety is None:
-            return None
-        return await prepared.safety.prompt_block(prepared.request, prepared.backend, prepared.model.routed)
+
+async def _next(
+    upstream: AsyncGenerator[gc.GenerateContentResponse, None], stages: Sequence[Stage]
+) -> list[gc.GenerateContentResponse] | None:
+    """The next chunk of the backend's answer through the stages; None when the answer ended."""
+    try:
+        chunk = await anext(upstream)
+    except StopAsyncIteration:
+        return None
+    return await feed_all(stages, [chunk])
 
 
 async def _once(

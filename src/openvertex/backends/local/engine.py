@@ -586,9 +586,9 @@ class Engine:
             sequence.job,
             CandidateDone(sequence.candidate, reason, sequence.tokens, sequence.cached_tokens, sequence.thoughts),
         )
-        self._release(slot, keep_cache=True)
+        self._release(slot, keep_prefix=True)
 
-    def _release(self, slot: Slot, *, keep_cache: bool = False) -> None:
+    def _release(self, slot: Slot, *, keep_prefix: bool = False) -> None:
         """Free the slot; a finished one keeps its KV for the next request's prefix."""
         if slot.sequence is not None:
             slot.sequence.sampler.free()
@@ -597,7 +597,7 @@ class Engine:
         for sibling in slot.siblings:  # candidates that never got the prompt
             self._release(sibling)
         slot.siblings = []
-        if not keep_cache:
+        if not keep_prefix:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.context = []
 
