@@ -32,10 +32,12 @@ def _settings(state_dir: Path) -> Settings:
     return Settings(port=0, state_dir=state_dir, backends={"local": local}, cache_sweep_interval_s=0.2)
 
 
-def _client(server: RunningServer, *, gemini: bool = False) -> genai.Client:
+def _client(server: RunningServer, *, gemini: bool = False, express: bool = False) -> genai.Client:
     options = types.HttpOptions(base_url=server.url)
     if gemini:
         return genai.Client(api_key="test", http_options=options)
+    if express:  # Vertex with an API key and no project
+        return genai.Client(vertexai=True, api_key="test", http_options=options)
     token = google.oauth2.credentials.Credentials(token="test")
     return genai.Client(
         vertexai=True, project="test-project", location="us-central1", credentials=token, http_options=options
@@ -137,6 +139,21 @@ def test_gemini_api_caches(server: RunningServer) -> None:
     with pytest.raises(errors.ClientError) as gone:
         _ask(client, MODEL, cache.name)
     assert gone.value.code == 403  # the Gemini API does not say whether it exists
+
+
+def test_express_mode_caches(server: RunningServer) -> None:
+    # The SDK creates at the root, then names the cache projects/None/locations/None/cachedContents/…
+    # to get, use and delete it.
+    client = _client(server, express=True)
+    cache = _cache(client, MODEL)
+    assert cache.name and cache.name.startswith("cachedContents/")
+    assert client.caches.get(name=cache.name).name == cache.name
+    response = _ask(client, MODEL, cache.name)
+    assert response.usage_metadata and response.usage_metadata.cached_content_token_count
+    client.caches.delete(name=cache.name)
+    with pytest.raises(errors.ClientError) as gone:
+        client.caches.get(name=cache.name)
+    assert gone.value.code == 404
 
 
 def test_the_openai_surface_uses_caches_too(server: RunningServer) -> None:

@@ -27,7 +27,13 @@ from openvertex.service.cached_contents import CachedContents
 from openvertex.service.native import ModelCall, NativeService
 from openvertex.translate.bounded_json import JsonLimits
 from openvertex.translate.native import check_native_request
-from openvertex.translate.resources import MODEL_METHODS, dialect_of, parse_model_name, split_version
+from openvertex.translate.resources import (
+    MODEL_METHODS,
+    dialect_of,
+    parse_model_name,
+    split_version,
+    without_unset_parent,
+)
 
 _PARENT = "/projects/{project:str}/locations/{location:str}"
 
@@ -128,7 +134,7 @@ class NativeHandlers:
         version, rest = _versioned(request)
         params = request.path_params
         parent = f"projects/{params['project']}/locations/{params['location']}" if "project" in params else ""
-        return dialect_of(version, rest), parent
+        return dialect_of(version, rest), without_unset_parent(parent + "/").rstrip("/")
 
     def _cache_name(self, request: Request) -> tuple[gc.Dialect, str]:
         dialect, parent = self._cache_scope(request)

@@ -35,7 +35,7 @@ from openvertex.service.keys import check_model
 from openvertex.service.routing import Router
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
 from openvertex.translate.native import format_time
-from openvertex.translate.resources import ModelName, parent_of, parse_model_name
+from openvertex.translate.resources import ModelName, parent_of, parse_model_name, without_unset_parent
 
 DEFAULT_TTL_S = 3600.0  # Vertex's and the Gemini API's default
 MAX_PAGE_SIZE = 1000  # larger page sizes are coerced to this
@@ -279,7 +279,7 @@ class CachedContents:
         """The request with the cache it names in front; 400 where it sets what the cache holds.
         `warm`: have the backend ready to reuse the cache's prefix (not for counting tokens)."""
         assert request.cached_content is not None
-        row = await self._row(request.cached_content, dialect)
+        row = await self._row(without_unset_parent(request.cached_content), dialect)
         if parent_of(model.resource) not in ("", row.parent):  # another project's or location's cache
             raise _not_found(row.name, dialect)
         if request.system_instruction is not None or request.tools or request.tool_config is not None:

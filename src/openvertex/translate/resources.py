@@ -70,6 +70,18 @@ def dialect_of(version: str | None, name: str) -> Dialect:
     return "gemini"
 
 
+# What the SDKs write for the project and location they do not have in Vertex express mode (an API
+# key, no project): google-genai for Python `None`, for JavaScript `undefined`.
+_UNSET_PARENT = re.compile(r"projects/(?:None|undefined|null)/locations/(?:None|undefined|null)/")
+
+
+def without_unset_parent(name: str) -> str:
+    """A resource name an SDK wrote in express mode (`projects/None/locations/None/cachedContents/X`)
+    as the express resource it names (`cachedContents/X`); any other name as it is."""
+    match = _UNSET_PARENT.match(name)
+    return name[match.end() :] if match else name
+
+
 def parent_of(name: str) -> str:
     """`projects/P/locations/L` of a Vertex resource name, or "" for one without."""
     match = re.match(_PARENT, name)
