@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import signal
 import threading
@@ -47,6 +48,7 @@ from openvertex.store.quota_counts import QuotaCountStore
 from openvertex.store.secrets import shared_secret
 from openvertex.store.usage import UsageStore
 from openvertex.translate.bounded_json import JsonLimits
+from openvertex.translate.resources import ModelName
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def create_app(
         metrics=metrics,
         timeout_s=settings.request_timeout_s,
         signer=signer,
-        optional_signatures=settings.optional_thought_signatures,
+        signatures_required=_signatures_required(settings),
         media=MediaReader(settings.media, clients),
         safety=safety,
         grounding=grounding,
@@ -147,6 +149,20 @@ def create_app(
     )
     app.state.lifecycle = lifecycle
     return app
+
+
+def _signatures_required(settings: Settings) -> Callable[[ModelName], bool]:
+    """Whether a model's replayed function calls must carry their thought signatures (by family)."""
+
+    def matches(model: ModelName, globs: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(name, glob) for glob in globs for name in model.route_ids())
+
+    def required(model: ModelName) -> bool:
+        return matches(model, settings.required_thought_signatures) and not matches(
+            model, settings.optional_thought_signatures
+        )
+
+    return required
 
 
 async def _open_outbound(clients: HttpClients, relay: RelayEndpoints) -> None:

@@ -316,8 +316,10 @@ class Settings(BaseSettings):
     health_route: str | None = None
     predict_route: str | None = None
     predict_model: str | None = None
-    # Models (globs) on which a replayed function call may lack its thought signature, as on
-    # Gemini 2.5; everywhere else a missing one is a 400, as on Gemini 3.
+    # Models (globs) whose replayed function calls must carry their thought signatures: Vertex
+    # enforces them for Gemini 3 and answers 2.x models without them. A model matching
+    # optional_thought_signatures too may lack them.
+    required_thought_signatures: list[str] = Field(default_factory=lambda: ["gemini-3*"])
     optional_thought_signatures: list[str] = Field(default_factory=list)
 
     @field_validator("api_keys", "admin_keys", mode="before")

@@ -254,6 +254,22 @@ def test_missing_tampered_and_foreign_signatures_are_refused(
     assert message in body[0]["error"]["message"]
 
 
+def test_a_gemini_2_call_needs_no_signature(client: openai.OpenAI) -> None:
+    # Clients that drop extra_content (LangChain's ChatOpenAI, LlamaIndex's OpenAILike) send the
+    # call back bare: Vertex enforces signatures for Gemini 3 only, and so does openvertex.
+    messages = _replayed(client, None)
+    completion = client.chat.completions.create(
+        model="google/gemini-2.0-flash-001", messages=messages, tools=[WEATHER], max_tokens=5
+    )  # type: ignore[list-item]
+    assert completion.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    tampered = _replayed(client, _tampered)
+    with pytest.raises(openai.BadRequestError) as raised:  # a wrong one still is not
+        client.chat.completions.create(
+            model="google/gemini-2.0-flash-001", messages=tampered, tools=[WEATHER], max_tokens=5
+        )  # type: ignore[list-item]
+    assert "Thought signature is not valid" in raised.value.response.json()[0]["error"]["message"]
+
+
 def test_the_dummy_signature_is_accepted(client: openai.OpenAI) -> None:
     messages = _replayed(client, "skip_thought_signature_validator")
     completion = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], max_tokens=5)  # type: ignore[list-item]

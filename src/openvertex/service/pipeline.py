@@ -10,7 +10,6 @@ that loop's chunks; a whole answer is the backend's whole answer through the sam
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ class Pipeline:
         metrics: Metrics,
         timeout_s: float,
         signer: ThoughtSigner,
-        optional_signatures: Sequence[str] = (),
+        signatures_required: Callable[[ModelName], bool] = lambda model: True,
         media: MediaReader,
         safety: SafetyPolicy,
         grounding: GroundingPolicy,
@@ -70,7 +69,7 @@ class Pipeline:
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.signer = signer
-        self.optional_signatures = optional_signatures
+        self.signatures_required = signatures_required
 
     def _signs(self, backend: Backend) -> bool:
         """openvertex signs and checks thoughts for backends that do not do it themselves."""
@@ -107,10 +106,7 @@ class Pipeline:
                 raise DeadlineExceededError(f"The request did not finish within {deadline:g} s.") from None
             request, cached_tokens = applied.request, applied.tokens
         if self._signs(backend):
-            optional = any(
-                fnmatch.fnmatchcase(name, glob) for glob in self.optional_signatures for name in model.route_ids()
-            )
-            self.signer.check_request(request.contents, required=not optional)
+            self.signer.check_request(request.contents, required=self.signatures_required(model))
         thinking = request.generation_config.thinking_config if request.generation_config else None
         if grounding is not None:
             request = await grounding.search(request)
