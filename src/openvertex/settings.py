@@ -63,6 +63,10 @@ class LocalBackendSettings(_Section):
     # 1024 to 4096 by model), and the byte budgets for the KV state of cached prefixes: kept in
     # memory, written through to state_dir/kv/<backend> on disk, least recently used out first.
     min_cached_content_tokens: int = Field(1024, ge=1)
+    # A prompt prefix reused from an earlier request (implicit caching) is reported as cached
+    # tokens only from this many tokens on, as Gemini reports implicit cache hits (its minimum
+    # cacheable size, 1024 tokens on Gemini 2.5 Flash); the reuse itself happens from any length.
+    min_implicit_cache_tokens: int = Field(1024, ge=0)
     cache_memory_bytes: int = Field(1 << 30, ge=0)
     cache_disk_bytes: int = Field(8 << 30, ge=0)
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
-from tests.support.server import RunningServer
+from openvertex.settings import LocalBackendSettings, Settings
+from tests.integration.test_local_capacity import metric
+from tests.support.server import RunningServer, serve
 
 AUTH = {"Authorization": "Bearer test"}
 MODEL = "google/gemini-2.5-flash"
+
+
+@pytest.fixture(scope="module")
+def reporting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The embedded model reporting every reused prefix as cached tokens, however short."""
+    local = LocalBackendSettings(min_implicit_cache_tokens=0)
+    with serve(Settings(port=0, state_dir=tmp_path_factory.mktemp("state"), backends={"local": local})) as server:
+        yield server
 
 
 def _ask(server: RunningServer, seed: int, topic: int | None = None, **extra: object) -> dict[str, object]:
@@ -54,7 +66,8 @@ def test_candidates_share_the_prompt_and_stay_reproducible(local_server: Running
     assert first[1:] == [_text(_ask(local_server, 7 + i, topic=7))[0] for i in (1, 2, 3)]
 
 
-def test_next_turn_reuses_the_cached_prefix(local_server: RunningServer) -> None:
+def test_next_turn_reuses_the_cached_prefix(reporting: RunningServer) -> None:
+    local_server = reporting
     history = [
         {"role": "system", "content": "You are a terse assistant who answers in one sentence. " * 8},
         {"role": "user", "content": "Name a colour."},
@@ -69,7 +82,8 @@ def test_next_turn_reuses_the_cached_prefix(local_server: RunningServer) -> None
     assert first["usage"]["prompt_tokens"] <= cached < second["usage"]["prompt_tokens"]
 
 
-def test_a_shared_system_prompt_is_computed_once(local_server: RunningServer) -> None:
+def test_a_shared_system_prompt_is_computed_once(reporting: RunningServer) -> None:
+    local_server = reporting
     system = {"role": "system", "content": "You are the ship's computer. Answer in the ship's log style. " * 6}
     endless = {"type": "json_schema", "json_schema": {"name": "N", "schema": {"type": "array", "minItems": 3000}}}
     running = {"model": MODEL, "messages": [system, {"role": "user", "content": "Log everything."}]}
@@ -92,3 +106,17 @@ def test_a_shared_system_prompt_is_computed_once(local_server: RunningServer) ->
     assert [c["message"]["content"] for c in alone.json()["choices"]] == [
         c["message"]["content"] for c in again.json()["choices"]
     ]
+
+
+def test_a_short_reused_prefix_is_not_reported_as_cached(local_server: RunningServer) -> None:
+    # As Gemini reports implicit cache hits: only from its minimum cacheable size (1024 tokens by
+    # default), though the prefix is reused all the same.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4}
+    first = httpx.post(local_server.chat_url, json=body, headers=AUTH, timeout=60).json()
+    computed = metric(local_server, "openvertex_prompt_tokens_computed_total")
+    again = httpx.post(local_server.chat_url, json=body, headers=AUTH, timeout=60).json()
+    reused = first["usage"]["prompt_tokens"] - (
+        metric(local_server, "openvertex_prompt_tokens_computed_total") - computed
+    )
+    assert reused > 0  # the second request reused the first one's prefix
+    assert not (again["usage"].get("prompt_tokens_details") or {}).get("cached_tokens")

@@ -37,7 +37,9 @@ def _text_n_embd() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     work = tmp_path_factory.mktemp("vision")
     projector = write_tiny_projector(work / "mmproj.gguf", text_n_embd=_text_n_embd())
-    local = LocalBackendSettings(mmproj=str(projector), n_parallel=2, n_ctx=2048, min_cached_content_tokens=16)
+    local = LocalBackendSettings(
+        mmproj=str(projector), n_parallel=2, n_ctx=2048, min_cached_content_tokens=16, min_implicit_cache_tokens=0
+    )
     with serve(Settings(port=0, state_dir=work / "state", backends={"local": local})) as running:
         yield running
 

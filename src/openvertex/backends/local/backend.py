@@ -157,7 +157,12 @@ class LocalBackend:
                 raise
             candidates = (request.generation_config or gc.GenerationConfig()).candidate_count or 1
             chunks = ChunkBuilder(
-                model=model, prompt_tokens=len(prompt), candidates=candidates, tools=tools, streaming=streaming
+                model=model,
+                prompt_tokens=len(prompt),
+                candidates=candidates,
+                tools=tools,
+                streaming=streaming,
+                min_reused=self.settings.min_implicit_cache_tokens,
             )
             job = Job(prompt=prompt, sampling=sampling, candidates=candidates, restore=restore, images=images)
             async with self._supervisor.subscribe(job) as events:

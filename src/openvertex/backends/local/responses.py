@@ -14,9 +14,19 @@ class ChunkBuilder:
     """One job's answer: each event becomes a chunk carrying the usage so far."""
 
     def __init__(
-        self, *, model: str, prompt_tokens: int, candidates: int, tools: FunctionCalling | None, streaming: bool
+        self,
+        *,
+        model: str,
+        prompt_tokens: int,
+        candidates: int,
+        tools: FunctionCalling | None,
+        streaming: bool,
+        min_reused: int = 0,
     ) -> None:
+        """`min_reused`: the fewest prompt tokens whose KV was reused that usage reports as cached
+        (Gemini reports implicit cache hits only from its minimum cacheable size)."""
         self._model, self._prompt_tokens, self._candidates = model, prompt_tokens, candidates
+        self._min_reused = min_reused
         # Arguments arrive in pieces only in a stream that asked for them (spec §3.5).
         self._readers = (
             [
@@ -41,7 +51,7 @@ class ChunkBuilder:
         if isinstance(event, CandidateDone):
             self._finished += 1
             self._counts[event.candidate] = (event.tokens, event.thought_tokens)
-            self._cached = event.cached_tokens
+            self._cached = event.cached_tokens if event.cached_tokens >= self._min_reused else 0
         else:
             self._counts[event.candidate] = (event.tokens, event.thoughts)
         # Every chunk has the usage so far, as Gemini's do: a stream cut short (a client that
