@@ -175,7 +175,10 @@ def serve(args: argparse.Namespace) -> None:
         access_log=False,  # each request has its own line (http/recording.py)
         timeout_graceful_shutdown=settings.drain_timeout_s,
     )
-    DrainingServer(config, app.state.lifecycle).run(sockets=[sock])
+    draining = DrainingServer(
+        config, app.state.lifecycle, grace_s=settings.drain_grace_s, timeout_s=settings.drain_timeout_s
+    )
+    draining.run(sockets=[sock])
 
 
 def models(args: argparse.Namespace) -> None:

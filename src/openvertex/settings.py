@@ -292,6 +292,9 @@ class Settings(BaseSettings):
     # After SIGTERM: /readyz answers 503 and no new request is taken; requests in flight (streams
     # included) have this long to finish before they are cut and the process exits.
     drain_timeout_s: int = Field(30, ge=0)
+    # After SIGTERM: how long the listener stays open at least, /readyz answering 503, for a load
+    # balancer to notice before new connections are refused.
+    drain_grace_s: float = Field(3.0, ge=0)
     # How often keys issued with `openvertex keys` are read again (a revoked key is refused within
     # this time) and the usage per key is written.
     keys_refresh_s: float = Field(5.0, gt=0)

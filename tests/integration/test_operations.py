@@ -98,14 +98,22 @@ def test_readyz_is_503_while_draining(fake: FakeBackend) -> None:
         assert response.json()["error"]["status"] == "UNAVAILABLE"
 
 
-def test_sigterm_lets_a_stream_finish_and_takes_nothing_new(tmp_path: Path) -> None:
+def test_sigterm_drains_with_readyz_503_while_a_stream_finishes(tmp_path: Path) -> None:
     config = tmp_path / "openvertex.toml"
-    config.write_text(f'state_dir = "{tmp_path / "state"}"\ndrain_timeout_s = 60\n')
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\ndrain_timeout_s = 60\ndrain_grace_s = 0.5\n')
     with serving(config) as (process, url):
         body = {
             "model": "smollm2",
             "messages": [{"role": "user", "content": "Count from one to one hundred in words."}],
-            "max_tokens": 160,
+            # An array of at least 3,000 numbers, cut at 600 tokens: still running when the grace has passed.
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "N",
+                    "schema": {"type": "array", "items": {"type": "integer"}, "minItems": 3000},
+                },
+            },
+            "max_tokens": 600,
             "temperature": 0,
             "stream": True,
         }
@@ -115,13 +123,16 @@ def test_sigterm_lets_a_stream_finish_and_takes_nothing_new(tmp_path: Path) -> N
             lines = response.iter_lines()
             assert next(line for line in lines if line.startswith("data: {"))  # the stream is under way
             process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-            with pytest.raises(httpx.TransportError):  # nothing new is taken
-                httpx.get(f"{url}/healthz", timeout=5)
+            time.sleep(1.0)  # past the grace: the stream in flight keeps the listener open
+            ready = httpx.get(f"{url}/readyz", timeout=5)  # the load balancer is told, not refused
+            assert ready.status_code == 503 and ready.json()["error"]["status"] == "UNAVAILABLE"
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
             rest = [line for line in lines if line.startswith("data: ")]
         assert rest[-1] == "data: [DONE]"  # and the stream in flight finished
         assert '"finish_reason"' in rest[-2]
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)  # then, with nothing in flight, it exits
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/healthz", timeout=5)
 
 
 def test_sighup_reloads_keys_and_routes(tmp_path: Path) -> None:

@@ -1,10 +1,14 @@
-"""Where the process is in its life. After SIGTERM it drains: /readyz answers 503 so a load
-balancer stops sending, the server takes no new request, and requests in flight (streams
-included) finish within `drain_timeout_s` (uvicorn's graceful shutdown) before the exit."""
+"""Where the process is in its life. On SIGTERM (or Ctrl-C) it drains: /readyz answers 503 at once
+while the listener stays open and requests are still served, so that a load balancer sees the
+server leave instead of a refused connection; once nothing is in flight and `drain_grace_s` has
+passed (or `drain_grace_s + drain_timeout_s` at the most), the listener closes and requests still
+in flight get `drain_timeout_s` more (uvicorn's graceful shutdown) before the exit. A second
+signal stops at once."""
 
 from __future__ import annotations
 
 import logging
+import time
 from types import FrameType
 
 import uvicorn
@@ -18,17 +22,30 @@ class Lifecycle:
 
     def drain(self) -> None:
         if not self.draining:
-            log.info("draining: no new requests; those in flight may finish")
+            log.info("draining: /readyz answers 503; requests in flight may finish")
             self.draining = True
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling /readyz the moment a SIGTERM (or SIGINT) starts the drain."""
+    """uvicorn's server, draining on the first SIGTERM or SIGINT before it shuts down."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, *, grace_s: float, timeout_s: float) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        self._grace_s, self._timeout_s = grace_s, timeout_s
+        self._drain_started: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_started is not None:  # the second signal: shut down now
+            super().handle_exit(sig, frame)
+            return
+        self._drain_started = time.monotonic()
         self.lifecycle.drain()
-        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        started = self._drain_started
+        if started is not None and not self.should_exit:
+            elapsed = time.monotonic() - started
+            idle = not self.server_state.tasks  # no request in flight
+            self.should_exit = elapsed >= self._grace_s + self._timeout_s or (elapsed >= self._grace_s and idle)
+        return await super().on_tick(counter)
