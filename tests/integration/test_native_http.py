@@ -882,3 +882,73 @@ def test_a_cache_of_another_project_is_not_found(server: RunningServer) -> None:
     assert_native_error(response, 404, "NOT_FOUND")
     elsewhere = {"model": f"projects/q/locations/l/publishers/google/models/{MODEL}", "contents": [user(WORD_LIST)]}
     assert_native_error(post(server, f"/v1beta1/{PARENT}/cachedContents", elsewhere), 400, "INVALID_ARGUMENT", "model")
+
+
+@pytest.mark.parametrize(
+    ("path", "numbers"),
+    [  # each dialect's own numbering: HARM_CATEGORY_HARASSMENT is 3 on Vertex, 7 on the Gemini API
+        (VERTEX, {"mode": 2, "harassment": 3, "stop": 1}),
+        (GEMINI, {"mode": 2, "harassment": 7, "stop": 1}),
+    ],
+)
+def test_enums_as_numbers(server: RunningServer, fake: FakeBackend, path: str, numbers: dict[str, int]) -> None:
+    """google-cloud-aiplatform's REST transport (LangChain's ChatVertexAI) and generativelanguage's
+    send `$alt=json;enum-encoding=int` and write enums as numbers; the answer's enums are numbers."""
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "Weather in Paris?"}]}],
+        "tools": [
+            {
+                "functionDeclarations": [
+                    {
+                        "name": "get_weather",
+                        "parameters": {"type": 6, "properties": {"city": {"type": 1}}, "required": ["city"]},
+                    }
+                ]
+            }
+        ],
+        "toolConfig": {"functionCallingConfig": {"mode": numbers["mode"]}},
+        "safetySettings": [{"category": numbers["harassment"], "threshold": 4}],
+        "generationConfig": {"responseModalities": [1], "mediaResolution": 1},
+    }
+    fake.add(
+        [
+            gc.GenerateContentResponse.model_validate(
+                {
+                    "candidates": [
+                        {
+                            "content": {
+                                "role": "model",
+                                "parts": [{"functionCall": {"name": "get_weather", "args": {}}}],
+                            },
+                            "finishReason": "STOP",
+                            "safetyRatings": [{"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"}],
+                        }
+                    ],
+                    "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3},
+                }
+            )
+        ]
+    )
+    url = f"{server.url}{path}:generateContent?$alt=json;enum-encoding=int"
+    response = httpx.post(url, json=body, headers=AUTH)
+    assert response.status_code == 200, response.text
+    received = fake.requests[-1]
+    assert received.tool_config and received.tool_config.function_calling_config
+    assert received.tool_config.function_calling_config.mode == "ANY"
+    assert received.tools and received.tools[0].function_declarations
+    assert received.tools[0].function_declarations[0].parameters == {
+        "type": "OBJECT",
+        "properties": {"city": {"type": "STRING"}},
+        "required": ["city"],
+    }
+    assert received.safety_settings and received.safety_settings[0].category == "HARM_CATEGORY_HARASSMENT"
+    assert received.safety_settings[0].threshold == "BLOCK_NONE"
+    candidate = response.json()["candidates"][0]
+    assert candidate["finishReason"] == numbers["stop"]
+    assert candidate["safetyRatings"] == [{"category": numbers["harassment"], "probability": 1}]
+    assert response.json()["usageMetadata"]["promptTokensDetails"] == [{"modality": 1, "tokenCount": 3}]
+
+    named = httpx.post(f"{server.url}{path}:generateContent", json={"contents": body["contents"]}, headers=AUTH)
+    assert named.json()["candidates"][0]["finishReason"] == "STOP"  # without the flag: names
+    wrong = httpx.post(url, json={**body, "toolConfig": {"functionCallingConfig": {"mode": 42}}}, headers=AUTH)
+    assert wrong.status_code == 400 and "mode" in wrong.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -11,7 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from openvertex.errors import InvalidArgumentError
 from openvertex.http.disconnect import ClientDisconnected
-from openvertex.protocol.generate_content import GeminiModel
+from openvertex.protocol.generate_content import Dialect, GeminiModel
 from openvertex.translate.bounded_json import JsonLimits, load_json
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -77,8 +78,10 @@ def _validation_to_error(error: ValidationError) -> InvalidArgumentError:
     return InvalidArgumentError(message, param=path or None)
 
 
-def parse_json(body: bytes, model: type[ModelT], limits: JsonLimits | None = None) -> ModelT:
-    return validate(load_object(body, limits), model)
+def parse_json(
+    body: bytes, model: type[ModelT], limits: JsonLimits | None = None, *, dialect: Dialect = "vertex"
+) -> ModelT:
+    return validate(load_object(body, limits), model, dialect=dialect)
 
 
 def load_object(body: bytes, limits: JsonLimits | None = None) -> dict[str, Any]:
@@ -88,17 +91,20 @@ def load_object(body: bytes, limits: JsonLimits | None = None) -> dict[str, Any]
     return data
 
 
-def validate(data: dict[str, Any], model: type[ModelT]) -> ModelT:
+def validate(data: dict[str, Any], model: type[ModelT], *, dialect: Dialect = "vertex") -> ModelT:
+    """`dialect`: how a native request numbers its enums, when it writes them as numbers."""
     try:
         if issubclass(model, GeminiModel):  # read as Google's parser reads it
-            return model.from_wire(data)
+            return model.from_wire(data, dialect=dialect)
         return model.model_validate(data)
     except ValidationError as error:
         raise _validation_to_error(error) from None
 
 
-async def read_json(body: bytes, model: type[ModelT], limits: JsonLimits | None = None) -> ModelT:
+async def read_json(
+    body: bytes, model: type[ModelT], limits: JsonLimits | None = None, *, dialect: Dialect = "vertex"
+) -> ModelT:
     """parse_json, on a worker thread when the body is large enough to hold up the event loop."""
     if len(body) <= INLINE_PARSE_BYTES:
-        return parse_json(body, model, limits)
-    return await asyncio.to_thread(parse_json, body, model, limits)
+        return parse_json(body, model, limits, dialect=dialect)
+    return await asyncio.to_thread(functools.partial(parse_json, body, model, limits, dialect=dialect))

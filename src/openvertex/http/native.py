@@ -26,7 +26,7 @@ from openvertex.protocol import generate_content as gc
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.native import ModelCall, NativeService
 from openvertex.translate.bounded_json import JsonLimits
-from openvertex.translate.native import check_native_request
+from openvertex.translate.native import check_native_request, wants_enum_numbers, with_enum_numbers
 from openvertex.translate.resources import (
     MODEL_METHODS,
     dialect_of,
@@ -62,7 +62,8 @@ def _model_call(request: Request) -> ModelCall:
     if method and method not in MODEL_METHODS:
         served = ", ".join(sorted(MODEL_METHODS))
         raise NotFoundError(f"Method `{method}` is not served here (openvertex serves {served}).")
-    return ModelCall(model, dialect_of(version, name), version, method or None)
+    numbered = wants_enum_numbers(request.query_params.get("$alt"))
+    return ModelCall(model, dialect_of(version, name), version, method or None, numbered)
 
 
 class NativeHandlers:
@@ -79,9 +80,9 @@ class NativeHandlers:
         self.json_limits = json_limits
         self.started = int(time.time())
 
-    async def _body(self, request: Request, model: type[gc.GeminiModel]) -> Any:
+    async def _body(self, request: Request, model: type[gc.GeminiModel], dialect: gc.Dialect) -> Any:
         raw = await read_body(request, self.max_body_bytes)
-        return await read_json(raw or b"{}", model, self.json_limits)
+        return await read_json(raw or b"{}", model, self.json_limits, dialect=dialect)
 
     # ------------------------------------------------------------------ models
 
@@ -91,10 +92,13 @@ class NativeHandlers:
             raise NotFoundError("The requested URL was not found on this server.")
         self.service.backend(call)  # an unknown model is a 404 before its body is read
         if call.method == "countTokens":
-            return _json(await self.service.count_tokens(await self._body(request, gc.CountTokensRequest), call))
+            counted = await self._body(request, gc.CountTokensRequest, call.dialect)
+            count = (await self.service.count_tokens(counted, call)).to_json_dict()
+            return _json(with_enum_numbers(count, call.dialect) if call.enum_numbers else count)
         if call.method == "computeTokens":
-            return _json(await self.service.compute_tokens(await self._body(request, gc.ComputeTokensRequest), call))
-        body: gc.GenerateContentRequest = await self._body(request, gc.GenerateContentRequest)
+            computed = await self._body(request, gc.ComputeTokensRequest, call.dialect)
+            return _json(await self.service.compute_tokens(computed, call))
+        body: gc.GenerateContentRequest = await self._body(request, gc.GenerateContentRequest, call.dialect)
         # Until the first byte is sent, only the receive channel tells that the client left.
         return await until_disconnect(request.receive, self._answer(request, call, body))
 
@@ -142,7 +146,7 @@ class NativeHandlers:
 
     async def caches_create(self, request: Request) -> Response:
         dialect, parent = self._cache_scope(request)
-        body: gc.CachedContent = await self._body(request, gc.CachedContent)
+        body: gc.CachedContent = await self._body(request, gc.CachedContent, dialect)
         check_native_request(  # the same rules as a request's (it normalises the body's bytes in place)
             gc.GenerateContentRequest(
                 contents=body.contents or [],
@@ -171,7 +175,7 @@ class NativeHandlers:
 
     async def cache_update(self, request: Request) -> Response:
         dialect, name = self._cache_name(request)
-        body: gc.CachedContent = await self._body(request, gc.CachedContent)
+        body: gc.CachedContent = await self._body(request, gc.CachedContent, dialect)
         return _json(await self.caches.update(name, body, dialect))
 
     async def cache_delete(self, request: Request) -> Response:

@@ -12,12 +12,24 @@ import typing
 from functools import cache
 from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
+
+from openvertex.protocol import enums
 
 # The two native dialects: Vertex AI (also behind the OpenAI-compatible surface) and the Gemini
 # Developer API. They differ in resource names, a few response fields and some error texts.
 Dialect = Literal["vertex", "gemini"]
+
+
+def enum_names(*fields: str, table: enums.Table | typing.Mapping[Dialect, enums.Table]) -> Any:
+    """A validator taking `fields` (or lists of them) as enum numbers too, in the request's dialect."""
+
+    def named(cls: type, value: Any, info: ValidationInfo) -> Any:
+        chosen = table if isinstance(table, tuple) else table[(info.context or {}).get("dialect", "vertex")]
+        return [enums.name_of(v, chosen) for v in value] if isinstance(value, list) else enums.name_of(value, chosen)
+
+    return field_validator(*fields, mode="before")(named)
 
 
 def _is_list(annotation: Any) -> bool:
@@ -37,11 +49,12 @@ class GeminiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid")
 
     @classmethod
-    def from_wire(cls, data: Any) -> Self:
+    def from_wire(cls, data: Any, *, dialect: Dialect = "vertex") -> Self:
         """Validate JSON as Google's parser reads it: it takes a lone value where a list is expected
-        (Vertex's own curl examples send `"contents": {...}`, `"parts": {...}`). For what clients
-        send; answers and what openvertex builds itself go through plain validation."""
-        return cls.model_validate(_lists_where_expected(cls, data))
+        (Vertex's own curl examples send `"contents": {...}`, `"parts": {...}`), and enums as their
+        numbers in `dialect`'s numbering. For what clients send; answers and what openvertex
+        builds itself go through plain validation."""
+        return cls.model_validate(_lists_where_expected(cls, data), context={"dialect": dialect})
 
     @classmethod
     @cache
@@ -123,6 +136,8 @@ class FunctionResponse(GeminiModel):
 class PartMediaResolution(GeminiModel):
     level: str
 
+    _named = enum_names("level", table=enums.PART_MEDIA_RESOLUTION)
+
 
 class Part(GeminiModel):
     text: str | None = None
@@ -172,6 +187,8 @@ class ThinkingConfig(GeminiModel):
     thinking_budget: int | None = None
     thinking_level: str | None = None
 
+    _named = enum_names("thinking_level", table=enums.THINKING_LEVEL)
+
 
 class GenerationConfig(GeminiModel):
     temperature: float | None = None
@@ -201,6 +218,14 @@ class GenerationConfig(GeminiModel):
     )
     enable_enhanced_civic_answers: bool | None = None
     enable_affective_dialog: bool | None = None
+
+    _modalities = enum_names("response_modalities", table=enums.RESPONSE_MODALITY)
+    _resolution = enum_names("media_resolution", table=enums.MEDIA_RESOLUTION)
+
+    @field_validator("response_schema", mode="before")
+    @classmethod
+    def _types_named(cls, schema: Any) -> Any:
+        return enums.schema_with_names(schema)
 
 
 HarmCategory = Literal[
@@ -233,6 +258,10 @@ class SafetySetting(GeminiModel):
     threshold: HarmBlockThreshold
     method: HarmBlockMethod | None = None
 
+    _category = enum_names("category", table=enums.HARM_CATEGORY)
+    _threshold = enum_names("threshold", table=enums.HARM_BLOCK_THRESHOLD)
+    _method = enum_names("method", table=enums.HARM_BLOCK_METHOD)
+
 
 class SafetyRating(GeminiModel):
     model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through
@@ -253,6 +282,11 @@ class FunctionDeclaration(GeminiModel):
     response_json_schema: dict[str, Any] | None = None
     behavior: str | None = None
 
+    @field_validator("parameters", "response", mode="before")
+    @classmethod
+    def _types_named(cls, schema: Any) -> Any:
+        return enums.schema_with_names(schema)
+
 
 class Tool(GeminiModel):
     # Native tools (googleSearch, codeExecution, urlContext, …) are kept as given.
@@ -265,6 +299,8 @@ class FunctionCallingConfig(GeminiModel):
     mode: Literal["AUTO", "ANY", "NONE", "VALIDATED"] | None = None
     allowed_function_names: list[str] | None = None
     stream_function_call_arguments: bool | None = None
+
+    _named = enum_names("mode", table=enums.FUNCTION_CALLING_MODE)
 
 
 class ToolConfig(GeminiModel):

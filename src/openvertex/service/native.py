@@ -21,6 +21,7 @@ from openvertex.translate.native import (
     count_tokens_request,
     format_time,
     render_response,
+    with_enum_numbers,
 )
 from openvertex.translate.resources import ModelName
 
@@ -30,12 +31,13 @@ GENERATION_METHODS = ["generateContent", "streamGenerateContent", "countTokens",
 @dataclass(frozen=True, slots=True)
 class ModelCall:
     """What a model URL names: the model, its dialect, and the API version and method (for the
-    dialect's wording of a 404)."""
+    dialect's wording of a 404); whether the answer writes its enums as numbers."""
 
     model: ModelName
     dialect: gc.Dialect
     version: str | None
     method: str | None  # generateContent, …; None for a model get
+    enum_numbers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +47,17 @@ class PreparedNative:
     model_version: str
     response_id: str
     create_time: str
+    enum_numbers: bool = False
 
     def render(self, response: gc.GenerateContentResponse) -> dict[str, Any]:
-        return render_response(
+        rendered = render_response(
             response,
             dialect=self.dialect,
             model_version=self.model_version,
             response_id=self.response_id,
             create_time=self.create_time,
         )
+        return with_enum_numbers(rendered, self.dialect) if self.enum_numbers else rendered
 
 
 class _Rendering:
@@ -104,7 +108,9 @@ class NativeService:
         check_native_request(body)
         backend = self.backend(call)
         prepared = await self.pipeline.prepare(body, call.model, backend, dialect=call.dialect, timeout_s=timeout_s)
-        return PreparedNative(prepared, call.dialect, call.model.model, new_response_id(), format_time(time.time()))
+        return PreparedNative(
+            prepared, call.dialect, call.model.model, new_response_id(), format_time(time.time()), call.enum_numbers
+        )
 
     async def generate(self, native: PreparedNative) -> dict[str, Any]:
         return native.render(await self.pipeline.generate(native.prepared))

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic.alias_generators import to_camel
 
 from openvertex.errors import InvalidArgumentError
+from openvertex.protocol import enums
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.schema import check_not_recursive
 from openvertex.translate.tables import (
@@ -231,3 +232,45 @@ def render_response(
         if dialect == "gemini":
             usage.traffic_type = None
     return response.to_json_dict()
+
+
+def wants_enum_numbers(alt: str | None) -> bool:
+    """`$alt=json;enum-encoding=int`, as Google's generated REST clients ask for answers."""
+    return alt is not None and "enum-encoding=int" in alt.replace(" ", "").split(";")
+
+
+def with_enum_numbers(body: dict[str, Any], dialect: gc.Dialect) -> dict[str, Any]:
+    """A rendered answer (or countTokens answer) with its enums as numbers, in `dialect`'s numbering."""
+    for candidate in body.get("candidates") or []:
+        _number(candidate, "finishReason", enums.FINISH_REASON[dialect])
+        _ratings_numbered(candidate.get("safetyRatings"), dialect)
+    feedback = body.get("promptFeedback")
+    if isinstance(feedback, dict):
+        _number(feedback, "blockReason", enums.BLOCK_REASON[dialect])
+        _ratings_numbered(feedback.get("safetyRatings"), dialect)
+    usage = body.get("usageMetadata")
+    for holder in (usage, body):
+        if not isinstance(holder, dict):
+            continue
+        _number(holder, "trafficType", enums.TRAFFIC_TYPE)
+        for key in (
+            "promptTokensDetails",
+            "cacheTokensDetails",
+            "candidatesTokensDetails",
+            "toolUsePromptTokensDetails",
+        ):
+            for detail in holder.get(key) or []:
+                _number(detail, "modality", enums.TOKEN_MODALITY)
+    return body
+
+
+def _ratings_numbered(ratings: Any, dialect: gc.Dialect) -> None:
+    for rating in ratings or []:
+        _number(rating, "category", enums.HARM_CATEGORY[dialect])
+        _number(rating, "probability", enums.HARM_PROBABILITY)
+        _number(rating, "severity", enums.HARM_SEVERITY)
+
+
+def _number(holder: Any, key: str, table: enums.Table) -> None:
+    if isinstance(holder, dict) and key in holder:
+        holder[key] = enums.number_of(holder[key], table)
