@@ -178,3 +178,15 @@ def test_a_clients_x_guidance_cannot_loosen_the_output(compiler: GrammarCompiler
     assert not admits(grammar, '{"a" = 1}')
     with pytest.raises(InvalidArgumentError, match="uniqueItems"):
         compiler.response("application/json", {**schema, "uniqueItems": True}, param="response_format")
+
+
+def test_gemini_formats_are_held(compiler: GrammarCompiler) -> None:
+    # The JS SDK writes a string enum as `format: "enum"`; the numeric formats bound the number.
+    colour = schema_grammar(compiler, {"type": "STRING", "format": "enum", "enum": ["red", "blue"]})
+    assert admits(colour, '"red"') and not admits(colour, '"green"')
+    small = schema_grammar(compiler, {"type": "INTEGER", "format": "int32"})
+    assert admits(small, "2147483647") and not admits(small, "2147483648") and not admits(small, "-2147483649")
+    bounded = schema_grammar(compiler, {"type": "INTEGER", "format": "int32", "minimum": 5, "maximum": 10**12})
+    assert admits(bounded, "5") and not admits(bounded, "4") and not admits(bounded, "2147483648")
+    unsigned = schema_grammar(compiler, {"type": "INTEGER", "format": "uint32"})
+    assert admits(unsigned, "0") and not admits(unsigned, "-1")

@@ -245,6 +245,7 @@ def _convert(schema: Any, *, close: bool) -> Any:
         converted["type"] = (
             kind.lower() if isinstance(kind, str) else [k.lower() if isinstance(k, str) else k for k in kind]
         )
+    _formats_as_bounds(converted)
     ordering = converted.pop("propertyOrdering", None)
     properties = converted.get("properties")
     if isinstance(ordering, list) and isinstance(properties, dict):  # Gemini's: the order they are written in
@@ -253,6 +254,33 @@ def _convert(schema: Any, *, close: bool) -> Any:
     if close and "properties" in converted and not {"additionalProperties", "patternProperties"} & converted.keys():
         converted["additionalProperties"] = False
     return _with_null(converted) if converted.pop("nullable", None) is True else converted
+
+
+# Gemini's Schema formats that JSON Schema validators do not hold: a number's range, written as
+# the bounds they mean. `enum` (a STRING's, as the JS SDK writes it) only says that `enum` is set.
+_FORMAT_RANGES = {
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, 2**64 - 1),
+    "float": (-3.4028234663852886e38, 3.4028234663852886e38),
+}
+
+
+def _formats_as_bounds(schema: dict[str, Any]) -> None:
+    written = schema.get("format")
+    if written == "enum":
+        del schema["format"]
+        return
+    bounds = _FORMAT_RANGES.get(written) if isinstance(written, str) else None
+    if bounds is None:
+        return
+    del schema["format"]
+    low, high = bounds
+    for key, bound, tighter in (("minimum", low, max), ("maximum", high, min)):
+        given = schema.get(key, bound)
+        if isinstance(given, int | float) and not isinstance(given, bool):
+            schema[key] = tighter(given, bound)
 
 
 def _with_null(schema: dict[str, Any]) -> dict[str, Any]:
