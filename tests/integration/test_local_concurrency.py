@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -120,3 +121,31 @@ def test_a_short_reused_prefix_is_not_reported_as_cached(local_server: RunningSe
     )
     assert reused > 0  # the second request reused the first one's prefix
     assert not (again["usage"].get("prompt_tokens_details") or {}).get("cached_tokens")
+
+
+def test_more_candidates_than_slots(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Vertex takes up to 8 candidates whatever the deployment: on two slots they decode in waves,
+    # and candidate i still samples as a lone request with seed + i.
+    local = LocalBackendSettings(n_parallel=2, n_ctx=1024)
+    with serve(Settings(port=0, state_dir=tmp_path_factory.mktemp("state"), backends={"local": local})) as server:
+        many = _text(_ask(server, 3, n=5))
+        assert len(many) == 5 and len(set(many)) > 1
+        assert many[3] == _text(_ask(server, 6, topic=3))[0]
+        streamed = httpx.post(
+            server.chat_url,
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "n": 3,
+                "max_tokens": 4,
+                "stream": True,
+            },
+            headers=AUTH,
+            timeout=120,
+        )
+        finishes = {
+            json.loads(line[6:])["choices"][0]["index"]
+            for line in streamed.text.splitlines()
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0].get("finish_reason")
+        }
+        assert finishes == {0, 1, 2}

@@ -19,7 +19,7 @@ from openvertex.backends.base import BackendLoad, Capabilities, RoleTokens, coll
 from openvertex.backends.local import thinking
 from openvertex.backends.local.calls import FunctionCalling, plan_function_calling
 from openvertex.backends.local.grammar import JSON_MIME, SUPPORTED_MIME_TYPES, Grammar
-from openvertex.backends.local.jobs import Job, Snapshotted
+from openvertex.backends.local.jobs import CandidateDone, Job, Snapshotted
 from openvertex.backends.local.media_text import READABLE_MIME_PREFIXES, MediaText
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
 from openvertex.backends.local.prefixes import PrefixStore, Snapshot, snapshot_key
@@ -62,7 +62,7 @@ class LocalBackend:
             input_mime_prefixes=READABLE_MIME_PREFIXES,  # as text: OCR, a PDF's text (media_text.py)
             thinking=settings.thinking != "off",
             response_mime_types=SUPPORTED_MIME_TYPES,
-            max_candidates=min(MAX_CANDIDATES, settings.n_parallel),
+            max_candidates=MAX_CANDIDATES,  # more than the slots decode in waves
             max_output_tokens=settings.max_output_tokens,
             cached_content=True,
             input_token_limit=settings.n_ctx,
@@ -164,14 +164,22 @@ class LocalBackend:
                 streaming=streaming,
                 min_reused=self.settings.min_implicit_cache_tokens,
             )
-            job = Job(prompt=prompt, sampling=sampling, candidates=candidates, restore=restore, images=images)
-            async with self._supervisor.subscribe(job) as events:
-                while not chunks.done:
-                    for event in await events.next_batch():
-                        if not isinstance(event, Snapshotted):
-                            yield chunks.feed(event)
-                        if chunks.done:
-                            break
+            # More candidates than slots decode in waves of at most a slot each; candidate i still
+            # samples with seed + i, as it would in one job.
+            for first in range(0, candidates, self.settings.n_parallel):
+                count = min(self.settings.n_parallel, candidates - first)
+                seed = None if sampling.seed is None else sampling.seed + first
+                wave = Job(prompt, replace(sampling, seed=seed), count, restore=restore, images=images)
+                async with self._supervisor.subscribe(wave) as events:
+                    finished = 0
+                    while finished < count:
+                        for event in await events.next_batch():
+                            if isinstance(event, Snapshotted):
+                                continue
+                            finished += isinstance(event, CandidateDone)
+                            yield chunks.feed(replace(event, candidate=event.candidate + first))
+                            if finished == count:
+                                break
         finally:
             if release:
                 self._release()

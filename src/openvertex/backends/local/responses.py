@@ -25,7 +25,7 @@ class ChunkBuilder:
     ) -> None:
         """`min_reused`: the fewest prompt tokens whose KV was reused that usage reports as cached
         (Gemini reports implicit cache hits only from its minimum cacheable size)."""
-        self._model, self._prompt_tokens, self._candidates = model, prompt_tokens, candidates
+        self._model, self._prompt_tokens = model, prompt_tokens
         self._min_reused = min_reused
         # Arguments arrive in pieces only in a stream that asked for them (spec §3.5).
         self._readers = (
@@ -39,17 +39,11 @@ class ChunkBuilder:
             if tools is not None
             else None
         )
-        self._cached = self._finished = 0
+        self._cached = 0
         self._counts: dict[int, tuple[int, int]] = {}  # per candidate: answer and reasoning tokens so far
-
-    @property
-    def done(self) -> bool:
-        """Every candidate has finished."""
-        return self._finished == self._candidates
 
     def feed(self, event: TextDelta | CandidateDone) -> gc.GenerateContentResponse:
         if isinstance(event, CandidateDone):
-            self._finished += 1
             self._counts[event.candidate] = (event.tokens, event.thought_tokens)
             self._cached = event.cached_tokens if event.cached_tokens >= self._min_reused else 0
         else:
