@@ -348,3 +348,23 @@ def test_results_must_answer_every_call_of_the_step(client: openai.OpenAI) -> No
         )
     error = raised.value.response.json()[0]["error"]
     assert "number of function response parts is equal to the number of function call parts" in error["message"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_forced_call_ends_the_turn_when_it_is_complete(client: openai.OpenAI, seed: int) -> None:
+    # SmolLM2 under a forced call calls again and again; a repeat ends the turn, the limit never
+    # leaves a cut call beside complete ones, and no call text reaches the content.
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What's the weather like in Paris?"}],
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=64,
+        seed=seed,
+    )  # type: ignore[list-item]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert calls and len({(c.function.name, c.function.arguments) for c in calls}) == len(calls)  # none repeated
+    _check_calls(calls, {"get_current_weather": WEATHER_PARAMETERS})

@@ -193,3 +193,18 @@ def test_arguments_nested_past_the_limit_are_not_a_call() -> None:
     parts = reader.feed(text) + reader.finish()
     assert [p.function_call for p in parts if p.function_call] == []
     assert "".join(p.text or "" for p in parts) == text
+
+
+def test_a_forced_reader_keeps_no_text_and_ends_at_a_repeated_call() -> None:
+    call = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+    other = '<tool_call>\n{"name": "f", "arguments": {"x": 2}}\n</tool_call>'
+    reader = CallReader(stream_arguments=False, forced=True)
+    parts = reader.feed(call + "\n" + other + "\n" + call + "\n<tool_")
+    assert [p.function_call.args for p in parts if p.function_call] == [{"x": 1}, {"x": 2}]
+    assert all(p.function_call for p in parts) and reader.repeated
+    assert reader.feed("\nmore") == [] and reader.finish() == []
+    cut = CallReader(stream_arguments=False, forced=True)
+    assert [p.function_call.name for p in cut.feed(call + "\n<tool_ca") if p.function_call] == ["f"]
+    assert cut.finish() == [] and not cut.cut  # the cut tag was the format's, never content
+    free = CallReader(stream_arguments=False)  # not forced: a repeat is a call like any other
+    assert len(free.feed(call + "\n" + call)) == 2 and not free.repeated

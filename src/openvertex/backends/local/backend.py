@@ -171,14 +171,24 @@ class LocalBackend:
                 seed = None if sampling.seed is None else sampling.seed + first
                 wave = Job(prompt, replace(sampling, seed=seed), count, restore=restore, images=images)
                 async with self._supervisor.subscribe(wave) as events:
-                    finished = 0
-                    while finished < count:
+                    running = set(range(first, first + count))
+                    while running:
                         for event in await events.next_batch():
                             if isinstance(event, Snapshotted):
                                 continue
-                            finished += isinstance(event, CandidateDone)
-                            yield chunks.feed(replace(event, candidate=event.candidate + first))
-                            if finished == count:
+                            candidate = event.candidate + first
+                            if candidate not in running:  # ended here already (settled)
+                                continue
+                            if isinstance(event, CandidateDone):
+                                running.discard(candidate)
+                            yield chunks.feed(replace(event, candidate=candidate))
+                            if running and all(chunks.settled(c) for c in running):
+                                # Each forced call left repeats one already made: the turn ends here
+                                # (leaving the block cancels the job and frees its slots).
+                                for settled in sorted(running):
+                                    yield chunks.end(settled)
+                                running.clear()
+                            if not running:
                                 break
         finally:
             if release:

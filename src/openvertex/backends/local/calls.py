@@ -212,16 +212,25 @@ class CallReader:
     Text that might be the start of a `<tool_call>` tag is held back until it is clear.
     """
 
-    def __init__(self, *, stream_arguments: bool, names: frozenset[str] | None = None) -> None:
+    def __init__(self, *, stream_arguments: bool, names: frozenset[str] | None = None, forced: bool = False) -> None:
+        """`forced`: the grammar makes every token part of a call (mode ANY): text between calls is
+        the format's, and a call that repeats an earlier one ends the turn (a small model under a
+        forced call tends to call again and again)."""
         self._stream_arguments = stream_arguments
         self._names = names  # the functions the model may call (None: any)
+        self.forced = forced
         self._buffer = ""
         self._call: _CallObject | None = None  # the call being written
         self._body = ""
         self._announced = False
+        self._made: set[str] = set()  # the calls made, as canonical JSON
         self.calls = 0
+        self.repeated = False  # forced: it called again what it had called; the rest is dropped
+        self.cut = False  # a call cut off midway had been announced (streamed arguments)
 
     def feed(self, text: str) -> list[gc.Part]:
+        if self.repeated:
+            return []
         self._buffer += text
         parts: list[gc.Part] = []
         while True:
@@ -253,6 +262,8 @@ class CallReader:
         without its closing tag; a call cut off midway is closed if it was announced."""
         rest, self._buffer = self._buffer, ""
         call = self._call
+        if self.repeated:
+            return []
         if call is None:
             return self._text(rest)
         if call.complete:
@@ -262,6 +273,7 @@ class CallReader:
                 return self._not_a_call()
         self._call = None
         # The stream already announced it: its arguments end here, cut off (MAX_TOKENS).
+        self.cut = self._announced
         return [gc.Part(function_call=gc.FunctionCall(name=call.name, will_continue=False))] if self._announced else []
 
     def _not_a_call(self) -> list[gc.Part]:
@@ -275,7 +287,10 @@ class CallReader:
         )
 
     def _text(self, text: str) -> list[gc.Part]:
-        # Whitespace between and after calls is the format's, not the answer's.
+        # Whitespace between and after calls is the format's, not the answer's; so is any text
+        # of a forced call's (a tag cut off by the limit, say).
+        if self.forced:
+            return []
         return [gc.Part(text=text)] if text.strip() or (text and not self.calls) else []
 
     def _write(self) -> list[gc.Part]:
@@ -302,6 +317,12 @@ class CallReader:
         whole = json.loads(self._body.strip())  # the grammar made it valid
         if self._names is not None and whole["name"] not in self._names:
             raise ValueError(f"{whole['name']!r} is not a function the model may call")
+        made = json.dumps([whole["name"], whole["arguments"]], sort_keys=True)
+        if self.forced and made in self._made:
+            self.repeated = True
+            if not self._announced:  # not sent yet: the repetition is dropped, and the turn ends
+                return []
+        self._made.add(made)
         final = gc.FunctionCall(name=whole["name"], args=whole["arguments"])
         if self._announced:
             final.partial_args, final.will_continue = call.pieces, False

@@ -4,6 +4,7 @@ logprobs, and the usage so far on every chunk."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from openvertex.backends.local.calls import CallReader, FunctionCalling
 from openvertex.backends.local.jobs import CandidateDone, Event, TextDelta, TokenLogprob
@@ -33,6 +34,7 @@ class ChunkBuilder:
                 CallReader(
                     stream_arguments=streaming and tools.stream_arguments,
                     names=frozenset(d.name for d in tools.allowed),
+                    forced=not tools.lazy,
                 )
                 for _ in range(candidates)
             ]
@@ -41,6 +43,15 @@ class ChunkBuilder:
         )
         self._cached = 0
         self._counts: dict[int, tuple[int, int]] = {}  # per candidate: answer and reasoning tokens so far
+
+    def settled(self, candidate: int) -> bool:
+        """The candidate's answer is complete though it decodes on: a forced call repeated."""
+        return self._readers is not None and self._readers[candidate].repeated
+
+    def end(self, candidate: int) -> gc.GenerateContentResponse:
+        """The last chunk of a settled candidate whose decoding is stopped here."""
+        tokens, thoughts = self._counts.get(candidate, (0, 0))
+        return self.feed(CandidateDone(candidate, "STOP", tokens, 0, thoughts))
 
     def feed(self, event: TextDelta | CandidateDone) -> gc.GenerateContentResponse:
         if isinstance(event, CandidateDone):
@@ -52,7 +63,18 @@ class ChunkBuilder:
         # left, a blocked answer) is still counted.
         generated, thoughts = map(sum, zip(*self._counts.values(), strict=True))
         usage = usage_metadata(self._prompt_tokens, generated, self._cached, thoughts)
-        return chunk(event, parts(event, self._readers), self._model, usage)
+        made = parts(event, self._readers)
+        if isinstance(event, CandidateDone):
+            event = self._finish_reason(event)
+        return chunk(event, made, self._model, usage)
+
+    def _finish_reason(self, done: CandidateDone) -> CandidateDone:
+        """A candidate whose complete calls end its answer finished (STOP), though the limit cut
+        off a further call nobody saw: only an announced call cut midway is MAX_TOKENS."""
+        reader = self._readers[done.candidate] if self._readers is not None else None
+        if reader is None or not reader.forced or done.finish_reason != "MAX_TOKENS" or not reader.calls or reader.cut:
+            return done
+        return replace(done, finish_reason="STOP")
 
 
 def usage_metadata(prompt_tokens: int, generated: int, cached: int, thoughts: int) -> gc.UsageMetadata:
