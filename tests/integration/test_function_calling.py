@@ -368,3 +368,18 @@ def test_a_forced_call_ends_the_turn_when_it_is_complete(client: openai.OpenAI, 
     calls = choice.message.tool_calls or []
     assert calls and len({(c.function.name, c.function.arguments) for c in calls}) == len(calls)  # none repeated
     _check_calls(calls, {"get_current_weather": WEATHER_PARAMETERS})
+
+
+def test_a_stop_sequence_never_cuts_a_call(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What's the weather like in Paris?"}],
+        tools=[WEATHER],
+        tool_choice="required",
+        stop=["\n"],  # the call format has newlines inside its block
+        max_tokens=64,
+        seed=4,
+    )  # type: ignore[list-item]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    _check_calls(choice.message.tool_calls, {"get_current_weather": WEATHER_PARAMETERS})

@@ -46,3 +46,24 @@ def test_text_is_released_as_soon_as_it_cannot_start_a_stop() -> None:
     matcher = StopMatcher(["STOP"])
     assert matcher.feed("abc S") == "abc "
     assert matcher.feed("x") == "Sx"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 100])
+def test_a_stop_never_cuts_inside_a_call_block(size: int) -> None:
+    text = 'Sure.\n<tool_call>\n{"name": "f", "arguments": {"a": "x\\ny"}}\n</tool_call>\nDone.\nMore'
+    matcher = StopMatcher(["\n", "Done"], exempt=("<tool_call>", "</tool_call>"))
+    out = ""
+    for start in range(0, len(text), size):
+        out += matcher.feed(text[start : start + size])
+        if matcher.stopped:
+            break
+    out += matcher.flush()
+    assert out == "Sure."  # the first newline, outside any call, stops it
+    matcher = StopMatcher(["\n"], exempt=("<tool_call>", "</tool_call>"))
+    call = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    out = ""
+    for start in range(0, len(call + "\nafter"), size):
+        out += matcher.feed((call + "\nafter")[start : start + size])
+        if matcher.stopped:
+            break
+    assert out + matcher.flush() == call  # the call whole, then the stop after it

@@ -18,7 +18,7 @@ from llama_cpp._internals import LlamaModel
 from openvertex.backends.base import BackendLoad, Capabilities, RoleTokens, collect_stream
 from openvertex.backends.local import thinking
 from openvertex.backends.local.calls import FunctionCalling, plan_function_calling
-from openvertex.backends.local.grammar import JSON_MIME, SUPPORTED_MIME_TYPES, Grammar
+from openvertex.backends.local.grammar import JSON_MIME, SUPPORTED_MIME_TYPES, TOOL_CALL_END_TAG, TOOL_CALL_TAG, Grammar
 from openvertex.backends.local.jobs import CandidateDone, Job, Snapshotted
 from openvertex.backends.local.media_text import READABLE_MIME_PREFIXES, MediaText
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
@@ -264,6 +264,7 @@ class LocalBackend:
             stop=tuple(config.stop_sequences or ()),
             grammar=_grammar(loaded, config, tools),
             logprobs=(config.logprobs or 0) if config.response_logprobs else None,
+            calls=(TOOL_CALL_TAG, TOOL_CALL_END_TAG) if tools is not None else None,
         )
 
     # ------------------------------------------------------------------ tokens and cached prefixes

@@ -308,7 +308,7 @@ class Engine:
                 job=job,
                 candidate=candidate,
                 sampler=SequenceSampler(self._vocab, self._n_vocab, job.sampling, seed),
-                matcher=StopMatcher(list(job.sampling.stop)),
+                matcher=StopMatcher(list(job.sampling.stop), exempt=job.sampling.calls),
                 decoder=codecs.getincrementaldecoder("utf-8")("replace"),
                 cached_tokens=reuse,
                 thinking=StopMatcher([job.sampling.thinking.close_text]) if job.sampling.thinking else None,

@@ -43,6 +43,7 @@ class Sampling:
     grammar: Grammar | None
     logprobs: int | None = None  # None: not asked; else how many top alternatives per token
     thinking: Thinking | None = None
+    calls: tuple[str, str] | None = None  # a call block's tags: stop sequences never cut inside one
 
 
 def candidate_seed(seed: int | None, candidate: int) -> int:
