@@ -383,3 +383,17 @@ def test_a_stop_sequence_never_cuts_a_call(client: openai.OpenAI) -> None:
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
     _check_calls(choice.message.tool_calls, {"get_current_weather": WEATHER_PARAMETERS})
+
+
+def test_parallel_tool_calls_false_makes_one_call(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=TWO_CITIES,
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        seed=0,
+        max_tokens=200,
+    )  # type: ignore[list-item]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls or []) == 1

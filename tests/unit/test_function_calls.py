@@ -201,10 +201,13 @@ def test_a_forced_reader_keeps_no_text_and_ends_at_a_repeated_call() -> None:
     reader = CallReader(stream_arguments=False, forced=True)
     parts = reader.feed(call + "\n" + other + "\n" + call + "\n<tool_")
     assert [p.function_call.args for p in parts if p.function_call] == [{"x": 1}, {"x": 2}]
-    assert all(p.function_call for p in parts) and reader.repeated
+    assert all(p.function_call for p in parts) and reader.settled
     assert reader.feed("\nmore") == [] and reader.finish() == []
     cut = CallReader(stream_arguments=False, forced=True)
     assert [p.function_call.name for p in cut.feed(call + "\n<tool_ca") if p.function_call] == ["f"]
     assert cut.finish() == [] and not cut.cut  # the cut tag was the format's, never content
     free = CallReader(stream_arguments=False)  # not forced: a repeat is a call like any other
-    assert len(free.feed(call + "\n" + call)) == 2 and not free.repeated
+    assert len(free.feed(call + "\n" + call)) == 2 and not free.settled
+    single = CallReader(stream_arguments=False, one_call=True)  # parallel_tool_calls: false
+    assert [p.function_call.args for p in single.feed(call + "\n" + other) if p.function_call] == [{"x": 1}]
+    assert single.settled and single.finish() == []

@@ -180,7 +180,7 @@ class StreamOptions(_Lenient):
 
 KNOWN_IGNORED = frozenset(
     # Documented by Vertex as ignored (spec §2.1); accepted without a log line.
-    {"user", "parallel_tool_calls", "logit_bias", "metadata", "store", "prediction", "audio", "service_tier"}
+    {"user", "logit_bias", "metadata", "store", "prediction", "audio", "service_tier"}
 )
 
 
@@ -205,6 +205,7 @@ class ChatCompletionRequest(_Lenient):
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required", "validated"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # false: at most one call, where the backend can honour it
     functions: list[FunctionDefinition] | None = None
     function_call: Literal["none", "auto"] | NamedFunction | None = None
     web_search_options: dict[str, Any] | None = None

@@ -326,6 +326,17 @@ class GenerateContentRequest(GeminiModel):
         """The text of each user turn that has some (thoughts left out), in order."""
         return [text for content in self.contents if content.role in (None, "user") and (text := content.text())]
 
+    # The OpenAI surface's `parallel_tool_calls: false`: at most one call. Gemini has no such field
+    # (Vertex ignores the parameter); a backend that can honour it does. Kept in pydantic's private
+    # slot (model_copy keeps it), as Part.origin is.
+    def one_call(self) -> bool:
+        private = self.__pydantic_private__
+        return bool(private and private.get("one_call"))
+
+    def with_one_call(self) -> GenerateContentRequest:
+        object.__setattr__(self, "__pydantic_private__", {"one_call": True})
+        return self
+
 
 class LogprobsCandidate(GeminiModel):
     model_config = ConfigDict(extra="allow")  # an answer's fields openvertex does not model pass through

@@ -13,7 +13,7 @@ def chat_request_to_generate_content(request: oa.ChatCompletionRequest) -> gc.Ge
     google = request.google_extensions
     system, contents = messages_to_contents(request.messages, thought_marker=google.thought_tag_marker)
     safety = [gc.SafetySetting.model_validate(s.model_dump(exclude_none=True)) for s in google.safety_settings or []]
-    return gc.GenerateContentRequest(
+    translated = gc.GenerateContentRequest(
         contents=contents,
         system_instruction=system,
         tools=request_to_tools(request),
@@ -23,3 +23,4 @@ def chat_request_to_generate_content(request: oa.ChatCompletionRequest) -> gc.Ge
         labels=google.labels,
         generation_config=request_to_generation_config(request),
     )
+    return translated.with_one_call() if request.parallel_tool_calls is False else translated

@@ -29,6 +29,7 @@ class FunctionCalling:
     allowed: list[gc.FunctionDeclaration]  # what it may call
     lazy: bool  # AUTO: the model may answer in text; a call, once begun, follows the grammar
     stream_arguments: bool
+    one_call: bool = False  # parallel_tool_calls: false: the answer ends with its first call
 
 
 def plan_function_calling(request: gc.GenerateContentRequest) -> FunctionCalling | None:
@@ -46,6 +47,7 @@ def plan_function_calling(request: gc.GenerateContentRequest) -> FunctionCalling
         allowed=[d for d in declarations if d.name in allowed],
         lazy=not forced,
         stream_arguments=bool(config.stream_function_call_arguments),
+        one_call=request.one_call(),
     )
 
 
@@ -212,10 +214,18 @@ class CallReader:
     Text that might be the start of a `<tool_call>` tag is held back until it is clear.
     """
 
-    def __init__(self, *, stream_arguments: bool, names: frozenset[str] | None = None, forced: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        stream_arguments: bool,
+        names: frozenset[str] | None = None,
+        forced: bool = False,
+        one_call: bool = False,
+    ) -> None:
         """`forced`: the grammar makes every token part of a call (mode ANY): text between calls is
         the format's, and a call that repeats an earlier one ends the turn (a small model under a
-        forced call tends to call again and again)."""
+        forced call tends to call again and again). `one_call`: the first call ends the turn."""
+        self._one_call = one_call
         self._stream_arguments = stream_arguments
         self._names = names  # the functions the model may call (None: any)
         self.forced = forced
@@ -225,11 +235,11 @@ class CallReader:
         self._announced = False
         self._made: set[str] = set()  # the calls made, as canonical JSON
         self.calls = 0
-        self.repeated = False  # forced: it called again what it had called; the rest is dropped
+        self.settled = False  # its answer is complete though the model goes on: the rest is dropped
         self.cut = False  # a call cut off midway had been announced (streamed arguments)
 
     def feed(self, text: str) -> list[gc.Part]:
-        if self.repeated:
+        if self.settled:
             return []
         self._buffer += text
         parts: list[gc.Part] = []
@@ -254,6 +264,9 @@ class CallReader:
                     return parts
                 self._buffer = self._buffer[end + len(_CLOSE) :]
                 parts += self._end_call()
+                if self.settled:  # the answer is complete: what the model writes after it is dropped
+                    self._buffer = ""
+                    return parts
             except (ValueError, KeyError, TypeError):
                 return parts + self._not_a_call()
 
@@ -262,7 +275,7 @@ class CallReader:
         without its closing tag; a call cut off midway is closed if it was announced."""
         rest, self._buffer = self._buffer, ""
         call = self._call
-        if self.repeated:
+        if self.settled:
             return []
         if call is None:
             return self._text(rest)
@@ -319,10 +332,11 @@ class CallReader:
             raise ValueError(f"{whole['name']!r} is not a function the model may call")
         made = json.dumps([whole["name"], whole["arguments"]], sort_keys=True)
         if self.forced and made in self._made:
-            self.repeated = True
+            self.settled = True
             if not self._announced:  # not sent yet: the repetition is dropped, and the turn ends
                 return []
         self._made.add(made)
+        self.settled = self.settled or self._one_call
         final = gc.FunctionCall(name=whole["name"], args=whole["arguments"])
         if self._announced:
             final.partial_args, final.will_continue = call.pieces, False

@@ -35,6 +35,7 @@ class ChunkBuilder:
                     stream_arguments=streaming and tools.stream_arguments,
                     names=frozenset(d.name for d in tools.allowed),
                     forced=not tools.lazy,
+                    one_call=tools.one_call,
                 )
                 for _ in range(candidates)
             ]
@@ -45,8 +46,9 @@ class ChunkBuilder:
         self._counts: dict[int, tuple[int, int]] = {}  # per candidate: answer and reasoning tokens so far
 
     def settled(self, candidate: int) -> bool:
-        """The candidate's answer is complete though it decodes on: a forced call repeated."""
-        return self._readers is not None and self._readers[candidate].repeated
+        """The candidate's answer is complete though it decodes on: a forced call repeated, or the
+        one call allowed was made."""
+        return self._readers is not None and self._readers[candidate].settled
 
     def end(self, candidate: int) -> gc.GenerateContentResponse:
         """The last chunk of a settled candidate whose decoding is stopped here."""
