@@ -207,7 +207,9 @@ def test_no_text_is_sent_before_it_is_rated(server: RunningServer, fake: FakeBac
     response = httpx.post(f"{server.url}{NATIVE}:streamGenerateContent?alt=sse", json=body, headers=AUTH, timeout=60)
     events = _events(response)
     assert "badword" not in response.text
-    ends = {c["index"]: c["finishReason"] for e in events for c in e.get("candidates", []) if "finishReason" in c}
+    ends = {
+        c.get("index", 0): c["finishReason"] for e in events for c in e.get("candidates", []) if "finishReason" in c
+    }
     assert ends == {0: "STOP", 1: "BLOCKLIST"}
 
 

@@ -94,12 +94,13 @@ def _opened(signature: str) -> str:
 
 
 def _comparable(value: Any) -> Any:
-    """Ids and times differ between two requests, signatures by their nonce: what they say stays."""
+    """Ids and times differ between two requests, signatures by their nonce: what they say stays.
+    An index of 0 is proto3's default: Vertex leaves it out, a merge writes it."""
     if isinstance(value, dict):
         return {
             key: _opened(item) if key in ("thoughtSignature", "signature") and item else _comparable(item)
             for key, item in value.items()
-            if key not in ("responseId", "createTime", "id", "created")
+            if key not in ("responseId", "createTime", "id", "created") and not (key == "index" and item == 0)
         }
     if isinstance(value, list):
         return [_comparable(item) for item in value]

@@ -183,9 +183,7 @@ class Pipeline:
                 outs = await deadline.wait(_next(upstream, stages))  # one wait a chunk: its making and its stages
                 if outs is None:
                     break
-                for out in outs:
-                    if clock is not None:
-                        clock.tick()
+                for out in outs if clock is None else clock.sent(outs):
                     yield out
             for out in await deadline.wait(finish_all(stages)):
                 yield out
@@ -197,6 +195,21 @@ class Pipeline:
             deadline.cancel()
             if upstream is not None:
                 await upstream.aclose()
+
+
+def _says_something(chunk: gc.GenerateContentResponse) -> bool:
+    """Whether a stream's chunk carries more than the usage so far (which the stages counted)."""
+    if chunk.prompt_feedback is not None:
+        return True
+    return any(
+        candidate.content_parts()
+        or candidate.finish_reason is not None
+        or candidate.safety_ratings
+        or candidate.grounding_metadata
+        or candidate.logprobs_result is not None
+        or candidate.model_extra
+        for candidate in chunk.candidates or []
+    )
 
 
 async def _next(
@@ -225,6 +238,14 @@ class _StreamClock:
         self._record = record
         self._started = self._last = time.monotonic()
         self._first = True
+
+    def sent(self, chunks: list[gc.GenerateContentResponse]) -> list[gc.GenerateContentResponse]:
+        """The chunks a stream sends, timed: not those with nothing but the usage so far (a hidden
+        thought, a call being built), of which Gemini sends nothing."""
+        sent = [chunk for chunk in chunks if _says_something(chunk)]
+        for _ in sent:
+            self.tick()
+        return sent
 
     def tick(self) -> None:
         now = time.monotonic()

@@ -224,14 +224,30 @@ def render_response(
     response.model_version = model_version
     response.response_id = response_id
     response.create_time = create_time if dialect == "vertex" else None
+    if dialect == "vertex":  # proto3 JSON leaves a zero out: Vertex writes no index for the first candidate
+        for candidate in response.candidates or []:
+            if candidate.index == 0:
+                candidate.index = None
     usage = response.usage_metadata
     if usage is not None:
+        for name in _COUNTS:  # zero counts are left out too, as Google writes them
+            if getattr(usage, name) == 0:
+                setattr(usage, name, None)
         usage.prompt_tokens_details = usage.prompt_tokens_details or _text_tokens(usage.prompt_token_count)
         usage.cache_tokens_details = usage.cache_tokens_details or _text_tokens(usage.cached_content_token_count)
         usage.candidates_tokens_details = usage.candidates_tokens_details or _text_tokens(usage.candidates_token_count)
         if dialect == "gemini":
             usage.traffic_type = None
     return response.to_json_dict()
+
+
+_COUNTS = (
+    "prompt_token_count",
+    "candidates_token_count",
+    "thoughts_token_count",
+    "cached_content_token_count",
+    "total_token_count",
+)
 
 
 def wants_enum_numbers(alt: str | None) -> bool:
