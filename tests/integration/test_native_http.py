@@ -470,7 +470,16 @@ def test_count_tokens(server: RunningServer, path: str) -> None:
     response = post(server, f"{path}:countTokens", ask(WORD_LIST, "one more"))
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body == {"totalTokens": 6, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 6}]}
+    counted = {"totalTokens": 6, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 6}]}
+    if path in (VERTEX, EXPRESS):  # Vertex also counts the characters it bills: the text without whitespace
+        counted["totalBillableCharacters"] = len("alphabetagammadeltaonemore")
+    assert body == counted
+
+
+def test_billable_characters_leave_whitespace_out(server: RunningServer) -> None:
+    # A recorded Vertex countTokens: these two texts (30 and 26 characters) bill 47.
+    body = ask("What is the capital of France?", systemInstruction={"parts": [{"text": "You are a helpful chatbot."}]})
+    assert post(server, f"{VERTEX}:countTokens", body).json()["totalBillableCharacters"] == 47
 
 
 def test_count_tokens_counts_the_system_instruction(server: RunningServer) -> None:

@@ -17,6 +17,7 @@ from openvertex.service.pipeline import Pipeline, Prepared, Streamed
 from openvertex.service.routing import Router
 from openvertex.translate.context import new_response_id
 from openvertex.translate.native import (
+    billable_characters,
     check_native_request,
     count_tokens_request,
     format_time,
@@ -125,11 +126,13 @@ class NativeService:
         request = count_tokens_request(body)
         check_native_request(request)
         backend = self.backend(call)
+        billable = billable_characters(request)  # what the client sent, not a named cache's content
         request, cached = await self.pipeline.prompt(request, call.model, backend, dialect=call.dialect)
         total = await backend.count_tokens(request, model=call.model.routed)
         return gc.CountTokensResponse(
             total_tokens=total,
             cached_content_token_count=(cached or None) if call.dialect == "gemini" else None,
+            total_billable_characters=billable if call.dialect == "vertex" else None,
             prompt_tokens_details=[gc.ModalityTokenCount(modality="TEXT", token_count=total)],
         )
 

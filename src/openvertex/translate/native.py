@@ -250,6 +250,19 @@ _COUNTS = (
 )
 
 
+def billable_characters(request: gc.GenerateContentRequest) -> int:
+    """Vertex's `totalBillableCharacters`: the prompt's text (system instruction included) without
+    its whitespace, as Vertex counts it (a recorded countTokens of a 30- and a 26-character text
+    answered 47)."""
+    system = [request.system_instruction] if request.system_instruction is not None else []
+    return sum(
+        len(part.text) - sum(map(str.isspace, part.text))
+        for content in [*system, *request.contents]
+        for part in content.parts
+        if part.text
+    )
+
+
 def wants_enum_numbers(alt: str | None) -> bool:
     """`$alt=json;enum-encoding=int`, as Google's generated REST clients ask for answers."""
     return alt is not None and "enum-encoding=int" in alt.replace(" ", "").split(";")
