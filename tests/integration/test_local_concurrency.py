@@ -126,10 +126,14 @@ def test_a_short_reused_prefix_is_not_reported_as_cached(local_server: RunningSe
 def test_more_candidates_than_slots(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Vertex takes up to 8 candidates whatever the deployment: on two slots they decode in waves,
     # and candidate i still samples as a lone request with seed + i.
-    local = LocalBackendSettings(n_parallel=2, n_ctx=1024)
+    local = LocalBackendSettings(n_parallel=2, n_ctx=1024, min_implicit_cache_tokens=0)
     with serve(Settings(port=0, state_dir=tmp_path_factory.mktemp("state"), backends={"local": local})) as server:
-        many = _text(_ask(server, 3, n=5))
+        first = _ask(server, 3, n=5)
+        many = _text(first)
         assert len(many) == 5 and len(set(many)) > 1
+        # A cold prompt: what the later waves reuse of the first wave's KV is no cache hit.
+        details = first["usage"].get("prompt_tokens_details") or {}  # type: ignore[attr-defined]
+        assert not details.get("cached_tokens")
         assert many[3] == _text(_ask(server, 6, topic=3))[0]
         streamed = httpx.post(
             server.chat_url,

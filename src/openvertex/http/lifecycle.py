@@ -1,13 +1,13 @@
 """Where the process is in its life. On SIGTERM (or Ctrl-C) it drains: /readyz answers 503 at once
 while the listener stays open and requests are still served, so that a load balancer sees the
 server leave instead of a refused connection; once nothing is in flight and `drain_grace_s` has
-passed (or `drain_grace_s + drain_timeout_s` at the most), the listener closes and requests still
-in flight get `drain_timeout_s` more (uvicorn's graceful shutdown) before the exit. A second
-signal stops at once."""
+passed, the listener closes and the process exits; requests still in flight have until
+`drain_grace_s + drain_timeout_s` after the signal, at the most. A second signal stops at once."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from types import FrameType
 
@@ -36,8 +36,8 @@ class DrainingServer(uvicorn.Server):
         self._drain_started: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_started is not None:  # the second signal: shut down now
-            super().handle_exit(sig, frame)
+        if self._drain_started is not None:  # the second signal: stop now, whatever is in flight
+            self.should_exit = self.force_exit = True
             return
         self._drain_started = time.monotonic()
         self.lifecycle.drain()
@@ -48,4 +48,6 @@ class DrainingServer(uvicorn.Server):
             elapsed = time.monotonic() - started
             idle = not self.server_state.tasks  # no request in flight
             self.should_exit = elapsed >= self._grace_s + self._timeout_s or (elapsed >= self._grace_s and idle)
+            # uvicorn's own graceful wait, once the listener is closed: only what is left of the drain.
+            self.config.timeout_graceful_shutdown = max(1, math.ceil(self._grace_s + self._timeout_s - elapsed))
         return await super().on_tick(counter)

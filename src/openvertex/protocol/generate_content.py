@@ -132,6 +132,8 @@ class FunctionResponse(GeminiModel):
     will_continue: bool | None = None
     scheduling: str | None = None
 
+    _named = enum_names("scheduling", table=enums.SCHEDULING)
+
 
 class PartMediaResolution(GeminiModel):
     level: str
@@ -281,6 +283,8 @@ class FunctionDeclaration(GeminiModel):
     response: dict[str, Any] | None = None  # what the function returns: documentation for the model
     response_json_schema: dict[str, Any] | None = None
     behavior: str | None = None
+
+    _named = enum_names("behavior", table=enums.BEHAVIOR)
 
     @field_validator("parameters", "response", mode="before")
     @classmethod

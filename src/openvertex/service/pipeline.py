@@ -230,6 +230,9 @@ async def _once(
     yield answer if isinstance(answer, gc.GenerateContentResponse) else await answer()
 
 
+HEARTBEAT_S = 15.0  # the longest a stream stays silent while the model works
+
+
 class _StreamClock:
     """Time to first chunk and the gaps between chunks, for the latency histograms."""
 
@@ -241,10 +244,13 @@ class _StreamClock:
 
     def sent(self, chunks: list[gc.GenerateContentResponse]) -> list[gc.GenerateContentResponse]:
         """The chunks a stream sends, timed: not those with nothing but the usage so far (a hidden
-        thought, a call being built), of which Gemini sends nothing."""
-        sent = [chunk for chunk in chunks if _says_something(chunk)]
-        for _ in sent:
-            self.tick()
+        thought, a call being built), of which Gemini sends nothing, unless the stream has been
+        silent for HEARTBEAT_S (a proxy would take it for dead)."""
+        sent = []
+        for chunk in chunks:
+            if _says_something(chunk) or time.monotonic() - self._last >= HEARTBEAT_S:
+                self.tick()
+                sent.append(chunk)
         return sent
 
     def tick(self) -> None:

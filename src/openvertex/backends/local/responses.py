@@ -42,7 +42,7 @@ class ChunkBuilder:
             if tools is not None
             else None
         )
-        self._cached = 0
+        self._cached: int | None = None  # prompt tokens reported as reused, once known
         self._counts: dict[int, tuple[int, int]] = {}  # per candidate: answer and reasoning tokens so far
 
     def settled(self, candidate: int) -> bool:
@@ -53,30 +53,40 @@ class ChunkBuilder:
     def end(self, candidate: int) -> gc.GenerateContentResponse:
         """The last chunk of a settled candidate whose decoding is stopped here."""
         tokens, thoughts = self._counts.get(candidate, (0, 0))
-        return self.feed(CandidateDone(candidate, "STOP", tokens, 0, thoughts))
+        return self.feed(CandidateDone(candidate, "STOP", tokens, _UNKNOWN_REUSE, thoughts))
 
     def feed(self, event: TextDelta | CandidateDone) -> gc.GenerateContentResponse:
         if isinstance(event, CandidateDone):
             self._counts[event.candidate] = (event.tokens, event.thought_tokens)
-            self._cached = event.cached_tokens if event.cached_tokens >= self._min_reused else 0
+            # The first candidate's reuse is the prompt's: a later wave's reuses the first wave's KV.
+            if self._cached is None and event.cached_tokens != _UNKNOWN_REUSE:
+                self._cached = event.cached_tokens if event.cached_tokens >= self._min_reused else 0
         else:
             self._counts[event.candidate] = (event.tokens, event.thoughts)
         # Every chunk has the usage so far, as Gemini's do: a stream cut short (a client that
         # left, a blocked answer) is still counted.
         generated, thoughts = map(sum, zip(*self._counts.values(), strict=True))
-        usage = usage_metadata(self._prompt_tokens, generated, self._cached, thoughts)
+        usage = usage_metadata(self._prompt_tokens, generated, self._cached or 0, thoughts)
         made = parts(event, self._readers)
+        if isinstance(event, TextDelta) and event.logprobs and self.settled(event.candidate):
+            event = replace(event, logprobs=())  # tokens of text that is dropped
         if isinstance(event, CandidateDone):
             event = self._finish_reason(event)
         return chunk(event, made, self._model, usage)
 
     def _finish_reason(self, done: CandidateDone) -> CandidateDone:
         """A candidate whose complete calls end its answer finished (STOP), though the limit cut
-        off a further call nobody saw: only an announced call cut midway is MAX_TOKENS."""
+        off a further call nobody saw (or, settled, text that is dropped): only an announced call
+        cut midway is MAX_TOKENS."""
         reader = self._readers[done.candidate] if self._readers is not None else None
-        if reader is None or not reader.forced or done.finish_reason != "MAX_TOKENS" or not reader.calls or reader.cut:
+        if reader is None or done.finish_reason != "MAX_TOKENS" or reader.cut:
             return done
-        return replace(done, finish_reason="STOP")
+        if reader.settled or (reader.forced and reader.calls):
+            return replace(done, finish_reason="STOP")
+        return done
+
+
+_UNKNOWN_REUSE = -1  # a candidate ended here, before the engine said how much of the prompt it reused
 
 
 def usage_metadata(prompt_tokens: int, generated: int, cached: int, thoughts: int) -> gc.UsageMetadata:
