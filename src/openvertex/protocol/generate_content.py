@@ -243,6 +243,7 @@ HarmCategory = Literal[
     "HARM_CATEGORY_IMAGE_HARASSMENT",
     "HARM_CATEGORY_IMAGE_SEXUALLY_EXPLICIT",
 ]
+# The request enums below list their names in their proto numbering (the same in both dialects).
 HarmBlockThreshold = Literal[
     "HARM_BLOCK_THRESHOLD_UNSPECIFIED",
     "BLOCK_LOW_AND_ABOVE",
@@ -261,8 +262,8 @@ class SafetySetting(GeminiModel):
     method: HarmBlockMethod | None = None
 
     _category = enum_names("category", table=enums.HARM_CATEGORY)
-    _threshold = enum_names("threshold", table=enums.HARM_BLOCK_THRESHOLD)
-    _method = enum_names("method", table=enums.HARM_BLOCK_METHOD)
+    _threshold = enum_names("threshold", table=typing.get_args(HarmBlockThreshold))
+    _method = enum_names("method", table=typing.get_args(HarmBlockMethod))
 
 
 class SafetyRating(GeminiModel):
