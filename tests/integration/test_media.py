@@ -149,6 +149,12 @@ def test_a_redirect_is_followed_and_checked_again(tmp_path: Path, files: Files) 
         ("169.254.169.254", "169.254.169.254"),
         ("[::1]", "::1"),
         ("[::ffff:127.0.0.1]", "127.0.0.1"),
+        # IPv6 forms that carry an IPv4 address, and reach it on hosts that route them.
+        ("[64:ff9b::a00:5]", "10.0.0.5"),  # NAT64
+        ("[2002:7f00:1::]", "127.0.0.1"),  # 6to4
+        ("[::7f00:1]", "127.0.0.1"),  # IPv4-compatible
+        ("[::ffff:0:7f00:1]", "127.0.0.1"),  # SIIT translated
+        ("[64:ff9b:1::a00:5]", "64:ff9b:1::a00:5"),  # local-use NAT64
         ("localhost", "127.0.0.1"),
     ],
 )

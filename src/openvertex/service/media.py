@@ -97,15 +97,31 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HOST_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("media_host_allowed", default=False)
 
 
+# IPv6 forms that carry an IPv4 address in their last 32 bits, and reach it where a host routes
+# them: NAT64's well-known prefix (RFC 6052), SIIT's IPv4-translated form (RFC 2765) and the
+# deprecated IPv4-compatible form. Such an address is judged as the IPv4 address it carries.
+_CARRYING_IPV4 = tuple(ipaddress.IPv6Network(net) for net in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96"))
+# Local-use NAT64 (RFC 8215) puts the IPv4 address where the operator chooses: never public.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def _ip(address: str) -> IPAddress:
+    """The address a connection to `address` reaches: an IPv6 form of an IPv4 address (mapped,
+    6to4, NAT64, translated, compatible) is that IPv4 address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+    if not isinstance(ip, ipaddress.IPv6Address) or ip.is_loopback or ip.is_unspecified:
+        return ip
+    if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in network for network in _CARRYING_IPV4):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
 
 
 def _is_public(ip: IPAddress) -> bool:
-    return ip.is_global and not ip.is_multicast
+    return ip.is_global and not ip.is_multicast and ip not in _LOCAL_NAT64
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +263,10 @@ class MediaReader:
             raise InvalidArgumentError(f"the host {host} could not be resolved", param=param) from None
         for *_, address in infos:
             if not self._allowed_address(str(address[0])):
+                reached = str(_ip(str(address[0])))
+                shown = address[0] if reached == address[0] else f"{address[0]} ({reached})"
                 raise InvalidArgumentError(
-                    f"refusing to fetch from {host}: it resolves to {address[0]}, not a public address", param=param
+                    f"refusing to fetch from {host}: it resolves to {shown}, not a public address", param=param
                 )
 
     async def _fetch(self, uri: str, *, param: str) -> tuple[bytes, str | None]:
