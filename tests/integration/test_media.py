@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +53,13 @@ def files() -> Iterator[Files]:
 
         def do_GET(self) -> None:
             served.hits.append(self.path)
+            if self.path.startswith("/slowly-to?"):  # each hop takes its time
+                time.sleep(0.4)
+                self.send_response(302)
+                self.send_header("location", self.path)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
             if self.path.startswith("/to?"):
                 self.send_response(302)
                 self.send_header("location", self.path.removeprefix("/to?"))
@@ -129,6 +137,15 @@ def test_a_body_of_unknown_length_is_read_whole_and_bounded(tmp_path: Path, file
     with _gateway(tmp_path, FakeBackend(capabilities=READS_BYTES), **media) as server:
         assert "larger than 65536 bytes" in _refusal(_chat(server, _image(f"{files.url}/unsized.png")))
         assert "port is not valid" in _refusal(_chat(server, _image("https://example.com:99999/x.png")))
+
+
+def test_the_timeout_covers_the_whole_fetch(tmp_path: Path, files: Files) -> None:
+    # Each hop answers within the timeout; together they do not, and that is what counts.
+    fake = FakeBackend(capabilities=READS_BYTES)
+    with _gateway(tmp_path, fake, allow_http=True, allowed_hosts=["127.0.0.1"], fetch_timeout_s=1.0) as server:
+        message = _refusal(_chat(server, _image(f"{files.url}/slowly-to?x")))
+    assert message.endswith("fetching the URI took longer than 1 s")
+    assert 2 <= len(files.hits) <= 3 and fake.requests == []
 
 
 def test_a_redirect_is_followed_and_checked_again(tmp_path: Path, files: Files) -> None:

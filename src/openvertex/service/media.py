@@ -270,7 +270,17 @@ class MediaReader:
                 )
 
     async def _fetch(self, uri: str, *, param: str) -> tuple[bytes, str | None]:
-        """The bytes at `uri`, and the media type the server gave (when it names one)."""
+        """The bytes at `uri`, and the media type the server gave (when it names one): the whole
+        fetch, every name resolved and every redirect followed, within fetch_timeout_s."""
+        try:
+            async with asyncio.timeout(self.settings.fetch_timeout_s):
+                return await self._follow(uri, param=param)
+        except TimeoutError:
+            raise InvalidArgumentError(
+                f"fetching the URI took longer than {self.settings.fetch_timeout_s:g} s", param=param
+            ) from None
+
+    async def _follow(self, uri: str, *, param: str) -> tuple[bytes, str | None]:
         for _ in range(self.settings.max_redirects + 1):
             await self._check_target(uri, param=param)
             try:
