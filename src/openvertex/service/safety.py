@@ -62,7 +62,6 @@ class SafetyPolicy:
         if config.moderation is not None:
             shared["moderation"] = ModerationClassifier(config.moderation, clients)
         self._classifiers: dict[str, HarmClassifier] = {c: shared[kind] for c, kind in config.classifiers.items()}
-        self._shared = list(shared.values())
         self.blocklist = Blocklist(config.blocklist)
 
     def plan(self, request: gc.GenerateContentRequest, caps: Capabilities, name: Namer) -> SafetyCheck | None:
@@ -357,22 +356,7 @@ class _Held:
         """The windows to rate now, as (start, end) in `seen`. Where they fall depends on the text
         alone, not on how it arrived: a window is cut at the last whitespace within `size`
         characters once more text follows it, and rated once `reach` characters more are there."""
-        done = self.finished or final
-        windows = []
-        start = self.rated
-        while start < len(self.seen):
-            rest = len(self.seen) - start
-            if rest > size:
-                end = start + len(_cut(self.seen[start : start + size], final=False))
-            elif done:
-                end = len(self.seen)
-            else:
-                break
-            if not done and len(self.seen) <= end + reach:
-                break
-            windows.append((start, end))
-            start = end
-        return windows
+        return _spans(self.seen, self.rated, size, reach=reach, done=self.finished or final)
 
     def judged(self, index: int, verdicts: list[tuple[int, Verdict]], *, final: bool) -> gc.Candidate | None:
         """The candidate to send once its due windows are judged (in order, up to the first that
@@ -441,24 +425,34 @@ def _counts_output(usage: gc.UsageMetadata | None) -> bool:
     return usage is not None and usage.candidates_token_count is not None
 
 
-def _cut(text: str, *, final: bool) -> str:
-    """What of a candidate's pending text is rated now: all of it at its end, else up to its last
-    whitespace (a word is never split between two windows)."""
-    if final:
-        return text
+def _cut(text: str) -> str:
+    """A window's text: up to its last whitespace (a word is never split between two windows)."""
     cut = max(text.rfind(" "), text.rfind("\n"))
     return text[: cut + 1] if cut > 0 else text
 
 
+def _spans(text: str, start: int, size: int, *, reach: int = 0, done: bool = True) -> list[tuple[int, int]]:
+    """The windows of `text` from `start`, as (start, end): each at most `size` characters, cut at
+    whitespace once more text follows it; the last, the rest of a text that is `done`. A window
+    that is not the text's last waits until `reach` more characters follow it."""
+    spans = []
+    while start < len(text):
+        if len(text) - start > size:
+            end = start + len(_cut(text[start : start + size]))
+        elif done:
+            end = len(text)
+        else:
+            break
+        if not done and len(text) <= end + reach:
+            break
+        spans.append((start, end))
+        start = end
+    return spans
+
+
 def _windows(text: str, size: int) -> list[str]:
-    """The text in windows of at most `size` characters, cut at whitespace where there is some."""
-    windows = []
-    start = 0
-    while len(text) - start > size:
-        piece = _cut(text[start : start + size], final=False)
-        windows.append(piece)
-        start += len(piece)
-    return [*windows, text[start:]] if start < len(text) else windows
+    """The whole text in windows of at most `size` characters, cut at whitespace where there is some."""
+    return [text[start:end] for start, end in _spans(text, 0, size)]
 
 
 def _apply(candidate: gc.Candidate, verdict: Verdict) -> None:
