@@ -40,6 +40,7 @@ from openvertex.service.pipeline import Pipeline
 from openvertex.service.routing import Router
 from openvertex.service.safety import SafetyPolicy
 from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSigner, load_or_create_secret, parse_secret
+from openvertex.service.tenants import Tenants
 from openvertex.settings import Settings
 from openvertex.store.api_keys import ApiKeyStore
 from openvertex.store.cached_contents import CachedContentStore
@@ -88,13 +89,14 @@ def create_app(
     )
     keys = KeyRing(settings.api_keys, ApiKeyStore(database))
     quotas = Quotas(QuotaCountStore(database) if database.shared else None)
-    auth = Authenticator(keys, quotas)
+    tenants = Tenants(settings.tenants)
+    auth = Authenticator(keys, quotas, tenants)
     json_limits = JsonLimits(settings.max_json_depth, settings.max_json_number_length)
     relay = RelayEndpoints(settings.endpoints, clients)
     register_relay_readings(metrics, relay.pools)
     pinned = pinned_backends(settings.endpoints, backends)
     lifecycle = Lifecycle()
-    reloading = _reloading(reload, router, keys) if reload is not None else None
+    reloading = _reloading(reload, router, keys, tenants) if reload is not None else None
     admin = AdminHandlers(settings.admin_keys, keys, ApiKeyStore(database), UsageStore(database), reloading)
     handlers = Handlers(
         ChatService(pipeline, router),
@@ -198,8 +200,8 @@ def _reloads_on_sighup(reloading: Callable[[], bool] | None) -> Iterator[None]:
         loop.remove_signal_handler(signal.SIGHUP)
 
 
-def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing) -> Callable[[], bool]:
-    """What SIGHUP (and the admin API's reload) does: the keys and routes as the configuration
+def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing, tenants: Tenants) -> Callable[[], bool]:
+    """What SIGHUP (and the admin API's reload) does: the keys, tenants and routes as the configuration
     now says (a blocking call: files and the database are read). False: it did not load, and
     what runs is unchanged."""
 
@@ -217,6 +219,7 @@ def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing) ->
             log.error("configuration not reloaded: %s", error)
             return False
         keys.replace_configured(fresh.api_keys)
+        tenants.replace(fresh.tenants)
         keys.refresh()
         if not fresh.api_keys and keys.closed:
             log.warning("the configuration names no API keys: only issued keys are accepted now")

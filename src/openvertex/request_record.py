@@ -17,6 +17,7 @@ class RequestRecord:
     path: str
     route: str
     key: str | None = None  # the API key's name
+    tenant: str | None = None  # whose prompts the key's may share KV with (service/tenants.py)
     models_allowed: tuple[str, ...] | None = None  # globs the key may use; None: any
     model: str | None = None
     backend: str | None = None

@@ -328,6 +328,21 @@ class Settings(BaseSettings):
     # optional_thought_signatures too may lack them.
     required_thought_signatures: list[str] = Field(default_factory=lambda: ["gemini-3*"])
     optional_thought_signatures: list[str] = Field(default_factory=list)
+    # Keys (by name, or the `key-…` fingerprint of a configured key) grouped into one tenant, whose
+    # requests reuse each other's prompt prefixes on the local engine; every other key is a tenant
+    # of its own. {"team-a": ["ci", "alice"]}
+    tenants: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("tenants")
+    @classmethod
+    def _one_tenant_per_key(cls, tenants: dict[str, list[str]]) -> dict[str, list[str]]:
+        seen: dict[str, str] = {}
+        for tenant, keys in tenants.items():
+            for key in keys:
+                if key in seen and seen[key] != tenant:
+                    raise ValueError(f"the key {key!r} is in two tenants: {seen[key]!r} and {tenant!r}")
+                seen[key] = tenant
+        return tenants
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

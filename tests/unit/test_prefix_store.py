@@ -25,7 +25,7 @@ FILE = HEADER + SIZE  # what one of them takes on disk
 
 
 def _key(snapshot: Snapshot) -> str:
-    return snapshot_key("model-v1", snapshot.tokens)
+    return snapshot_key("model-v1", None, snapshot.tokens)
 
 
 def _file(directory: Path, snapshot: Snapshot) -> Path:
@@ -215,7 +215,7 @@ def test_discard_removes_a_file_that_is_not_in_memory(tmp_path: Path) -> None:
     ids=["empty", "short", "garbage", "other-magic", "no-count"],
 )
 def test_a_malformed_file_is_ignored(tmp_path: Path, content: bytes) -> None:
-    key = snapshot_key("model-v1", (1, 2, 3))
+    key = snapshot_key("model-v1", None, (1, 2, 3))
     (tmp_path / f"{key}.kv").write_bytes(content)
     store = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
     assert store.get(key) is None
@@ -232,13 +232,13 @@ TRUNCATED = "a file whose header promises more tokens than it holds"
 
 
 def test_a_file_with_a_truncated_token_section_is_ignored(tmp_path: Path) -> None:
-    key = snapshot_key("model-v1", (1, 2, 3))
+    key = snapshot_key("model-v1", None, (1, 2, 3))
     (tmp_path / f"{key}.kv").write_bytes(MAGIC + struct.pack("<I", 5) + b"\x01\x00\x00\x00\x02\x00")
     assert PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(key) is None
 
 
 def test_a_file_cut_short_is_ignored(tmp_path: Path) -> None:
-    key = snapshot_key("model-v1", (1, 2, 3))
+    key = snapshot_key("model-v1", None, (1, 2, 3))
     (tmp_path / f"{key}.kv").write_bytes(MAGIC + struct.pack("<I", 1000) + struct.pack("<3q", 1, 2, 3))
     assert PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(key) is None
 
@@ -264,24 +264,25 @@ def test_without_a_directory_the_store_is_memory_only(tmp_path: Path) -> None:
 
 
 def test_snapshot_key_depends_on_identity_and_tokens() -> None:
-    key = snapshot_key("llama|model.gguf|123", (1, 2, 3))
+    key = snapshot_key("llama|model.gguf|123", None, (1, 2, 3))
     assert len(key) == 64 and int(key, 16) >= 0  # a SHA-256 hex digest: a safe file name
-    assert snapshot_key("llama|model.gguf|123", (1, 2, 3)) == key
+    assert snapshot_key("llama|model.gguf|123", None, (1, 2, 3)) == key
     others = {
-        snapshot_key("llama|model.gguf|124", (1, 2, 3)),  # another model file
-        snapshot_key("llama|other.gguf|123", (1, 2, 3)),
-        snapshot_key("llama|model.gguf|123", (1, 2)),
-        snapshot_key("llama|model.gguf|123", (1, 2, 3, 0)),
-        snapshot_key("llama|model.gguf|123", (3, 2, 1)),
-        snapshot_key("llama|model.gguf|123", (1, 2, 4)),
-        snapshot_key("llama|model.gguf|123", ()),
+        snapshot_key("llama|model.gguf|124", None, (1, 2, 3)),  # another model file
+        snapshot_key("llama|other.gguf|123", None, (1, 2, 3)),
+        snapshot_key("llama|model.gguf|123", None, (1, 2)),
+        snapshot_key("llama|model.gguf|123", None, (1, 2, 3, 0)),
+        snapshot_key("llama|model.gguf|123", None, (3, 2, 1)),
+        snapshot_key("llama|model.gguf|123", None, (1, 2, 4)),
+        snapshot_key("llama|model.gguf|123", None, ()),
+        snapshot_key("llama|model.gguf|123", "key-b", (1, 2, 3)),  # another key's cache of the same tokens
     }
     assert key not in others
-    assert len(others) == 7
+    assert len(others) == 8
 
 
 def test_the_same_prefix_under_one_model_shares_a_snapshot(tmp_path: Path) -> None:
     store = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
-    store.put(snapshot_key("m", (7, 8, 9)), Snapshot((7, 8, 9), b"kv"))
-    assert store.get(snapshot_key("m", (7, 8, 9))) == Snapshot((7, 8, 9), b"kv")
-    assert store.get(snapshot_key("n", (7, 8, 9))) is None
+    store.put(snapshot_key("m", None, (7, 8, 9)), Snapshot((7, 8, 9), b"kv"))
+    assert store.get(snapshot_key("m", None, (7, 8, 9))) == Snapshot((7, 8, 9), b"kv")
+    assert store.get(snapshot_key("n", None, (7, 8, 9))) is None

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from openvertex.backends.fake import FakeBackend
 from openvertex.errors import NotFoundError
 from openvertex.service.routing import Router
+from openvertex.service.tenants import Tenants
 from openvertex.settings import FakeBackendSettings, LocalBackendSettings, load_settings
 
 
@@ -66,3 +67,15 @@ def test_the_refusal_reaches_a_configuration_file(tmp_path: Path) -> None:
     config.write_text('[backends.local]\ntype = "local"\nn_parallel = 64\nn_batch = 32\n')
     with pytest.raises(ValidationError, match="raise n_batch or lower n_parallel"):
         load_settings(config)
+
+
+def test_a_key_belongs_to_one_tenant(tmp_path: Path) -> None:
+    config = tmp_path / "openvertex.toml"
+    config.write_text('[tenants]\nteam-a = ["ci", "alice"]\nteam-b = ["bob", "ci"]\n')
+    with pytest.raises(ValidationError, match="the key 'ci' is in two tenants: 'team-a' and 'team-b'"):
+        load_settings(config)
+    config.write_text('[tenants]\nteam-a = ["ci", "alice"]\n')
+    tenants = Tenants(load_settings(config).tenants)
+    assert tenants.of("ci") == tenants.of("alice") != tenants.of("bob")
+    assert tenants.of("bob") != tenants.of("carol")
+    assert tenants.of("team-a") != tenants.of("ci")  # a key named like a tenant is not in it

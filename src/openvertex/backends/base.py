@@ -110,14 +110,15 @@ class Backend(Protocol):
 
     async def compute_tokens(self, request: GenerateContentRequest, *, model: str) -> list[RoleTokens]: ...
 
-    async def cache_prefix(self, name: str, request: GenerateContentRequest, *, model: str) -> None:
+    async def cache_prefix(self, name: str, request: GenerateContentRequest, *, model: str, owner: str | None) -> None:
         """Get ready to reuse the context cache `name` (whose content `request` holds) as the
         prefix of later requests that name it in `cachedContent`. Called when the cache is made
         and before each use, so it must be cheap once done; a backend keeping no state for
-        prefixes does nothing."""
+        prefixes does nothing. `owner`: the key that made the cache; what a backend keeps for it
+        is never shared with another key's (not even the time a lookup takes)."""
         ...
 
-    async def forget_prefix(self, name: str, request: GenerateContentRequest, *, model: str) -> None:
+    async def forget_prefix(self, name: str, request: GenerateContentRequest, *, model: str, owner: str | None) -> None:
         """The context cache `name` (whose content `request` holds) was deleted or expired."""
         ...
 

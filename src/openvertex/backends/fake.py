@@ -92,10 +92,14 @@ class FakeBackend:
             counted.append(RoleTokens(content.role or "user", list(range(len(words))), words))
         return counted
 
-    async def cache_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
+    async def cache_prefix(
+        self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
+    ) -> None:
         self.prefixes[name] = request
 
-    async def forget_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
+    async def forget_prefix(
+        self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
+    ) -> None:
         self.prefixes.pop(name, None)
 
 

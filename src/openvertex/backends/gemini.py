@@ -313,10 +313,14 @@ class GeminiBackend:
         result: list[RoleTokens] = await self._timed(call)
         return result
 
-    async def cache_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
+    async def cache_prefix(
+        self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
+    ) -> None:
         return None  # Gemini caches implicitly what it sees again
 
-    async def forget_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
+    async def forget_prefix(
+        self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
+    ) -> None:
         return None
 
 

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from openvertex.errors import UnauthenticatedError
 from openvertex.request_record import current_record
 from openvertex.service.keys import KeyRing, Quotas
+from openvertex.service.tenants import Tenants
 
 _MISSING = (
     "Request is missing required authentication credential. Expected OAuth 2 access token, "
@@ -33,9 +34,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 class Authenticator:
     """Who a request is (its key), and its place in that key's quotas."""
 
-    def __init__(self, keys: KeyRing, quotas: Quotas) -> None:
+    def __init__(self, keys: KeyRing, quotas: Quotas, tenants: Tenants) -> None:
         self.keys = keys
         self.quotas = quotas
+        self.tenants = tenants
 
     async def check(self, request: Request, *, anonymous: bool = False) -> None:
         """`anonymous`: a request without a token passes while no key exists (a Vertex AI
@@ -50,6 +52,7 @@ class Authenticator:
             raise UnauthenticatedError("Request had invalid authentication credentials.")
         record = current_record()
         record.key, record.models_allowed = grant.name, grant.models or None
+        record.tenant = self.tenants.of(grant.name)
         await self.quotas.admit(grant, record)
 
     def guard(self, handler: Handler, *, anonymous: bool = False) -> Handler:

@@ -186,7 +186,7 @@ class CachedContents:
                 retry_after_s=60,
             )
         name = f"{parent + '/' if parent else ''}cachedContents/{secrets.randbelow(9 * 10**18) + 10**18}"
-        await backend.cache_prefix(name, content, model=model.routed)
+        await backend.cache_prefix(name, content, model=model.routed, owner=current_record().key)
         row = CachedContentRow(
             name=name,
             parent=parent,
@@ -202,7 +202,7 @@ class CachedContents:
         try:
             await self._store.insert(row)
         except BaseException:
-            await backend.forget_prefix(name, content, model=model.routed)
+            await backend.forget_prefix(name, content, model=model.routed, owner=current_record().key)
             raise
         return _resource(row)
 
@@ -263,7 +263,7 @@ class CachedContents:
         backend = self._router.find_model(model) if model is not None else None
         if model is not None and backend is not None:
             content = gc.GenerateContentRequest.model_validate_json(row.body)
-            await backend.forget_prefix(row.name, content, model=model.routed)
+            await backend.forget_prefix(row.name, content, model=model.routed, owner=row.owner)
 
     # ------------------------------------------------------------------ use
 
@@ -294,7 +294,7 @@ class CachedContents:
             )
         content = gc.GenerateContentRequest.model_validate_json(row.body)
         if warm:
-            await backend.cache_prefix(row.name, content, model=model.routed)
+            await backend.cache_prefix(row.name, content, model=model.routed, owner=row.owner)
         merged = request.model_copy(
             update={
                 "contents": content.contents + request.contents,

@@ -37,6 +37,7 @@ from openvertex.backends.local.thinking import thinking_budget
 from openvertex.backends.local.vision import EncodedImage, PromptImage, Vision
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError
 from openvertex.protocol import generate_content as gc
+from openvertex.request_record import current_record
 from openvertex.settings import LocalBackendSettings
 
 # Gemini's defaults where neither the request nor the model says otherwise; min_p is
@@ -169,7 +170,9 @@ class LocalBackend:
             for first in range(0, candidates, self.settings.n_parallel):
                 count = min(self.settings.n_parallel, candidates - first)
                 seed = None if sampling.seed is None else sampling.seed + first
-                wave = Job(prompt, replace(sampling, seed=seed), count, restore=restore, images=images)
+                wave = Job(
+                    prompt, replace(sampling, seed=seed), count, tenant=_tenant(), restore=restore, images=images
+                )
                 async with self._supervisor.subscribe(wave) as events:
                     running = set(range(first, first + count))
                     while running:
@@ -295,7 +298,9 @@ class LocalBackend:
         finally:
             self._release()
 
-    async def cache_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
+    async def cache_prefix(
+        self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
+    ) -> None:
         """Compute the cache's prompt KV once and keep a snapshot of it (memory, then disk); later
         requests naming the cache restore it instead of computing the prefix. Once the snapshot
         is there, this costs a lookup; a lost one (a restart, an eviction) is built again, once
@@ -303,7 +308,7 @@ class LocalBackend:
         key = self._prefix_keys.get(name)
         if key is not None and self._prefixes.has(key):
             return
-        key, tokens, images = await self._prefix_key(request)
+        key, tokens, images = await self._prefix_key(request, owner)
         if not self._prefixes.has(key):
             build = self._builds.get(key)
             if build is None:
@@ -314,10 +319,12 @@ class LocalBackend:
             await asyncio.shield(build)  # a caller that leaves does not stop it: others may wait on it
         self._prefix_keys[name] = key
 
-    async def _prefix_key(self, request: gc.GenerateContentRequest) -> tuple[str, list[int], list[PromptImage]]:
+    async def _prefix_key(
+        self, request: gc.GenerateContentRequest, owner: str | None
+    ) -> tuple[str, list[int], list[PromptImage]]:
         loaded, engine = await self._supervisor.wait_loaded()
         tokens, _, _, images = await asyncio.to_thread(self._prompt, loaded, request, limit=engine.n_ctx - 1)
-        return snapshot_key(self._model_identity, tuple(tokens)), tokens, images
+        return snapshot_key(self._model_identity, owner, tuple(tokens)), tokens, images
 
     async def _build_prefix(self, key: str, tokens: list[int], images: list[PromptImage]) -> None:
         self._admit()
@@ -325,7 +332,7 @@ class LocalBackend:
             loaded, _ = await self._supervisor.wait_loaded()
             sampling = self._sampling(loaded, gc.GenerationConfig(), None, room=1)
             encoded = await asyncio.to_thread(_encode, loaded.vision, images)
-            job = Job(tokens, sampling, 1, snapshot=True, images=encoded)
+            job = Job(tokens, sampling, 1, tenant=_tenant(), snapshot=True, images=encoded)
             async with self._supervisor.subscribe(job) as events:
                 while True:
                     for event in await events.next_batch():
@@ -335,14 +342,21 @@ class LocalBackend:
         finally:
             self._release()
 
-    async def forget_prefix(self, name: str, request: gc.GenerateContentRequest, *, model: str) -> None:
+    async def forget_prefix(
+        self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
+    ) -> None:
         key = self._prefix_keys.pop(name, None)
         if key is None:  # not used since the start: its snapshot is found by its content
             if self._supervisor.loaded is None:
                 return
-            key, _, _ = await self._prefix_key(request)
+            key, _, _ = await self._prefix_key(request, owner)
         if key not in self._prefix_keys.values():  # no other cache shares it
             await asyncio.to_thread(self._prefixes.discard, key)
+
+
+def _tenant() -> str:
+    """Whose request this is, for the engine's KV reuse (one tenant where keys are off)."""
+    return current_record().tenant or ""
 
 
 def _grammar(loaded: LoadedModel, config: gc.GenerationConfig, tools: FunctionCalling | None) -> Grammar | None:

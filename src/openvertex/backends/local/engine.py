@@ -6,7 +6,10 @@ prompt never stalls running streams. Each sequence owns a slot: a KV stream of i
 (so what else is in the batch cannot change its numbers) and a sampler chain of its own
 (so its seed alone decides its samples). Candidates of one request (n > 1) copy the
 prompt's KV instead of computing it again; a finished slot keeps its KV, and the next
-request whose prompt starts the same way reuses that prefix. A context cache's prefix is
+request whose prompt starts the same way reuses that prefix — if the same tenant sent it: a
+slot remembers whose KV it holds, and a job reuses only its own tenant's, so neither the
+reported cached tokens nor the time to the first token tell one tenant what another's prompts
+start with. A context cache's prefix is
 kept beyond the slots: a snapshot job prefills it and hands over the sequence's KV state
 (`llama_state_seq_get_data`), and a job that carries a snapshot has it restored into its
 slot (`llama_state_seq_set_data`) when no slot holds more of its prompt. An image in a prompt
@@ -81,6 +84,8 @@ class Sequence:
 class Slot:
     seq_id: int
     context: list[int] = field(default_factory=list)  # tokens whose KV this slot holds
+    tenant: str | None = None  # whose prompt `context` is (None: it holds nothing)
+    started: int = -1  # when it last took a job (the engine's count of starts)
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
     sequence: Sequence | None = None
     siblings: list[Slot] = field(default_factory=list)  # slots that copy this prompt's KV (n > 1)
@@ -121,6 +126,7 @@ class Engine:
         self._image_batch = llama_cpp.llama_batch_init(n_batch, n_embd, 1) if n_embd else None
         self._piece_buffer = ctypes.create_string_buffer(256)  # this engine's thread only
         self._slots = [Slot(seq_id) for seq_id in range(n_slots)]
+        self._starts = 0
         # A small job may start ahead of one that does not fit yet, at most once per slot.
         self._waiting: WaitingRoom[Job] = WaitingRoom(max_bypasses=n_slots)
         # Other threads reach the engine's thread through these, under `_signal`.
@@ -254,7 +260,9 @@ class Engine:
             job = self._waiting.take(len(free))
             if job is None:
                 return
-            primary = max(free, key=lambda slot: _common_prefix(slot.context, job.prompt))
+            # The slot holding most of the prompt; where none holds any, the least recently used
+            # (so one tenant's traffic does not overwrite the KV another just made first).
+            primary = max(free, key=lambda slot: (_reusable(slot, job.prompt, job.tenant), -slot.started))
             free.remove(primary)
             siblings = free[: job.candidates - 1]
             try:
@@ -285,21 +293,24 @@ class Engine:
         # because sampling needs its logits.
         limit = len(job.prompt) - 1
         if job.restore is not None:
-            self._restore(job.restore, job.prompt, primary, siblings)
+            self._restore(job, primary, siblings)
         source = max(
             (slot for slot in self._slots if slot not in siblings),
-            key=lambda slot: (_common_prefix(slot.context, job.prompt), slot is primary),
+            key=lambda slot: (_reusable(slot, job.prompt, job.tenant), slot is primary),
         )
-        reuse = min(_common_prefix(source.context, job.prompt), limit)
+        reuse = min(_reusable(source, job.prompt, job.tenant), limit)
         if source is not primary and reuse >= MIN_SHARED_PREFIX:
             # A copy between KV streams: llama.cpp moves the cells' bookkeeping at once and
             # the data at the start of the next decode, before that decode writes anything.
             llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
             self._copy(source, primary)
         elif source is not primary:
-            reuse = min(_common_prefix(primary.context, job.prompt), limit)
+            reuse = min(_reusable(primary, job.prompt, job.tenant), limit)
         llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, reuse, -1)
         primary.context = job.prompt[:reuse]
+        self._starts += 1
+        for slot in (primary, *siblings):
+            slot.tenant, slot.started = job.tenant, self._starts
         primary.pending = job.prompt[reuse:]
         primary.siblings = siblings
         for candidate, slot in enumerate([primary, *siblings]):
@@ -318,12 +329,15 @@ class Engine:
         llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, -1, -1)
         self._copying.update((source.seq_id, target.seq_id))
 
-    def _restore(self, snapshot: Snapshot, prompt: list[int], primary: Slot, siblings: list[Slot]) -> None:
-        """Load a cached prefix's KV into `primary`, unless some slot already holds as much of the
-        prompt, or a copy from or to `primary` is still pending (its data would move over the
-        restored state at the next decode, or the restored state into another slot)."""
+    def _restore(self, job: Job, primary: Slot, siblings: list[Slot]) -> None:
+        """Load a cached prefix's KV into `primary`, unless some slot of the job's tenant already
+        holds as much of the prompt, or a copy from or to `primary` is still pending (its data
+        would move over the restored state at the next decode, or the restored state into
+        another slot)."""
+        assert job.restore is not None
+        snapshot, prompt = job.restore, job.prompt
         gain = _common_prefix(snapshot.tokens, prompt)
-        held = max(_common_prefix(slot.context, prompt) for slot in self._slots if slot not in siblings)
+        held = max(_reusable(slot, prompt, job.tenant) for slot in self._slots if slot not in siblings)
         if gain < held + MIN_SHARED_PREFIX or primary.seq_id in self._copying:
             return
         llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
@@ -334,6 +348,7 @@ class Engine:
             llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
             return
         primary.context = list(snapshot.tokens)
+        primary.tenant = job.tenant
 
     def _snapshot(self, slot: Slot) -> None:
         """A snapshot job's prompt is in: hand over its KV state, and end the job."""
@@ -600,6 +615,12 @@ class Engine:
         if not keep_prefix:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.context = []
+            slot.tenant = None
+
+
+def _reusable(slot: Slot, prompt: list[int], tenant: str) -> int:
+    """How much of `prompt` the slot's KV holds, for a job of `tenant`: nothing of another's."""
+    return _common_prefix(slot.context, prompt) if slot.tenant == tenant else 0
 
 
 def _common_prefix(a: list[int] | tuple[int, ...], b: list[int]) -> int:

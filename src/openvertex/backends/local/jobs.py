@@ -68,6 +68,7 @@ class Job:
     prompt: list[int]
     sampling: Sampling
     candidates: int
+    tenant: str = ""  # whose prompt it is: KV is reused only within a tenant (engine.py)
     restore: Snapshot | None = None  # KV of a cached prefix, restored where no slot holds more of the prompt
     snapshot: bool = False  # prefill the prompt, answer with its KV state (Snapshotted), generate nothing
     images: Mapping[int, EncodedImage] = field(default_factory=dict)  # what the prompt's placeholders name

@@ -39,8 +39,10 @@ class Snapshot:
         return len(self.state) + 8 * len(self.tokens)
 
 
-def snapshot_key(model_identity: str, tokens: tuple[int, ...]) -> str:
-    digest = hashlib.sha256(model_identity.encode() + b"\0")
+def snapshot_key(model_identity: str, owner: str | None, tokens: tuple[int, ...]) -> str:
+    """`owner`: the key whose cache it is. Another key's cache of the same tokens gets a snapshot
+    of its own, so making a cache never tells one key (by how long it takes) what another's hold."""
+    digest = hashlib.sha256(model_identity.encode() + b"\0" + (owner or "").encode() + b"\0")
     digest.update(np.asarray(tokens, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
