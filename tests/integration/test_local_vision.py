@@ -8,15 +8,18 @@ tokens are counted, reused from the KV like text, and OCR is not involved."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gguf
 import httpx
 import pytest
 from PIL import Image
 
+from openvertex.backends.local import vision
 from openvertex.backends.local.model import resolve_model_path
 from openvertex.settings import LocalBackendSettings, Settings
 from tests.support.projector import IMAGE_TOKENS, write_tiny_projector
@@ -87,6 +90,45 @@ def test_the_image_reaches_the_model_as_embeddings(server: RunningServer) -> Non
     # another image reuses the text before it and no more.
     assert repeated["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
     assert changed["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"] - IMAGE_TOKENS
+
+
+class _Forged:
+    """hashlib as vision.py sees it, but for the images given the SHA-256 digests given: two
+    images whose digests share their first 40 bits (about 2^40 work to find; here made up)."""
+
+    def __init__(self, digests: dict[bytes, bytes]) -> None:
+        self._digests = digests
+
+    def sha256(self, data: bytes = b"") -> Any:
+        forged = self._digests.get(data)
+        return _Digest(forged) if forged is not None else hashlib.sha256(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(hashlib, name)
+
+
+class _Digest:
+    def __init__(self, digest: bytes) -> None:
+        self._digest = digest
+
+    def digest(self) -> bytes:
+        return self._digest
+
+
+def test_an_image_whose_hash_shares_a_prefix_with_another_takes_nothing_of_it(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim, forged = _png((250, 120, 30)), _png((30, 120, 250))
+    real = hashlib.sha256(victim).digest()
+    # The same first 40 bits (and more), another image from there on.
+    monkeypatch.setattr(vision, "hashlib", _Forged({forged: real[:8] + bytes(b ^ 0xFF for b in real[8:])}))
+    seen = _ask(server, victim)
+    taken = _ask(server, forged)
+    assert _first_logprob(taken) != pytest.approx(_first_logprob(seen), abs=1e-3)  # its own embeddings
+    usage, other = seen.json()["usage"], taken.json()["usage"]
+    assert other["prompt_tokens"] == usage["prompt_tokens"]
+    # Only the text before the image comes from the victim's KV, none of the image.
+    assert other["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"] - IMAGE_TOKENS
 
 
 def test_an_image_costs_its_projectors_tokens_and_no_ocr(server: RunningServer) -> None:

@@ -34,7 +34,7 @@ from openvertex.backends.local.responses import ChunkBuilder
 from openvertex.backends.local.sampling import Sampling, Thinking
 from openvertex.backends.local.supervisor import EngineSupervisor, LoadedModel
 from openvertex.backends.local.thinking import thinking_budget
-from openvertex.backends.local.vision import EncodedImage, PromptImage, Vision
+from openvertex.backends.local.vision import ImageRows, PromptImage, Vision, image_rows
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError
 from openvertex.protocol import generate_content as gc
 from openvertex.request_record import current_record
@@ -50,7 +50,7 @@ MAX_CANDIDATES = 8  # Vertex's limit for n
 # countTokens counts prompts of any length (up to the body limit), not only those that fit.
 COUNT_LIMIT = 1 << 24
 
-Plan = tuple[list[int], Sampling, FunctionCalling | None, Snapshot | None, dict[int, EncodedImage]]
+Plan = tuple[list[int], Sampling, FunctionCalling | None, Snapshot | None, ImageRows]
 
 
 class LocalBackend:
@@ -373,11 +373,11 @@ def _grammar(loaded: LoadedModel, config: gc.GenerationConfig, tools: FunctionCa
     return loaded.grammars.response(config.response_mime_type, schema, param=f"generationConfig.{named}")
 
 
-def _encode(vision: Vision | None, images: list[PromptImage]) -> dict[int, EncodedImage]:
-    """The images' embeddings, by the key their placeholders carry."""
+def _encode(vision: Vision | None, images: list[PromptImage]) -> ImageRows:
+    """The images' embeddings, each row by its placeholder."""
     if vision is None:
         return {}
-    return dict(vision.encode(image) for image in images)
+    return image_rows(vision.encode(image) for image in images)
 
 
 def _tokenizer(model: LlamaModel, vision: Vision | None = None, images: list[PromptImage] | None = None) -> Tokenize:

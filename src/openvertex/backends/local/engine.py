@@ -54,7 +54,6 @@ from openvertex.backends.local.prefixes import Snapshot
 from openvertex.backends.local.sampling import SequenceSampler, candidate_seed
 from openvertex.backends.local.scheduling import WaitingRoom
 from openvertex.backends.local.stop import StopMatcher
-from openvertex.backends.local.vision import placeholder_image
 from openvertex.errors import ApiError, InternalError
 
 log = logging.getLogger(__name__)
@@ -431,22 +430,20 @@ class Engine:
         """Decode the image rows at the head of the slot's prompt (at most a batch of them). An
         image never ends a prompt (the answer's opening follows), so no logits are wanted."""
         batch = self._image_batch
-        key, _ = placeholder_image(slot.pending[0])
-        image = job.images.get(key)
-        if batch is None or image is None:
+        named = job.images.get(slot.pending[0])  # the placeholder's image and row
+        if batch is None or named is None:
             self._fail(job, InternalError("The local engine was given an image it has no embeddings for."))
             return
         # One run is consecutive rows of one image: the same image twice in a row starts again
         # at row 0, and a run never reads past the image's embeddings.
         row_bytes = self._n_embd * ctypes.sizeof(ctypes.c_float)
-        first_row = placeholder_image(slot.pending[0])[1]
+        image, first_row = named
         rows = len(image.embeddings) // row_bytes
         run = 0
         while (
             run < min(len(slot.pending), self._n_batch)
             and first_row + run < rows
-            and slot.pending[run] < 0
-            and placeholder_image(slot.pending[run]) == (key, first_row + run)
+            and job.images.get(slot.pending[run]) == (image, first_row + run)
         ):
             run += 1
         if run == 0:

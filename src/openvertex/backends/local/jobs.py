@@ -7,12 +7,12 @@ not yet taken, and the engine stops decoding it while that backlog is full.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from openvertex.backends.local.prefixes import Snapshot
 from openvertex.backends.local.sampling import Sampling
-from openvertex.backends.local.vision import EncodedImage
+from openvertex.backends.local.vision import ImageRows
 
 # Events a job's consumer may leave untaken, per candidate, before its sequences pause: a
 # few hundred milliseconds of tokens, so a reader that keeps up never notices.
@@ -71,7 +71,7 @@ class Job:
     tenant: str = ""  # whose prompt it is: KV is reused only within a tenant (engine.py)
     restore: Snapshot | None = None  # KV of a cached prefix, restored where no slot holds more of the prompt
     snapshot: bool = False  # prefill the prompt, answer with its KV state (Snapshotted), generate nothing
-    images: Mapping[int, EncodedImage] = field(default_factory=dict)  # what the prompt's placeholders name
+    images: ImageRows = field(default_factory=dict)  # what the prompt's placeholders name
     cancelled: threading.Event = field(default_factory=threading.Event)
     # Events emitted and not yet taken by the consumer; the engine adds, the consumer takes.
     _backlog: int = field(default=0, repr=False)

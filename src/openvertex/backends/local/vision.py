@@ -1,16 +1,18 @@
 """Images seen by a vision model: its projector (an `mmproj` GGUF) through llama.cpp's multimodal
 library (mtmd), the image's embeddings decoded into the engine's KV like prompt tokens.
 
-A prompt stays a list of ints: an image's positions hold placeholders, negative numbers that
-name the image (by its bytes' hash) and the row of its embeddings. Prefix reuse, KV snapshots
-and context caches then work on images as on text: the same image gives the same placeholders,
-another image others from its first position on. The engine decodes a run of placeholders from
-the embeddings the job carries, in a batch of its own (llama.cpp takes tokens or embeddings in a
-batch, not both).
+A prompt stays a list of ints: an image's positions hold placeholders, negative numbers, each a
+62-bit hash keyed by the image's whole SHA-256 and the row of its embeddings. Prefix reuse, KV
+snapshots and context caches then work on images as on text: the same image gives the same
+placeholders, another image others at every row, so an image made to take over another's KV
+would need a 62-bit second preimage per row (a prefix of the hash, as placeholders once held,
+can be matched by brute force). The engine finds each placeholder's image and row in the job's
+images (`image_rows`), not in the number's bits, and decodes a run of rows from their embeddings
+in a batch of its own (llama.cpp takes tokens or embeddings in a batch, not both).
 
 Images are decoded (Pillow), preprocessed and encoded on the planning threads, one encoder at a
 time (it uses every core), and the last few encodings are remembered: a conversation sends its
-images again at every turn.
+images again at every turn, remembered by their whole SHA-256.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,27 +40,38 @@ from openvertex.protocol import generate_content as gc
 
 # The MIME types given to the projector (what Pillow decodes of Gemini's image types).
 SEEN_MIME_TYPES = ("image/png", "image/jpeg", "image/webp")
-_ROW_BITS = 20  # rows of one image's embeddings a placeholder can name (mtmd makes at most thousands)
-_KEY_BITS = 40  # of the image's hash, in its placeholders
 REMEMBERED = 16  # encoded images kept, by their bytes' hash
+_ROW_PERSON = b"openvertex-row"  # blake2b's personalisation: these hashes are placeholders, nothing else
 
 T = TypeVar("T")
 
 
-def placeholder(key: int, row: int) -> int:
-    return -(((key << _ROW_BITS) | row) + 1)
+def image_digest(data: bytes) -> bytes:
+    """What an image is known by: the SHA-256 of its bytes, all 32 of them."""
+    return hashlib.sha256(data).digest()
 
 
-def placeholder_image(token: int) -> tuple[int, int]:
-    """A placeholder's image key and row."""
-    value = -token - 1
-    return value >> _ROW_BITS, value & ((1 << _ROW_BITS) - 1)
+def placeholder(digest: bytes, row: int) -> int:
+    """Row `row` of the image whose SHA-256 is `digest`: a negative int64 (the prompt's token ids,
+    snapshot files and computeTokens hold int64s), -1 - a 62-bit blake2b of the row keyed by the
+    whole digest."""
+    mac = hashlib.blake2b(row.to_bytes(4, "big"), digest_size=8, key=digest, person=_ROW_PERSON)
+    return -(int.from_bytes(mac.digest(), "big") >> 2) - 1
 
 
 @dataclass(frozen=True, slots=True)
 class EncodedImage:
+    placeholders: tuple[int, ...]  # its rows' placeholders, in order
     embeddings: bytes  # float32, one row of the model's n_embd per placeholder
     non_causal: bool  # the projector's rows attend to each other both ways (Gemma 3)
+
+
+# What a prompt's placeholders name: each one's image and row.
+ImageRows = Mapping[int, tuple[EncodedImage, int]]
+
+
+def image_rows(images: Iterable[EncodedImage]) -> dict[int, tuple[EncodedImage, int]]:
+    return {token: (image, row) for image in images for row, token in enumerate(image.placeholders)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +104,8 @@ class Vision:
         self.n_embd: int = llama_cpp.llama_model_n_embd(model)
         self._n_batch = n_batch  # an image whose rows attend both ways is decoded in one batch
         self._lock = threading.Lock()  # one mtmd call at a time: its context is not thread-safe
-        self._encoded: OrderedDict[int, EncodedImage] = OrderedDict()
-        self._tokens: OrderedDict[int, list[int]] = OrderedDict()
+        self._encoded: OrderedDict[bytes, EncodedImage] = OrderedDict()  # by the image's SHA-256
+        self._tokens: OrderedDict[bytes, list[int]] = OrderedDict()
         # Where an image sits in a rendered prompt; never in a client's text (it cannot guess it).
         self._marker = f"<image-{secrets.token_hex(8)}-"
         self._markers = re.compile(re.escape(self._marker) + r"(\d+)>")
@@ -137,26 +150,26 @@ class Vision:
     def tokens(self, image: PromptImage) -> list[int]:
         """The image's prompt tokens: its placeholders, with the tokens the projector wants around
         them (an image start and end marker, say)."""
-        key = _key(image.data)
+        digest = image_digest(image.data)
         with self._lock:
-            known = _remembered(self._tokens, key)
+            known = _remembered(self._tokens, digest)
         if known is None:
-            known = self._run(image, key, encode=False)[0]
+            known = self._run(image, digest, encode=False)[0]
         return known
 
-    def encode(self, image: PromptImage) -> tuple[int, EncodedImage]:
-        key = _key(image.data)
+    def encode(self, image: PromptImage) -> EncodedImage:
+        digest = image_digest(image.data)
         with self._lock:
-            known = _remembered(self._encoded, key)
+            known = _remembered(self._encoded, digest)
         if known is None:
-            encoded = self._run(image, key, encode=True)[1]
+            encoded = self._run(image, digest, encode=True)[1]
             assert encoded is not None
             known = encoded
-        return key, known
+        return known
 
     # ------------------------------------------------------------------ mtmd
 
-    def _run(self, image: PromptImage, key: int, *, encode: bool) -> tuple[list[int], EncodedImage | None]:
+    def _run(self, image: PromptImage, digest: bytes, *, encode: bool) -> tuple[list[int], EncodedImage | None]:
         width, height, pixels = _rgb(image)
         with self._lock, _bitmap(width, height, pixels) as bitmap, _chunks() as chunks:
             if not self._context:
@@ -186,39 +199,39 @@ class Vision:
                         f" {self._n_batch} (n_batch)",
                         param=image.param,
                     )
-                tokens += [placeholder(key, row) for row in range(rows)]
+                placeholders = tuple(placeholder(digest, row) for row in range(rows))
+                tokens += placeholders
                 if encode:
-                    encoded = self._encode(chunk, rows, image)
-            _remember(self._tokens, key, tokens)
+                    encoded = self._encode(chunk, placeholders, image)
+            _remember(self._tokens, digest, tokens)
             if encoded is not None:
-                _remember(self._encoded, key, encoded)
+                _remember(self._encoded, digest, encoded)
             return tokens, encoded
 
-    def _encode(self, chunk: mtmd.mtmd_input_chunk_p, rows: int, image: PromptImage) -> EncodedImage:
+    def _encode(
+        self, chunk: mtmd.mtmd_input_chunk_p, placeholders: tuple[int, ...], image: PromptImage
+    ) -> EncodedImage:
         if mtmd.mtmd_encode_chunk(self._context, chunk) != 0:
             raise InvalidArgumentError("the projector could not encode the image", param=image.param)
         output = mtmd.mtmd_get_output_embd(self._context)
         if not output:
             raise InvalidArgumentError("the projector gave no embeddings for the image", param=image.param)
-        size = rows * self.n_embd * ctypes.sizeof(ctypes.c_float)
+        size = len(placeholders) * self.n_embd * ctypes.sizeof(ctypes.c_float)
         return EncodedImage(
+            placeholders=placeholders,
             embeddings=ctypes.string_at(output, size),
             non_causal=bool(mtmd.mtmd_decode_use_non_causal(self._context, chunk)),
         )
 
 
-def _key(data: bytes) -> int:
-    return int.from_bytes(hashlib.sha256(data).digest()[: _KEY_BITS // 8], "big")
-
-
-def _remembered(known: OrderedDict[int, T], key: int) -> T | None:
+def _remembered(known: OrderedDict[bytes, T], key: bytes) -> T | None:
     value = known.get(key)
     if value is not None:
         known.move_to_end(key)
     return value
 
 
-def _remember(known: OrderedDict[int, T], key: int, value: T) -> None:
+def _remember(known: OrderedDict[bytes, T], key: bytes, value: T) -> None:
     known[key] = value
     known.move_to_end(key)
     while len(known) > REMEMBERED:
