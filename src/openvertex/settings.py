@@ -182,6 +182,10 @@ class MediaSettings(_Section):
     # Hosts (names, addresses or networks such as "10.1.2.0/24") that may be fetched although they
     # are not public: loopback, private, link-local and the metadata service are refused otherwise.
     allowed_hosts: list[str] = Field(default_factory=list)
+    # Buckets (names or globs; "*": any) whose gs:// objects a request may name. They are read with
+    # the server's own credentials (or by Gemini on Vertex, as the project's service agent), so
+    # none by default: a request naming another bucket is a 400 naming it.
+    allowed_buckets: list[str] = Field(default_factory=list)
 
 
 class ModerationSettings(_Section):
@@ -311,6 +315,12 @@ class Settings(BaseSettings):
     # replicas behind a load balancer behave as one: "postgresql://user:password@host/db". Unset:
     # SQLite in state_dir.
     database_url: SecretStr | None = None
+    # How long one call to the database may take, from when it is asked for: waiting for a
+    # connection and every answer of the server included (PostgreSQL's statement_timeout too;
+    # SQLite's busy timeout). Past it the request is a 503 UNAVAILABLE.
+    database_timeout_s: float = Field(5.0, gt=0)
+    database_connect_timeout_s: int = Field(2, ge=2)  # a new PostgreSQL connection (libpq's least: 2 s)
+    database_pool_size: int = Field(10, ge=1)  # PostgreSQL connections per process, and threads using them
     cache_sweep_interval_s: float = Field(30.0, gt=0)  # how often expired context caches are removed
     max_cached_contents: int = Field(10_000, ge=1)  # live context caches kept; more is a 429
     # Or the thought-signature secret itself: 64 hex characters (`openssl rand -hex 32`). Replicas

@@ -17,7 +17,7 @@ from gcp_storage_emulator.server import create_server
 from google.cloud import storage
 from PIL import Image
 
-from openvertex.settings import Settings
+from openvertex.settings import MediaSettings, Settings
 from tests.support.media import text_pdf, text_png
 from tests.support.server import RunningServer, serve
 
@@ -55,7 +55,8 @@ def _as_jpeg(png: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(emulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serve(Settings(port=0, state_dir=tmp_path_factory.mktemp("state"))) as running:
+    media = MediaSettings(allowed_buckets=["cloud-samples-data"])
+    with serve(Settings(port=0, state_dir=tmp_path_factory.mktemp("state"), media=media)) as running:
         yield running
 
 

@@ -5,6 +5,7 @@ over loopback: what is fetched arrives inline, and every refusal (SSRF, size, ty
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -95,9 +96,11 @@ def files() -> Iterator[Files]:
 
 
 @contextmanager
-def _gateway(tmp_path: Path, fake: FakeBackend, **media: Any) -> Iterator[RunningServer]:
+def _gateway(
+    tmp_path: Path, fake: FakeBackend, *, loop: Literal["auto", "asyncio"] = "auto", **media: Any
+) -> Iterator[RunningServer]:
     settings = Settings(port=0, state_dir=tmp_path, media=MediaSettings(**media))
-    with serve(settings, backends={"local": fake}) as server:
+    with serve(settings, backends={"local": fake}, loop=loop) as server:
         yield server
 
 
@@ -146,6 +149,33 @@ def test_the_timeout_covers_the_whole_fetch(tmp_path: Path, files: Files) -> Non
         message = _refusal(_chat(server, _image(f"{files.url}/slowly-to?x")))
     assert message.endswith("fetching the URI took longer than 1 s")
     assert 2 <= len(files.hits) <= 3 and fake.requests == []
+
+
+def test_a_resolver_that_never_answers_ends_at_the_deadline(
+    tmp_path: Path, files: Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Name resolution counts against fetch_timeout_s too: a DNS server that never answers
+    cannot hold a request (and its place) for the resolver's own minutes of retries."""
+    resolve, released = socket.getaddrinfo, threading.Event()
+    asked: list[str] = []
+
+    def silent(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "never-answers.example":
+            asked.append(host)
+            released.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent)
+    fake = FakeBackend(capabilities=READS_BYTES)
+    try:
+        with _gateway(tmp_path, fake, loop="asyncio", fetch_timeout_s=1.0) as server:
+            message = _refusal(_chat(server, _image("https://never-answers.example/cat.png")))
+            assert message.endswith("fetching the URI took longer than 1 s")
+            assert asked == ["never-answers.example"] and fake.requests == []
+            released.set()  # before the server stops: its loop waits for its resolver threads
+    finally:
+        released.set()
 
 
 def test_a_redirect_is_followed_and_checked_again(tmp_path: Path, files: Files) -> None:
@@ -220,12 +250,60 @@ def test_native_parts_are_named_by_their_path(tmp_path: Path, files: Files) -> N
 
 def test_a_backend_that_reads_uris_gets_them_untouched(tmp_path: Path, files: Files) -> None:
     fake = FakeBackend()  # like Gemini: fetches gs:// and https:// itself
-    with _gateway(tmp_path, fake) as server:
+    with _gateway(tmp_path, fake, allowed_buckets=["cloud-samples-*"]) as server:
         response = _chat(server, _image("gs://cloud-samples-data/generative-ai/image/scones.jpg"))
         assert response.status_code == 200, response.text
     part = fake.requests[-1].contents[0].parts[0]
     assert part.file_data is not None and part.file_data.file_uri.startswith("gs://cloud-samples-data/")
     assert files.hits == []
+
+
+@pytest.mark.parametrize("reads_uris", [True, False], ids=["gemini-like", "read-by-openvertex"])
+def test_a_gs_uri_names_only_a_bucket_the_operator_allows(tmp_path: Path, reads_uris: bool) -> None:
+    """gs:// is read with the server's credentials (or the project's service agent on Vertex):
+    a caller may not point it at the operator's other buckets, whichever backend answers."""
+    fake = FakeBackend(capabilities=None if reads_uris else Capabilities(input_mime_prefixes=("image/",)))
+    private = "gs://operator-private/secrets.png"
+    native = {"contents": [{"role": "user", "parts": [{"fileData": {"mimeType": "image/png", "fileUri": private}}]}]}
+    for allowed in ([], ["cloud-samples-*"]):  # none by default
+        with _gateway(tmp_path, fake, allowed_buckets=allowed) as server:
+            message = _refusal(_chat(server, _image(private)))
+            assert message == (
+                "messages[0].content[0].image_url: the bucket operator-private is not one this server "
+                "reads media from (media.allowed_buckets)"
+            )
+            url = (
+                f"{server.url}/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:generateContent"
+            )
+            response = httpx.post(url, json=native, headers=AUTH, timeout=30)
+            assert response.status_code == 400
+            assert response.json()["error"]["message"].startswith(
+                "contents[0].parts[0].fileData.fileUri: the bucket operator-private is not one"
+            )
+    assert fake.requests == []
+
+
+def test_a_gcs_read_that_never_answers_ends_at_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storage server that accepts and never replies: the read gives up within fetch_timeout_s,
+    the request is a 400 naming the object, and the server goes on."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    fake = FakeBackend(capabilities=Capabilities(input_mime_prefixes=("image/",)))
+    try:
+        with _gateway(tmp_path, fake, allowed_buckets=["slow"], fetch_timeout_s=1) as server:
+            started = time.monotonic()
+            message = _refusal(_chat(server, _image("gs://slow/cat.png")))
+            waited = time.monotonic() - started
+            assert message == "messages[0].content[0].image_url: reading gs://slow/cat.png took longer than 1 s"
+            assert accepted  # it did reach the server, which never answered
+            assert waited < 20  # not the client library's 60 s timeout with retries for minutes
+            assert _chat(server, {"type": "text", "text": "still there?"}).status_code == 200
+    finally:
+        for connection in accepted:
+            connection.close()
+        silent.close()
 
 
 def test_media_in_a_system_instruction_is_a_400(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import uvicorn
@@ -40,10 +41,13 @@ def serve(
     backends: Mapping[str, Backend] | None = None,
     ready_timeout: float = 60,
     reload: Callable[[], Settings] | None = None,
+    loop: Literal["auto", "asyncio"] = "auto",
 ) -> Iterator[RunningServer]:
+    """`loop="asyncio"`: the standard event loop, whose name lookups go through
+    `socket.getaddrinfo` (uvloop's go through libuv), for a test that stands in for the resolver."""
     app = create_app(settings, backends=backends, reload=reload)
     sock = bind_listener("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop=loop))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     running = RunningServer(sock.getsockname()[1], app)

@@ -10,7 +10,9 @@ backend without that (the embedded model) gets every media part as `inlineData`,
   `http://` is refused unless allowed. The check is made on the resolved addresses, and again on
   the address each connection goes to, so a name that changes its answer in between gains nothing;
 - `gs://` is read with google-cloud-storage under Application Default Credentials, or from the
-  emulator `STORAGE_EMULATOR_HOST` names (the ecosystem's convention).
+  emulator `STORAGE_EMULATOR_HOST` names (the ecosystem's convention), within fetch_timeout_s.
+  Those are the server's credentials (and Gemini on Vertex reads a `gs://` URI as the project's
+  service agent), so a request may name only the buckets the operator allows, for every backend.
 
 Every failure is a 400 that names the part and the reason.
 """
@@ -25,8 +27,10 @@ import errno
 import ipaddress
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -156,6 +160,14 @@ class MediaReader:
         self._storage: Any = None  # google.cloud.storage.Client, made on first gs:// read
 
     # ------------------------------------------------------------------ requests
+
+    def check_buckets(self, request: gc.GenerateContentRequest, name: Namer) -> None:
+        """Every `gs://` URI names a bucket the operator allows: for a backend that reads them
+        itself (Gemini on Vertex, as the project's service agent)."""
+        for path, part in _media_parts(request):
+            uri = part.file_data.file_uri if part.file_data is not None else ""
+            if urlsplit(uri).scheme.lower() == "gs":
+                self._bucket_object(uri, param=_origin(part) or name(f"{path}.fileData.fileUri"))
 
     async def check_inline(self, request: gc.GenerateContentRequest, name: Namer) -> None:
         """Inline media, for every backend: valid base64, a supported type its bytes agree with,
@@ -333,24 +345,51 @@ class MediaReader:
 
     # ------------------------------------------------------------------ gs://
 
-    async def _read_gcs(self, uri: str, *, param: str) -> bytes:
+    def _bucket_object(self, uri: str, *, param: str) -> tuple[str, str]:
+        """A `gs://` URI's bucket and object, the bucket one the operator allows."""
         bucket, _, name = uri[len("gs://") :].partition("/")
         if not bucket or not name:
             raise InvalidArgumentError("expected gs://BUCKET/OBJECT", param=param)
-        return await asyncio.to_thread(self._read_gcs_blocking, bucket, name, param)
+        if not any(fnmatchcase(bucket, allowed) for allowed in self.settings.allowed_buckets):
+            raise InvalidArgumentError(
+                f"the bucket {bucket} is not one this server reads media from (media.allowed_buckets)", param=param
+            )
+        return bucket, name
+
+    async def _read_gcs(self, uri: str, *, param: str) -> bytes:
+        bucket, name = self._bucket_object(uri, param=param)
+        timeout_s = self.settings.fetch_timeout_s
+        try:
+            # The thread's own calls give up by the same deadline (the client's timeouts and retry).
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.to_thread(self._read_gcs_blocking, bucket, name, param)
+        except TimeoutError:
+            raise InvalidArgumentError(
+                f"reading gs://{bucket}/{name} took longer than {timeout_s:g} s", param=param
+            ) from None
 
     def _read_gcs_blocking(self, bucket: str, name: str, param: str) -> bytes:
         from google.api_core import exceptions  # the storage client's own errors
         from google.auth.exceptions import DefaultCredentialsError
+        from google.cloud.storage.retry import DEFAULT_RETRY
 
         limit = self.settings.max_part_bytes
+        deadline = time.monotonic() + self.settings.fetch_timeout_s
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.001)
+
         try:
-            blob = self._storage_client().bucket(bucket).get_blob(name)
+            blob = (
+                self._storage_client()
+                .bucket(bucket)
+                .get_blob(name, timeout=left(), retry=DEFAULT_RETRY.with_timeout(left()))
+            )
             if blob is None:
                 raise InvalidArgumentError(f"gs://{bucket}/{name} does not exist", param=param)
             if (blob.size or 0) > limit:
                 raise InvalidArgumentError(f"the media are larger than {limit} bytes", param=param)
-            data: bytes = blob.download_as_bytes(end=limit)
+            data: bytes = blob.download_as_bytes(end=limit, timeout=left(), retry=DEFAULT_RETRY.with_timeout(left()))
             return data
         except exceptions.NotFound:
             raise InvalidArgumentError(f"gs://{bucket}/{name} does not exist", param=param) from None

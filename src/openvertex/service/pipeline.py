@@ -137,6 +137,7 @@ class Pipeline:
         """Inline media checked; what URIs point at read, for a backend that does not read them."""
         await self.media.check_inline(request, name)
         if backend.capabilities.reads_media_uris:
+            self.media.check_buckets(request, name)
             return request
         return await self.media.inline(request, name)
 
