@@ -368,3 +368,109 @@ def test_a_blocklisted_phrase_split_across_chunks_is_blocked_streamed_and_whole(
     else:
         choice = whole.json()["choices"][0]
         assert choice["finish_reason"] == "content_filter" and choice["message"]["content"] is None
+
+
+def _parts(*chunks: list[gc.Part]) -> list[gc.GenerateContentResponse]:
+    """One chunk per list of parts, the last finishing with the usage."""
+    out = []
+    for number, parts in enumerate(chunks, 1):
+        last = number == len(chunks)
+        candidate = gc.Candidate(content=gc.Content(role="model", parts=parts), finish_reason="STOP" if last else None)
+        usage = gc.UsageMetadata(prompt_token_count=5, candidates_token_count=number, total_token_count=5 + number)
+        out.append(gc.GenerateContentResponse(candidates=[candidate], usage_metadata=usage if last else None))
+    return out
+
+
+@pytest.fixture
+def thinking_server() -> Iterator[tuple[RunningServer, FakeBackend]]:
+    fake = FakeBackend(capabilities=Capabilities(function_calling=True, thinking=True))
+    safety = SafetyConfig(window_chars=24, blocklist=BlocklistSettings(terms=["forbidden fruit"]))
+    with serve(Settings(port=0, safety=safety), backends={"local": fake}) as running:
+        yield running, fake
+
+
+def _thinking(server: RunningServer, *, include: bool, stream: bool, settings: Any = None) -> httpx.Response:
+    body: dict[str, Any] = {
+        "contents": [{"role": "user", "parts": [{"text": "Think about it."}]}],
+        "generationConfig": {"thinkingConfig": {"includeThoughts": include}},
+    }
+    if settings is not None:
+        body["safetySettings"] = settings
+    method = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+    return httpx.post(f"{server.url}{NATIVE}{method}", json=body, headers=AUTH, timeout=60)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_thoughts_the_client_gets_are_rated(thinking_server: tuple[RunningServer, FakeBackend], stream: bool) -> None:
+    """Issue 22, finding 7: thoughts left unrated. A phrase split between two thoughts, or an
+    insult thought, blocks the candidate; nothing of it goes out."""
+    server, fake = thinking_server
+    said = [
+        [gc.Part(text="The user wants the forbid", thought=True)],
+        [gc.Part(text="den fruit. ", thought=True)],
+        [gc.Part(text="Here is a harmless answer.")],
+    ]
+    fake.add(_parts(*said))
+    response = _thinking(server, include=True, stream=stream)
+    chunks = _events(response) if stream else [response.json()]
+    ends = [c.get("finishReason") for chunk in chunks for c in chunk.get("candidates", [])]
+    assert [e for e in ends if e] == ["BLOCKLIST"]
+    assert "forbid" not in response.text and "harmless" not in response.text
+    # Hidden thoughts never leave: they are not rated, and the answer stands.
+    fake.add(_parts(*said))
+    hidden = _thinking(server, include=False, stream=stream)
+    chunks = _events(hidden) if stream else [hidden.json()]
+    ends = [c.get("finishReason") for chunk in chunks for c in chunk.get("candidates", [])]
+    assert [e for e in ends if e] == ["STOP"] and "harmless answer" in hidden.text
+    # The classifiers rate thoughts too.
+    fake.add(_parts([gc.Part(text=INSULT, thought=True)], [gc.Part(text="Fine.")]))
+    rated = _thinking(server, include=True, stream=stream, settings=BLOCK_HARASSMENT)
+    chunks = _events(rated) if stream else [rated.json()]
+    ends = [c.get("finishReason") for chunk in chunks for c in chunk.get("candidates", [])]
+    assert [e for e in ends if e] == ["SAFETY"] and "idiot" not in rated.text
+
+
+def _call(**args: Any) -> gc.Part:
+    return gc.Part(function_call=gc.FunctionCall(name="search", args=args))
+
+
+@pytest.mark.parametrize("surface", ["native", "openai"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_function_call_arguments_are_rated(
+    server: RunningServer, fake: FakeBackend, surface: str, stream: bool
+) -> None:
+    """Issue 22, finding 7: a blocklisted phrase in a call's argument (nested too) blocks the call."""
+    fake.add(_parts([gc.Part(text="Searching. ")], [_call(query={"terms": ["apple", "Forbidden  Fruit"]}, n=3)]))
+    if surface == "native":
+        response = _native(server, "Search.", stream=stream)
+        chunks = _events(response) if stream else [response.json()]
+        ends = [c.get("finishReason") for chunk in chunks for c in chunk.get("candidates", [])]
+        assert [e for e in ends if e] == ["BLOCKLIST"]
+    else:
+        response = _chat(server, "Search.", stream=stream)
+        chunks = _events(response) if stream else [response.json()]
+        finishes = [choice.get("finish_reason") for chunk in chunks for choice in chunk["choices"]]
+        assert [f for f in finishes if f] == ["content_filter"]
+        assert "tool_calls" not in response.text
+    assert "Fruit" not in response.text
+    # A harmless call goes out whole, after the text before it.
+    fake.add(_parts([gc.Part(text="Searching. ")], [_call(query="apple pie")]))
+    whole = _native(server, "Search.")
+    assert whole.json()["candidates"][0]["content"]["parts"][-1]["functionCall"]["args"] == {"query": "apple pie"}
+
+
+def test_streamed_call_arguments_are_rated_across_pieces(server: RunningServer, fake: FakeBackend) -> None:
+    """streamFunctionCallArguments: a phrase split between two pieces of one string is caught."""
+    pieces = [
+        gc.PartialArg(json_path="$.query", string_value="the forbid", will_continue=True),
+        gc.PartialArg(json_path="$.query", string_value="den fruit"),
+    ]
+    chunks = [
+        [gc.Part(function_call=gc.FunctionCall(name="search", partial_args=[piece], will_continue=True))]
+        for piece in pieces
+    ]
+    fake.add(_parts(*chunks, [gc.Part(function_call=gc.FunctionCall())]))
+    response = _native(server, "Search.", stream=True)
+    ends = [c.get("finishReason") for chunk in _events(response) for c in chunk.get("candidates", [])]
+    assert [e for e in ends if e] == ["BLOCKLIST"]
+    assert "forbid" not in response.text

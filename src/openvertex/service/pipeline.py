@@ -147,10 +147,10 @@ class Pipeline:
             stages.append(self.signer.stage())  # sees the thoughts it seals
         if prepared.grounding is not None:
             stages.append(prepared.grounding.stage(include_thoughts=prepared.include_thoughts))
-        if prepared.safety is not None:
-            stages.append(prepared.safety.stage())  # sees what the client would
         if not prepared.include_thoughts:
             stages.append(ThoughtHiding())
+        if prepared.safety is not None:
+            stages.append(prepared.safety.stage())  # rates what the client would get
         stages.append(UsageCount(current_record(), prepared.cached_tokens))
         return stages
 

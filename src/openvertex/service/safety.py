@@ -13,13 +13,16 @@ stays sent), and a whole answer is rated on the same windows. The blocked candid
 map a probability to Gemini's levels (under 0.25 NEGLIGIBLE, 0.5 LOW, 0.75 MEDIUM, else HIGH); the
 classifiers give no separate severity, so `method: SEVERITY` is judged on the same score. The
 operator's blocklist (service/blocklist.py) applies to every request on every backend, Gemini
-included, whatever its settings. Thoughts and function calls are not rated.
+included, whatever its settings. What a candidate says is rated in the order it says it: its
+text, the thoughts the client gets (hidden ones never leave) and the string values of its function
+calls' arguments (whole, or streamed as partialArgs), each call's strings ended by a newline. So a
+term split between a thought and the answer, or hidden in an argument, blocks like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,10 +275,11 @@ class SafetyCheck:
 
 
 class SafetyStage:
-    """The response stage that rates an answer's text a window at a time and holds each window until
-    it is rated (and the blocklist has read past it): a stream stops at the first blocked window
-    without sending it, what was sent before stays sent, and a whole answer, fed as one chunk, is
-    rated on the same windows. Thoughts and function calls go on as soon as the text before them has."""
+    """The response stage that rates what an answer says a window at a time and holds each window
+    until it is rated (and the blocklist has read past it): a stream stops at the first blocked
+    window without sending it, what was sent before stays sent, and a whole answer, fed as one
+    chunk, is rated on the same windows. A part goes on once all it says is rated (a text part may
+    go in pieces; a function call goes whole); a part that says nothing, once those before it have."""
 
     def __init__(self, check: SafetyCheck) -> None:
         self._check = check
@@ -293,7 +297,7 @@ class SafetyStage:
         self.stopped = blocked and all(i in held and held[i].closed for i in range(self._check.candidates))
         update: dict[str, Any] = {"candidates": candidates or None}
         if self.stopped and not _counts_output(chunk.usage_metadata):
-            update["usage_metadata"] = await self._check.usage_so_far(h.seen for h in held.values())
+            update["usage_metadata"] = await self._check.usage_so_far(h.answer for h in held.values())
         if candidates or chunk.usage_metadata is not None or chunk.prompt_feedback is not None or self.stopped:
             return [chunk.model_copy(update=update)]
         return []
@@ -332,7 +336,8 @@ class _Held:
     """What the safety stage holds of one candidate until it is rated."""
 
     parts: list[gc.Part] = field(default_factory=list)  # not yet sent
-    seen: str = ""  # all of its answer text so far
+    seen: str = ""  # all it said so far, as rated (`_said`)
+    answer: str = ""  # all of its answer text so far (thoughts and calls left out)
     rated: int = 0  # characters of `seen` rated, and so free to send
     sent: int = 0  # characters of `seen` sent
     logprobs: list[gc.LogprobsResult] = field(default_factory=list)
@@ -345,8 +350,10 @@ class _Held:
     def add(self, candidate: gc.Candidate) -> None:
         if self.closed:
             return  # blocked: the rest of it is dropped
-        self.parts += candidate.content_parts()
-        self.seen += candidate.text()
+        parts = candidate.content_parts()
+        self.parts += parts
+        self.seen += "".join(map(_said, parts))
+        self.answer += candidate.text()
         if candidate.logprobs_result is not None:
             self.logprobs.append(candidate.logprobs_result)
         self.last = candidate
@@ -375,13 +382,12 @@ class _Held:
         budget = self.rated - self.sent
         while self.parts:
             part = self.parts[0]
-            if not part.text or part.thought:
-                out.append(self.parts.pop(0))
-            elif len(part.text) <= budget:
-                budget -= len(part.text)
+            said = len(_said(part))
+            if said <= budget:  # all it says is rated (a part that says nothing: at once)
+                budget -= said
                 out.append(self.parts.pop(0))
             else:
-                if budget:  # a part cut at the window's end: its signature stays with its start
+                if budget and part.text:  # a part cut at the window's end: its signature stays with its start
                     out.append(part.model_copy(update={"text": part.text[:budget]}))
                     self.parts[0] = part.model_copy(update={"text": part.text[budget:], "thought_signature": None})
                     budget = 0
@@ -410,6 +416,36 @@ class _Held:
         candidate = gc.Candidate(index=index)
         _apply(candidate, self.verdict)
         return candidate
+
+
+def _said(part: gc.Part) -> str:
+    """What a part says, as the safety settings and the blocklist rate it: its text (a thought's
+    too), or a function call's string values (each ended by a newline; a streamed piece's end
+    where its string ends)."""
+    if part.text:
+        return part.text
+    call = part.function_call
+    if call is None:
+        return ""
+    if call.args:
+        return "".join(f"{value}\n" for value in _strings(call.args))
+    return "".join(
+        (arg.string_value or "") + ("" if arg.will_continue else "\n")
+        for arg in call.partial_args or []
+        if arg.string_value is not None
+    )
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """The strings in a JSON value, in order."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def _joined(results: list[gc.LogprobsResult]) -> gc.LogprobsResult | None:
