@@ -13,6 +13,7 @@ from openvertex.relay.model_member import top_level_members, with_model
 from openvertex.relay.replicas import Replica, ReplicaSet
 from openvertex.relay.stats import RelayStats, register_relay_readings
 from openvertex.relay.upstream_auth import BearerToken, GoogleToken, NoAuth, upstream_auth
+from openvertex.relay.usage import AnswerUsage, StreamUsage, Usage, asking_for_usage
 from openvertex.settings import EndpointSettings
 
 # ---- the `model` member: only its bytes change -------------------------------------------------
@@ -73,6 +74,108 @@ def test_top_level_members_positions() -> None:
     top = top_level_members(text)
     assert [(m.key, text[m.value_start : m.end]) for m in top.members] == [("a", '[1, {"b": 2}]'), ("model", '"m"')]
     assert text[top.close_brace] == "}"
+
+
+# ---- usage: asked of a stream, read from the answer as it passes ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"stream": true, "n": 1}', b'{"stream_options":{"include_usage":true},"stream": true, "n": 1}'),
+        (
+            b'{"stream": true, "stream_options": {"include_usage": false}}',
+            b'{"stream": true, "stream_options": {"include_usage":true}}',
+        ),
+        (
+            b'{"stream_options": {"continuous_usage_stats": true}, "stream": true}',
+            b'{"stream_options": {"continuous_usage_stats":true,"include_usage":true}, "stream": true}',
+        ),
+    ],
+)
+def test_a_stream_that_does_not_ask_for_usage_is_made_to(body: bytes, expected: bytes) -> None:
+    assert asking_for_usage(body) == (expected, True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"stream": true, "stream_options": {"include_usage": true}}',  # asked already
+        b'{"messages": [], "stream": false}',
+        b'{"messages": [{"content": ""stream": true"}]}',
+        b'{"stream": true',
+        b"not json",
+    ],
+)
+def test_other_bodies_go_up_unchanged(body: bytes) -> None:
+    assert asking_for_usage(body) == (body, False)
+
+
+FRAME = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}'
+USAGE_FRAME = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}'
+
+
+def _relayed(meter: StreamUsage | AnswerUsage, chunks: list[bytes]) -> bytes:
+    return b"".join(meter.feed(chunk) for chunk in chunks) + meter.finish()
+
+
+@pytest.mark.parametrize("separator", [b"\n\n", b"\r\n\r\n"])
+def test_the_usage_frame_is_withheld_wherever_the_bytes_are_cut(separator: bytes) -> None:
+    stream = separator.join([FRAME, FRAME, b": a comment", USAGE_FRAME, b"data: [DONE]", b""])
+    withheld = separator.join([FRAME, FRAME, b": a comment", b"data: [DONE]", b""])
+    for size in (1, 2, 7, len(stream)):
+        meter = StreamUsage(strip_usage_frame=True)
+        assert _relayed(meter, [stream[i : i + size] for i in range(0, len(stream), size)]) == withheld
+        assert meter.usage(complete=True) == Usage(7, 2)
+
+
+def test_a_stream_whose_client_asked_passes_as_it_came() -> None:
+    stream = b"\n\n".join([FRAME, USAGE_FRAME, b"data: [DONE]", b""])
+    meter = StreamUsage(strip_usage_frame=False)
+    chunks = [stream[i : i + 5] for i in range(0, len(stream), 5)]
+    assert [meter.feed(chunk) for chunk in chunks] == chunks
+    assert meter.finish() == b""
+    assert meter.usage(complete=True) == Usage(7, 2)
+
+
+def test_usage_on_the_last_frame_with_choices_is_read_and_relayed() -> None:
+    """As Vertex and openvertex write it: the finish reason and the usage in one frame."""
+    last = (
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":1}}'
+    )
+    stream = b"\n\n".join([FRAME, last, b"data: [DONE]", b""])
+    meter = StreamUsage(strip_usage_frame=True)
+    assert _relayed(meter, [stream]) == stream
+    assert meter.usage(complete=True) == Usage(3, 1)
+
+
+def test_a_stream_without_usage_counts_its_frames() -> None:
+    meter = StreamUsage(strip_usage_frame=True)
+    assert _relayed(meter, [b"\n\n".join([FRAME, FRAME, FRAME, b""])]) == b"\n\n".join([FRAME, FRAME, FRAME, b""])
+    assert meter.usage(complete=False) == Usage(0, 3)  # the client left before the end: counted all the same
+    assert StreamUsage(strip_usage_frame=True).usage(complete=True) is None
+
+
+def test_a_frame_past_the_limit_is_passed_on_unread() -> None:
+    meter = StreamUsage(strip_usage_frame=True)
+    huge = b"data: " + b"x" * (1 << 20)
+    assert _relayed(meter, [huge, b"\n\n", USAGE_FRAME + b"\n\n"]) == huge + b"\n\n" + USAGE_FRAME + b"\n\n"
+    assert meter.usage(complete=True) is None
+
+
+def test_a_whole_answer_gives_its_top_level_usage() -> None:
+    answer = (
+        b'{"choices":[{"message":{"content":"{\\"usage\\": {\\"prompt_tokens\\": 99}}"}}],'
+        b'"usage":{"prompt_tokens":5,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}},"x":[]}'
+    )
+    meter = AnswerUsage()
+    assert _relayed(meter, [answer[:10], answer[10:]]) == answer
+    assert meter.usage(complete=True) == Usage(5, 4)
+    assert meter.usage(complete=False) is None
+    without = AnswerUsage()
+    without.feed(b'{"choices":[],"usage":null}')
+    assert without.usage(complete=True) is None
 
 
 # ---- replicas: least outstanding requests, failures in a row, health -----------------------------

@@ -3,6 +3,8 @@ endpoint's replicas, or answered by a configured backend as `endpoints/openapi` 
 
 The relayed answer keeps the upstream's status, content type and bytes; SSE frames go out as they
 arrive. A client that leaves closes the upstream connection, which is how the container learns.
+The tokens the upstream reports using are counted for the key as any backend's are
+(relay/usage.py: a stream is asked for its usage, and the frame that adds is not relayed).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from openvertex.http.body import INLINE_PARSE_BYTES, read_body
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
 from openvertex.relay import RelayEndpoints, UpstreamAnswer
 from openvertex.relay.model_member import with_model
-from openvertex.request_record import current_record
+from openvertex.relay.usage import UsageMeter, asking_for_usage, meter_for
+from openvertex.request_record import RequestRecord, current_record
 from openvertex.service.keys import check_model
 from openvertex.settings import EndpointSettings
 
@@ -70,9 +73,9 @@ class RelayHandlers:
         check_model(record, endpoint_id)
         raw = await read_body(request, self.max_body_bytes)
         if len(raw) <= INLINE_PARSE_BYTES:
-            body = with_model(raw, pool.model)
+            body, usage_added = _upstream_body(raw, pool.model)
         else:  # scanning a large body would hold up every stream on the loop
-            body = await asyncio.to_thread(with_model, raw, pool.model)
+            body, usage_added = await asyncio.to_thread(_upstream_body, raw, pool.model)
         content_type = request.headers.get("content-type", _JSON)
         forwarding = asyncio.ensure_future(pool.forward(body, content_type))
         try:
@@ -82,18 +85,33 @@ class RelayHandlers:
             if forwarding.done() and not forwarding.cancelled() and forwarding.exception() is None:
                 forwarding.result().close()  # it came as the client left: nobody will relay it
             raise
-        return RelayedResponse(answer)
+        meter = None
+        if 200 <= answer.status < 300:
+            answered_type = next((value for name, value in answer.headers if name == "content-type"), "")
+            meter = meter_for(answered_type, strip_usage_frame=usage_added)
+        return RelayedResponse(answer, meter, record)
+
+
+def _upstream_body(raw: bytes, model: str | None) -> tuple[bytes, bool]:
+    """The body as it goes upstream, and whether asking for usage was added to it."""
+    return asking_for_usage(with_model(raw, model))
 
 
 class RelayedResponse(Response):
-    """The upstream's answer, byte for byte, closed upstream the moment the client leaves."""
+    """The upstream's answer, byte for byte, closed upstream the moment the client leaves; the
+    tokens it reports go to the request's record once it ends."""
 
-    def __init__(self, answer: UpstreamAnswer) -> None:
+    def __init__(
+        self, answer: UpstreamAnswer, meter: UsageMeter | None = None, record: RequestRecord | None = None
+    ) -> None:
         super().__init__(status_code=answer.status)
         self.raw_headers = [
             (name.encode("latin-1", "replace"), value.encode("latin-1", "replace")) for name, value in answer.headers
         ]
         self.answer = answer
+        self.meter = meter
+        self.record = record
+        self._complete = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -101,15 +119,30 @@ class RelayedResponse(Response):
                 await until_disconnect(receive, self._relay(send))
         finally:
             self.answer.close()
+            self._count()
 
     async def _relay(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
             while chunk := await self.answer.read():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if self.meter is not None:
+                    chunk = self.meter.feed(chunk)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except ApiError as error:
             # The status is sent: leaving the response unfinished makes the server close the
             # connection, so the client sees a broken answer rather than a short one.
             log.warning("relayed answer cut short: %s", error.message)
             return
+        self._complete = True
+        if self.meter is not None and (rest := self.meter.finish()):
+            await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _count(self) -> None:
+        """The tokens, for the key's quotas and usage (the client may have left before the end)."""
+        if self.meter is None or self.record is None:
+            return
+        usage = self.meter.usage(complete=self._complete)
+        if usage is not None:
+            self.record.prompt_tokens, self.record.output_tokens = usage.prompt_tokens, usage.output_tokens

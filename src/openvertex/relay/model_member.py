@@ -1,4 +1,5 @@
-"""The one edit made to a request body on its way upstream: its top-level `model` dropped or rewritten.
+"""The edit made to every request body on its way upstream: its top-level `model` dropped or rewritten
+(a stream's `stream_options` may be the other: relay/usage.py).
 
 Everything else goes out byte for byte (spec native-gemini §G.2): the top-level members are located
 by position, and only the `model` member's bytes change. Stock vLLM answers 404 for a model name it
@@ -43,10 +44,9 @@ def with_model(body: bytes, model: str | None) -> bytes:
         top = top_level_members(text)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return body
-    named = [member for member in top.members if member.key == _MODEL]
     if model is not None:
-        return _rewritten(text, top, named, json.dumps(model)).encode()
-    return _dropped(text, top).encode() if named else body
+        return with_member(text, top, _MODEL, json.dumps(model)).encode()
+    return _dropped(text, top).encode() if any(member.key == _MODEL for member in top.members) else body
 
 
 def top_level_members(text: str) -> TopLevel:
@@ -83,10 +83,12 @@ def _expect(text: str, at: int, char: str) -> None:
         raise ValueError(f"expected {char!r} at {at}")
 
 
-def _rewritten(text: str, top: TopLevel, named: list[Member], value: str) -> str:
+def with_member(text: str, top: TopLevel, key: str, value: str) -> str:
+    """`text` with the member `key` set to the JSON `value`; only that member's bytes change."""
+    named = [member for member in top.members if member.key == key]
     if not named:  # added first, so a reader of the body sees it at once
         insert = top.open_brace + 1
-        return f'{text[:insert]}"{_MODEL}":{value}{"," if top.members else ""}{text[insert:]}'
+        return f"{text[:insert]}{json.dumps(key)}:{value}{',' if top.members else ''}{text[insert:]}"
     for member in reversed(named):  # every occurrence: parsers differ on which duplicate wins
         text = text[: member.value_start] + value + text[member.end :]
     return text
