@@ -1,24 +1,36 @@
 """Shared state on a real PostgreSQL server (started by the tests from Debian's binaries, on a
 Unix socket): two `openvertex serve` processes with one `database_url` behave as one. A key
 issued once works on both and a revocation reaches both; requests and tokens per minute hold
-across them; a context cache made on one is used on the other; they sign with one secret."""
+across them; a context cache made on one is used on the other; they sign with one secret. A
+database that stops answering (a proxy in front of it that accepts and never replies) costs a
+rate-limited key's requests a 503 within `database_timeout_s`, and keys without quotas nothing."""
 
 from __future__ import annotations
 
 import re
+import select
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import psycopg
 import pytest
 
+from openvertex.backends.fake import FakeBackend
 from openvertex.cli import main
+from openvertex.service.keys import KeySpec, issue_key
 from openvertex.service.signatures import SECRET_BYTES
+from openvertex.settings import Settings
+from openvertex.store.api_keys import ApiKeyStore
 from openvertex.store.postgres import MIGRATIONS, PostgresDatabase
 from openvertex.store.secrets import shared_secret
 from tests.support.postgres import binaries, fresh_database, postgres_server
-from tests.support.server import serving
+from tests.support.server import serve, serving
 
 pytestmark = pytest.mark.skipif(
     binaries() is None, reason="PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does)"
@@ -157,3 +169,156 @@ def test_migrations_apply_once_and_replicas_share_the_signing_secret(database_ur
     finally:
         first.close()
         second.close()
+
+
+# ---- a database that stops answering ---------------------------------------------------------------
+
+
+class HangingProxy:
+    """A loopback TCP listener in front of PostgreSQL's Unix socket. Once `hang` is called it is a
+    server that accepts connections and never replies: nothing more is passed either way on the
+    connections it holds, and new ones are accepted and left unanswered, until `resume`."""
+
+    def __init__(self, unix_socket: str) -> None:
+        self._target = unix_socket
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._hung = threading.Event()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hang(self) -> None:
+        self._hung.set()
+
+    def resume(self) -> None:
+        self._hung.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        for sock in self._sockets:
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            if self._hung.is_set():
+                continue  # accepted, never answered
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(self._target)
+            self._sockets.append(server)
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        while not self._closed.is_set():
+            if self._hung.is_set():
+                time.sleep(0.01)
+                continue
+            try:
+                if not select.select([source], [], [], 0.05)[0]:
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    target.shutdown(socket.SHUT_WR)
+                    return
+                target.sendall(data)
+            except OSError:
+                return
+
+
+DATABASE_TIMEOUT_S = 2.0
+OPEN_KEY = "a-key-without-quotas"
+
+
+@pytest.fixture
+def behind_a_proxy(server_url: str, request: pytest.FixtureRequest) -> Iterator[tuple[HangingProxy, str]]:
+    """The proxy and the URL of a fresh database through it."""
+    url = fresh_database(server_url, re.sub(r"\W", "_", request.node.name)[:60].lower())
+    query = parse_qs(urlsplit(url).query)
+    proxy = HangingProxy(f"{query['host'][0]}/.s.PGSQL.5432")
+    try:
+        yield proxy, f"postgresql://{query['user'][0]}@127.0.0.1:{proxy.port}{urlsplit(url).path}"
+    finally:
+        proxy.close()
+
+
+def _limited_key(url: str) -> str:
+    database = PostgresDatabase(url)
+    database.open()
+    try:
+        return issue_key(ApiKeyStore(database), KeySpec(name="limited", requests_per_minute=10_000))
+    finally:
+        database.close()
+
+
+def test_a_database_that_does_not_answer_is_a_503_in_time_and_other_keys_are_served(
+    behind_a_proxy: tuple[HangingProxy, str], tmp_path: Path
+) -> None:
+    proxy, url = behind_a_proxy
+    limited = _limited_key(url)
+    settings = Settings(
+        port=0,
+        state_dir=tmp_path / "state",
+        api_keys=[OPEN_KEY],
+        database_url=url,
+        database_timeout_s=DATABASE_TIMEOUT_S,
+        database_pool_size=2,  # fewer connections than requests: some wait for one
+        keys_refresh_s=0.2,
+    )
+    with serve(settings, backends={"local": FakeBackend()}) as server:
+        url_of = f"{server.url}/v1/projects/p/locations/l/endpoints/openapi/chat/completions"
+
+        def ask(key: str, text: str = "hi") -> tuple[httpx.Response, float]:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+            started = time.monotonic()
+            # A client timeout far past the database's: a request that hung would fail here.
+            answered = httpx.post(url_of, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            return answered, time.monotonic() - started
+
+        assert ask(limited)[0].status_code == ask(OPEN_KEY)[0].status_code == 200
+        proxy.hang()
+        with ThreadPoolExecutor(8) as pool:
+            waiting = [pool.submit(ask, limited) for _ in range(8)]
+            # A key without quotas asks the database nothing: served while those wait, its large
+            # body parsed on the default worker threads as any.
+            served, _ = ask(OPEN_KEY, "word " * 20_000)
+            assert served.status_code == 200
+            assert not any(future.done() for future in waiting)
+            refusals = [future.result() for future in waiting]
+        for refused, seconds in refusals:
+            assert refused.status_code == 503, refused.text
+            assert refused.json() == [
+                {
+                    "error": {
+                        "code": 503,
+                        "message": f"The server's database did not answer within {DATABASE_TIMEOUT_S:g} s.",
+                        "status": "UNAVAILABLE",
+                    }
+                }
+            ]
+            # Within the timeout from when it was asked, not behind the requests ahead of it
+            # (eight requests on two connections would otherwise take four timeouts).
+            assert seconds < 2 * DATABASE_TIMEOUT_S
+        proxy.resume()
+        _wait_for(lambda: ask(limited)[0].status_code == 200, seconds=30)
+
+
+def test_connections_the_server_closed_are_replaced_without_a_failure(database_url: str) -> None:
+    database = PostgresDatabase(database_url, pool_size=3)
+    database.open()
+    try:
+        assert database.call(lambda db: db.execute("SELECT 1").fetchone()) == (1,)
+        with psycopg.connect(database_url, autocommit=True) as admin:  # as a restart or an operator would
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        time.sleep(0.2)  # the server's notice reaches the idle connection
+        assert database.call(lambda db: db.execute("SELECT 2").fetchone()) == (2,)
+    finally:
+        database.close()

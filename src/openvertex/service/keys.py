@@ -12,6 +12,10 @@ minute (prompt and output, counted from each answer's usage once it is done) and
 flight. Past a limit the request is a 429 RESOURCE_EXHAUSTED whose Retry-After says when the
 minute turns (or, for the concurrency limit, one second). Usage per key, model and minute is
 kept in the database for `openvertex usage`, written every few seconds.
+
+With a shared database the per-minute counts live in it, so a key with per-minute quotas asks it
+before each request: a database that does not answer within `database_timeout_s` makes that
+request a 503 UNAVAILABLE, and a key without them asks it nothing.
 """
 
 from __future__ import annotations
@@ -300,14 +304,15 @@ async def _write(quotas: Quotas, store: UsageStore) -> None:
     usage, tokens = quotas.take_usage(), quotas.take_shared_tokens()
     # Put back only what a failed write did not write: a cancelled wait leaves its thread running
     # to its commit, so a cancellation puts nothing back (the final write would count it twice).
+    # Both run on the database's own threads, as the quota checks do.
     try:
-        await asyncio.to_thread(store.add, usage)
+        await store.add(usage)
     except Exception:
         quotas.restore(usage, tokens)
         raise
     if quotas.counts is not None:
         try:
-            await asyncio.to_thread(quotas.counts.add_tokens, tokens, now_minute=int(time.time() // 60))
+            await quotas.counts.add_tokens(tokens, now_minute=int(time.time() // 60))
         except Exception:
             quotas.restore([], tokens)
             raise

@@ -3,8 +3,10 @@
 Schema migrations are applied at start.
 
 The stores write SQL that both run (`?` placeholders; ON CONFLICT; IS NOT DISTINCT FROM) and get
-a `Connection` inside a transaction. Calls are short and run on a worker thread under one lock,
-so the event loop never waits on the database and a connection is used by one thread at a time.
+a `Connection` inside a transaction. Calls are short and run on the database's own threads
+(`run`), so neither the event loop nor the threads the rest of the request path needs ever wait on
+the database. A database that cannot serve a call in time (SQLite: locked by another process past
+its busy timeout; PostgreSQL: see postgres.py) makes it a 503 UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from openvertex.errors import UnavailableError
 
 if TYPE_CHECKING:
     from openvertex.settings import Settings
@@ -43,7 +48,9 @@ class Database(Protocol):
         """Run `work` in a transaction (committed unless it raises)."""
         ...
 
-    async def run(self, work: Callable[[Connection], T]) -> T: ...
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """`call`, on the database's own threads."""
+        ...
 
 
 DATABASE_FILE = "openvertex.db"
@@ -99,14 +106,19 @@ MIGRATIONS: tuple[str, ...] = (
 class SqliteDatabase:
     shared = False
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
+        """`busy_timeout_s`: how long a call waits for another process's write (`openvertex keys`)."""
         self.path = path
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
+        self._threads: ThreadPoolExecutor | None = None
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        connection = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=self._busy_timeout_s
+        )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
@@ -115,6 +127,7 @@ class SqliteDatabase:
             connection.close()
             raise
         self._connection = connection
+        self._threads = ThreadPoolExecutor(1, thread_name_prefix="openvertex database")  # one connection
 
     def _migrate(self, connection: sqlite3.Connection) -> None:
         version: int = connection.execute("PRAGMA user_version").fetchone()[0]
@@ -133,20 +146,33 @@ class SqliteDatabase:
             connection = self._connection
             if connection is None:
                 raise RuntimeError("the database is not open")
-            connection.execute("BEGIN")
             try:
-                result = work(connection)
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
+                connection.execute("BEGIN")
+                try:
+                    result = work(connection)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise UnavailableError(
+                        f"The server's database stayed locked for {self._busy_timeout_s:g} s."
+                    ) from None
                 raise
             return result
 
     async def run(self, work: Callable[[Connection], T]) -> T:
-        return await asyncio.to_thread(self.call, work)
+        threads = self._threads
+        if threads is None:
+            raise RuntimeError("the database is not open")
+        return await asyncio.wrap_future(threads.submit(self.call, work))
 
     def close(self) -> None:
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             if self._connection is not None:
                 self._connection.close()
@@ -158,5 +184,10 @@ def database_for(settings: Settings) -> Database:
     if settings.database_url is not None:
         from openvertex.store.postgres import PostgresDatabase  # psycopg loads only where it is used
 
-        return PostgresDatabase(settings.database_url.get_secret_value())
-    return SqliteDatabase(settings.state_dir / DATABASE_FILE)
+        return PostgresDatabase(
+            settings.database_url.get_secret_value(),
+            connect_timeout_s=settings.database_connect_timeout_s,
+            statement_timeout_s=settings.database_timeout_s,
+            pool_size=settings.database_pool_size,
+        )
+    return SqliteDatabase(settings.state_dir / DATABASE_FILE, busy_timeout_s=settings.database_timeout_s)

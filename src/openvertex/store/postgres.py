@@ -3,6 +3,14 @@ balancer then share keys, quotas, usage, context caches' metadata and the though
 secret. psycopg 3 (its synchronous API: the stores' work runs on a worker thread, as with SQLite,
 so both take the same code path).
 
+Connections come from a pool (psycopg_pool), used by the database's own threads, as many as the
+pool's connections: a slow or silent database holds those threads only, never the ones the rest
+of the request path runs on. Each call has one deadline, `statement_timeout_s` from when it was
+asked for, that covers waiting for a thread, for a connection (a new one connects within
+`connect_timeout_s`) and for every answer of the server: past it the call is a 503 UNAVAILABLE.
+PostgreSQL's own statement_timeout is set to the same value, but a server that accepts and never
+answers enforces nothing, so the client keeps the deadline itself (`_BoundedConnection`).
+
 Migrations are this module's own (PostgreSQL's types), tracked in `schema_version` and applied
 under an advisory lock, so replicas starting together migrate once.
 """
@@ -10,15 +18,26 @@ under an advisory lock, so replicas starting together migrate once.
 from __future__ import annotations
 
 import asyncio
+import logging
+import select
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import PQGen
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from openvertex.errors import UnavailableError
 from openvertex.store.database import Connection
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+RV = TypeVar("RV")
 
 _MIGRATION_LOCK = 0x6F76_6D69  # pg_advisory_xact_lock key: "ovmi"
 
@@ -96,26 +115,85 @@ def _placeholders(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
+_call = threading.local()  # `deadline`: the time.monotonic() by which the thread's call must end
+
+
+class _BoundedConnection(psycopg.Connection[Any]):
+    """A connection whose every wait on the server ends by the deadline of the call it serves.
+
+    psycopg consumes each exchange with the server through `wait`; bounded here, a server that
+    stops answering (or a network that silently drops packets) costs a call its deadline, not a
+    thread forever. A connection cut off mid-exchange cannot be read on: it is closed, and the
+    pool replaces it."""
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        deadline: float | None = getattr(_call, "deadline", None)
+        if deadline is None:  # the pool's own upkeep: connecting is bounded by connect_timeout
+            return super().wait(gen, interval, timeout)
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            return super().wait(gen, interval, left if timeout is None else min(timeout, left))
+        except psycopg.OperationalError:
+            if time.monotonic() >= deadline and not self.closed:
+                self.pgconn.finish()
+            raise
+
+
+def _not_closed_by_the_server(connection: psycopg.Connection[Any]) -> None:
+    """The pool's check before it hands out a connection, without a round trip: an idle connection
+    has nothing to read unless the server closed it (a restart, an administrator's termination);
+    then it is closed and the check raises, so the pool drops it and hands out another."""
+    fd = connection.fileno()
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        readable = bool(poller.poll(0))
+    else:  # pragma: no cover - Windows
+        readable = bool(select.select([fd], [], [], 0)[0])
+    if readable:
+        connection.close()
+        raise psycopg.OperationalError("the server closed this idle connection")
+
+
 class PostgresDatabase:
     shared = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout_s: int = 2, statement_timeout_s: float = 5.0, pool_size: int = 10
+    ) -> None:
         self._url = url
-        self._lock = threading.Lock()
-        self._connection: psycopg.Connection[Any] | None = None
+        self._connect_timeout_s = connect_timeout_s
+        self._timeout_s = statement_timeout_s
+        self._pool_size = pool_size
+        self._pool: ConnectionPool[_BoundedConnection] | None = None
+        self._threads: ThreadPoolExecutor | None = None
 
     def open(self) -> None:
         connection = self._connect()
         try:
             self._migrate(connection)
-        except BaseException:
+        finally:
             connection.close()
-            raise
-        self._connection = connection
+        # PostgreSQL's statement_timeout goes with the connection's startup packet, so it is set
+        # within connect_timeout (a SET afterwards would be one more exchange to bound).
+        options = conninfo_to_dict(self._url).get("options") or ""
+        options = f"{options} -c statement_timeout={max(1, round(self._timeout_s * 1000))}".strip()
+        self._pool = ConnectionPool(
+            self._url,
+            connection_class=_BoundedConnection,
+            kwargs={"autocommit": True, "connect_timeout": self._connect_timeout_s, "options": options},
+            min_size=1,
+            max_size=self._pool_size,
+            check=_not_closed_by_the_server,
+            name="openvertex",
+            open=False,
+        )
+        self._pool.open(wait=False)  # the database answered just now; the first call waits for its connection
+        self._threads = ThreadPoolExecutor(self._pool_size, thread_name_prefix="openvertex database")
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self._url, connect_timeout=10, autocommit=True)
+            return psycopg.connect(self._url, connect_timeout=self._connect_timeout_s, autocommit=True)
         except psycopg.Error as error:  # its text names host and database, never the password
             raise RuntimeError(f"could not connect to PostgreSQL (database_url): {error}") from None
 
@@ -138,20 +216,39 @@ class PostgresDatabase:
                 connection.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
 
     def call(self, work: Callable[[Connection], T]) -> T:
-        with self._lock:
-            connection = self._connection
-            if connection is None:
-                raise RuntimeError("the database is not open")
-            if connection.broken or connection.closed:  # the server restarted, or the network dropped
-                connection = self._connection = self._connect()
-            with connection.transaction():
-                return work(_Adapted(connection))
+        return self._call(work, time.monotonic() + self._timeout_s)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
-        return await asyncio.to_thread(self.call, work)
+        threads = self._threads
+        if threads is None:
+            raise RuntimeError("the database is not open")
+        # The deadline runs from now: a call that waited for a thread behind slow ones has less.
+        deadline = time.monotonic() + self._timeout_s
+        return await asyncio.wrap_future(threads.submit(self._call, work, deadline))
+
+    def _call(self, work: Callable[[Connection], T], deadline: float) -> T:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("the database is not open")
+        _call.deadline = deadline
+        try:
+            with pool.connection(timeout=deadline - time.monotonic()) as connection, connection.transaction():
+                return work(_Adapted(connection))
+        except (PoolTimeout, psycopg.OperationalError) as error:
+            raise self._unavailable(error, deadline) from None
+        finally:
+            _call.deadline = None
+
+    def _unavailable(self, error: Exception, deadline: float) -> UnavailableError:
+        log.warning("PostgreSQL (database_url): %s", error)
+        if time.monotonic() >= deadline or isinstance(error, (PoolTimeout, psycopg.errors.QueryCanceled)):
+            return UnavailableError(f"The server's database did not answer within {self._timeout_s:g} s.")
+        return UnavailableError("The server's database cannot be reached.")
 
     def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=self._connect_timeout_s)

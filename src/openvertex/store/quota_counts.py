@@ -28,8 +28,8 @@ class QuotaCountStore:
 
         return await self._db.run(work)
 
-    def add_tokens(self, counts: Iterable[tuple[str, int, int]], *, now_minute: int) -> None:
-        """Add (key name, minute, tokens) to the counts (a blocking call)."""
+    async def add_tokens(self, counts: Iterable[tuple[str, int, int]], *, now_minute: int) -> None:
+        """Add (key name, minute, tokens) to the counts."""
         rows = list(counts)
 
         def work(db: Connection) -> None:
@@ -41,4 +41,4 @@ class QuotaCountStore:
                 )
             db.execute("DELETE FROM quota_minutes WHERE minute < ?", (now_minute - KEPT_MINUTES,))
 
-        self._db.call(work)
+        await self._db.run(work)

@@ -22,7 +22,7 @@ class UsageStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def add(self, rows: Iterable[UsageRow]) -> None:
+    async def add(self, rows: Iterable[UsageRow]) -> None:
         """Add to the counts (rows of the same key, model and minute sum up)."""
 
         def work(db: Connection) -> None:
@@ -35,7 +35,7 @@ class UsageStore:
                 [(r.key_name, r.model, r.minute, r.requests, r.prompt_tokens, r.output_tokens) for r in rows],
             )
 
-        self._db.call(work)
+        await self._db.run(work)
 
     def totals(self, *, since_minute: int) -> list[UsageRow]:
         """Per key and model since a minute: `minute` is the first one with usage."""
