@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from openvertex.backends.base import Backend
 from openvertex.backends.registry import create_backend
 from openvertex.errors import ApiError
+from openvertex.executors import shutdown_executors
 from openvertex.http.admin import AdminHandlers
 from openvertex.http.auth import Authenticator
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
@@ -133,6 +134,7 @@ def create_app(
             await asyncio.gather(*(backend.close() for backend in backends.values()))
             for close in (relay.close, grounding.close, clients.close):  # the HTTP sessions last
                 await close()
+            shutdown_executors()  # media recognitions, grammar builds
             database.close()
 
     app = Starlette(

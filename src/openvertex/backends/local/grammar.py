@@ -4,6 +4,9 @@ compiled once per schema (off the engine thread) and copied for each sequence.
 llguidance enforces every keyword it knows and refuses the rest with a message, so a schema is
 either enforced or a 400 naming what cannot be; its limits bound compile time and memory
 (shared/spec/constrained-decoding.md has the measurements behind the choices here).
+
+A grammar is built on the grammar builders' own threads (GRAMMAR_BUILDS, bounded), never on the
+threads the request path needs; a build past its queue is a 429 that says so.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import llguidance.llamacpp
 import llguidance.numpy
 
 from openvertex.errors import InvalidArgumentError
+from openvertex.executors import BoundedExecutor, cores
 from openvertex.protocol import generate_content as gc
 
 JSON_MIME = "application/json"
@@ -52,6 +56,11 @@ _ANY_JSON_OBJECT = {"type": "object"}
 _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[([^\]]*)\]")
 _UNKNOWN_FORMAT = re.compile(r"Unknown format: (\S+)")
 _MAX_MESSAGE = 400
+
+# Builds drop the GIL and take tens of milliseconds under the lexer's fuel: half the cores build,
+# and a burst of new schemas waits a little rather than being refused.
+_BUILDERS = max(1, cores() // 2)
+GRAMMAR_BUILDS = BoundedExecutor("grammar builds", workers=_BUILDERS, queue=8 * _BUILDERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +151,14 @@ class GrammarCompiler:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
+        compiled = GRAMMAR_BUILDS.call(self._build, grammar, param, source)
+        with self._lock:
+            self._cache[key] = compiled
+            while len(self._cache) > self.limits.cache_size:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def _build(self, grammar: str, param: str, source: str) -> Grammar:
         # Building the matcher drops the GIL: compiling here never stalls the engine thread.
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, limits=self._parser_limits, log_level=0)
         if not matcher.is_error():
@@ -151,12 +168,7 @@ class GrammarCompiler:
             llguidance.numpy.fill_next_token_bitmask(matcher, bitmask)
         if matcher.is_error():
             raise InvalidArgumentError(_explain(matcher.get_error(), source), param=param)
-        compiled = Grammar(matcher, self.tokenizer)
-        with self._lock:
-            self._cache[key] = compiled
-            while len(self._cache) > self.limits.cache_size:
-                self._cache.popitem(last=False)
-        return compiled
+        return Grammar(matcher, self.tokenizer)
 
 
 def _lark(text: str) -> str:

