@@ -115,7 +115,7 @@ def _placeholders(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-_call = threading.local()  # `deadline`: the time.monotonic() by which the thread's call must end
+_this_call = threading.local()  # `deadline`: the time.monotonic() by which the thread's call must end
 
 
 class _BoundedConnection(psycopg.Connection[Any]):
@@ -127,7 +127,7 @@ class _BoundedConnection(psycopg.Connection[Any]):
     pool replaces it."""
 
     def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
-        deadline: float | None = getattr(_call, "deadline", None)
+        deadline: float | None = getattr(_this_call, "deadline", None)
         if deadline is None:  # the pool's own upkeep: connecting is bounded by connect_timeout
             return super().wait(gen, interval, timeout)
         left = max(0.0, deadline - time.monotonic())
@@ -230,14 +230,14 @@ class PostgresDatabase:
         pool = self._pool
         if pool is None:
             raise RuntimeError("the database is not open")
-        _call.deadline = deadline
+        _this_call.deadline = deadline
         try:
             with pool.connection(timeout=deadline - time.monotonic()) as connection, connection.transaction():
                 return work(_Adapted(connection))
         except (PoolTimeout, psycopg.OperationalError) as error:
             raise self._unavailable(error, deadline) from None
         finally:
-            _call.deadline = None
+            _this_call.deadline = None
 
     def _unavailable(self, error: Exception, deadline: float) -> UnavailableError:
         log.warning("PostgreSQL (database_url): %s", error)
