@@ -288,23 +288,31 @@ class Quotas:
 async def keep_keys_and_usage(keys: KeyRing, quotas: Quotas, store: UsageStore, interval_s: float) -> None:
     """Re-read the issued keys and write the usage (and the shared token counts), every
     `interval_s`, until cancelled (then once more)."""
+    writing: asyncio.Task[None] | None = None
     try:
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await asyncio.to_thread(keys.refresh)
-                await _write(quotas, store)
+                # A write is never cut short: cancelled while it waits its turn on the database's
+                # thread, what it took would be lost; cancelled while it runs, written twice.
+                writing = asyncio.create_task(_write(quotas, store))
+                await asyncio.shield(writing)
             except Exception:
                 log.exception("could not refresh the API keys or write the usage")
+            writing = None  # it ended, and was seen to (cancelled while it ran, it is still set)
     finally:
+        if writing is not None:
+            await asyncio.wait([writing])  # the write in flight ends first: the last one follows it
+            if not writing.cancelled() and writing.exception() is not None:
+                log.error("could not write the usage: %s", writing.exception())
         await asyncio.shield(_write(quotas, store))
 
 
 async def _write(quotas: Quotas, store: UsageStore) -> None:
+    """Write what was counted since the last write, on the database's own threads (as the quota
+    checks run); what a failed write took is put back for the next."""
     usage, tokens = quotas.take_usage(), quotas.take_shared_tokens()
-    # Put back only what a failed write did not write: a cancelled wait leaves its thread running
-    # to its commit, so a cancellation puts nothing back (the final write would count it twice).
-    # Both run on the database's own threads, as the quota checks do.
     try:
         await store.add(usage)
     except Exception:
