@@ -106,7 +106,7 @@ def create_app(
         settings.max_body_bytes,
         metrics=metrics,
         json_limits=json_limits,
-        relay=RelayHandlers(relay, pinned, settings.max_body_bytes),
+        relay=RelayHandlers(relay, pinned, settings.max_body_bytes, safety.blocklist),
         lifecycle=lifecycle,
         predict_model=settings.predict_model,
     )

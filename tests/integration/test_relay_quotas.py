@@ -39,6 +39,7 @@ class Upstream:
     with empty choices and the usage; then [DONE]."""
 
     reports_usage: bool = True
+    words: list[str] = field(default_factory=lambda: list(WORDS))
     bodies: list[bytes] = field(default_factory=list)
     url: str = ""
 
@@ -52,7 +53,7 @@ class Upstream:
         }
         head = {"id": "c", "created": 1, "model": "served"}
         if not request.get("stream"):
-            message = {"role": "assistant", "content": "".join(WORDS)}
+            message = {"role": "assistant", "content": "".join(self.words)}
             choice = {"index": 0, "message": message, "finish_reason": "stop"}
             return "application/json", json.dumps(
                 {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
@@ -61,9 +62,15 @@ class Upstream:
         frames = [
             {
                 **chunk,
-                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": "stop" if i == 2 else None}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"content": word},
+                        "finish_reason": "stop" if i == len(self.words) - 1 else None,
+                    }
+                ],
             }
-            for i, word in enumerate(WORDS)
+            for i, word in enumerate(self.words)
         ]
         if self.reports_usage and (request.get("stream_options") or {}).get("include_usage"):
             frames.append({**chunk, "choices": [], "usage": usage})

@@ -5,12 +5,15 @@ The relayed answer keeps the upstream's status, content type and bytes; SSE fram
 arrive. A client that leaves closes the upstream connection, which is how the container learns.
 The tokens the upstream reports using are counted for the key as any backend's are
 (relay/usage.py: a stream is asked for its usage, and the frame that adds is not relayed).
+The operator's blocklist applies as on every backend (relay/screen.py): a blocked prompt never
+goes upstream, and an answer's frames are held until the blocklist has read past them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -24,8 +27,10 @@ from openvertex.http.body import INLINE_PARSE_BYTES, read_body
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
 from openvertex.relay import RelayEndpoints, UpstreamAnswer
 from openvertex.relay.model_member import with_model
+from openvertex.relay.screen import AnswerScreen, StreamScreen, blocked_prompt, blocked_prompt_answer
 from openvertex.relay.usage import UsageMeter, asking_for_usage, meter_for
 from openvertex.request_record import RequestRecord, current_record
+from openvertex.service.blocklist import Blocklist
 from openvertex.service.keys import check_model
 from openvertex.settings import EndpointSettings
 
@@ -59,10 +64,12 @@ class RelayHandlers:
         endpoints: RelayEndpoints,
         pinned: Mapping[str, PinnedBackend],
         max_body_bytes: int,
+        blocklist: Blocklist | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.pinned = pinned
         self.max_body_bytes = max_body_bytes
+        self.blocklist = blocklist if blocklist else None
 
     async def relay(self, request: Request, endpoint_id: str) -> Response:
         pool = self.endpoints.get(endpoint_id)
@@ -72,6 +79,10 @@ class RelayHandlers:
         record.model, record.backend = endpoint_id, f"endpoint:{endpoint_id}"
         check_model(record, endpoint_id)
         raw = await read_body(request, self.max_body_bytes)
+        if self.blocklist is not None:
+            blocked = await self._blocked(raw, pool.model)
+            if blocked is not None:
+                return blocked
         if len(raw) <= INLINE_PARSE_BYTES:
             body, usage_added = _upstream_body(raw, pool.model)
         else:  # scanning a large body would hold up every stream on the loop
@@ -85,11 +96,38 @@ class RelayHandlers:
             if forwarding.done() and not forwarding.cancelled() and forwarding.exception() is None:
                 forwarding.result().close()  # it came as the client left: nobody will relay it
             raise
-        meter = None
+        meter = screen = None
         if 200 <= answer.status < 300:
             answered_type = next((value for name, value in answer.headers if name == "content-type"), "")
             meter = meter_for(answered_type, strip_usage_frame=usage_added)
-        return RelayedResponse(answer, meter, record)
+            screen = _screen_for(answered_type, self.blocklist)
+        return RelayedResponse(answer, meter, record, screen)
+
+    async def _blocked(self, raw: bytes, model: str | None) -> Response | None:
+        """The answer to a prompt the blocklist holds; None for any other (a body that is not
+        JSON goes on: the upstream judges it)."""
+        assert self.blocklist is not None
+        try:
+            body = json.loads(raw) if len(raw) <= INLINE_PARSE_BYTES else await asyncio.to_thread(json.loads, raw)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        if not await asyncio.to_thread(blocked_prompt, body, self.blocklist):
+            return None
+        named = body.get("model") if isinstance(body.get("model"), str) else None
+        media_type, answer = blocked_prompt_answer(model or named, stream=body.get("stream") is True)
+        return Response(answer, media_type=media_type)
+
+
+def _screen_for(content_type: str, blocklist: Blocklist | None) -> StreamScreen | AnswerScreen | None:
+    if blocklist is None:
+        return None
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "text/event-stream":
+        return StreamScreen(blocklist)
+    if media_type == "application/json":
+        return AnswerScreen(blocklist)
+    log.warning("a relayed answer of type %r passes the blocklist unscreened", media_type)
+    return None
 
 
 def _upstream_body(raw: bytes, model: str | None) -> tuple[bytes, bool]:
@@ -99,18 +137,27 @@ def _upstream_body(raw: bytes, model: str | None) -> tuple[bytes, bool]:
 
 class RelayedResponse(Response):
     """The upstream's answer, byte for byte, closed upstream the moment the client leaves; the
-    tokens it reports go to the request's record once it ends."""
+    tokens it reports go to the request's record once it ends. With a `screen` (the blocklist),
+    what it holds back goes on once read, and a length the upstream gave is left out (a blocked
+    choice changes the body)."""
 
     def __init__(
-        self, answer: UpstreamAnswer, meter: UsageMeter | None = None, record: RequestRecord | None = None
+        self,
+        answer: UpstreamAnswer,
+        meter: UsageMeter | None = None,
+        record: RequestRecord | None = None,
+        screen: StreamScreen | AnswerScreen | None = None,
     ) -> None:
         super().__init__(status_code=answer.status)
         self.raw_headers = [
-            (name.encode("latin-1", "replace"), value.encode("latin-1", "replace")) for name, value in answer.headers
+            (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+            for name, value in answer.headers
+            if screen is None or name.lower() != "content-length"
         ]
         self.answer = answer
         self.meter = meter
         self.record = record
+        self.screen = screen
         self._complete = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -125,8 +172,10 @@ class RelayedResponse(Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
             while chunk := await self.answer.read():
-                if self.meter is not None:
+                if self.meter is not None:  # the upstream's tokens, a blocked choice's included
                     chunk = self.meter.feed(chunk)
+                if self.screen is not None:
+                    chunk = self.screen.feed(chunk)
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except ApiError as error:
@@ -135,7 +184,11 @@ class RelayedResponse(Response):
             log.warning("relayed answer cut short: %s", error.message)
             return
         self._complete = True
-        if self.meter is not None and (rest := self.meter.finish()):
+        rest = self.meter.finish() if self.meter is not None else b""
+        if self.screen is not None:
+            screen = self.screen
+            rest = screen.feed(rest) + await asyncio.to_thread(screen.finish)  # a whole answer is read here
+        if rest:
             await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -1,0 +1,255 @@
+"""The operator's blocklist on self-deployed endpoints' chat completions, which are otherwise
+relayed byte for byte.
+
+A prompt whose user turns hold a term is answered here, as the `openapi` endpoint answers a
+blocked prompt (`finish_reason: "content_filter"`, `content: null`), and never goes upstream. An
+answer is read as it passes: each choice's text (its `content`, its reasoning and its tool calls'
+arguments, in the order they come, a newline between kinds) is searched a frame at a time, and a
+frame is held until the blocklist has read `reach` characters past it (or its choice ended). A
+choice that hits ends there with `content_filter`; its held frames and all it sends later are
+dropped, and the frames before the hit went out as they were. A whole answer is read at its end:
+a choice that hits loses its message. Only what cannot be read as OpenAI chat completions (another
+content type, a frame over MAX_FRAME_BYTES) passes unscreened, and the log says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from openvertex.service.blocklist import Blocklist
+
+log = logging.getLogger(__name__)
+
+_FRAME_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+MAX_FRAME_BYTES = 1 << 20
+MAX_ANSWER_BYTES = 64 << 20  # a whole answer is read at its end: longer ones pass unscreened
+
+
+def blocked_prompt(body: Any, blocklist: Blocklist) -> bool:
+    """Whether a chat completions request's user turns hold a blocklisted term."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return False
+    texts: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return any(blocklist.hit(text) for text in texts)
+
+
+def blocked_prompt_answer(model: str | None, *, stream: bool) -> tuple[str, bytes]:
+    """The answer to a blocked prompt: its content type and body."""
+    created = int(time.time())
+    head = {"id": f"chatcmpl-blocked-{created}", "created": created, "model": model or ""}
+    if not stream:
+        message = {"role": "assistant", "content": None}
+        choice = {"index": 0, "message": message, "finish_reason": "content_filter", "logprobs": None}
+        whole = {**head, "object": "chat.completion", "choices": [choice]}
+        return "application/json", json.dumps(whole).encode()
+    chunk = {
+        **head,
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": "content_filter"}],
+    }
+    return "text/event-stream", f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+
+
+@dataclass(slots=True)
+class _Choice:
+    text: str = ""
+    kind: str = ""  # what the last text was: content, reasoning or arguments
+    checked: int = 0  # characters of `text` searched, their frames released
+    ended: bool = False  # its finish_reason came
+    blocked: bool = False
+
+    def add(self, kind: str, piece: str) -> None:
+        if self.kind and kind != self.kind:
+            self.text += "\n"
+        self.kind = kind
+        self.text += piece
+
+
+@dataclass(slots=True)
+class _Frame:
+    raw: bytes
+    event: dict[str, Any] | None  # the parsed data of a chunk frame; None: another frame
+    ends: dict[int, int] = field(default_factory=dict)  # choice → its text's length after this frame
+
+
+class StreamScreen:
+    """An SSE stream of chat completion chunks, screened frame by frame: `feed` and `finish` give
+    the bytes to send on."""
+
+    def __init__(self, blocklist: Blocklist) -> None:
+        self._blocklist = blocklist
+        self._pending = bytearray()
+        self._held: list[_Frame] = []
+        self._choices: dict[int, _Choice] = {}
+        self._reading = True
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._reading:
+            return chunk
+        self._pending += chunk
+        start = 0
+        while (end := _FRAME_END.search(self._pending, start)) is not None:
+            self._hold(bytes(self._pending[start : end.end()]))
+            start = end.end()
+        del self._pending[:start]
+        out = self._release(final=False)
+        if len(self._pending) > MAX_FRAME_BYTES:
+            log.warning("a relayed stream's frame is longer than %d bytes: the rest passes unscreened", MAX_FRAME_BYTES)
+            self._reading = False
+            out += self._release(final=True) + bytes(self._pending)
+            self._pending.clear()
+        return out
+
+    def finish(self) -> bytes:
+        if self._pending:
+            self._hold(bytes(self._pending))
+            self._pending.clear()
+        return self._release(final=True)
+
+    def _hold(self, raw: bytes) -> None:
+        event = _event(raw)
+        frame = _Frame(raw, event)
+        for choice in event.get("choices", []) if event is not None else []:
+            index = choice.get("index", 0) if isinstance(choice, dict) else None
+            if not isinstance(index, int):
+                continue
+            state = self._choices.setdefault(index, _Choice())
+            for kind, piece in _pieces(choice.get("delta")):
+                state.add(kind, piece)
+            state.ended = state.ended or choice.get("finish_reason") is not None
+            frame.ends[index] = len(state.text)
+        self._held.append(frame)
+
+    def _release(self, *, final: bool) -> bytes:
+        reach = self._blocklist.reach
+        out = bytearray()
+        while self._held:
+            frame = self._held[0]
+            states = {index: self._choices[index] for index in frame.ends}
+            due = final or all(
+                state.ended or len(state.text) > frame.ends[index] + reach for index, state in states.items()
+            )
+            if not due:
+                break
+            self._held.pop(0)
+            hits = set()
+            for index, state in states.items():
+                if state.blocked:
+                    hits.add(index)
+                elif self._blocklist.hit_within(state.text, state.checked, frame.ends[index]):
+                    state.blocked = True
+                    hits.add(index)
+                    out += _filtered_frame(frame.event, index)
+                else:
+                    state.checked = frame.ends[index]
+            out += _without(frame, hits)
+        return bytes(out)
+
+
+class AnswerScreen:
+    """A whole chat completion, held to its end and screened there."""
+
+    def __init__(self, blocklist: Blocklist) -> None:
+        self._blocklist = blocklist
+        self._body = bytearray()
+        self._passing = False  # too long to hold: passed on unscreened
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._passing:
+            return chunk
+        self._body += chunk
+        if len(self._body) > MAX_ANSWER_BYTES:
+            log.warning("a relayed answer is longer than %d bytes: it passes unscreened", MAX_ANSWER_BYTES)
+            self._passing = True
+            out = bytes(self._body)
+            self._body.clear()
+            return out
+        return b""
+
+    def finish(self) -> bytes:
+        if self._passing:
+            return b""
+        body = bytes(self._body)
+        try:
+            answer = json.loads(body)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return body
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if not isinstance(choices, list):
+            return body
+        hit = False
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            state = _Choice()
+            for kind, piece in _pieces(choice.get("message")):
+                state.add(kind, piece)
+            if state.text and self._blocklist.hit(state.text):
+                hit = True
+                choice["message"] = {"role": "assistant", "content": None}
+                choice["finish_reason"] = "content_filter"
+                choice["logprobs"] = None
+        return json.dumps(answer).encode() if hit else body
+
+
+def _pieces(delta: Any) -> Iterator[tuple[str, str]]:
+    """The text of a delta (or message), by kind, in the order it reads."""
+    if not isinstance(delta, dict):
+        return
+    for key in ("reasoning_content", "reasoning"):
+        if isinstance(delta.get(key), str):
+            yield "reasoning", delta[key]
+    if isinstance(delta.get("content"), str):
+        yield "content", delta["content"]
+    for call in delta.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            yield "arguments", function["arguments"]
+
+
+def _event(raw: bytes) -> dict[str, Any] | None:
+    lines = [line[5:].lstrip(b" ") for line in _LINE_END.split(raw) if line.startswith(b"data:")]
+    if not lines:
+        return None
+    data = b"\n".join(lines)
+    if data.strip() == b"[DONE]":
+        return None
+    try:
+        event = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _filtered_frame(event: dict[str, Any] | None, index: int) -> bytes:
+    """The chunk that ends a choice the blocklist stopped."""
+    known: dict[str, Any] = event or {}
+    head = {key: known[key] for key in ("id", "object", "created", "model") if key in known}
+    choice: dict[str, Any] = {"index": index, "delta": {}, "finish_reason": "content_filter"}
+    return f"data: {json.dumps({**head, 'choices': [choice]})}\n\n".encode()
+
+
+def _without(frame: _Frame, blocked: set[int]) -> bytes:
+    """The frame as it goes on: as it came, or without the choices that are blocked."""
+    if not blocked or frame.event is None:
+        return frame.raw
+    kept = [c for c in frame.event.get("choices", []) if not (isinstance(c, dict) and c.get("index", 0) in blocked)]
+    if not kept and "usage" not in frame.event:
+        return b""
+    return f"data: {json.dumps({**frame.event, 'choices': kept})}\n\n".encode()
