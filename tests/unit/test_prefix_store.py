@@ -1,18 +1,38 @@
-"""KV snapshots of cached prefixes (backends/local/prefixes.py): memory and disk, each least recently used out first."""
+"""KV snapshots of cached prefixes (backends/local/prefixes.py, snapshots.py): memory and disk,
+each least recently used out first; the file format, and the checks a file read back must pass."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from openvertex.backends.local.prefixes import PrefixStore, Snapshot, snapshot_key
+from openvertex.backends.local.prefixes import PrefixStore
+from openvertex.backends.local.snapshots import (
+    NO_PROJECTOR,
+    ModelIdentity,
+    Snapshot,
+    SnapshotFile,
+    UnusableSnapshot,
+    snapshot_key,
+)
 
-MAGIC = b"OVKV2\n"
-HEADER = len(MAGIC) + 4
+MAGIC = b"OVKV3\n"
+HEADER = len(MAGIC) + 32 + 32 + 32 + 32 + 4 + 8 + 32  # magic, key, model, projector, layout, counts, checksum
 BIG = 1 << 30
+MODEL = hashlib.sha256(b"model.gguf").digest()
+IDENTITY = ModelIdentity(model=MODEL, projector=NO_PROJECTOR, layout="llama.cpp 0.3|slots=2|ctx=2048")
+LAYOUT = hashlib.sha256(IDENTITY.layout.encode()).digest()
+
+
+def _store(
+    directory: Path | None, *, identity: ModelIdentity = IDENTITY, memory_bytes: int, disk_bytes: int
+) -> PrefixStore:
+    return PrefixStore(directory, lambda: identity, memory_bytes=memory_bytes, disk_bytes=disk_bytes)
 
 
 def _snapshot(seed: int, *, tokens: int = 4, state: int = 100) -> Snapshot:
@@ -24,8 +44,8 @@ SIZE = A.size  # 100 state bytes + 4 tokens * 8 bytes
 FILE = HEADER + SIZE  # what one of them takes on disk
 
 
-def _key(snapshot: Snapshot) -> str:
-    return snapshot_key("model-v1", None, snapshot.tokens)
+def _key(snapshot: Snapshot, identity: ModelIdentity = IDENTITY) -> str:
+    return snapshot_key(identity, None, snapshot.tokens)
 
 
 def _file(directory: Path, snapshot: Snapshot) -> Path:
@@ -38,7 +58,7 @@ def _age(directory: Path, snapshot: Snapshot, mtime: float) -> None:
 
 
 def _on_disk(directory: Path) -> set[str]:
-    return {path.name for path in directory.iterdir()}
+    return {path.name for path in directory.glob("*.kv")}
 
 
 def test_sizes() -> None:
@@ -47,7 +67,7 @@ def test_sizes() -> None:
 
 
 def test_put_get_round_trip(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
+    store = _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
     assert store.get(_key(A)) is None
     store.put(_key(A), A)
     got = store.get(_key(A))
@@ -57,17 +77,19 @@ def test_put_get_round_trip(tmp_path: Path) -> None:
 
 
 def test_put_writes_through_to_disk(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path / "kv" / "local", memory_bytes=BIG, disk_bytes=BIG)  # the directory is made
+    store = _store(tmp_path / "kv" / "local", memory_bytes=BIG, disk_bytes=BIG)  # the directory is made
     store.put(_key(A), A)
     data = _file(tmp_path / "kv" / "local", A).read_bytes()
-    assert data == MAGIC + struct.pack("<I", 4) + struct.pack("<4q", *A.tokens) + A.state
+    header = MAGIC + bytes.fromhex(_key(A)) + MODEL + NO_PROJECTOR + LAYOUT + struct.pack("<IQ", 4, len(A.state))
+    body = struct.pack("<4q", *A.tokens) + A.state
+    assert data == header + hashlib.sha256(header + body).digest() + body
     assert len(data) == FILE
-    assert _on_disk(tmp_path / "kv" / "local") == {f"{_key(A)}.kv"}  # no scratch file left behind
+    assert sorted(p.name for p in (tmp_path / "kv" / "local").iterdir()) == [f"{_key(A)}.kv", "names"]  # no scratch
 
 
 def test_a_new_store_on_the_same_directory_finds_it(tmp_path: Path) -> None:
-    PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put(_key(A), A)
-    restarted = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
+    _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put(_key(A), A)
+    restarted = _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
     assert restarted.memory_used() == 0
     got = restarted.get(_key(A))
     assert got == A
@@ -78,7 +100,7 @@ def test_a_new_store_on_the_same_directory_finds_it(tmp_path: Path) -> None:
 
 
 def test_putting_the_same_snapshot_twice_counts_it_once(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
+    store = _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
     store.put(_key(A), A)
     store.put(_key(A), A)
     assert store.memory_used() == SIZE
@@ -86,7 +108,7 @@ def test_putting_the_same_snapshot_twice_counts_it_once(tmp_path: Path) -> None:
 
 
 def test_the_memory_budget_evicts_the_least_recently_used_but_the_disk_keeps_it(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=2 * SIZE, disk_bytes=BIG)
+    store = _store(tmp_path, memory_bytes=2 * SIZE, disk_bytes=BIG)
     store.put(_key(A), A)
     store.put(_key(B), B)
     assert store.get(_key(A)) == A  # A is now the most recently used
@@ -107,7 +129,7 @@ def test_the_memory_budget_evicts_the_least_recently_used_but_the_disk_keeps_it(
 
 
 def test_a_snapshot_larger_than_the_memory_budget_lives_on_disk_only(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=SIZE - 1, disk_bytes=BIG)
+    store = _store(tmp_path, memory_bytes=SIZE - 1, disk_bytes=BIG)
     store.put(_key(A), A)
     assert store.memory_used() == 0
     assert _file(tmp_path, A).is_file()
@@ -116,7 +138,7 @@ def test_a_snapshot_larger_than_the_memory_budget_lives_on_disk_only(tmp_path: P
 
 
 def test_an_oversized_snapshot_leaves_the_others_in_memory(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=2 * SIZE, disk_bytes=BIG)
+    store = _store(tmp_path, memory_bytes=2 * SIZE, disk_bytes=BIG)
     store.put(_key(A), A)
     store.put(_key(B), B)
     huge = _snapshot(9, state=3 * SIZE)
@@ -125,7 +147,7 @@ def test_an_oversized_snapshot_leaves_the_others_in_memory(tmp_path: Path) -> No
 
 
 def test_no_memory_budget_means_disk_only(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=0, disk_bytes=BIG)
+    store = _store(tmp_path, memory_bytes=0, disk_bytes=BIG)
     store.put(_key(A), A)
     assert store.memory_used() == 0
     assert store.get(_key(A)) == A
@@ -134,7 +156,7 @@ def test_no_memory_budget_means_disk_only(tmp_path: Path) -> None:
 
 
 def test_the_disk_budget_deletes_the_least_recently_used_files(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=0, disk_bytes=2 * FILE + 20)  # room for two files
+    store = _store(tmp_path, memory_bytes=0, disk_bytes=2 * FILE + 20)  # room for two files
     store.put(_key(A), A)
     _age(tmp_path, A, 1000)
     store.put(_key(B), B)
@@ -144,11 +166,11 @@ def test_the_disk_budget_deletes_the_least_recently_used_files(tmp_path: Path) -
     assert _file(tmp_path, B).is_file() and _file(tmp_path, C).is_file()
     assert store.get(_key(A)) is None
     assert store.get(_key(B)) == B and store.get(_key(C)) == C
-    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 2 * FILE + 20
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.kv")) <= 2 * FILE + 20
 
 
 def test_reading_a_file_makes_it_recently_used(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=0, disk_bytes=2 * FILE + 20)
+    store = _store(tmp_path, memory_bytes=0, disk_bytes=2 * FILE + 20)
     store.put(_key(A), A)
     _age(tmp_path, A, 1000)
     store.put(_key(B), B)
@@ -160,7 +182,7 @@ def test_reading_a_file_makes_it_recently_used(tmp_path: Path) -> None:
 
 
 def test_a_snapshot_used_from_memory_is_recently_used_on_disk_too(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=2 * FILE + 20)
+    store = _store(tmp_path, memory_bytes=BIG, disk_bytes=2 * FILE + 20)
     store.put(_key(A), A)
     _age(tmp_path, A, 1000)
     store.put(_key(B), B)
@@ -173,22 +195,22 @@ def test_a_snapshot_used_from_memory_is_recently_used_on_disk_too(tmp_path: Path
 
 def test_the_files_never_exceed_the_disk_budget(tmp_path: Path) -> None:
     budget = 2 * FILE - 5
-    store = PrefixStore(tmp_path, memory_bytes=0, disk_bytes=budget)
+    store = _store(tmp_path, memory_bytes=0, disk_bytes=budget)
     store.put(_key(A), A)
     store.put(_key(B), B)
-    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= budget
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.kv")) <= budget
 
 
 def test_a_snapshot_larger_than_the_disk_budget_stays_in_memory_only(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=SIZE - 1)
+    store = _store(tmp_path, memory_bytes=BIG, disk_bytes=SIZE - 1)
     store.put(_key(A), A)
     assert _on_disk(tmp_path) == set()
     assert store.get(_key(A)) == A
-    assert PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(_key(A)) is None
+    assert _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(_key(A)) is None
 
 
 def test_discard_removes_it_from_memory_and_disk(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
+    store = _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
     store.put(_key(A), A)
     store.put(_key(B), B)
     store.discard(_key(A))
@@ -198,59 +220,134 @@ def test_discard_removes_it_from_memory_and_disk(tmp_path: Path) -> None:
     assert store.get(_key(B)) == B
     store.discard(_key(A))  # twice is fine
     store.discard("unknown")
-    assert PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(_key(A)) is None
+    assert _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(_key(A)) is None
 
 
 def test_discard_removes_a_file_that_is_not_in_memory(tmp_path: Path) -> None:
-    PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put(_key(A), A)
-    restarted = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
+    _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put(_key(A), A)
+    restarted = _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
     restarted.discard(_key(A))
     assert _on_disk(tmp_path) == set()
     assert restarted.memory_used() == 0
 
 
-@pytest.mark.parametrize(
-    "content",
-    [b"", b"OVKV", b"garbage that is long enough to hold a header", b"OVKV1\n" + struct.pack("<I", 0), MAGIC],
-    ids=["empty", "short", "garbage", "other-magic", "no-count"],
-)
-def test_a_malformed_file_is_ignored(tmp_path: Path, content: bytes) -> None:
-    key = snapshot_key("model-v1", None, (1, 2, 3))
-    (tmp_path / f"{key}.kv").write_bytes(content)
-    store = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
-    assert store.get(key) is None
+# ---------------------------------------------------------------------------------------------- checked when read
+
+
+def _damaged(tmp_path: Path, damage: bytes | None = None) -> tuple[PrefixStore, Path]:
+    """A store whose snapshot A's file was written, then replaced by `damage` (if given)."""
+    _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put(_key(A), A)
+    path = _file(tmp_path, A)
+    if damage is not None:
+        path.write_bytes(damage)
+    return _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG), path
+
+
+def _good() -> bytes:
+    return b"".join(SnapshotFile(_key(A), IDENTITY.digests(), A).pieces())
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :]
+
+
+DAMAGES = {
+    "empty": b"",
+    "short": b"OVKV",
+    "garbage": b"garbage that is long enough to hold a header, and a little more than that" * 3,
+    "version-2": b"OVKV2\n" + struct.pack("<I", 4) + struct.pack("<4q", *A.tokens) + A.state,
+    "bit-flip-in-state": _flipped(_good(), FILE - 10),
+    "bit-flip-in-tokens": _flipped(_good(), HEADER + 3),
+    "bit-flip-in-header": _flipped(_good(), len(MAGIC) + 40),
+    "bit-flip-in-checksum": _flipped(_good(), HEADER - 1),
+    "truncated-state": _good()[:-1],
+    "truncated-tokens": _good()[: HEADER + 12],
+    "header-only": _good()[:HEADER],
+    "trailing-bytes": _good() + b"\0",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_file_reads_as_missing_and_is_removed(tmp_path: Path, damage: bytes) -> None:
+    store, path = _damaged(tmp_path, damage)
+    assert store.get(_key(A)) is None
+    assert not path.exists()  # not left to be read (and fail) at every use
     assert store.memory_used() == 0
+    store.put(_key(A), A)  # built again: then it is used
+    assert _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(_key(A)) == A
 
 
-def test_a_snapshot_without_state_is_not_read_back(tmp_path: Path) -> None:
-    """llama.cpp's state is never empty: a file that ends after the tokens was cut short."""
-    PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put("empty", Snapshot((1, 2), b""))
-    assert PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get("empty") is None
+def test_a_good_file_reads_back_as_it_was_written(tmp_path: Path) -> None:
+    store, path = _damaged(tmp_path)
+    assert path.read_bytes() == _good()
+    assert store.get(_key(A)) == A
 
 
-TRUNCATED = "a file whose header promises more tokens than it holds"
+def test_a_file_another_model_wrote_is_removed(tmp_path: Path) -> None:
+    """The same key, a valid checksum, another model's digest in the header (a key collision, or a
+    file copied in): it is not restored."""
+    other = replace(IDENTITY, model=hashlib.sha256(b"another.gguf").digest())
+    foreign = b"".join(SnapshotFile(_key(A), other.digests(), A).pieces())
+    store, path = _damaged(tmp_path, foreign)
+    assert store.get(_key(A)) is None
+    assert not path.exists()
 
 
-def test_a_file_with_a_truncated_token_section_is_ignored(tmp_path: Path) -> None:
-    key = snapshot_key("model-v1", None, (1, 2, 3))
-    (tmp_path / f"{key}.kv").write_bytes(MAGIC + struct.pack("<I", 5) + b"\x01\x00\x00\x00\x02\x00")
-    assert PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(key) is None
+def test_a_file_of_another_projector_is_removed(tmp_path: Path) -> None:
+    with_projector = replace(IDENTITY, projector=hashlib.sha256(b"mmproj.gguf").digest())
+    _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put(_key(A), A)  # written without a projector
+    assert _store(tmp_path, identity=with_projector, memory_bytes=BIG, disk_bytes=BIG).get(_key(A)) is None
+    assert not _file(tmp_path, A).exists()
 
 
-def test_a_file_cut_short_is_ignored(tmp_path: Path) -> None:
-    key = snapshot_key("model-v1", None, (1, 2, 3))
-    (tmp_path / f"{key}.kv").write_bytes(MAGIC + struct.pack("<I", 1000) + struct.pack("<3q", 1, 2, 3))
-    assert PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(key) is None
+def test_a_file_of_another_layout_is_removed(tmp_path: Path) -> None:
+    """A state restores only into a context of the same shape: after a restart with more slots,
+    the snapshot a cache's record still names is built again."""
+    _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put(_key(A), A)
+    wider = replace(IDENTITY, layout="llama.cpp 0.3|slots=3|ctx=2048")
+    assert _store(tmp_path, identity=wider, memory_bytes=BIG, disk_bytes=BIG).get(_key(A)) is None
+    assert not _file(tmp_path, A).exists()
 
 
-def test_put_replaces_a_malformed_file(tmp_path: Path) -> None:
-    (tmp_path / f"{_key(A)}.kv").write_bytes(b"garbage")
-    PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put(_key(A), A)
-    assert PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG).get(_key(A)) == A
+def test_a_file_renamed_to_another_key_is_removed(tmp_path: Path) -> None:
+    _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG).put(_key(A), A)
+    _file(tmp_path, A).rename(_file(tmp_path, B))
+    store = _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
+    assert store.get(_key(B)) is None
+    assert not _file(tmp_path, B).exists()
+
+
+def test_the_file_format_parses_what_it_writes() -> None:
+    parsed = SnapshotFile.parse(_good())
+    assert parsed == SnapshotFile(_key(A), (MODEL, NO_PROJECTOR, LAYOUT), A)
+    placeholders = Snapshot((1, -(2**62), -1, 2**31), b"state")  # an image's placeholders are negative int64s
+    data = b"".join(SnapshotFile(_key(A), IDENTITY.digests(), placeholders).pieces())
+    assert SnapshotFile.parse(data).snapshot == placeholders
+    with pytest.raises(UnusableSnapshot, match="checksum"):
+        SnapshotFile.parse(_flipped(_good(), FILE - 1))
+    with pytest.raises(UnusableSnapshot, match="header says"):
+        SnapshotFile.parse(_good()[:-1])
+
+
+def test_the_model_is_identified_once(tmp_path: Path) -> None:
+    calls = []
+
+    def identify() -> ModelIdentity:
+        calls.append(1)
+        return IDENTITY
+
+    store = PrefixStore(tmp_path, identify, memory_bytes=BIG, disk_bytes=BIG)
+    assert calls == []  # not at construction: hashing a model takes a while
+    store.put(store.key(None, A.tokens), A)
+    assert store.get(store.key(None, A.tokens)) == A
+    assert calls == [1]
+
+
+# ---------------------------------------------------------------------------------------------- keys
 
 
 def test_without_a_directory_the_store_is_memory_only(tmp_path: Path) -> None:
-    store = PrefixStore(None, memory_bytes=2 * SIZE, disk_bytes=BIG)
+    store = _store(None, memory_bytes=2 * SIZE, disk_bytes=BIG)
     store.put(_key(A), A)
     store.put(_key(B), B)
     assert store.get(_key(B)) == B and store.get(_key(A)) == A
@@ -263,26 +360,28 @@ def test_without_a_directory_the_store_is_memory_only(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_snapshot_key_depends_on_identity_and_tokens() -> None:
-    key = snapshot_key("llama|model.gguf|123", None, (1, 2, 3))
+def test_snapshot_key_depends_on_the_models_content_layout_owner_and_tokens() -> None:
+    key = snapshot_key(IDENTITY, None, (1, 2, 3))
     assert len(key) == 64 and int(key, 16) >= 0  # a SHA-256 hex digest: a safe file name
-    assert snapshot_key("llama|model.gguf|123", None, (1, 2, 3)) == key
+    assert snapshot_key(IDENTITY, None, (1, 2, 3)) == key
     others = {
-        snapshot_key("llama|model.gguf|124", None, (1, 2, 3)),  # another model file
-        snapshot_key("llama|other.gguf|123", None, (1, 2, 3)),
-        snapshot_key("llama|model.gguf|123", None, (1, 2)),
-        snapshot_key("llama|model.gguf|123", None, (1, 2, 3, 0)),
-        snapshot_key("llama|model.gguf|123", None, (3, 2, 1)),
-        snapshot_key("llama|model.gguf|123", None, (1, 2, 4)),
-        snapshot_key("llama|model.gguf|123", None, ()),
-        snapshot_key("llama|model.gguf|123", "key-b", (1, 2, 3)),  # another key's cache of the same tokens
+        snapshot_key(replace(IDENTITY, model=hashlib.sha256(b"other").digest()), None, (1, 2, 3)),
+        snapshot_key(replace(IDENTITY, projector=MODEL), None, (1, 2, 3)),
+        snapshot_key(replace(IDENTITY, layout="llama.cpp 0.3|slots=3|ctx=2048"), None, (1, 2, 3)),
+        snapshot_key(IDENTITY, None, (1, 2)),
+        snapshot_key(IDENTITY, None, (1, 2, 3, 0)),
+        snapshot_key(IDENTITY, None, (3, 2, 1)),
+        snapshot_key(IDENTITY, None, (1, 2, 4)),
+        snapshot_key(IDENTITY, None, ()),
+        snapshot_key(IDENTITY, "key-b", (1, 2, 3)),  # another key's cache of the same tokens
     }
     assert key not in others
-    assert len(others) == 8
+    assert len(others) == 9
 
 
 def test_the_same_prefix_under_one_model_shares_a_snapshot(tmp_path: Path) -> None:
-    store = PrefixStore(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
-    store.put(snapshot_key("m", None, (7, 8, 9)), Snapshot((7, 8, 9), b"kv"))
-    assert store.get(snapshot_key("m", None, (7, 8, 9))) == Snapshot((7, 8, 9), b"kv")
-    assert store.get(snapshot_key("n", None, (7, 8, 9))) is None
+    store = _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
+    store.put(snapshot_key(IDENTITY, None, (7, 8, 9)), Snapshot((7, 8, 9), b"kv"))
+    assert store.get(snapshot_key(IDENTITY, None, (7, 8, 9))) == Snapshot((7, 8, 9), b"kv")
+    other = replace(IDENTITY, model=hashlib.sha256(b"n").digest())
+    assert store.get(snapshot_key(other, None, (7, 8, 9))) is None

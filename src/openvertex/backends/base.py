@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,6 +81,10 @@ class BackendLoad:
     upstream_seconds: float = 0.0  # summed until each answer's last byte
 
 
+# Which of the context caches named still exist (the shared database says, for every replica).
+LiveCaches = Callable[[Collection[str]], Awaitable[Collection[str]]]
+
+
 class Backend(Protocol):
     @property
     def capabilities(self) -> Capabilities: ...
@@ -120,6 +124,12 @@ class Backend(Protocol):
 
     async def forget_prefix(self, name: str, request: GenerateContentRequest, *, model: str, owner: str | None) -> None:
         """The context cache `name` (whose content `request` holds) was deleted or expired."""
+        ...
+
+    async def sweep_prefixes(self, live: LiveCaches) -> None:
+        """Let go of what is kept for context caches that no longer exist: `live` answers which of
+        the names given still do (another replica may have deleted or expired the others). Called
+        at start and on schedule on every replica; a backend keeping nothing does nothing."""
         ...
 
 

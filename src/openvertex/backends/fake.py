@@ -11,7 +11,14 @@ from collections import deque
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from pathlib import Path
 
-from openvertex.backends.base import OPTIONAL_FIELDS, BackendLoad, Capabilities, RoleTokens, collect_stream
+from openvertex.backends.base import (
+    OPTIONAL_FIELDS,
+    BackendLoad,
+    Capabilities,
+    LiveCaches,
+    RoleTokens,
+    collect_stream,
+)
 from openvertex.protocol import generate_content as gc
 
 # A turn is the chunks of one answer; an exception in it is raised when the stream reaches it.
@@ -101,6 +108,11 @@ class FakeBackend:
         self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
     ) -> None:
         self.prefixes.pop(name, None)
+
+    async def sweep_prefixes(self, live: LiveCaches) -> None:
+        alive = await live(list(self.prefixes))
+        for name in [name for name in self.prefixes if name not in alive]:
+            del self.prefixes[name]
 
 
 def _echo(request: gc.GenerateContentRequest) -> gc.GenerateContentResponse:

@@ -29,7 +29,7 @@ import google.auth.credentials
 from pydantic import ValidationError
 from yarl import URL
 
-from openvertex.backends.base import OPTIONAL_FIELDS, BackendLoad, Capabilities, RoleTokens
+from openvertex.backends.base import OPTIONAL_FIELDS, BackendLoad, Capabilities, LiveCaches, RoleTokens
 from openvertex.backends.google_auth import TokenSource, access_credentials
 from openvertex.errors import (
     ApiError,
@@ -321,6 +321,9 @@ class GeminiBackend:
     async def forget_prefix(
         self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
     ) -> None:
+        return None
+
+    async def sweep_prefixes(self, live: LiveCaches) -> None:
         return None
 
 

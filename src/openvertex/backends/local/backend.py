@@ -7,22 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 from llama_cpp._internals import LlamaModel
 
-from openvertex.backends.base import BackendLoad, Capabilities, RoleTokens, collect_stream
+from openvertex.backends.base import BackendLoad, Capabilities, LiveCaches, RoleTokens, collect_stream
 from openvertex.backends.local import thinking
 from openvertex.backends.local.calls import FunctionCalling, plan_function_calling
+from openvertex.backends.local.digests import model_identity
 from openvertex.backends.local.grammar import JSON_MIME, SUPPORTED_MIME_TYPES, TOOL_CALL_END_TAG, TOOL_CALL_TAG, Grammar
 from openvertex.backends.local.jobs import CandidateDone, Job, Snapshotted
 from openvertex.backends.local.media_text import READABLE_MIME_PREFIXES, MediaText
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
-from openvertex.backends.local.prefixes import PrefixStore, Snapshot, snapshot_key
+from openvertex.backends.local.prefixes import PrefixStore
 from openvertex.backends.local.prompt import (
     Conversation,
     Tokenize,
@@ -32,6 +35,7 @@ from openvertex.backends.local.prompt import (
 )
 from openvertex.backends.local.responses import ChunkBuilder
 from openvertex.backends.local.sampling import Sampling, Thinking
+from openvertex.backends.local.snapshots import Snapshot
 from openvertex.backends.local.supervisor import EngineSupervisor, LoadedModel
 from openvertex.backends.local.thinking import thinking_budget
 from openvertex.backends.local.vision import ImageRows, PromptImage, Vision, image_rows
@@ -39,6 +43,8 @@ from openvertex.errors import InvalidArgumentError, ResourceExhaustedError
 from openvertex.protocol import generate_content as gc
 from openvertex.request_record import current_record
 from openvertex.settings import LocalBackendSettings
+
+log = logging.getLogger(__name__)
 
 # Gemini's defaults where neither the request nor the model says otherwise; min_p is
 # llama.cpp's quality floor.
@@ -73,19 +79,16 @@ class LocalBackend:
         self.projector_path = Path(settings.mmproj).expanduser() if settings.mmproj else None
         if self.projector_path is not None and not self.projector_path.is_file():
             raise FileNotFoundError(f"mmproj: no projector file at {self.projector_path}")
-        # A snapshot depends on the model file (and projector), llama.cpp's state format and the
-        # context's layout (it restores only into a context with as many KV streams).
-        self._model_identity = (
-            f"{llama_cpp.__version__}|{self.model_path.name}|{self.model_path.stat().st_size}"
-            f"|slots={settings.n_parallel}|ctx={settings.n_ctx}"
-        )
-        if self.projector_path is not None:
-            self._model_identity += f"|mmproj={self.projector_path.name}|{self.projector_path.stat().st_size}"
         self._supervisor = EngineSupervisor(settings, self.model_path, self.projector_path)
+        # A snapshot depends on the model's content (and the projector's), llama.cpp's state format
+        # and the context's layout (it restores only into a context with as many KV streams).
+        layout = f"llama.cpp {llama_cpp.__version__}|slots={settings.n_parallel}|ctx={settings.n_ctx}"
         self._prefixes = PrefixStore(
-            kv_dir, memory_bytes=settings.cache_memory_bytes, disk_bytes=settings.cache_disk_bytes
+            kv_dir,
+            partial(model_identity, self.model_path, self.projector_path, layout, keep=kv_dir),
+            memory_bytes=settings.cache_memory_bytes,
+            disk_bytes=settings.cache_disk_bytes,
         )
-        self._prefix_keys: dict[str, str] = {}  # context cache name → its snapshot's key
         self._media_text = MediaText()
         self._builds: dict[str, asyncio.Future[None]] = {}  # snapshots being built, by key
         model_defaults = sampling_defaults(settings.model)
@@ -104,7 +107,14 @@ class LocalBackend:
         return self._supervisor.load()
 
     async def start(self) -> None:
-        await self._supervisor.start()
+        await asyncio.gather(self._supervisor.start(), asyncio.to_thread(self._identify))
+
+    def _identify(self) -> None:
+        """Hash the model files (once per file: digests.py keeps it) while the model loads."""
+        try:
+            self._prefixes.identity()
+        except OSError:
+            log.exception("could not hash %s; context caches cannot keep their KV until it can", self.model_path)
 
     async def close(self) -> None:
         await self._supervisor.close()
@@ -248,7 +258,7 @@ class LocalBackend:
         sampling = self._sampling(loaded, config, tools, room=n_ctx - len(tokens))
         if budget:
             sampling = replace(sampling, thinking=Thinking(budget, thinking.CLOSE_TAG, loaded.thinking_close))
-        key = self._prefix_keys.get(request.cached_content) if request.cached_content else None
+        key = self._prefixes.key_of(request.cached_content) if request.cached_content else None
         return tokens, sampling, tools, self._prefixes.get(key) if key else None, _encode(loaded.vision, images)
 
     def _sampling(
@@ -303,13 +313,16 @@ class LocalBackend:
     ) -> None:
         """Compute the cache's prompt KV once and keep a snapshot of it (memory, then disk); later
         requests naming the cache restore it instead of computing the prefix. Once the snapshot
-        is there, this costs a lookup; a lost one (a restart, an eviction) is built again, once
-        however many requests ask for it at the same time."""
-        key = self._prefix_keys.get(name)
-        if key is not None and self._prefixes.has(key):
-            return
+        is there, this costs a lookup; a lost one (a restart, an eviction) or one whose file failed
+        its check (prefixes.py) is built again, once however many requests ask for it at the same
+        time, and stored again."""
+        key = self._prefixes.key_of(name)
+        if key is not None and await asyncio.to_thread(self._prefixes.get, key) is not None:
+            return  # in memory now, where the budget allows: the request's plan finds it there
         key, tokens, images = await self._prefix_key(request, owner)
-        if not self._prefixes.has(key):
+        # Noted before it is built: the sweep keeps what is noted (and young, or being built).
+        await asyncio.to_thread(self._prefixes.refer, name, key)
+        if await asyncio.to_thread(self._prefixes.get, key) is None:
             build = self._builds.get(key)
             if build is None:
                 build = self._builds[key] = asyncio.ensure_future(self._build_prefix(key, tokens, images))
@@ -317,14 +330,14 @@ class LocalBackend:
                     lambda done: (self._builds.pop(key, None), done.cancelled() or done.exception())
                 )
             await asyncio.shield(build)  # a caller that leaves does not stop it: others may wait on it
-        self._prefix_keys[name] = key
+            self._prefixes.refer(name, key)  # young again: a new cache's row is written next
 
     async def _prefix_key(
         self, request: gc.GenerateContentRequest, owner: str | None
     ) -> tuple[str, list[int], list[PromptImage]]:
         loaded, engine = await self._supervisor.wait_loaded()
         tokens, _, _, images = await asyncio.to_thread(self._prompt, loaded, request, limit=engine.n_ctx - 1)
-        return snapshot_key(self._model_identity, owner, tuple(tokens)), tokens, images
+        return await asyncio.to_thread(self._prefixes.key, owner, tokens), tokens, images
 
     async def _build_prefix(self, key: str, tokens: list[int], images: list[PromptImage]) -> None:
         self._admit()
@@ -345,13 +358,15 @@ class LocalBackend:
     async def forget_prefix(
         self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
     ) -> None:
-        key = self._prefix_keys.pop(name, None)
-        if key is None:  # not used since the start: its snapshot is found by its content
-            if self._supervisor.loaded is None:
-                return
-            key, _, _ = await self._prefix_key(request, owner)
-        if key not in self._prefix_keys.values():  # no other cache shares it
-            await asyncio.to_thread(self._prefixes.discard, key)
+        """Its snapshot goes too, unless another cache uses it (the records say which: on disk, so
+        across restarts)."""
+        await asyncio.to_thread(self._prefixes.forget, name)
+
+    async def sweep_prefixes(self, live: LiveCaches) -> None:
+        """Let go of the snapshots of caches that no longer exist (on this replica: another may
+        have deleted them), of those no cache uses, of another model's, and of scratch files."""
+        alive = await live(self._prefixes.names())
+        await asyncio.to_thread(self._prefixes.sweep, alive, busy=set(self._builds))
 
 
 def _tenant() -> str:

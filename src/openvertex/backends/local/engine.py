@@ -50,9 +50,9 @@ from openvertex.backends.local.jobs import (
     TextDelta,
     TokenLogprob,
 )
-from openvertex.backends.local.prefixes import Snapshot
 from openvertex.backends.local.sampling import SequenceSampler, candidate_seed
 from openvertex.backends.local.scheduling import WaitingRoom
+from openvertex.backends.local.snapshots import Snapshot
 from openvertex.backends.local.stop import StopMatcher
 from openvertex.errors import ApiError, InternalError
 

@@ -10,8 +10,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from openvertex.backends.local.prefixes import Snapshot
 from openvertex.backends.local.sampling import Sampling
+from openvertex.backends.local.snapshots import Snapshot
 from openvertex.backends.local.vision import ImageRows
 
 # Events a job's consumer may leave untaken, per candidate, before its sequences pause: a
