@@ -4,6 +4,9 @@ after a restart."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +18,8 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from openvertex.settings import LocalBackendSettings, Settings
+from openvertex.backends.local import prefixes
+from openvertex.settings import LocalBackendSettings, ModelRoute, Settings
 from tests.integration.test_local_capacity import metric
 from tests.support.server import RunningServer, serve
 
@@ -223,3 +227,47 @@ def test_a_restart_with_another_layout_rebuilds_the_prefix(tmp_path: Path) -> No
         assert metric(second, COMPUTED) >= cache.usage_metadata.total_token_count  # computed anew
     [new] = (tmp_path / "kv" / "local").glob("*.kv")
     assert new != old
+
+
+def _wait_for(condition: object, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not callable(condition) or not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.1)
+
+
+def test_every_replica_lets_go_of_a_deleted_or_expired_caches_kv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas on one database (here one SQLite file; PostgreSQL in production), each with
+    its own KV directory: a cache deleted on one, or expired and swept there, loses its snapshot
+    on the other too, at that one's next sweep. And a scratch file a crash left is gone at start."""
+    monkeypatch.setattr(prefixes, "GRACE_S", 0.5)  # how long a cache being made is kept without a row
+    first = _settings(tmp_path)
+    second = _settings(tmp_path)
+    second.backends = {"replica": first.backends["local"]}
+    second.routes = [ModelRoute(model="google/*", backend="replica")]
+    kv, other_kv = tmp_path / "kv" / "local", tmp_path / "kv" / "replica"
+    other_kv.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    crashed = other_kv / f".{'0' * 64}.kv.{int(dead.stdout)}.0123abcd"
+    crashed.write_bytes(b"half a snapshot")
+    with serve(first) as one, serve(second) as two:
+        _wait_for(lambda: not crashed.exists())
+        on_one, on_two = _client(one), _client(two)
+        deleted = _cache(on_one, VERTEX_MODEL, "Deleted. " + DOCUMENT)
+        expiring = _cache(on_one, VERTEX_MODEL, "Expiring. " + DOCUMENT)
+        kept = _cache(on_one, VERTEX_MODEL, "Kept. " + DOCUMENT)
+        for cache in (deleted, expiring, kept):
+            assert cache.name
+            _ask(on_two, MODEL, cache.name)  # the second replica builds and keeps its own snapshot
+        assert len(list(kv.glob("*.kv"))) == len(list(other_kv.glob("*.kv"))) == 3
+        assert deleted.name and expiring.name
+        on_one.caches.update(name=expiring.name, config=types.UpdateCachedContentConfig(ttl="1s"))
+        on_one.caches.delete(name=deleted.name)
+        assert len(list(kv.glob("*.kv"))) == 2  # at once where it was deleted
+        _wait_for(lambda: len(list(kv.glob("*.kv"))) == 1)  # expired, and swept by either replica
+        _wait_for(lambda: len(list(other_kv.glob("*.kv"))) == 1)  # and on the other, at its sweep
+        assert kept.name
+        _ask(on_two, MODEL, kept.name)
+        assert os.listdir(other_kv / "names") == os.listdir(kv / "names")  # one record each: the kept cache's

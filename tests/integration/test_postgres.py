@@ -7,6 +7,7 @@ rate-limited key's requests a 503 within `database_timeout_s`, and keys without 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import select
 import socket
@@ -27,6 +28,7 @@ from openvertex.service.keys import KeySpec, issue_key
 from openvertex.service.signatures import SECRET_BYTES
 from openvertex.settings import Settings
 from openvertex.store.api_keys import ApiKeyStore
+from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
 from openvertex.store.postgres import MIGRATIONS, PostgresDatabase
 from openvertex.store.secrets import shared_secret
 from tests.support.postgres import binaries, fresh_database, postgres_server
@@ -169,6 +171,28 @@ def test_migrations_apply_once_and_replicas_share_the_signing_secret(database_ur
     finally:
         first.close()
         second.close()
+
+
+def test_the_cache_sweeps_questions_run_on_postgresql(database_url: str) -> None:
+    """Which caches expired, which still exist (asked by every replica's sweep, in batches of
+    names), and the removal of expired ones only (a row another replica swept is not counted)."""
+    database = PostgresDatabase(database_url)
+    database.open()
+    try:
+        store = CachedContentStore(database)
+        names = [f"cachedContents/{i}" for i in range(1200)]  # more than one batch
+        for i, name in enumerate(names):
+            row = CachedContentRow(name, "", "models/m", None, "{}", 1, 0.0, 0.0, 100.0 if i % 2 else 10.0, "k")
+            asyncio.run(store.insert(row))
+        expired = asyncio.run(store.expired(now=50.0, limit=2000))
+        assert sorted(row.name for row in expired) == sorted(names[::2])
+        assert asyncio.run(store.live([*names, "cachedContents/unknown"], now=50.0)) == set(names[1::2])
+        assert asyncio.run(store.remove_expired(names, now=50.0)) == 600  # the live ones stay
+        assert asyncio.run(store.remove_expired(names, now=50.0)) == 0
+        assert asyncio.run(store.live(names, now=50.0)) == set(names[1::2])
+        assert asyncio.run(store.live([], now=50.0)) == set()
+    finally:
+        database.close()
 
 
 # ---- a database that stops answering ---------------------------------------------------------------

@@ -476,6 +476,75 @@ def test_an_expired_cache_is_gone_on_gemini_too(env: Env) -> None:
     assert env.fake.prefixes == {}
 
 
+class _Witness(FakeBackend):
+    """A backend that notes, when it is told to let go of a cache's KV, whether the cache's row
+    is still there (so a failure between the two leaves no KV that nothing will free)."""
+
+    def __init__(self, store: CachedContentStore) -> None:
+        super().__init__()
+        self.store = store
+        self.row_there: dict[str, bool] = {}
+        self.fail = False
+
+    async def forget_prefix(
+        self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
+    ) -> None:
+        rows = await self.store.live([name], now=0.0)  # now=0: expired or not, still a row
+        self.row_there[name] = name in rows
+        if self.fail:
+            raise OSError("disk gone")
+        await super().forget_prefix(name, request, model=model, owner=owner)
+
+
+def _witnessed(make: Make, tmp_path: Path) -> Env:
+    env = make()
+    witness = _Witness(env.store)
+    return make(witness, path=tmp_path / DATABASE_FILE, clock=env.clock)
+
+
+def test_the_kv_goes_before_the_row_when_a_cache_expires_or_is_deleted(make: Make, tmp_path: Path) -> None:
+    env = _witnessed(make, tmp_path)
+    expiring, deleted = _name(_create(env, ttl="60s")), _name(_create(env))
+    asyncio.run(env.caches.delete(deleted, "vertex"))
+    env.clock.now = START + 60
+    assert asyncio.run(env.caches.sweep()) == 1
+    assert isinstance(env.fake, _Witness)
+    assert env.fake.row_there == {deleted: True, expiring: True}
+    assert env.fake.prefixes == {}
+    assert env.database.call(lambda db: db.execute("SELECT COUNT(*) FROM cached_contents").fetchone()) == (0,)
+
+
+def test_a_backend_that_cannot_let_go_does_not_keep_an_expired_cache(make: Make, tmp_path: Path) -> None:
+    env = _witnessed(make, tmp_path)
+    assert isinstance(env.fake, _Witness)
+    env.fake.fail = True
+    name = _name(_create(env, ttl="60s"))
+    env.clock.now = START + 60
+    assert asyncio.run(env.caches.sweep()) == 1
+    assert env.fake.row_there == {name: True}
+    assert env.database.call(lambda db: db.execute("SELECT COUNT(*) FROM cached_contents").fetchone()) == (0,)
+    assert env.fake.prefixes == {}  # the backend's own sweep, in the same pass, let go of it
+
+
+def test_every_replica_lets_go_of_the_kv_of_caches_another_deleted_or_swept(make: Make, tmp_path: Path) -> None:
+    """Two replicas, one database: what the second keeps for caches the first deleted or swept
+    goes at the second's next sweep, and what it keeps for a live cache stays."""
+    shared = tmp_path / "shared.db"
+    first = make(path=shared)
+    second = make(path=shared, clock=first.clock)
+    deleted, expiring, living = _name(_create(first)), _name(_create(first, ttl="60s")), _name(_create(first))
+    for name in (deleted, expiring, living):
+        _apply(second, _question(cachedContent=name))  # used on the second replica: it keeps the KV
+    assert set(second.fake.prefixes) == {deleted, expiring, living}
+    asyncio.run(first.caches.delete(deleted, "vertex"))
+    first.clock.now = START + 60
+    assert asyncio.run(first.caches.sweep()) == 1
+    assert set(first.fake.prefixes) == {living}
+    assert set(second.fake.prefixes) == {deleted, expiring, living}  # until its own sweep
+    assert asyncio.run(second.caches.sweep()) == 0
+    assert set(second.fake.prefixes) == {living}
+
+
 # ---------------------------------------------------------------------------------------------- list
 
 

@@ -4,7 +4,9 @@ A cache holds the start of a conversation (contents, systemInstruction, tools, t
 for one model. A request that names it gets those prepended, may not set them itself, and
 reports the cached part as `cachedContentTokenCount`. The backend is told about each cache
 when it is made and before each use (`Backend.cache_prefix`), so the local engine keeps the
-prefix's KV and rebuilds it when it lost it (a restart, an eviction).
+prefix's KV and rebuilds it when it lost it (a restart, an eviction). A cache deleted or expired
+lets go of its KV before its row goes, so a failure in between leaves nothing behind; and every
+replica's sweep lets go of the KV of caches that another replica deleted or swept.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,6 +39,8 @@ from openvertex.service.routing import Router
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
 from openvertex.translate.native import format_time
 from openvertex.translate.resources import ModelName, parent_of, parse_model_name, without_unset_parent
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 3600.0  # Vertex's and the Gemini API's default
 MAX_PAGE_SIZE = 1000  # larger page sizes are coerced to this
@@ -244,19 +249,29 @@ class CachedContents:
         return _resource(row)
 
     async def delete(self, name: str, dialect: gc.Dialect) -> None:
-        row = await self._store.delete(name, owner=current_record().key, now=self._clock())
-        if row is None:
-            raise _not_found(name, dialect)
-        await self._forget(row)
+        await self._forget(await self._row(name, dialect))  # its KV first: nothing is left behind
+        if await self._store.delete(name, owner=current_record().key, now=self._clock()) is None:
+            raise _not_found(name, dialect)  # deleted by another request meanwhile
 
     async def sweep(self) -> int:
-        """Remove the caches that expired, and let the backends free what they kept for them."""
+        """Remove the caches that expired, each backend letting go of what it kept for one before
+        its row goes; then have every backend let go of what it keeps for caches that no longer
+        exist (another replica deleted or swept them). Run at start and on schedule on every
+        replica. Returns the caches removed here."""
         removed = 0
-        while rows := await self._store.delete_expired(now=self._clock()):
+        while rows := await self._store.expired(now=self._clock()):
             for row in rows:
-                await self._forget(row)
-            removed += len(rows)
+                try:
+                    await self._forget(row)
+                except Exception:  # the row goes anyway: the backends' own sweep gets the rest
+                    log.exception("could not let go of the KV of context cache %s", row.name)
+            removed += await self._store.remove_expired([row.name for row in rows], now=self._clock())
+        for backend in {id(backend): backend for backend in self._router.backends.values()}.values():
+            await backend.sweep_prefixes(self._live)
         return removed
+
+    async def _live(self, names: Collection[str]) -> Collection[str]:
+        return await self._store.live(names, now=self._clock())
 
     async def _forget(self, row: CachedContentRow) -> None:
         model = parse_model_name(row.model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from openvertex.store.database import Connection, Database
@@ -22,6 +23,7 @@ class CachedContentRow:
 
 
 _COLUMNS = "name, parent, model, display_name, body, token_count, create_time, update_time, expire_time, owner"
+_NAMES_AT_ONCE = 500  # names in one IN (…): under SQLite's oldest limit of 999 parameters
 
 
 def _row(values: tuple[object, ...]) -> CachedContentRow:
@@ -112,15 +114,44 @@ class CachedContentStore:
 
         return await self._db.run(work)
 
-    async def delete_expired(self, *, now: float, limit: int = 100) -> list[CachedContentRow]:
-        """Remove up to `limit` caches that expired (SELECT then DELETE: no RETURNING before SQLite 3.35)."""
+    async def expired(self, *, now: float, limit: int = 100) -> list[CachedContentRow]:
+        """Up to `limit` caches that expired, still there (their KV goes first, then `remove_expired`)."""
 
         def work(db: Connection) -> list[CachedContentRow]:
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM cached_contents WHERE expire_time <= ? LIMIT ?", (now, limit)
             ).fetchall()
-            db.executemany("DELETE FROM cached_contents WHERE name = ?", [(row[0],) for row in rows])
             return [_row(row) for row in rows]
+
+        return await self._db.run(work)
+
+    async def remove_expired(self, names: Collection[str], *, now: float) -> int:
+        """Remove those of the caches named that expired (an update may not revive them: set_expiry
+        touches only live ones); how many were removed here (another replica may have been first)."""
+
+        def work(db: Connection) -> int:
+            removed = 0
+            for batch in _batches(names):
+                marks = ", ".join("?" * len(batch))
+                removed += db.execute(
+                    f"DELETE FROM cached_contents WHERE expire_time <= ? AND name IN ({marks})", (now, *batch)
+                ).rowcount
+            return removed
+
+        return await self._db.run(work)
+
+    async def live(self, names: Collection[str], *, now: float) -> set[str]:
+        """Which of the caches named exist and have not expired, whoever owns them."""
+
+        def work(db: Connection) -> set[str]:
+            found: set[str] = set()
+            for batch in _batches(names):
+                marks = ", ".join("?" * len(batch))
+                rows = db.execute(
+                    f"SELECT name FROM cached_contents WHERE expire_time > ? AND name IN ({marks})", (now, *batch)
+                ).fetchall()
+                found.update(row[0] for row in rows)
+            return found
 
         return await self._db.run(work)
 
@@ -129,3 +160,8 @@ class CachedContentStore:
             return int(db.execute("SELECT COUNT(*) FROM cached_contents WHERE expire_time > ?", (now,)).fetchone()[0])
 
         return await self._db.run(work)
+
+
+def _batches(names: Collection[str]) -> list[list[str]]:
+    ordered = sorted(names)
+    return [ordered[i : i + _NAMES_AT_ONCE] for i in range(0, len(ordered), _NAMES_AT_ONCE)]
