@@ -321,7 +321,9 @@ class Settings(BaseSettings):
     database_timeout_s: float = Field(5.0, gt=0)
     database_connect_timeout_s: int = Field(2, ge=2)  # a new PostgreSQL connection (libpq's least: 2 s)
     database_pool_size: int = Field(10, ge=1)  # PostgreSQL connections per process, and threads using them
-    cache_sweep_interval_s: float = Field(30.0, gt=0)  # how often expired context caches are removed
+    # How often expired context caches are removed, and this replica's KV directory swept of the
+    # snapshots of caches gone (deleted or expired on any replica) and of what a crash left.
+    cache_sweep_interval_s: float = Field(30.0, gt=0)
     max_cached_contents: int = Field(10_000, ge=1)  # live context caches kept; more is a 429
     # Or the thought-signature secret itself: 64 hex characters (`openssl rand -hex 32`). Replicas
     # behind one load balancer given the same one accept each other's signatures, with no shared
