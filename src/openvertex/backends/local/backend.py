@@ -40,6 +40,7 @@ from openvertex.backends.local.supervisor import EngineSupervisor, LoadedModel
 from openvertex.backends.local.thinking import thinking_budget
 from openvertex.backends.local.vision import ImageRows, PromptImage, Vision, image_rows
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError
+from openvertex.executors import BoundedExecutor, cores
 from openvertex.protocol import generate_content as gc
 from openvertex.request_record import current_record
 from openvertex.settings import LocalBackendSettings
@@ -90,6 +91,11 @@ class LocalBackend:
             disk_bytes=settings.cache_disk_bytes,
         )
         self._media_text = MediaText()
+        # Prompts are planned (templated, tokenized, images encoded) on threads of their own, never
+        # the default ones the request path needs; every admitted request has a place (_admit).
+        self._planning = BoundedExecutor(
+            "prompt plans", workers=cores(), queue=settings.n_parallel + settings.max_waiting
+        )
         self._builds: dict[str, asyncio.Future[None]] = {}  # snapshots being built, by key
         model_defaults = sampling_defaults(settings.model)
         self._default_temperature = _first(settings.temperature, model_defaults.temperature, GEMINI_TEMPERATURE)
@@ -157,7 +163,7 @@ class LocalBackend:
         release = True
         try:
             loaded, engine = await self._supervisor.wait_loaded()
-            planning = asyncio.get_running_loop().run_in_executor(None, self._plan, loaded, engine.n_ctx, request)
+            planning = asyncio.wrap_future(self._planning.submit(self._plan, loaded, engine.n_ctx, request))
             try:
                 prompt, sampling, tools, restore, images = await asyncio.shield(planning)
             except asyncio.CancelledError:
@@ -286,7 +292,7 @@ class LocalBackend:
         loaded, _ = await self._supervisor.wait_loaded()
         self._admit()  # tokenizing a large body is work like any other: it takes a place
         try:
-            tokens, _, _, _ = await asyncio.to_thread(self._prompt, loaded, request, limit=COUNT_LIMIT)
+            tokens, _, _, _ = await self._planning.run(self._prompt, loaded, request, limit=COUNT_LIMIT)
         finally:
             self._release()
         return len(tokens)
@@ -304,7 +310,7 @@ class LocalBackend:
 
         self._admit()
         try:
-            return await asyncio.to_thread(compute)
+            return await self._planning.run(compute)
         finally:
             self._release()
 
@@ -336,7 +342,7 @@ class LocalBackend:
         self, request: gc.GenerateContentRequest, owner: str | None
     ) -> tuple[str, list[int], list[PromptImage]]:
         loaded, engine = await self._supervisor.wait_loaded()
-        tokens, _, _, images = await asyncio.to_thread(self._prompt, loaded, request, limit=engine.n_ctx - 1)
+        tokens, _, _, images = await self._planning.run(self._prompt, loaded, request, limit=engine.n_ctx - 1)
         return await asyncio.to_thread(self._prefixes.key, owner, tokens), tokens, images
 
     async def _build_prefix(self, key: str, tokens: list[int], images: list[PromptImage]) -> None:
@@ -344,7 +350,7 @@ class LocalBackend:
         try:
             loaded, _ = await self._supervisor.wait_loaded()
             sampling = self._sampling(loaded, gc.GenerationConfig(), None, room=1)
-            encoded = await asyncio.to_thread(_encode, loaded.vision, images)
+            encoded = await self._planning.run(_encode, loaded.vision, images)
             job = Job(tokens, sampling, 1, tenant=_tenant(), snapshot=True, images=encoded)
             async with self._supervisor.subscribe(job) as events:
                 while True:
