@@ -136,6 +136,9 @@ class EndpointSettings(_Section):
     max_failures: int = Field(3, ge=1)  # failures in a row that take a replica out until healthy again
     connect_timeout_s: float = Field(5.0, gt=0)
     timeout_s: float = Field(600.0, gt=0)  # between bytes of an answer
+    # vLLM (0.9 and later): each tenant's requests carry a `cache_salt` of their own, so vLLM's
+    # prefix cache is never shared between tenants. Other servers may refuse the field.
+    tenant_cache_salt: bool = False
 
     @field_validator("upstreams")
     @classmethod

@@ -26,7 +26,7 @@ from openvertex.errors import ApiError, NotFoundError
 from openvertex.http.body import INLINE_PARSE_BYTES, read_body
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
 from openvertex.relay import RelayEndpoints, UpstreamAnswer
-from openvertex.relay.model_member import with_model
+from openvertex.relay.model_member import with_cache_salt, with_model
 from openvertex.relay.screen import AnswerScreen, StreamScreen, blocked_prompt, blocked_prompt_answer
 from openvertex.relay.usage import UsageMeter, asking_for_usage, meter_for
 from openvertex.request_record import RequestRecord, current_record
@@ -83,10 +83,11 @@ class RelayHandlers:
             blocked = await self._blocked(raw, pool.model)
             if blocked is not None:
                 return blocked
+        salted = record.tenant if pool.settings.tenant_cache_salt else None
         if len(raw) <= INLINE_PARSE_BYTES:
-            body, usage_added = _upstream_body(raw, pool.model)
+            body, usage_added = _upstream_body(raw, pool.model, salted)
         else:  # scanning a large body would hold up every stream on the loop
-            body, usage_added = await asyncio.to_thread(_upstream_body, raw, pool.model)
+            body, usage_added = await asyncio.to_thread(_upstream_body, raw, pool.model, salted)
         content_type = request.headers.get("content-type", _JSON)
         forwarding = asyncio.ensure_future(pool.forward(body, content_type))
         try:
@@ -130,9 +131,11 @@ def _screen_for(content_type: str, blocklist: Blocklist | None) -> StreamScreen 
     return None
 
 
-def _upstream_body(raw: bytes, model: str | None) -> tuple[bytes, bool]:
-    """The body as it goes upstream, and whether asking for usage was added to it."""
-    return asking_for_usage(with_model(raw, model))
+def _upstream_body(raw: bytes, model: str | None, tenant: str | None) -> tuple[bytes, bool]:
+    """The body as it goes upstream (salted with `tenant`'s cache salt, when given), and whether
+    asking for usage was added to it."""
+    body = with_model(raw, model)
+    return asking_for_usage(with_cache_salt(body, tenant) if tenant is not None else body)
 
 
 class RelayedResponse(Response):

@@ -1,5 +1,6 @@
 """The edit made to every request body on its way upstream: its top-level `model` dropped or rewritten
-(a stream's `stream_options` may be the other: relay/usage.py).
+(a stream's `stream_options` may be another: relay/usage.py; and, where the endpoint asks for it,
+`cache_salt`: `with_cache_salt`).
 
 Everything else goes out byte for byte (spec native-gemini §G.2): the top-level members are located
 by position, and only the `model` member's bytes change. Stock vLLM answers 404 for a model name it
@@ -9,6 +10,7 @@ it makes the container use its default model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -47,6 +49,20 @@ def with_model(body: bytes, model: str | None) -> bytes:
     if model is not None:
         return with_member(text, top, _MODEL, json.dumps(model)).encode()
     return _dropped(text, top).encode() if any(member.key == _MODEL for member in top.members) else body
+
+
+def with_cache_salt(body: bytes, tenant: str) -> bytes:
+    """`body` with vLLM's `cache_salt` set to the tenant's own: vLLM reuses a prefix's KV only
+    between requests of one salt, so one tenant's cached tokens (and time to first token) tell
+    nothing of another's prompts. The salt need not be secret: whatever `cache_salt` a client
+    sends is replaced, so no client can take another tenant's."""
+    try:
+        text = body.decode()
+        top = top_level_members(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return body  # not a JSON object: the upstream answers it as it would
+    salt = hashlib.sha256(b"openvertex cache salt\0" + tenant.encode()).hexdigest()
+    return with_member(text, top, "cache_salt", json.dumps(salt)).encode()
 
 
 def top_level_members(text: str) -> TopLevel:
