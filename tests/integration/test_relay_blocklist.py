@@ -17,7 +17,7 @@ import pytest
 
 from openvertex.backends.fake import FakeBackend
 from openvertex.settings import BlocklistSettings, EndpointSettings, SafetyConfig, Settings
-from tests.integration.test_relay_quotas import Upstream, upstream_server
+from tests.support.openai_upstream import Upstream, upstream_server
 from tests.support.server import RunningServer, serve
 
 AUTH = {"Authorization": "Bearer test", "content-type": "application/json"}

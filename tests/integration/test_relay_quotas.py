@@ -8,12 +8,10 @@ does."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,90 +23,10 @@ from openvertex.settings import EndpointSettings, Settings
 from openvertex.store.api_keys import ApiKeyStore
 from openvertex.store.database import DATABASE_FILE, SqliteDatabase
 from openvertex.store.usage import UsageRow, UsageStore
+from tests.support.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, WORDS, Upstream, upstream_server
 from tests.support.server import RunningServer, serve
 
-PROMPT_TOKENS, COMPLETION_TOKENS = 30, 3
-WORDS = ["Hel", "lo", "!"]
 QUESTION = {"messages": [{"role": "user", "content": "Say hello."}]}
-
-
-@dataclass
-class Upstream:
-    """Answers chat completions as vLLM does: a whole answer with its usage; a stream of one frame
-    per token, then, only when asked (`reports_usage` and stream_options.include_usage), a frame
-    with empty choices and the usage; then [DONE]."""
-
-    reports_usage: bool = True
-    words: list[str] = field(default_factory=lambda: list(WORDS))
-    bodies: list[bytes] = field(default_factory=list)
-    url: str = ""
-
-    def answer(self, body: bytes) -> tuple[str, bytes]:
-        self.bodies.append(body)
-        request = json.loads(body)
-        usage = {
-            "prompt_tokens": PROMPT_TOKENS,
-            "completion_tokens": COMPLETION_TOKENS,
-            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
-        }
-        head = {"id": "c", "created": 1, "model": "served"}
-        if not request.get("stream"):
-            message = {"role": "assistant", "content": "".join(self.words)}
-            choice = {"index": 0, "message": message, "finish_reason": "stop"}
-            return "application/json", json.dumps(
-                {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
-            ).encode()
-        chunk = {**head, "object": "chat.completion.chunk"}
-        frames = [
-            {
-                **chunk,
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"content": word},
-                        "finish_reason": "stop" if i == len(self.words) - 1 else None,
-                    }
-                ],
-            }
-            for i, word in enumerate(self.words)
-        ]
-        if self.reports_usage and (request.get("stream_options") or {}).get("include_usage"):
-            frames.append({**chunk, "choices": [], "usage": usage})
-        events = b"".join(b"data: " + json.dumps(frame).encode() + b"\n\n" for frame in frames)
-        return "text/event-stream", events + b"data: [DONE]\n\n"
-
-
-@contextmanager
-def upstream_server(upstream: Upstream) -> Iterator[Upstream]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self._send("application/json", b"{}")
-
-        def do_POST(self) -> None:
-            self._send(*upstream.answer(self.rfile.read(int(self.headers["content-length"]))))
-
-        def _send(self, content_type: str, body: bytes) -> None:
-            self.send_response(200)
-            self.send_header("content-type", content_type)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    upstream.url = f"http://127.0.0.1:{server.server_port}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield upstream
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @dataclass

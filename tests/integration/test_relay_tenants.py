@@ -12,7 +12,7 @@ import pytest
 from openvertex.backends.fake import FakeBackend
 from openvertex.service.keys import configured_key_name
 from openvertex.settings import EndpointSettings, Settings
-from tests.integration.test_relay_quotas import Upstream, upstream_server
+from tests.support.openai_upstream import Upstream, upstream_server
 from tests.support.server import serve
 
 KEYS = ["key-of-a", "key-of-b", "second-key-of-a"]

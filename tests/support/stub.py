@@ -1,10 +1,11 @@
 """A scripted HTTP server on loopback: records every request, answers from a list of replies
-(the last one repeats). For upstream failure modes a real server does not produce on demand."""
+(the last one repeats), or with what a function makes of each request. For upstream failure modes
+a real server does not produce on demand, and upstreams that answer by what they are asked."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +34,7 @@ class Stub:
 
 
 @contextmanager
-def stub_server(replies: list[Reply]) -> Iterator[Stub]:
+def stub_server(replies: list[Reply], answer: Callable[[Recorded], Reply] | None = None) -> Iterator[Stub]:
     lock = threading.Lock()
     stub = Stub("", list(replies))
 
@@ -48,9 +49,13 @@ def stub_server(replies: list[Reply]) -> Iterator[Stub]:
 
         def do_POST(self, method: str = "POST") -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            recorded = Recorded(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             with lock:
-                stub.requests.append(Recorded(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                reply = stub.replies.pop(0) if len(stub.replies) > 1 else stub.replies[0]
+                stub.requests.append(recorded)
+                if answer is None:
+                    reply = stub.replies.pop(0) if len(stub.replies) > 1 else stub.replies[0]
+            if answer is not None:
+                reply = answer(recorded)
             self.send_response(reply.status)
             for name, value in reply.headers:
                 self.send_header(name, value)
