@@ -76,7 +76,8 @@ def create_app(
     register_backend_readings(metrics, router)
     database = database_for(settings)
     signer = ThoughtSigner(_signing_secret(settings))
-    caches = CachedContents(CachedContentStore(database), router, max_caches=settings.max_cached_contents)
+    media = MediaReader(settings.media, clients)
+    caches = CachedContents(CachedContentStore(database), router, max_caches=settings.max_cached_contents, media=media)
     pipeline = Pipeline(
         router,
         caches,
@@ -84,7 +85,7 @@ def create_app(
         timeout_s=settings.request_timeout_s,
         signer=signer,
         signatures_required=_signatures_required(settings),
-        media=MediaReader(settings.media, clients),
+        media=media,
         safety=safety,
         grounding=grounding,
     )

@@ -12,6 +12,7 @@ one app after another (the tests do).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 import weakref
@@ -47,7 +48,8 @@ class BoundedExecutor:
         _POOLS.add(self)
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """Queue `fn`, or raise the 429 when every worker is busy and the queue is full."""
+        """Queue `fn`, or raise the 429 when every worker is busy and the queue is full. It runs
+        in the caller's context (its request's record), as asyncio.to_thread's work does."""
         if not self._places.acquire(blocking=False):
             raise ResourceExhaustedError(
                 f"Resource exhausted: {self.workers + self.queue} {self.what} are running or waiting "
@@ -55,7 +57,8 @@ class BoundedExecutor:
                 retry_after_s=1,
             )
         try:
-            future = self._executor().submit(fn, *args, **kwargs)
+            context = contextvars.copy_context()
+            future = self._executor().submit(lambda: context.run(fn, *args, **kwargs))
         except BaseException:
             self._places.release()
             raise

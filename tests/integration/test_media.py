@@ -321,3 +321,23 @@ def test_media_in_a_system_instruction_is_a_400(tmp_path: Path) -> None:
         response.json()["error"]["message"] == "systemInstruction.parts[1]: a system instruction takes text parts only"
     )
     assert fake.requests == []
+
+
+def test_a_context_cache_cannot_carry_a_gs_uri_past_the_bucket_rule(tmp_path: Path) -> None:
+    """A cache's content reaches the backend too (counted when made, read when used): its gs://
+    URIs name allowed buckets, or making the cache is the same 400 as sending the URI."""
+    fake = FakeBackend()  # reads URIs itself, as Gemini on Vertex
+    private = {"fileData": {"mimeType": "application/pdf", "fileUri": "gs://operator-private/secrets.pdf"}}
+    cache = {
+        "model": "projects/p/locations/l/publishers/google/models/gemini-2.5-flash",
+        "contents": [{"role": "user", "parts": [private]}],
+    }
+    with _gateway(tmp_path, fake, allowed_buckets=["cloud-samples-data"]) as server:
+        url = f"{server.url}/v1beta1/projects/p/locations/l/cachedContents"
+        response = httpx.post(url, json=cache, headers=AUTH, timeout=30)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["message"] == (
+            "contents[0].parts[0].fileData.fileUri: the bucket operator-private is not one this server "
+            "reads media from (media.allowed_buckets)"
+        )
+    assert fake.requests == [] and fake.prefixes == {}

@@ -474,3 +474,14 @@ def test_streamed_call_arguments_are_rated_across_pieces(server: RunningServer, 
     ends = [c.get("finishReason") for chunk in _events(response) for c in chunk.get("candidates", [])]
     assert [e for e in ends if e] == ["BLOCKLIST"]
     assert "forbid" not in response.text
+
+
+def test_code_execution_parts_are_rated(server: RunningServer, fake: FakeBackend) -> None:
+    code = gc.Part(executable_code={"language": "PYTHON", "code": "print('forbidden fruit')"})
+    fake.add(_parts([gc.Part(text="Running it. ")], [code]))
+    response = _native(server, "Run it.")
+    assert response.json()["candidates"][0]["finishReason"] == "BLOCKLIST"
+    assert "forbidden" not in response.text
+    result = gc.Part(code_execution_result={"outcome": "OUTCOME_OK", "output": "forbidden\nfruit"})
+    fake.add(_parts([result]))
+    assert _native(server, "Run it.").json()["candidates"][0]["finishReason"] == "BLOCKLIST"

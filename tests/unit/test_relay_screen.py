@@ -143,3 +143,43 @@ def test_a_whole_answer_is_screened_at_its_end() -> None:
 )
 def test_the_prompt_is_searched_in_its_user_turns(messages: Any, blocked: bool) -> None:
     assert blocked_prompt({"messages": messages}, BLOCKLIST) is blocked
+
+
+def test_tool_call_arguments_are_read_as_json_and_held_to_the_end() -> None:
+    """An escape inside a JSON string cannot hide a term, nor can two strings of one call."""
+    for arguments in ['{"q": "forbidden\\u0020fruit"}', '{"a": "forbidden", "b": "fruit"}']:
+        call = {"index": 0, "id": "t", "type": "function", "function": {"name": "f", "arguments": arguments[:9]}}
+        more = {"index": 0, "function": {"arguments": arguments[9:]}}
+        body = _stream([_frame(tool_calls=[call]), _frame(tool_calls=[more]), _frame(finish="tool_calls")])
+        assert "forbidden" not in body.decode()
+        assert [c.get("finish_reason") for e in _events(body) for c in e["choices"]] == ["content_filter"]
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "t", "function": {"arguments": arguments}}],
+        }
+        whole = json.dumps({"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}).encode()
+        screen = AnswerScreen(BLOCKLIST)
+        assert json.loads(screen.feed(whole) + screen.finish())["choices"][0]["finish_reason"] == "content_filter"
+    clean = {"index": 0, "id": "t", "type": "function", "function": {"name": "f", "arguments": '{"q": "apples"}'}}
+    frames = [_frame(tool_calls=[clean]), _frame(finish="tool_calls")]
+    screen = StreamScreen(BLOCKLIST)
+    assert screen.feed(frames[0]) == b""  # a call is held until its choice ends
+    assert screen.feed(frames[1]) + screen.finish() == b"".join(frames)
+
+
+def test_frames_an_upstream_shapes_oddly_pass() -> None:
+    odd = [b'data: {"choices": null}\n\n', b'data: {"choices": [1, "x"]}\n\n', b"data: not json\n\n"]
+    assert _stream([*odd, _frame(content="fine"), _frame(finish="stop")]).startswith(b"".join(odd))
+
+
+def test_a_message_s_text_parts_are_read_joined() -> None:
+    parts = [{"type": "text", "text": "tell me of the forbidden"}, {"type": "text", "text": "fruit"}]
+    assert blocked_prompt({"messages": [{"role": "user", "content": parts}]}, BLOCKLIST)
+
+
+def test_a_term_in_a_key_of_the_arguments_is_caught() -> None:
+    message = {"tool_calls": [{"function": {"arguments": '{"forbidden fruit": 1}'}}]}
+    whole = json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
+    screen = AnswerScreen(BLOCKLIST)
+    assert json.loads(screen.feed(whole) + screen.finish())["choices"][0]["finish_reason"] == "content_filter"

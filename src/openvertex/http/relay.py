@@ -17,16 +17,17 @@ import json
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from openvertex.errors import ApiError, NotFoundError
+from openvertex.errors import ApiError, InvalidArgumentError, NotFoundError
 from openvertex.http.body import INLINE_PARSE_BYTES, read_body
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
 from openvertex.relay import RelayEndpoints, UpstreamAnswer
-from openvertex.relay.model_member import with_cache_salt, with_model
+from openvertex.relay.model_member import upstream_true, with_cache_salt, with_model
 from openvertex.relay.screen import AnswerScreen, StreamScreen, blocked_prompt, blocked_prompt_answer
 from openvertex.relay.usage import UsageMeter, asking_for_usage, meter_for
 from openvertex.request_record import RequestRecord, current_record
@@ -79,12 +80,24 @@ class RelayHandlers:
         record.model, record.backend = endpoint_id, f"endpoint:{endpoint_id}"
         check_model(record, endpoint_id)
         raw = await read_body(request, self.max_body_bytes)
+        # Every edit below reads the body as UTF-8 JSON (RFC 8259), and so must the upstream: a body
+        # it would read otherwise (UTF-16, say) could carry what the edits are there to replace.
+        small = len(raw) <= INLINE_PARSE_BYTES
+        parsed = _json_object(raw) if small else await asyncio.to_thread(_json_object, raw)
         if self.blocklist is not None:
-            blocked = await self._blocked(raw, pool.model)
-            if blocked is not None:
-                return blocked
+            held = (
+                blocked_prompt(parsed, self.blocklist)
+                if small
+                else await asyncio.to_thread(blocked_prompt, parsed, self.blocklist)
+            )
+            if held:
+                named = parsed.get("model") if isinstance(parsed.get("model"), str) else None
+                media_type, refusal = blocked_prompt_answer(
+                    pool.model or named, stream=upstream_true(parsed.get("stream"))
+                )
+                return Response(refusal, media_type=media_type)
         salted = record.tenant if pool.settings.tenant_cache_salt else None
-        if len(raw) <= INLINE_PARSE_BYTES:
+        if small:
             body, usage_added = _upstream_body(raw, pool.model, salted)
         else:  # scanning a large body would hold up every stream on the loop
             body, usage_added = await asyncio.to_thread(_upstream_body, raw, pool.model, salted)
@@ -104,19 +117,15 @@ class RelayHandlers:
             screen = _screen_for(answered_type, self.blocklist)
         return RelayedResponse(answer, meter, record, screen)
 
-    async def _blocked(self, raw: bytes, model: str | None) -> Response | None:
-        """The answer to a prompt the blocklist holds; None for any other (a body that is not
-        JSON goes on: the upstream judges it)."""
-        assert self.blocklist is not None
-        try:
-            body = json.loads(raw) if len(raw) <= INLINE_PARSE_BYTES else await asyncio.to_thread(json.loads, raw)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            return None
-        if not await asyncio.to_thread(blocked_prompt, body, self.blocklist):
-            return None
-        named = body.get("model") if isinstance(body.get("model"), str) else None
-        media_type, answer = blocked_prompt_answer(model or named, stream=body.get("stream") is True)
-        return Response(answer, media_type=media_type)
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        body = None
+    if not isinstance(body, dict):
+        raise InvalidArgumentError("The request body must be a JSON object, in UTF-8.")
+    return body
 
 
 def _screen_for(content_type: str, blocklist: Blocklist | None) -> StreamScreen | AnswerScreen | None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _MODEL = "model"
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -49,6 +50,16 @@ def with_model(body: bytes, model: str | None) -> bytes:
     if model is not None:
         return with_member(text, top, _MODEL, json.dumps(model)).encode()
     return _dropped(text, top).encode() if any(member.key == _MODEL for member in top.members) else body
+
+
+def upstream_true(value: Any) -> bool:
+    """Whether an OpenAI-compatible server reads a flag as set: vLLM's pydantic models take
+    1, "true", "yes", "on" and the like for true, not only JSON's `true`."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value == 1
+    return isinstance(value, str) and value.strip().lower() in {"1", "true", "t", "yes", "y", "on"}
 
 
 def with_cache_salt(body: bytes, tenant: str) -> bytes:

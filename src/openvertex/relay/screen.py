@@ -1,15 +1,18 @@
 """The operator's blocklist on self-deployed endpoints' chat completions, which are otherwise
 relayed byte for byte.
 
-A prompt whose user turns hold a term is answered here, as the `openapi` endpoint answers a
-blocked prompt (`finish_reason: "content_filter"`, `content: null`), and never goes upstream. An
-answer is read as it passes: each choice's text (its `content`, its reasoning and its tool calls'
-arguments, in the order they come, a newline between kinds) is searched a frame at a time, and a
-frame is held until the blocklist has read `reach` characters past it (or its choice ended). A
-choice that hits ends there with `content_filter`; its held frames and all it sends later are
-dropped, and the frames before the hit went out as they were. A whole answer is read at its end:
-a choice that hits loses its message. Only what cannot be read as OpenAI chat completions (another
-content type, a frame over MAX_FRAME_BYTES) passes unscreened, and the log says so.
+A prompt whose user turns hold a term (a message's text parts read joined, as the upstream
+joins them) is answered here, as the `openapi` endpoint answers a blocked prompt
+(`finish_reason: "content_filter"`, `content: null`), and never goes upstream. An answer is read
+as it passes: each choice's text (its `content`, its reasoning and its tool calls' arguments, in
+the order they come, a newline between kinds) is searched a frame at a time, and a frame is held
+until the blocklist has read `reach` characters past it (or its choice ended). A tool call's
+frames are held until its choice ends, when its arguments are also read as JSON, their strings
+decoded (an escape cannot hide a term). A choice that hits ends there with `content_filter`; its
+held frames and all it sends later are dropped, and the frames before the hit went out as they
+were. A whole answer is read at its end: a choice that hits loses its message. Only what cannot
+be read as OpenAI chat completions (another content type, a frame over MAX_FRAME_BYTES) passes
+unscreened, and the log says so.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def blocked_prompt(body: Any, blocklist: Blocklist) -> bool:
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
-            texts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+            parts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+            texts += ["\n".join(parts), "".join(parts)]  # as vLLM and as Gemini join them
     return any(blocklist.hit(text) for text in texts)
 
 
@@ -73,6 +77,11 @@ class _Choice:
     checked: int = 0  # characters of `text` searched, their frames released
     ended: bool = False  # its finish_reason came
     blocked: bool = False
+    calls: dict[int, str] = field(default_factory=dict)  # each tool call's arguments so far
+
+    def decoded_hit(self, blocklist: Blocklist) -> bool:
+        """Whether its tool calls' arguments, read as JSON, hold a term in their strings."""
+        return any(_decoded_hit(arguments, blocklist) for arguments in self.calls.values())
 
     def add(self, kind: str, piece: str) -> None:
         if self.kind and kind != self.kind:
@@ -86,6 +95,7 @@ class _Frame:
     raw: bytes
     event: dict[str, Any] | None  # the parsed data of a chunk frame; None: another frame
     ends: dict[int, int] = field(default_factory=dict)  # choice → its text's length after this frame
+    calls: set[int] = field(default_factory=set)  # the choices whose tool calls it carries
 
 
 class StreamScreen:
@@ -125,13 +135,16 @@ class StreamScreen:
     def _hold(self, raw: bytes) -> None:
         event = _event(raw)
         frame = _Frame(raw, event)
-        for choice in event.get("choices", []) if event is not None else []:
-            index = choice.get("index", 0) if isinstance(choice, dict) else None
+        for choice in _choices(event):
+            index = choice.get("index", 0)
             if not isinstance(index, int):
                 continue
             state = self._choices.setdefault(index, _Choice())
             for kind, piece in _pieces(choice.get("delta")):
                 state.add(kind, piece)
+            for number, arguments in _arguments(choice.get("delta")):
+                state.calls[number] = state.calls.get(number, "") + arguments
+                frame.calls.add(index)
             state.ended = state.ended or choice.get("finish_reason") is not None
             frame.ends[index] = len(state.text)
         self._held.append(frame)
@@ -143,7 +156,8 @@ class StreamScreen:
             frame = self._held[0]
             states = {index: self._choices[index] for index in frame.ends}
             due = final or all(
-                state.ended or len(state.text) > frame.ends[index] + reach for index, state in states.items()
+                state.ended or (index not in frame.calls and len(state.text) > frame.ends[index] + reach)
+                for index, state in states.items()
             )
             if not due:
                 break
@@ -152,7 +166,9 @@ class StreamScreen:
             for index, state in states.items():
                 if state.blocked:
                     hits.add(index)
-                elif self._blocklist.hit_within(state.text, state.checked, frame.ends[index]):
+                elif self._blocklist.hit_within(state.text, state.checked, frame.ends[index]) or (
+                    index in frame.calls and state.decoded_hit(self._blocklist)
+                ):
                     state.blocked = True
                     hits.add(index)
                     out += _filtered_frame(frame.event, index)
@@ -200,7 +216,8 @@ class AnswerScreen:
             state = _Choice()
             for kind, piece in _pieces(choice.get("message")):
                 state.add(kind, piece)
-            if state.text and self._blocklist.hit(state.text):
+            state.calls = dict(_arguments(choice.get("message")))
+            if (state.text and self._blocklist.hit(state.text)) or state.decoded_hit(self._blocklist):
                 hit = True
                 choice["message"] = {"role": "assistant", "content": None}
                 choice["finish_reason"] = "content_filter"
@@ -217,10 +234,47 @@ def _pieces(delta: Any) -> Iterator[tuple[str, str]]:
             yield "reasoning", delta[key]
     if isinstance(delta.get("content"), str):
         yield "content", delta["content"]
-    for call in delta.get("tool_calls") or []:
+    for _, arguments in _arguments(delta):
+        yield "arguments", arguments
+
+
+def _arguments(delta: Any) -> Iterator[tuple[int, str]]:
+    """The pieces of tool call arguments in a delta (or message), by the call's index."""
+    if not isinstance(delta, dict) or not isinstance(delta.get("tool_calls"), list):
+        return
+    for position, call in enumerate(delta["tool_calls"]):
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-            yield "arguments", function["arguments"]
+            number = call.get("index", position)
+            yield (number if isinstance(number, int) else position), function["arguments"]
+
+
+def _decoded_hit(arguments: str, blocklist: Blocklist) -> bool:
+    try:
+        value = json.loads(arguments)
+    except (ValueError, RecursionError):
+        return False  # not JSON: it was searched as it came
+    keys: list[str] = []
+    values = list(_strings(value, keys))
+    return blocklist.hit("\n".join(values)) or blocklist.hit("\n".join(keys))
+
+
+def _strings(value: Any, keys: list[str]) -> Iterator[str]:
+    """The strings of a JSON value, in order; its objects' keys are added to `keys`."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            keys.append(key)
+            yield from _strings(item, keys)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item, keys)
+
+
+def _choices(event: dict[str, Any] | None) -> list[dict[str, Any]]:
+    choices = event.get("choices") if event is not None else None
+    return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
 
 
 def _event(raw: bytes) -> dict[str, Any] | None:
@@ -249,7 +303,7 @@ def _without(frame: _Frame, blocked: set[int]) -> bytes:
     """The frame as it goes on: as it came, or without the choices that are blocked."""
     if not blocked or frame.event is None:
         return frame.raw
-    kept = [c for c in frame.event.get("choices", []) if not (isinstance(c, dict) and c.get("index", 0) in blocked)]
+    kept = [c for c in _choices(frame.event) if c.get("index", 0) not in blocked]
     if not kept and "usage" not in frame.event:
         return b""
     return f"data: {json.dumps({**frame.event, 'choices': kept})}\n\n".encode()

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
 
-from openvertex.relay.model_member import top_level_members, with_member
+from openvertex.relay.model_member import top_level_members, upstream_true, with_member
 
 _STREAM_OPTIONS = "stream_options"
 _FRAME_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")  # SSE allows each line ending; sse-starlette writes \r\n
@@ -57,7 +57,8 @@ def asking_for_usage(body: bytes) -> tuple[bytes, bool]:
     except (UnicodeDecodeError, ValueError, RecursionError):
         return body, False  # the upstream judges it
     options = members.get(_STREAM_OPTIONS)
-    if members.get("stream") is not True or (isinstance(options, dict) and options.get("include_usage") is True):
+    asked_already = isinstance(options, dict) and upstream_true(options.get("include_usage"))
+    if not upstream_true(members.get("stream")) or asked_already:
         return body, False
     asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return with_member(text, top, _STREAM_OPTIONS, json.dumps(asked, separators=(",", ":"))).encode(), True

@@ -33,8 +33,9 @@ from openvertex.errors import (
 )
 from openvertex.protocol import generate_content as gc
 from openvertex.request_record import current_record
-from openvertex.service.capabilities import check_capabilities
+from openvertex.service.capabilities import check_capabilities, native_name
 from openvertex.service.keys import check_model
+from openvertex.service.media import MediaReader
 from openvertex.service.routing import Router
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
 from openvertex.translate.native import format_time
@@ -140,9 +141,11 @@ class CachedContents:
         *,
         max_caches: int = 10_000,
         clock: Callable[[], float] = time.time,
+        media: MediaReader | None = None,
     ) -> None:
         self._store = store
         self._router = router
+        self._media = media  # a cache's gs:// URIs name only allowed buckets, as a request's do
         self._max_caches = max_caches
         self._clock = clock
 
@@ -180,6 +183,8 @@ class CachedContents:
             tool_config=body.tool_config,
         )
         check_capabilities(content, backend.capabilities)
+        if self._media is not None:  # before any backend reads them (counting tokens included)
+            self._media.check_buckets(content, native_name)
         tokens = await backend.count_tokens(content, model=model.routed)
         minimum = backend.capabilities.min_cached_content_tokens
         if tokens < minimum:

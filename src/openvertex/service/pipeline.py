@@ -105,6 +105,8 @@ class Pipeline:
             except TimeoutError:
                 raise DeadlineExceededError(f"The request did not finish within {deadline:g} s.") from None
             request, cached_tokens = applied.request, applied.tokens
+            if backend.capabilities.reads_media_uris:  # a cache made before its bucket was disallowed
+                self.media.check_buckets(request, name)
         if self._signs(backend):
             self.signer.check_request(request.contents, required=self.signatures_required(model))
         thinking = request.generation_config.thinking_config if request.generation_config else None
@@ -129,6 +131,8 @@ class Pipeline:
         if request.cached_content is None:
             return request, 0
         applied = await self.caches.apply(request, model, backend, dialect, warm=False)
+        if backend.capabilities.reads_media_uris:
+            self.media.check_buckets(applied.request, native_name)
         return applied.request, applied.tokens
 
     async def _media(

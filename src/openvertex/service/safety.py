@@ -420,10 +420,13 @@ class _Held:
 
 def _said(part: gc.Part) -> str:
     """What a part says, as the safety settings and the blocklist rate it: its text (a thought's
-    too), or a function call's string values (each ended by a newline; a streamed piece's end
-    where its string ends)."""
+    too), code execution's code or output, or a function call's string values (each ended by a
+    newline; a streamed piece's end where its string ends; the arguments' keys are not read)."""
     if part.text:
         return part.text
+    for written, field_name in ((part.executable_code, "code"), (part.code_execution_result, "output")):
+        if written is not None and isinstance(written.get(field_name), str):  # code execution's code and output
+            return f"{written[field_name]}\n"
     call = part.function_call
     if call is None:
         return ""

@@ -23,7 +23,7 @@ from openvertex.backends.local.calls import FunctionCalling, plan_function_calli
 from openvertex.backends.local.digests import model_identity
 from openvertex.backends.local.grammar import JSON_MIME, SUPPORTED_MIME_TYPES, TOOL_CALL_END_TAG, TOOL_CALL_TAG, Grammar
 from openvertex.backends.local.jobs import CandidateDone, Job, Snapshotted
-from openvertex.backends.local.media_text import READABLE_MIME_PREFIXES, MediaText
+from openvertex.backends.local.media_text import READABLE_MIME_PREFIXES, RECOGNISERS, MediaText
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
 from openvertex.backends.local.prefixes import PrefixStore
 from openvertex.backends.local.prompt import (
@@ -92,9 +92,12 @@ class LocalBackend:
         )
         self._media_text = MediaText()
         # Prompts are planned (templated, tokenized, images encoded) on threads of their own, never
-        # the default ones the request path needs; every admitted request has a place (_admit).
+        # the default ones the request path needs; every admitted request has a place (_admit). A
+        # plan may wait on a recogniser (OCR, speech): as many more threads as those can hold, so
+        # text-only prompts are never all stuck behind transcriptions.
+        waiting_on_media = RECOGNISERS.workers + RECOGNISERS.queue
         self._planning = BoundedExecutor(
-            "prompt plans", workers=cores(), queue=settings.n_parallel + settings.max_waiting
+            "prompt plans", workers=cores() + waiting_on_media, queue=settings.n_parallel + settings.max_waiting
         )
         self._builds: dict[str, asyncio.Future[None]] = {}  # snapshots being built, by key
         model_defaults = sampling_defaults(settings.model)

@@ -259,9 +259,11 @@ class Engine:
             job = self._waiting.take(len(free))
             if job is None:
                 return
-            # The slot holding most of the prompt; where none holds any, the least recently used
-            # (so one tenant's traffic does not overwrite the KV another just made first).
-            primary = max(free, key=lambda slot: (_reusable(slot, job.prompt, job.tenant), -slot.started))
+            # The slot holding most of the prompt; where none holds any, an empty one, else the
+            # least recently used (so one tenant's traffic does not overwrite the KV another just made).
+            primary = max(
+                free, key=lambda slot: (_reusable(slot, job.prompt, job.tenant), slot.tenant is None, -slot.started)
+            )
             free.remove(primary)
             siblings = free[: job.candidates - 1]
             try:

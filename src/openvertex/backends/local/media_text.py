@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from openvertex.errors import InvalidArgumentError
 from openvertex.executors import BoundedExecutor, cores
 from openvertex.protocol import generate_content as gc
+from openvertex.request_record import current_record
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -78,7 +79,9 @@ class MediaText:
         return gc.Part(text=text)
 
     def describe(self, mime: str, data: bytes, *, param: str) -> str:
-        key = hashlib.sha256(mime.encode() + b"\0" + data).digest()
+        # Kept per tenant: how fast a file is read must not tell one tenant what another sent.
+        scope = (current_record().tenant or "").encode()
+        key = hashlib.sha256(scope + b"\0" + mime.encode() + b"\0" + data).digest()
         with self._known_lock:
             known = self._known.get(key)
             if known is not None:

@@ -252,7 +252,7 @@ class PrefixStore:
             return None
         try:
             with path.open("rb") as file:
-                inode = os.fstat(file.fileno()).st_ino
+                read = _identity(os.fstat(file.fileno()))
                 data = file.read()
         except FileNotFoundError:
             return None
@@ -261,7 +261,7 @@ class PrefixStore:
         except UnusableSnapshot as reason:
             log.warning("removed the KV snapshot %s: %s; it is built again", path.name, reason)
             with self._disk_lock, contextlib.suppress(FileNotFoundError):
-                if path.stat().st_ino == inode:  # not a good one a writer has put in its place since
+                if _identity(path.stat()) == read:  # not a good one a writer has put in its place since
                     path.unlink()
             return None
         self._touch(key)
@@ -365,3 +365,8 @@ def _runs(pid: int) -> bool:
     except PermissionError:
         return True  # another user's
     return True
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """Which file a path held: an inode number alone may be reused by the next file written."""
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size

@@ -37,6 +37,7 @@ from llama_cpp._logger import llama_log_callback
 from openvertex.backends.local.media_text import opened_image
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
+from openvertex.request_record import current_record
 
 # The MIME types given to the projector (what Pillow decodes of Gemini's image types).
 SEEN_MIME_TYPES = ("image/png", "image/jpeg", "image/webp")
@@ -152,7 +153,7 @@ class Vision:
         them (an image start and end marker, say)."""
         digest = image_digest(image.data)
         with self._lock:
-            known = _remembered(self._tokens, digest)
+            known = _remembered(self._tokens, _scoped(digest))
         if known is None:
             known = self._run(image, digest, encode=False)[0]
         return known
@@ -160,7 +161,7 @@ class Vision:
     def encode(self, image: PromptImage) -> EncodedImage:
         digest = image_digest(image.data)
         with self._lock:
-            known = _remembered(self._encoded, digest)
+            known = _remembered(self._encoded, _scoped(digest))
         if known is None:
             encoded = self._run(image, digest, encode=True)[1]
             assert encoded is not None
@@ -203,9 +204,9 @@ class Vision:
                 tokens += placeholders
                 if encode:
                     encoded = self._encode(chunk, placeholders, image)
-            _remember(self._tokens, digest, tokens)
+            _remember(self._tokens, _scoped(digest), tokens)
             if encoded is not None:
-                _remember(self._encoded, digest, encoded)
+                _remember(self._encoded, _scoped(digest), encoded)
             return tokens, encoded
 
     def _encode(
@@ -222,6 +223,12 @@ class Vision:
             embeddings=ctypes.string_at(output, size),
             non_causal=bool(mtmd.mtmd_decode_use_non_causal(self._context, chunk)),
         )
+
+
+def _scoped(digest: bytes) -> bytes:
+    """The key an image is remembered by: its digest, within its request's tenant, so how fast an
+    image is seen never tells one tenant what another sent."""
+    return hashlib.sha256((current_record().tenant or "").encode() + b"\0" + digest).digest()
 
 
 def _remembered(known: OrderedDict[bytes, T], key: bytes) -> T | None:
