@@ -153,3 +153,18 @@ def test_more_candidates_than_slots(tmp_path_factory: pytest.TempPathFactory) ->
             if line.startswith("data: {") and json.loads(line[6:])["choices"][0].get("finish_reason")
         }
         assert finishes == {0, 1, 2}
+
+
+@pytest.mark.parametrize("flash_attention", ["on", "off"])
+def test_seeded_answers_stay_the_same_under_load_with_and_without_flash_attention(
+    tmp_path_factory: pytest.TempPathFactory, flash_attention: str
+) -> None:
+    """Both attention paths keep the engine's guarantee: a seeded request answers under load as it
+    does alone (the default, auto, is flash attention on a CPU)."""
+    local = LocalBackendSettings(n_parallel=4, n_ctx=1024, flash_attention=flash_attention)  # type: ignore[arg-type]
+    with serve(Settings(port=0, state_dir=tmp_path_factory.mktemp("state"), backends={"local": local})) as server:
+        seeds = [21, 22, 23, 24]
+        alone = {seed: _text(_ask(server, seed)) for seed in seeds}
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            together = dict(zip(seeds, pool.map(lambda s: _text(_ask(server, s)), seeds), strict=True))
+    assert together == alone

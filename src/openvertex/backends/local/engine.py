@@ -59,6 +59,11 @@ from openvertex.errors import ApiError, InternalError
 log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX = 16  # tokens a copy from another slot's KV must save to be worth copying
+_FLASH_ATTENTION = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 
 
 @dataclass(eq=False)
@@ -102,6 +107,7 @@ class Engine:
         n_batch: int,
         n_threads: int,
         n_embd: int | None = None,
+        flash_attention: str = "auto",
     ) -> None:
         """`n_embd`: the model's embedding size, where prompts may hold images (a projector)."""
         params = llama_cpp.llama_context_default_params()
@@ -110,8 +116,7 @@ class Engine:
         params.n_seq_max = n_slots
         params.kv_unified = False  # a KV stream per slot: n_ctx cells each
         params.n_threads = params.n_threads_batch = n_threads
-        # Flash attention is slower on CPUs for a model this small (about 10% measured here).
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = _FLASH_ATTENTION[flash_attention]
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context")

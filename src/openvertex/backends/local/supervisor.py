@@ -182,6 +182,7 @@ class EngineSupervisor:
             n_batch=settings.n_batch,
             n_threads=_threads(settings),
             n_embd=loaded.vision.n_embd if loaded.vision is not None else None,
+            flash_attention=settings.flash_attention,
         )
         self._engine_started = time.monotonic()
         return engine
