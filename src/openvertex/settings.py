@@ -42,9 +42,11 @@ class LocalBackendSettings(_Section):
     n_threads: int | None = Field(None, ge=1)  # None: every core
     n_batch: int = Field(512, ge=32)  # tokens per decode step, prompts included
     n_gpu_layers: int = Field(0, ge=-1)  # layers offloaded to a GPU build of llama.cpp; -1: all
-    # llama.cpp's flash attention: "auto" lets llama.cpp decide per device, as llama-server does
-    # (on a CPU: on; a 2,000-token prompt prefills ~1.4x faster with it on an AVX-512 EPYC).
-    flash_attention: Literal["auto", "on", "off"] = "auto"
+    # llama.cpp's flash attention ("auto": llama.cpp decides per device, as llama-server does; on a
+    # CPU, on). Long prompts prefill ~1.4x faster with it, but a prompt whose prefix is reused (the
+    # next turn, a context cache) then computes logits a little apart from the same prompt cold, so
+    # a seeded answer may differ between a first and a repeated request. Off: bit-exact repeats.
+    flash_attention: Literal["auto", "on", "off"] = "off"
     max_waiting: int = Field(64, ge=0)  # requests queued beyond n_parallel; more get 429
     # For requests that leave them unset; None: the model's recommendation, else Gemini's (1.0, 0.95).
     temperature: float | None = Field(None, ge=0.0, le=2.0)

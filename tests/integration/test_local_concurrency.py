@@ -159,8 +159,8 @@ def test_more_candidates_than_slots(tmp_path_factory: pytest.TempPathFactory) ->
 def test_seeded_answers_stay_the_same_under_load_with_and_without_flash_attention(
     tmp_path_factory: pytest.TempPathFactory, flash_attention: str
 ) -> None:
-    """Both attention paths keep the engine's guarantee: a seeded request answers under load as it
-    does alone (the default, auto, is flash attention on a CPU)."""
+    """Both attention paths keep the engine's guarantee under load: a seeded request answers as it
+    does alone (flash attention gives up only bit-exact repeats of a reused prefix; README)."""
     local = LocalBackendSettings(n_parallel=4, n_ctx=1024, flash_attention=flash_attention)  # type: ignore[arg-type]
     with serve(Settings(port=0, state_dir=tmp_path_factory.mktemp("state"), backends={"local": local})) as server:
         seeds = [21, 22, 23, 24]

@@ -107,7 +107,7 @@ class Engine:
         n_batch: int,
         n_threads: int,
         n_embd: int | None = None,
-        flash_attention: str = "auto",
+        flash_attention: str = "off",
     ) -> None:
         """`n_embd`: the model's embedding size, where prompts may hold images (a projector)."""
         params = llama_cpp.llama_context_default_params()
