@@ -38,6 +38,7 @@ from benchmarks.concurrency import _free_port, _wait_ready
 from openvertex.backends.local.model import resolve_model_path
 
 TOKENS = 128
+PEER = "llama-server"
 AUTH = {"Authorization": "Bearer bench"}  # any token does for openvertex on loopback; llama-server ignores it
 PROMPT = "Write a long, detailed story about a magic backpack that travels the world."
 THREADS = len(os.sched_getaffinity(0))
@@ -106,10 +107,10 @@ def build_tools(flags: list[str]) -> Path:
     return out
 
 
-def start_openvertex(slots: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_openvertex(slots: int, flash_attention: str) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    settings = {"local": {"type": "local", "n_parallel": slots, "n_ctx": max(N_CTX, LONG_PROMPT_TOKENS + 256)}}
-    env = os.environ | {"OPENVERTEX_BACKENDS": json.dumps(settings)}
+    local = {"type": "local", "n_parallel": slots, "n_ctx": max(N_CTX, LONG_PROMPT_TOKENS + 256)}
+    env = os.environ | {"OPENVERTEX_BACKENDS": json.dumps({"local": local | {"flash_attention": flash_attention}})}
     command = [sys.executable, "-m", "openvertex", "serve", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     _wait_ready(f"http://127.0.0.1:{port}/readyz", process)
@@ -169,7 +170,7 @@ def load(base: str, clients: int, round_number: int) -> dict[str, float]:
 def long_prompt_ttft(base: str, round_number: int) -> float:
     """Time to the first token of a fresh ~2,000-token prompt (its first words differ each time,
     so no server reuses a cached prefix): one token asked for, not streamed."""
-    words = " ".join(f"item{(round_number * 7919 + i) % 100000}" for i in range(LONG_PROMPT_TOKENS // 5))
+    words = " ".join(f"item{(round_number * 7919 + i) % 100000:05d}" for i in range(330))  # 1,989 tokens
     body = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": f"Round {round_number}. Summarise this list: {words}"}],
@@ -200,72 +201,77 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tools-flags", choices=["install", "default"], default="install")
+    parser.add_argument("--tools-flags", choices=["install", "default"], default="default")
+    parser.add_argument("--flash-attention", nargs="+", default=["off", "on"], help="openvertex's, one server each")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/llama_server.json"))
     args = parser.parse_args()
     tools = build_tools(INSTALL_FLAGS if args.tools_flags == "install" else [])
     slots = max(args.levels)
+    started = {f"openvertex fa={mode}": start_openvertex(slots, mode) for mode in args.flash_attention}
+    started[PEER] = start_llama_server(tools, slots)  # each idle (no CPU) while another is driven
+    servers = {name: base for name, (_, base) in started.items()}
     per_round: list[dict[str, Any]] = []
-    ov_process, ov = start_openvertex(slots)
-    peer_process, peer = start_llama_server(tools, slots)
     try:
-        load(ov, 1, 0), load(peer, 1, 0)  # warm-up
+        for base in servers.values():
+            load(base, 1, 0)  # warm-up
         for number in range(1, args.rounds + 1):
-            measured: dict[str, Any] = {"levels": {}}
             ceiling = batched_ceiling(tools, args.levels)
+            measured: dict[str, Any] = {"raw_tokens_per_s": ceiling, "levels": {}, "long_prompt_ttft_s": {}}
             for clients in args.levels:
-                mine, theirs = load(ov, clients, number), load(peer, clients, number)
-                measured["levels"][clients] = {
-                    "openvertex_tokens_per_s": mine["tokens_per_s"],
-                    "llama_server_tokens_per_s": theirs["tokens_per_s"],
-                    "raw_tokens_per_s": ceiling.get(clients, float("nan")),
-                    "openvertex_ttft_s": mine["ttft_median_s"],
-                    "llama_server_ttft_s": theirs["ttft_median_s"],
-                }
-            measured["long_prompt_ttft_s"] = {
-                "openvertex": long_prompt_ttft(ov, number),
-                "llama_server": long_prompt_ttft(peer, number),
-            }
+                measured["levels"][clients] = {name: load(base, clients, number) for name, base in servers.items()}
+            for name, base in servers.items():
+                measured["long_prompt_ttft_s"][name] = long_prompt_ttft(base, number)
             per_round.append(measured)
     finally:
-        for process in (ov_process, peer_process):
+        for process, _ in started.values():
             process.terminate()
             process.wait(timeout=30)
-
-    result: dict[str, Any] = {"threads": THREADS, "tokens_per_client": TOKENS, "tools_flags": args.tools_flags}
-    result["cpu"] = _cpu()
-    result["levels"] = {}
-    print(f"medians of {args.rounds} interleaved rounds, {THREADS} threads, {result['cpu']['model']}")
-    print(
-        f"{'clients':>7} {'openvertex':>11} {'llama-server':>13} {'raw':>7} {'vs server':>9} {'vs raw':>7}"
-        f" {'TTFT ov':>8} {'TTFT srv':>8}"
-    )
-    for clients in args.levels:
-        rounds = [r["levels"][clients] for r in per_round]
-        level = {key: median(r[key] for r in rounds) for key in rounds[0]}
-        level["ratio_vs_llama_server"] = median(
-            r["openvertex_tokens_per_s"] / r["llama_server_tokens_per_s"] for r in rounds
-        )
-        level["ratio_vs_raw"] = median(r["openvertex_tokens_per_s"] / r["raw_tokens_per_s"] for r in rounds)
-        level["ttft_ratio"] = median(r["openvertex_ttft_s"] / r["llama_server_ttft_s"] for r in rounds)
-        result["levels"][str(clients)] = level
-        print(
-            f"{clients:>7} {level['openvertex_tokens_per_s']:>11.1f} {level['llama_server_tokens_per_s']:>13.1f}"
-            f" {level['raw_tokens_per_s']:>7.1f} {level['ratio_vs_llama_server']:>9.2f} {level['ratio_vs_raw']:>7.2f}"
-            f" {level['openvertex_ttft_s']:>8.3f} {level['llama_server_ttft_s']:>8.3f}"
-        )
-    long = {who: median(r["long_prompt_ttft_s"][who] for r in per_round) for who in ("openvertex", "llama_server")}
-    long["ratio"] = median(
-        r["long_prompt_ttft_s"]["openvertex"] / r["long_prompt_ttft_s"]["llama_server"] for r in per_round
-    )
-    result["long_prompt_ttft_s"] = long
-    print(
-        f"{LONG_PROMPT_TOKENS}-token prompt, time to first token: openvertex {long['openvertex']:.2f} s,"
-        f" llama-server {long['llama_server']:.2f} s ({long['ratio']:.2f}x)"
-    )
+    result = summary(per_round, list(servers), args.levels)
+    result |= {"threads": THREADS, "tokens_per_client": TOKENS, "tools_flags": args.tools_flags, "cpu": _cpu()}
     result["rounds"] = per_round
+    print(f"medians of {args.rounds} interleaved rounds, {THREADS} threads, {result['cpu']['model']}")
+    print(f"{'clients':>7} {'server':>18} {'tok/s':>7} {'vs llama-server':>15} {'vs raw':>7} {'TTFT s':>7}")
+    for clients, level in result["levels"].items():
+        for name, figures in level.items():
+            print(
+                f"{clients:>7} {name:>18} {figures['tokens_per_s']:>7.1f} {figures['vs_llama_server']:>15.2f}"
+                f" {figures['vs_raw']:>7.2f} {figures['ttft_median_s']:>7.3f}"
+            )
+    for name, figures in result["long_prompt_ttft_s"].items():
+        print(
+            f"{LONG_PROMPT_TOKENS}-token prompt, {name}: first token after {figures['seconds']:.2f} s"
+            f" ({figures['vs_llama_server']:.2f}x llama-server's)"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def summary(per_round: list[dict[str, Any]], names: list[str], levels: list[int]) -> dict[str, Any]:
+    """Medians over the rounds; ratios are medians of each round's ratio (drift lands on both)."""
+    result: dict[str, Any] = {"levels": {}, "long_prompt_ttft_s": {}}
+    for clients in levels:
+        level: dict[str, Any] = {}
+        for name in names:
+            mine = [r["levels"][clients][name] for r in per_round]
+            peers = [r["levels"][clients][PEER] for r in per_round]
+            raws = [r["raw_tokens_per_s"].get(clients, float("nan")) for r in per_round]
+            level[name] = {
+                "tokens_per_s": median(m["tokens_per_s"] for m in mine),
+                "ttft_median_s": median(m["ttft_median_s"] for m in mine),
+                "vs_llama_server": median(
+                    m["tokens_per_s"] / p["tokens_per_s"] for m, p in zip(mine, peers, strict=True)
+                ),
+                "vs_raw": median(m["tokens_per_s"] / raw for m, raw in zip(mine, raws, strict=True)),
+            }
+        result["levels"][str(clients)] = level
+    for name in names:
+        seconds = [r["long_prompt_ttft_s"][name] for r in per_round]
+        peers = [r["long_prompt_ttft_s"][PEER] for r in per_round]
+        result["long_prompt_ttft_s"][name] = {
+            "seconds": median(seconds),
+            "vs_llama_server": median(m / p for m, p in zip(seconds, peers, strict=True)),
+        }
+    return result
 
 
 def _cpu() -> dict[str, Any]:
