@@ -46,7 +46,9 @@ class Gateway:
 
 
 @contextmanager
-def gateway(tmp_path: Path, *, tokens_per_minute: int, reports_usage: bool = True) -> Iterator[Gateway]:
+def gateway(
+    tmp_path: Path, *, tokens_per_minute: int, reports_usage: bool = True, words: list[str] | None = None
+) -> Iterator[Gateway]:
     """openvertex relaying endpoint 1 to the upstream, with one issued key limited to
     `tokens_per_minute` (written to the database before the server starts, which reads it then)."""
     state_dir = tmp_path / "state"
@@ -56,7 +58,7 @@ def gateway(tmp_path: Path, *, tokens_per_minute: int, reports_usage: bool = Tru
         key = issue_key(ApiKeyStore(database), KeySpec(name="metered", tokens_per_minute=tokens_per_minute))
     finally:
         database.close()
-    with upstream_server(Upstream(reports_usage=reports_usage)) as upstream:
+    with upstream_server(Upstream(reports_usage=reports_usage, words=words or list(WORDS))) as upstream:
         endpoint = EndpointSettings(upstreams=[upstream.url], health_interval_s=60)
         settings = Settings(port=0, state_dir=state_dir, endpoints={"1": endpoint}, keys_refresh_s=0.2)
         with serve(settings, backends={"local": FakeBackend()}) as server:
@@ -96,6 +98,26 @@ def test_a_whole_answer_counts_its_usage_and_then_the_key_is_refused(tmp_path: P
     (row,) = _usage(relayed.state_dir)
     assert (row.key_name, row.model, row.requests) == ("metered", "1", 1)
     assert (row.prompt_tokens, row.output_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+
+
+def test_a_whole_answer_its_client_leaves_before_the_end_is_counted(tmp_path: Path) -> None:
+    """The upstream has done all the work of a whole answer by its first byte: a client that reads
+    that and hangs up still spends the answer's tokens (the rest is read for its usage)."""
+    limit = PROMPT_TOKENS + COMPLETION_TOKENS
+    with gateway(tmp_path, tokens_per_minute=limit, words=["x" * (8 << 20)]) as relayed:
+        _early_in_a_minute()
+        headers = {"Authorization": f"Bearer {relayed.key}", "content-type": "application/json"}
+        body = json.dumps(QUESTION).encode()
+        with httpx.stream("POST", relayed.url, content=body, headers=headers, timeout=30) as response:
+            assert response.status_code == 200
+            next(response.iter_raw(1024))  # the first bytes, then the client leaves
+        deadline = time.monotonic() + 10
+        while not (rows := _usage(relayed.state_dir)) or rows[0].prompt_tokens == 0:
+            assert time.monotonic() < deadline, rows  # written every keys_refresh_s once counted
+            time.sleep(0.1)
+        assert (rows[0].prompt_tokens, rows[0].output_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+        assert _refused_for_tokens(relayed.ask(QUESTION), limit)
+        assert len(relayed.upstream.bodies) == 1
 
 
 def test_a_stream_is_asked_for_its_usage_and_the_client_gets_the_stream_it_asked_for(tmp_path: Path) -> None:

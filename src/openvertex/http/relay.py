@@ -29,7 +29,7 @@ from openvertex.http.disconnect import ClientDisconnected, until_disconnect
 from openvertex.relay import RelayEndpoints, UpstreamAnswer
 from openvertex.relay.model_member import upstream_true, with_cache_salt, with_model
 from openvertex.relay.screen import AnswerScreen, StreamScreen, blocked_prompt, blocked_prompt_answer
-from openvertex.relay.usage import UsageMeter, asking_for_usage, meter_for
+from openvertex.relay.usage import AnswerUsage, UsageMeter, asking_for_usage, meter_for
 from openvertex.request_record import RequestRecord, current_record
 from openvertex.service.blocklist import Blocklist
 from openvertex.service.keys import check_model
@@ -38,6 +38,7 @@ from openvertex.settings import EndpointSettings
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
+REST_READ_S = 10.0  # how long the rest of a whole answer its client left is read, to count its usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,11 +175,24 @@ class RelayedResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            with contextlib.suppress(ClientDisconnected):
+            try:
                 await until_disconnect(receive, self._relay(send))
+            except ClientDisconnected:
+                if isinstance(self.meter, AnswerUsage):
+                    await self._read_rest()
         finally:
             self.answer.close()
             self._count()
+
+    async def _read_rest(self) -> None:
+        """The client left a whole answer before its end: the upstream has done all its work by
+        then, so the rest is read (within REST_READ_S) for its usage to count against the key."""
+        assert self.meter is not None
+        with contextlib.suppress(ApiError, TimeoutError):
+            async with asyncio.timeout(REST_READ_S):
+                while chunk := await self.answer.read():
+                    self.meter.feed(chunk)
+                self._complete = True
 
     async def _relay(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
