@@ -2,9 +2,10 @@
 llama-cpp-python vendors, in one interleaved run.
 
 Builds (once, cached under ~/.cache/openvertex/llama-tools) `llama-server` and
-`llama-batched-bench` from the llama-cpp-python sdist's vendor/llama.cpp, with the flags
-install.sh gives the library (or llama.cpp's defaults with --tools-flags default), then, round by
-round on the same model file and threads:
+`llama-batched-bench` from the llama-cpp-python sdist's vendor/llama.cpp, with llama.cpp's default
+flags (llamafile's sgemm included, as a user of llama-server gets it) or, with --tools-flags
+install, the flags install.sh gives openvertex's library; then, round by round on the same model
+file and threads, each server in turn (the order rotated every round):
 
 - streaming load at 1, 8 and 16 clients, 128 new tokens each: tok/s and median time to the first
   token, openvertex and llama-server alternately;
@@ -109,7 +110,7 @@ def build_tools(flags: list[str]) -> Path:
 
 def start_openvertex(slots: int, flash_attention: str) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    local = {"type": "local", "n_parallel": slots, "n_ctx": max(N_CTX, LONG_PROMPT_TOKENS + 256)}
+    local = {"type": "local", "n_parallel": slots, "n_ctx": max(N_CTX, LONG_PROMPT_TOKENS + 256), "n_threads": THREADS}
     env = os.environ | {"OPENVERTEX_BACKENDS": json.dumps({"local": local | {"flash_attention": flash_attention}})}
     command = [sys.executable, "-m", "openvertex", "serve", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
@@ -207,25 +208,32 @@ def main() -> None:
     args = parser.parse_args()
     tools = build_tools(INSTALL_FLAGS if args.tools_flags == "install" else [])
     slots = max(args.levels)
-    started = {f"openvertex fa={mode}": start_openvertex(slots, mode) for mode in args.flash_attention}
-    started[PEER] = start_llama_server(tools, slots)  # each idle (no CPU) while another is driven
-    servers = {name: base for name, (_, base) in started.items()}
+    started: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     per_round: list[dict[str, Any]] = []
     try:
+        for mode in args.flash_attention:
+            started[f"openvertex fa={mode}"] = start_openvertex(slots, mode)
+        started[PEER] = start_llama_server(tools, slots)  # each idle (no CPU) while another is driven
+        servers = {name: base for name, (_, base) in started.items()}
         for base in servers.values():
             load(base, 1, 0)  # warm-up
         for number in range(1, args.rounds + 1):
             ceiling = batched_ceiling(tools, args.levels)
             measured: dict[str, Any] = {"raw_tokens_per_s": ceiling, "levels": {}, "long_prompt_ttft_s": {}}
+            order = list(servers)[number % len(servers) :] + list(servers)[: number % len(servers)]  # rotated
             for clients in args.levels:
-                measured["levels"][clients] = {name: load(base, clients, number) for name, base in servers.items()}
+                measured["levels"][clients] = {name: load(servers[name], clients, number) for name in order}
             for name, base in servers.items():
                 measured["long_prompt_ttft_s"][name] = long_prompt_ttft(base, number)
             per_round.append(measured)
     finally:
         for process, _ in started.values():
             process.terminate()
-            process.wait(timeout=30)
+        for process, _ in started.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
     result = summary(per_round, list(servers), args.levels)
     result |= {"threads": THREADS, "tokens_per_client": TOKENS, "tools_flags": args.tools_flags, "cpu": _cpu()}
     result["rounds"] = per_round

@@ -43,7 +43,7 @@ class LocalBackendSettings(_Section):
     n_batch: int = Field(512, ge=32)  # tokens per decode step, prompts included
     n_gpu_layers: int = Field(0, ge=-1)  # layers offloaded to a GPU build of llama.cpp; -1: all
     # llama.cpp's flash attention ("auto": llama.cpp decides per device, as llama-server does; on a
-    # CPU, on). Long prompts prefill ~1.4x faster with it, but a prompt whose prefix is reused (the
+    # CPU, on). Long prompts prefill ~1.3x faster with it, but a prompt whose prefix is reused (the
     # next turn, a context cache) then computes logits a little apart from the same prompt cold, so
     # a seeded answer may differ between a first and a repeated request. Off: bit-exact repeats.
     flash_attention: Literal["auto", "on", "off"] = "off"

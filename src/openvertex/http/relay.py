@@ -2,7 +2,8 @@
 endpoint's replicas, or answered by a configured backend as `endpoints/openapi` would.
 
 The relayed answer keeps the upstream's status, content type and bytes; SSE frames go out as they
-arrive. A client that leaves closes the upstream connection, which is how the container learns.
+arrive. A client that leaves a stream closes the upstream connection, which is how the container
+learns; a whole answer is done upstream by its first byte, and its rest is read for the usage.
 The tokens the upstream reports using are counted for the key as any backend's are
 (relay/usage.py: a stream is asked for its usage, and the frame that adds is not relayed).
 The operator's blocklist applies as on every backend (relay/screen.py): a blocked prompt never
@@ -149,7 +150,7 @@ def _upstream_body(raw: bytes, model: str | None, tenant: str | None) -> tuple[b
 
 
 class RelayedResponse(Response):
-    """The upstream's answer, byte for byte, closed upstream the moment the client leaves; the
+    """The upstream's answer, byte for byte, closed upstream the moment the client leaves a stream; the
     tokens it reports go to the request's record once it ends. With a `screen` (the blocklist),
     what it holds back goes on once read, and a length the upstream gave is left out (a blocked
     choice changes the body)."""
@@ -178,7 +179,7 @@ class RelayedResponse(Response):
             try:
                 await until_disconnect(receive, self._relay(send))
             except ClientDisconnected:
-                if isinstance(self.meter, AnswerUsage):
+                if isinstance(self.meter, AnswerUsage) and self.meter.readable:
                     await self._read_rest()
         finally:
             self.answer.close()
@@ -187,11 +188,14 @@ class RelayedResponse(Response):
     async def _read_rest(self) -> None:
         """The client left a whole answer before its end: the upstream has done all its work by
         then, so the rest is read (within REST_READ_S) for its usage to count against the key."""
-        assert self.meter is not None
+        meter = self.meter
+        assert isinstance(meter, AnswerUsage)
         with contextlib.suppress(ApiError, TimeoutError):
             async with asyncio.timeout(REST_READ_S):
                 while chunk := await self.answer.read():
-                    self.meter.feed(chunk)
+                    meter.feed(chunk)
+                    if not meter.readable:  # too long to read a usage from: let it go
+                        return
                 self._complete = True
 
     async def _relay(self, send: Send) -> None:

@@ -150,6 +150,11 @@ class AnswerUsage:
     def finish(self) -> bytes:
         return b""
 
+    @property
+    def readable(self) -> bool:
+        """Whether the answer is still kept (not past MAX_ANSWER_BYTES), its usage to be read."""
+        return self._kept
+
     def usage(self, *, complete: bool) -> Usage | None:
         """The top-level usage of a complete answer. Found from the end without parsing the whole
         answer: chat completions put no other object named usage in it, and inside a string the

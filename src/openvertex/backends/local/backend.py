@@ -82,8 +82,12 @@ class LocalBackend:
             raise FileNotFoundError(f"mmproj: no projector file at {self.projector_path}")
         self._supervisor = EngineSupervisor(settings, self.model_path, self.projector_path)
         # A snapshot depends on the model's content (and the projector's), llama.cpp's state format
-        # and the context's layout (it restores only into a context with as many KV streams).
-        layout = f"llama.cpp {llama_cpp.__version__}|slots={settings.n_parallel}|ctx={settings.n_ctx}"
+        # and the context's layout (it restores only into a context with as many KV streams, and
+        # with flash attention as it was: llama.cpp stores V transposed only without it).
+        layout = (
+            f"llama.cpp {llama_cpp.__version__}|slots={settings.n_parallel}|ctx={settings.n_ctx}"
+            f"|flash_attention={settings.flash_attention}"
+        )
         self._prefixes = PrefixStore(
             kv_dir,
             partial(model_identity, self.model_path, self.projector_path, layout, keep=kv_dir),
