@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from openvertex.relay.sse_frames import MAX_FRAME_BYTES, SseFrames, frame_data, json_object
 from openvertex.service.blocklist import Blocklist
 
 log = logging.getLogger(__name__)
 
-_FRAME_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-MAX_FRAME_BYTES = 1 << 20
 MAX_ANSWER_BYTES = 64 << 20  # a whole answer is read at its end: longer ones pass unscreened
 
 
@@ -78,10 +75,15 @@ class _Choice:
     ended: bool = False  # its finish_reason came
     blocked: bool = False
     calls: dict[int, str] = field(default_factory=dict)  # each tool call's arguments so far
+    judged: tuple[int, bool] = (-1, False)  # the arguments' length when last read as JSON, and the verdict
 
     def decoded_hit(self, blocklist: Blocklist) -> bool:
-        """Whether its tool calls' arguments, read as JSON, hold a term in their strings."""
-        return any(_decoded_hit(arguments, blocklist) for arguments in self.calls.values())
+        """Whether its tool calls' arguments, read as JSON, hold a term in their strings (read
+        again only when they have grown: each of a call's frames asks once its choice ends)."""
+        length = sum(map(len, self.calls.values()))
+        if self.judged[0] != length:
+            self.judged = length, any(_decoded_hit(arguments, blocklist) for arguments in self.calls.values())
+        return self.judged[1]
 
     def add(self, kind: str, piece: str) -> None:
         if self.kind and kind != self.kind:
@@ -104,7 +106,7 @@ class StreamScreen:
 
     def __init__(self, blocklist: Blocklist) -> None:
         self._blocklist = blocklist
-        self._pending = bytearray()
+        self._frames_in = SseFrames()
         self._held: list[_Frame] = []
         self._choices: dict[int, _Choice] = {}
         self._reading = True
@@ -112,24 +114,18 @@ class StreamScreen:
     def feed(self, chunk: bytes) -> bytes:
         if not self._reading:
             return chunk
-        self._pending += chunk
-        start = 0
-        while (end := _FRAME_END.search(self._pending, start)) is not None:
-            self._hold(bytes(self._pending[start : end.end()]))
-            start = end.end()
-        del self._pending[:start]
+        for frame in self._frames_in.feed(chunk):
+            self._hold(frame)
         out = self._release(final=False)
-        if len(self._pending) > MAX_FRAME_BYTES:
+        if self._frames_in.overlong:
             log.warning("a relayed stream's frame is longer than %d bytes: the rest passes unscreened", MAX_FRAME_BYTES)
             self._reading = False
-            out += self._release(final=True) + bytes(self._pending)
-            self._pending.clear()
+            out += self._release(final=True) + self._frames_in.rest()
         return out
 
     def finish(self) -> bytes:
-        if self._pending:
-            self._hold(bytes(self._pending))
-            self._pending.clear()
+        if rest := self._frames_in.rest():
+            self._hold(rest)
         return self._release(final=True)
 
     def _hold(self, raw: bytes) -> None:
@@ -278,17 +274,8 @@ def _choices(event: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def _event(raw: bytes) -> dict[str, Any] | None:
-    lines = [line[5:].lstrip(b" ") for line in _LINE_END.split(raw) if line.startswith(b"data:")]
-    if not lines:
-        return None
-    data = b"\n".join(lines)
-    if data.strip() == b"[DONE]":
-        return None
-    try:
-        event = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return event if isinstance(event, dict) else None
+    data = frame_data(raw)
+    return json_object(data) if data is not None and data.strip() != b"[DONE]" else None
 
 
 def _filtered_frame(event: dict[str, Any] | None, index: int) -> bytes:

@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
 
 from openvertex.relay.model_member import top_level_members, upstream_true, with_member
+from openvertex.relay.sse_frames import SseFrames, frame_data, json_object
 
 _STREAM_OPTIONS = "stream_options"
-_FRAME_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")  # SSE allows each line ending; sse-starlette writes \r\n
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-MAX_FRAME_BYTES = 1 << 20  # a longer frame is passed on unread, and no more of the stream is read
 _MAX_USAGE_BYTES = 64 << 10  # a usage object, its details included, is far smaller
 
 
@@ -79,7 +77,7 @@ class StreamUsage:
 
     def __init__(self, *, strip_usage_frame: bool) -> None:
         self._strip = strip_usage_frame
-        self._pending = bytearray()  # an unfinished frame
+        self._frames_in = SseFrames()
         self._reading = True
         self._frames = 0  # frames with choices: about one token each
         self._reported: Usage | None = None
@@ -87,25 +85,18 @@ class StreamUsage:
     def feed(self, chunk: bytes) -> bytes:
         if not self._reading:
             return chunk
-        self._pending += chunk
         kept = bytearray()
-        start = 0
-        while (end := _FRAME_END.search(self._pending, start)) is not None:
-            frame = bytes(self._pending[start : end.end()])
-            start = end.end()
+        for frame in self._frames_in.feed(chunk):
             if self._read(frame) or not self._strip:
                 kept += frame
-        del self._pending[:start]
-        if len(self._pending) > MAX_FRAME_BYTES:  # not a stream we can read: passed on as it is
+        if self._frames_in.overlong:  # not a stream we can read: passed on as it is
             self._reading = False
-            kept += self._pending
-            self._pending.clear()
+            kept += self._frames_in.rest()
         return bytes(kept) if self._strip else chunk  # unstripped, nothing is held back
 
     def finish(self) -> bytes:
         """An unfinished last frame, sent as it is."""
-        rest = bytes(self._pending)
-        self._pending.clear()
+        rest = self._frames_in.rest()
         if rest and self._reading:
             self._read(rest)
         return rest if self._strip else b""
@@ -117,10 +108,10 @@ class StreamUsage:
 
     def _read(self, frame: bytes) -> bool:
         """Count the frame; False for the usage-only frame (the one `include_usage` adds)."""
-        data = _data(frame)
+        data = frame_data(frame)
         if data is None or data.strip() == b"[DONE]":
             return True
-        event = _json_object(data) if _USAGE_OBJECT.search(data) else None
+        event = json_object(data) if _USAGE_OBJECT.search(data) else None
         reported = _usage(event.get("usage")) if event is not None else None
         if reported is not None:
             self._reported = reported
@@ -173,22 +164,6 @@ class AnswerUsage:
                     return None
                 return _usage(value)
         return None
-
-
-def _data(frame: bytes) -> bytes | None:
-    """The data of an SSE event (its `data:` lines joined), or None for an event without any."""
-    lines = [line for line in _LINE_END.split(frame) if line.startswith(b"data:")]
-    if not lines:
-        return None
-    return b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines)
-
-
-def _json_object(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _usage(value: Any) -> Usage | None:
