@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openvertex.relay.sse_frames import MAX_FRAME_BYTES, SseFrames, frame_data, json_object
-from openvertex.service.blocklist import Blocklist
+from openvertex.service.blocklist import Blocklist, json_strings
 
 log = logging.getLogger(__name__)
 
@@ -251,21 +251,8 @@ def _decoded_hit(arguments: str, blocklist: Blocklist) -> bool:
     except (ValueError, RecursionError):
         return False  # not JSON: it was searched as it came
     keys: list[str] = []
-    values = list(_strings(value, keys))
+    values = list(json_strings(value, keys))
     return blocklist.hit("\n".join(values)) or blocklist.hit("\n".join(keys))
-
-
-def _strings(value: Any, keys: list[str]) -> Iterator[str]:
-    """The strings of a JSON value, in order; its objects' keys are added to `keys`."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            keys.append(key)
-            yield from _strings(item, keys)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item, keys)
 
 
 def _choices(event: dict[str, Any] | None) -> list[dict[str, Any]]:

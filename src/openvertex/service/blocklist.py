@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from openvertex.settings import BlocklistSettings
@@ -72,3 +73,18 @@ def _lookahead(items: Any) -> int:
         elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") and _lookahead(value[2]):
             return MAX_REACH
     return total
+
+
+def json_strings(value: Any, keys: list[str] | None = None) -> Iterator[str]:
+    """The strings of a JSON value (a call's arguments), in order, as rated and searched; its
+    objects' keys are added to `keys` when given."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if keys is not None:
+                keys.append(key)
+            yield from json_strings(item, keys)
+    elif isinstance(value, list):
+        for item in value:
+            yield from json_strings(item, keys)

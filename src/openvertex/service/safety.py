@@ -22,7 +22,7 @@ term split between a thought and the answer, or hidden in an argument, blocks li
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from openvertex.backends.base import Backend, Capabilities
 from openvertex.errors import InvalidArgumentError, unsupported
 from openvertex.http_clients import HttpClients
 from openvertex.protocol import generate_content as gc
-from openvertex.service.blocklist import Blocklist
+from openvertex.service.blocklist import Blocklist, json_strings
 from openvertex.service.capabilities import Namer
 from openvertex.service.harm_classifiers import (
     HarmClassifier,
@@ -431,24 +431,12 @@ def _said(part: gc.Part) -> str:
     if call is None:
         return ""
     if call.args:
-        return "".join(f"{value}\n" for value in _strings(call.args))
+        return "".join(f"{value}\n" for value in json_strings(call.args))
     return "".join(
         (arg.string_value or "") + ("" if arg.will_continue else "\n")
         for arg in call.partial_args or []
         if arg.string_value is not None
     )
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """The strings in a JSON value, in order."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
 
 
 def _joined(results: list[gc.LogprobsResult]) -> gc.LogprobsResult | None:
