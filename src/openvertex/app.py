@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,12 +20,14 @@ from openvertex.backends.registry import create_backend
 from openvertex.errors import ApiError
 from openvertex.executors import shutdown_executors
 from openvertex.http.admin import AdminHandlers
-from openvertex.http.auth import Authenticator
+from openvertex.http.auth import AdminKeys, Authenticator
+from openvertex.http.console import Console
+from openvertex.http.console_api import ConsoleApi
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
 from openvertex.http.lifecycle import Lifecycle
 from openvertex.http.metrics import register_backend_readings
 from openvertex.http.native import NativeHandlers
-from openvertex.http.recording import RecordRequests
+from openvertex.http.recording import UNTIMED_PATHS, RecordRequests
 from openvertex.http.relay import RelayHandlers, pinned_backends
 from openvertex.http.routes import Handlers
 from openvertex.http_clients import HttpClients
@@ -49,6 +52,7 @@ from openvertex.store.database import database_for
 from openvertex.store.quota_counts import QuotaCountStore
 from openvertex.store.secrets import shared_secret
 from openvertex.store.usage import UsageStore
+from openvertex.timeline import Timeline
 from openvertex.translate.bounded_json import JsonLimits
 from openvertex.translate.resources import ModelName
 
@@ -74,6 +78,7 @@ def create_app(
     router = Router(backends=backends, routes=settings.routes)
     metrics = Metrics()
     register_backend_readings(metrics, router)
+    timeline = Timeline(lambda: {name: backend.load().tokens_generated for name, backend in backends.items()})
     database = database_for(settings)
     signer = ThoughtSigner(_signing_secret(settings))
     media = MediaReader(settings.media, clients)
@@ -100,6 +105,9 @@ def create_app(
     lifecycle = Lifecycle()
     reloading = _reloading(reload, router, keys, tenants) if reload is not None else None
     admin = AdminHandlers(settings.admin_keys, keys, ApiKeyStore(database), UsageStore(database), reloading)
+    console_api = ConsoleApi(
+        auth, AdminKeys(settings.admin_keys), router, relay, pinned_endpoints=pinned, timeline=timeline
+    )
     handlers = Handlers(
         ChatService(pipeline, router),
         NativeHandlers(NativeService(pipeline, router), caches, settings.max_body_bytes, json_limits),
@@ -110,6 +118,7 @@ def create_app(
         relay=RelayHandlers(relay, pinned, settings.max_body_bytes, safety.blocklist),
         lifecycle=lifecycle,
         predict_model=settings.predict_model,
+        console=console_api,
     )
 
     @contextlib.asynccontextmanager
@@ -121,14 +130,18 @@ def create_app(
         await _open_outbound(clients, relay)  # before the backends start: they may call out
         # Backends start in the background: /healthz answers at once, /readyz once loaded.
         starting = asyncio.gather(*(backend.start() for backend in backends.values()))
-        sweeping = asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s))
-        indexing = asyncio.create_task(grounding.start())  # a corpus is indexed while the model loads
-        keeping = asyncio.create_task(keep_keys_and_usage(keys, quotas, UsageStore(database), settings.keys_refresh_s))
+        running: list[asyncio.Future[Any]] = [
+            starting,
+            asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s)),
+            asyncio.create_task(grounding.start()),  # a corpus is indexed while the model loads
+            asyncio.create_task(keep_keys_and_usage(keys, quotas, UsageStore(database), settings.keys_refresh_s)),
+            asyncio.create_task(timeline.keep_sampling()),  # the tokens of each second, for the console
+        ]
         try:
             with _reloads_on_sighup(reloading):
                 yield
         finally:
-            for task in (starting, sweeping, keeping, indexing):
+            for task in running:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
@@ -143,8 +156,9 @@ def create_app(
             *handlers.container_routes(settings.health_route, settings.predict_route),
             *handlers.routes(),
             *admin.routes(),
+            *Console().routes(),
         ],
-        middleware=[Middleware(RecordRequests, metrics=metrics)],
+        middleware=[Middleware(RecordRequests, metrics=metrics, timeline=timeline, untimed=_untimed(settings))],
         lifespan=lifespan,
         exception_handlers={
             ApiError: api_error_handler,
@@ -154,6 +168,11 @@ def create_app(
     )
     app.state.lifecycle = lifecycle
     return app
+
+
+def _untimed(settings: Settings) -> frozenset[str]:
+    """The paths the console's timeline leaves out: health checks (Vertex AI's too) and scrapes."""
+    return UNTIMED_PATHS | ({settings.health_route} if settings.health_route else set())
 
 
 def _signatures_required(settings: Settings) -> Callable[[ModelName], bool]:

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from openvertex.app import create_app
-from openvertex.backends.base import BackendLoad, Capabilities
+from openvertex.backends.base import BackendLoad, CacheUsage, Capabilities
 from openvertex.backends.fake import FakeBackend
 from openvertex.protocol import generate_content as gc
 from openvertex.settings import LocalBackendSettings, Settings
@@ -243,11 +243,15 @@ def _cancelled_count(server: RunningServer) -> int:
 class _Hanging:
     """A backend that never answers, and records whether its work was cancelled and closed."""
 
+    kind = "hanging"
     capabilities = Capabilities(thinking=True)
 
     def __init__(self) -> None:
         self.started = 0
         self.closed = 0
+
+    def cache_usage(self) -> CacheUsage:
+        return CacheUsage()
 
     def ready(self) -> bool:
         return True

@@ -31,6 +31,7 @@ from openvertex.store.api_keys import ApiKeyStore
 from openvertex.store.cached_contents import CachedContentRow, CachedContentStore
 from openvertex.store.postgres import MIGRATIONS, PostgresDatabase
 from openvertex.store.secrets import shared_secret
+from openvertex.store.usage import UsagePoint, UsageRow, UsageStore
 from tests.support.postgres import binaries, fresh_database, postgres_server
 from tests.support.server import serve, serving
 
@@ -191,6 +192,34 @@ def test_the_cache_sweeps_questions_run_on_postgresql(database_url: str) -> None
         assert asyncio.run(store.remove_expired(names, now=50.0)) == 0
         assert asyncio.run(store.live(names, now=50.0)) == set(names[1::2])
         assert asyncio.run(store.live([], now=50.0)) == set()
+    finally:
+        database.close()
+
+
+def test_the_usage_series_runs_on_postgresql(database_url: str) -> None:
+    """Per key and step, models together, the steps with usage only: PostgreSQL divides the
+    minutes as integers, as SQLite does."""
+    database = PostgresDatabase(database_url)
+    database.open()
+    try:
+        store = UsageStore(database)
+        rows = [
+            UsageRow("a", "m1", 6001, 1, 10, 20),
+            UsageRow("a", "m2", 6004, 2, 1, 1),
+            UsageRow("a", "m1", 6009, 1, 5, 5),
+            UsageRow("b", "m1", 6002, 4, 4, 4),
+            UsageRow("b", "m1", 5000, 9, 9, 9),  # before the window
+        ]
+        asyncio.run(store.add(rows))
+        assert store.series(since_minute=6000, step_minutes=5) == [
+            UsagePoint("a", 6000, 3, 11, 21),
+            UsagePoint("a", 6005, 1, 5, 5),
+            UsagePoint("b", 6000, 4, 4, 4),
+        ]
+        assert store.series(since_minute=6000, step_minutes=60) == [
+            UsagePoint("a", 6000, 4, 16, 26),
+            UsagePoint("b", 6000, 4, 4, 4),
+        ]
     finally:
         database.close()
 

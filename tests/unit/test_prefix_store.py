@@ -385,3 +385,15 @@ def test_the_same_prefix_under_one_model_shares_a_snapshot(tmp_path: Path) -> No
     assert store.get(snapshot_key(IDENTITY, None, (7, 8, 9))) == Snapshot((7, 8, 9), b"kv")
     other = replace(IDENTITY, model=hashlib.sha256(b"n").digest())
     assert store.get(snapshot_key(other, None, (7, 8, 9))) is None
+
+
+def test_disk_used_follows_the_files_this_store_writes_and_removes(tmp_path: Path) -> None:
+    (tmp_path / "old.kv").write_bytes(b"x" * 10)  # left from before a restart: counted too
+    store = _store(tmp_path, memory_bytes=BIG, disk_bytes=BIG)
+    assert store.disk_used() == 10
+    store.put(_key(A), A)
+    store.put(_key(B), B)
+    assert store.disk_used() == 10 + 2 * FILE and store.memory_used() == 2 * SIZE
+    store.discard(_key(A))
+    assert store.disk_used() == 10 + FILE
+    assert _store(None, memory_bytes=BIG, disk_bytes=BIG).disk_used() == 0

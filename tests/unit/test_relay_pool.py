@@ -256,3 +256,16 @@ def test_stats_are_read_per_endpoint() -> None:
     assert 'openvertex_endpoint_requests_total{endpoint="123"} 3' in text
     assert 'openvertex_endpoint_retries_total{endpoint="123"} 1' in text
     assert 'openvertex_endpoint_seconds_total{endpoint="123"} 0.5' in text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:secret@10.0.0.5:8000/v1", "http://10.0.0.5:8000"),
+        ("https://token@vllm.internal/openai/v1", "https://vllm.internal"),
+        ("http://u:p@[::1]:9000/v1", "http://[::1]:9000"),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000"),
+    ],
+)
+def test_a_replica_is_shown_by_its_origin_without_credentials(url: str, shown: str) -> None:
+    assert Replica.at(url, "/health").public_origin == shown

@@ -79,6 +79,20 @@ class BackendLoad:
     upstream_errors: int = 0  # requests that ended in an error (after retries)
     upstream_retries: int = 0
     upstream_seconds: float = 0.0  # summed until each answer's last byte
+    # A backend decoding itself (local): its slots (sequences decoded at once), the tokens whose
+    # KV its slots hold now, and how many they could hold. None: it has no such thing.
+    slots: int | None = None
+    kv_tokens: int | None = None
+    kv_capacity: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheUsage:
+    """What a backend keeps for context caches (the local engine's KV snapshots)."""
+
+    count: int = 0  # context caches whose prefix it keeps
+    bytes_memory: int = 0
+    bytes_disk: int = 0
 
 
 # Which of the context caches named still exist (the shared database says, for every replica).
@@ -86,6 +100,11 @@ LiveCaches = Callable[[Collection[str]], Awaitable[Collection[str]]]
 
 
 class Backend(Protocol):
+    @property
+    def kind(self) -> str:
+        """The backend's type, as the configuration names it (`local`, `gemini`, `fake`)."""
+        ...
+
     @property
     def capabilities(self) -> Capabilities: ...
 
@@ -95,6 +114,11 @@ class Backend(Protocol):
 
     def load(self) -> BackendLoad:
         """What the backend is doing now, for /metrics."""
+        ...
+
+    def cache_usage(self) -> CacheUsage:
+        """What the backend keeps for context caches, for /metrics and the console's status:
+        cheap (no I/O but after the backend changed what it keeps)."""
         ...
 
     async def start(self) -> None: ...

@@ -14,6 +14,7 @@ from pathlib import Path
 from openvertex.backends.base import (
     OPTIONAL_FIELDS,
     BackendLoad,
+    CacheUsage,
     Capabilities,
     LiveCaches,
     RoleTokens,
@@ -26,6 +27,8 @@ Turn = Sequence[gc.GenerateContentResponse | Exception] | Exception
 
 
 class FakeBackend:
+    kind = "fake"
+
     def __init__(self, script: Iterable[Turn] = (), *, capabilities: Capabilities | None = None) -> None:
         self._script: deque[Turn] = deque(script)
         self._capabilities = capabilities or Capabilities(
@@ -62,6 +65,9 @@ class FakeBackend:
 
     def load(self) -> BackendLoad:
         return BackendLoad()
+
+    def cache_usage(self) -> CacheUsage:
+        return CacheUsage(count=len(self.prefixes))
 
     async def start(self) -> None:
         return None

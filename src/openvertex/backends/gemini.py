@@ -29,7 +29,7 @@ import google.auth.credentials
 from pydantic import ValidationError
 from yarl import URL
 
-from openvertex.backends.base import OPTIONAL_FIELDS, BackendLoad, Capabilities, LiveCaches, RoleTokens
+from openvertex.backends.base import OPTIONAL_FIELDS, BackendLoad, CacheUsage, Capabilities, LiveCaches, RoleTokens
 from openvertex.backends.google_auth import TokenSource, access_credentials
 from openvertex.errors import (
     ApiError,
@@ -63,6 +63,8 @@ class _Counts:
 
 
 class GeminiBackend:
+    kind = "gemini"
+
     def __init__(self, settings: GeminiBackendSettings, clients: HttpClients) -> None:
         self.settings = settings
         self.capabilities = Capabilities(
@@ -107,6 +109,9 @@ class GeminiBackend:
             upstream_retries=counts.retries,
             upstream_seconds=counts.seconds,
         )
+
+    def cache_usage(self) -> CacheUsage:
+        return CacheUsage()  # Gemini keeps its context caches upstream
 
     async def start(self) -> None:
         return None  # its session is opened by its HttpClients, before backends start

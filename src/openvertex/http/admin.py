@@ -6,13 +6,15 @@ none configured it does not exist (404).
     GET    /admin/keys           → {keys: [{name, models, limits, times, status}]}
     DELETE /admin/keys/{name}    → {}
     GET    /admin/usage?hours=24 → {usage: [{key, model, requests, prompt_tokens, output_tokens}]}
+    GET    /admin/usage/series?hours=24&step=300
+                                 → {step_s, since, series: [{key, points: [{t, requests, prompt_tokens,
+                                   output_tokens}]}]}: per key and step, the steps with usage only
     POST   /admin/reload         → {}: what SIGHUP does (404 where the server has no file to reload)
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,12 +24,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from openvertex.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnauthenticatedError
+from openvertex.http.auth import AdminKeys
 from openvertex.http.body import read_body, read_json
 from openvertex.service.keys import KeyRing, KeySpec, issue_key
 from openvertex.store.api_keys import ApiKeyStore
 from openvertex.store.usage import UsageStore
 
 MAX_BODY_BYTES = 64 * 1024
+SERIES_MAX_HOURS = 31 * 24
+SERIES_STEPS_S = (60, 300, 3600)
 
 
 class AdminHandlers:
@@ -39,7 +44,7 @@ class AdminHandlers:
         usage: UsageStore,
         reload: Callable[[], bool] | None,
     ) -> None:
-        self._admin_keys = [key.encode() for key in admin_keys]
+        self._admin_keys = AdminKeys(admin_keys)
         self._keys, self._store, self._usage, self._reload = keys, store, usage, reload
 
     def routes(self) -> list[Route]:
@@ -50,13 +55,12 @@ class AdminHandlers:
             Route("/admin/keys", self.list_keys, methods=["GET"]),
             Route("/admin/keys/{name}", self.revoke_key, methods=["DELETE"]),
             Route("/admin/usage", self.usage, methods=["GET"]),
+            Route("/admin/usage/series", self.usage_series, methods=["GET"]),
             Route("/admin/reload", self.reload, methods=["POST"]),
         ]
 
     def _check(self, request: Request) -> None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
-        if not any([hmac.compare_digest(presented, key) for key in self._admin_keys]):  # every key, always
+        if not self._admin_keys.presented(request):
             raise UnauthenticatedError("The admin API needs one of the configured admin_keys.")
 
     async def create_key(self, request: Request) -> Response:
@@ -99,12 +103,7 @@ class AdminHandlers:
 
     async def usage(self, request: Request) -> Response:
         self._check(request)
-        try:
-            hours = float(request.query_params.get("hours", "24"))
-        except ValueError:
-            raise InvalidArgumentError("must be a number of hours", param="hours") from None
-        if not 0 < hours <= 24 * 366:
-            raise InvalidArgumentError("must be more than 0 and at most a year", param="hours")
+        hours = _hours(request, maximum=24 * 366, within="a year")
         since = int((time.time() - hours * 3600) // 60)
         rows = await asyncio.to_thread(self._usage.totals, since_minute=since)
         return JSONResponse(
@@ -122,6 +121,26 @@ class AdminHandlers:
             }
         )
 
+    async def usage_series(self, request: Request) -> Response:
+        """Usage over time, per key (models together), for the console's charts."""
+        self._check(request)
+        hours = _hours(request, maximum=SERIES_MAX_HOURS, within=f"{SERIES_MAX_HOURS} hours")
+        step = _step(request, hours)
+        since = int((time.time() - hours * 3600) // step * step)  # the first step whole
+        points = await asyncio.to_thread(self._usage.series, since_minute=since // 60, step_minutes=step // 60)
+        series: dict[str, list[dict[str, int]]] = {}
+        for point in points:
+            series.setdefault(point.key_name, []).append(
+                {
+                    "t": point.minute * 60,
+                    "requests": point.requests,
+                    "prompt_tokens": point.prompt_tokens,
+                    "output_tokens": point.output_tokens,
+                }
+            )
+        listed = [{"key": key, "points": points} for key, points in series.items()]
+        return JSONResponse({"step_s": step, "since": since, "series": listed})
+
     async def reload(self, request: Request) -> Response:
         self._check(request)
         if self._reload is None:
@@ -129,3 +148,23 @@ class AdminHandlers:
         if not await asyncio.to_thread(self._reload):
             raise InvalidArgumentError("The configuration did not load; what runs is unchanged (see the log).")
         return JSONResponse({})
+
+
+def _hours(request: Request, *, maximum: float, within: str) -> float:
+    try:
+        hours = float(request.query_params.get("hours", "24"))
+    except ValueError:
+        raise InvalidArgumentError("must be a number of hours", param="hours") from None
+    if not 0 < hours <= maximum:  # NaN fails too
+        raise InvalidArgumentError(f"must be more than 0 and at most {within}", param="hours")
+    return hours
+
+
+def _step(request: Request, hours: float) -> int:
+    """The series' step in seconds: as asked, else by the span (a few hundred points at most)."""
+    asked = request.query_params.get("step")
+    if asked is None:
+        return 60 if hours <= 3 else 300 if hours <= 48 else 3600
+    if asked not in {str(step) for step in SERIES_STEPS_S}:
+        raise InvalidArgumentError(f"must be one of {', '.join(map(str, SERIES_STEPS_S))} seconds", param="step")
+    return int(asked)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hmac
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -11,7 +12,7 @@ from starlette.routing import Route
 
 from openvertex.errors import UnauthenticatedError
 from openvertex.request_record import current_record
-from openvertex.service.keys import KeyRing, Quotas
+from openvertex.service.keys import KeyGrant, KeyRing, Quotas
 from openvertex.service.tenants import Tenants
 
 _MISSING = (
@@ -31,6 +32,22 @@ def _presented_token(request: Request) -> str | None:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class AdminKeys:
+    """The configured `admin_keys`: a bearer token is compared with every one, always, in
+    constant time, so timing says nothing of which (if any) matched."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._keys = [key.encode() for key in keys]
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def presented(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        return any([hmac.compare_digest(presented, key) for key in self._keys])  # a list: every key
+
+
 class Authenticator:
     """Who a request is (its key), and its place in that key's quotas."""
 
@@ -42,9 +59,16 @@ class Authenticator:
     async def check(self, request: Request, *, anonymous: bool = False) -> None:
         """`anonymous`: a request without a token passes while no key exists (a Vertex AI
         container's prediction route, behind the endpoint's IAM)."""
+        grant = self.identify(request, anonymous=anonymous)
+        if grant is not None:
+            await self.quotas.admit(grant, current_record())
+
+    def identify(self, request: Request, *, anonymous: bool = False) -> KeyGrant | None:
+        """The request's key, checked but not counted against its quotas (what reads the server's
+        state, not a model, needs); None where no key exists (`anonymous`: as for `check`)."""
         token = _presented_token(request)
         if self.keys.open and (token is not None or anonymous):
-            return
+            return None
         if token is None:
             raise UnauthenticatedError(_MISSING)
         grant = self.keys.find(token)
@@ -53,7 +77,12 @@ class Authenticator:
         record = current_record()
         record.key, record.models_allowed = grant.name, grant.models or None
         record.tenant = self.tenants.of(grant.name)
-        await self.quotas.admit(grant, record)
+        return grant
+
+    def one_tenant(self) -> bool:
+        """Whether every key a request may present is of one tenant (or none exists): then what
+        the server as a whole does tells a key of no other tenant's requests."""
+        return self.keys.open or len({self.tenants.of(name) for name in self.keys.names()}) <= 1
 
     def guard(self, handler: Handler, *, anonymous: bool = False) -> Handler:
         """`handler` behind the key check: how every API route is authenticated."""

@@ -50,6 +50,22 @@ def register_backend_readings(metrics: Metrics, router: Router) -> None:
     ):
         metrics.labelled_reading(f"openvertex_{field}_total", help_text, "backend", per_backend(field))
     metrics.reading(
+        "openvertex_kv_tokens",
+        "Tokens whose KV the local engines' slots hold (prefixes kept for reuse included).",
+        lambda: float(sum(backend.load().kv_tokens or 0 for backend in router.backends.values())),
+    )
+
+    def cache_bytes() -> dict[str, float]:
+        usages = [backend.cache_usage() for backend in router.backends.values()]
+        return {
+            "memory": float(sum(usage.bytes_memory for usage in usages)),
+            "disk": float(sum(usage.bytes_disk for usage in usages)),
+        }
+
+    metrics.labelled_reading(
+        "openvertex_context_cache_bytes", "Bytes of context caches' KV snapshots kept.", "where", cache_bytes, "gauge"
+    )
+    metrics.reading(
         "openvertex_prompt_tokens_computed_total",
         "Prompt tokens prefilled (reused prefixes excluded).",
         lambda: total("tokens_prefilled"),

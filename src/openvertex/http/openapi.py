@@ -117,6 +117,58 @@ _PATH_PARAMETERS: dict[str, JsonObject] = {
 _STATUS_OK = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
 
 
+def _object(**properties: JsonObject) -> JsonObject:
+    """A JSON object whose every property is present (the console API's bodies)."""
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+_INT, _NUMBER, _STRING, _BOOL = {"type": "integer"}, {"type": "number"}, {"type": "string"}, {"type": "boolean"}
+_INT_OR_NULL, _NUMBER_OR_NULL = {"type": ["integer", "null"]}, {"type": ["number", "null"]}
+
+
+def _list(item: JsonObject) -> JsonObject:
+    return {"type": "array", "items": item}
+
+
+_CONSOLE_CONFIG = _object(keys_required=_BOOL, admin=_BOOL, version=_STRING)
+_CONSOLE_MODELS = _object(models=_list(_object(id=_STRING, backend=_STRING)), endpoints=_list(_object(id=_STRING)))
+_BACKEND_STATUS = _object(
+    name=_STRING,
+    kind=_STRING,
+    models=_list(_STRING),
+    ready=_BOOL,
+    slots_busy=_INT,
+    slots_total=_INT_OR_NULL,
+    queue=_INT,
+    kv_tokens=_INT_OR_NULL,
+    kv_capacity=_INT_OR_NULL,
+    tokens_generated=_INT,
+    tokens_per_second=_NUMBER,
+    upstream_requests=_INT,
+    upstream_errors=_INT,
+)
+_REPLICA_STATUS = _object(origin=_STRING, healthy=_BOOL, in_flight=_INT, failures=_INT)
+_ENDPOINT_STATUS = _object(id=_STRING, requests=_INT, errors=_INT, retries=_INT, replicas=_list(_REPLICA_STATUS))
+_BUCKET = _object(
+    t=_INT,
+    requests=_INT,
+    errors=_INT,
+    client_errors=_INT,
+    server_errors=_INT,
+    latency_ms_avg=_NUMBER_OR_NULL,
+    latency_ms_max=_NUMBER_OR_NULL,
+    tokens=_INT,
+)
+_CONSOLE_STATUS = _object(
+    time=_NUMBER,
+    uptime_s=_INT,
+    backends=_list(_BACKEND_STATUS),
+    endpoints=_list(_ENDPOINT_STATUS),
+    context_caches=_object(count=_INT, bytes_memory=_INT, bytes_disk=_INT),
+    requests=_object(bucket_s=_INT, series=_list(_BUCKET)),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     summary: str
@@ -235,6 +287,31 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "openapi": Operation(
         summary="This document.", tag="health", plain={"application/json": {"type": "object"}}, errors=()
+    ),
+    "console_config": Operation(
+        summary="For the web console: whether requests need an API key, whether admin keys exist, the version.",
+        tag="console",
+        plain={"application/json": _CONSOLE_CONFIG},
+        native=True,
+    ),
+    "console_models": Operation(
+        summary="For the web console: the routed models and the self-deployed endpoints' ids (an API key's "
+        "check, not counted against its quotas).",
+        tag="console",
+        authenticated=True,
+        plain={"application/json": _CONSOLE_MODELS},
+        errors=("401", "500"),
+        native=True,
+    ),
+    "console_status": Operation(
+        summary="For the web console: the server's live status (backends, endpoints, context caches, the last "
+        "ten minutes of requests in 5-second buckets). An admin key; an API key only while the server has "
+        "one tenant (else 403).",
+        tag="console",
+        authenticated=True,
+        plain={"application/json": _CONSOLE_STATUS},
+        errors=("401", "403", "500"),
+        native=True,
     ),
 }
 

@@ -1,6 +1,8 @@
 """Each request recorded at the HTTP edge: its id (returned as `x-request-id`), a count in
-/metrics by route and status, and one log line (`openvertex.request`) with the key's name (never
-the key), the model, the backend, the tokens, the time to first token and the duration."""
+/metrics by route and status, its place in the console's timeline (but for the console's own,
+the health checks' and the scrapes' requests, so polling does not count itself), and one log line
+(`openvertex.request`) with the key's name (never the key), the model, the backend, the tokens,
+the time to first token and the duration."""
 
 from __future__ import annotations
 
@@ -17,20 +19,29 @@ from openvertex.http.metrics import route_name
 from openvertex.logs import printable
 from openvertex.metrics import Metrics
 from openvertex.request_record import RequestRecord, end_record, start_record
+from openvertex.timeline import Timeline
 
 log = logging.getLogger("openvertex.request")
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A client's own id is kept when it is a plain token (a proxy's or a tracer's), else replaced.
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Requests the timeline leaves out: they watch the server rather than use it (`/`: the console's page).
+UNTIMED_PATHS = frozenset({"/", "/metrics", "/healthz", "/readyz", "/console"})
+UNTIMED_PREFIX = "/console/"
 
 
 class RecordRequests:
     """ASGI middleware: the request's id, its count in /metrics and its log line."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, timeline: Timeline | None = None, untimed: frozenset[str] = UNTIMED_PATHS
+    ) -> None:
+        """`untimed`: the paths `timeline` leaves out (a container's health route, say), and /console/…"""
         self.app = app
         self.metrics = metrics
+        self.timeline = timeline
+        self.untimed = untimed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +72,8 @@ class RecordRequests:
         finally:
             record.duration_ms = round((time.monotonic() - started) * 1000, 3)
             end_record(token)
+            if self.timeline is not None and path not in self.untimed and not path.startswith(UNTIMED_PREFIX):
+                self.timeline.record(record.status, record.duration_ms)
             for callback in record.on_end:
                 callback(record)
             if log.isEnabledFor(logging.INFO):

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from openvertex.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from openvertex.http.auth import Authenticator
 from openvertex.http.body import INLINE_PARSE_BYTES, load_object, read_body, read_json, validate
+from openvertex.http.console_api import ConsoleApi
 from openvertex.http.disconnect import until_disconnect
 from openvertex.http.errors import error_body
 from openvertex.http.lifecycle import Lifecycle
@@ -43,6 +44,7 @@ class Handlers:
         relay: RelayHandlers | None = None,
         lifecycle: Lifecycle | None = None,
         predict_model: str | None = None,
+        console: ConsoleApi | None = None,
     ) -> None:
         self.service = service
         self.metrics = metrics
@@ -50,6 +52,7 @@ class Handlers:
         self.predict_model = predict_model  # for a prediction that names no model
         self.relay = relay  # relay endpoints (self-deployed); None: only `openapi` exists
         self.native = native
+        self.console = console  # the JSON the web console reads; it checks keys itself
         self.auth = auth
         self.max_body_bytes = max_body_bytes
         self.json_limits = json_limits or JsonLimits()
@@ -190,4 +193,5 @@ class Handlers:
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"], name="metrics"),
             Route("/openapi.json", self.openapi, methods=["GET"]),
+            *(self.console.routes() if self.console is not None else []),
         ]

@@ -27,6 +27,17 @@ class Replica:
     failures: int = 0  # in a row
     in_service: bool = True
 
+    @property
+    def public_origin(self) -> str:
+        """scheme://host[:port] without the credentials a URL may carry: what may be shown."""
+        parts = urlsplit(self.url)
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+        try:
+            port = parts.port
+        except ValueError:  # not a number: the URL would not have connected either
+            port = None
+        return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
     @classmethod
     def at(cls, url: str, health_path: str) -> Replica:
         parts = urlsplit(url)

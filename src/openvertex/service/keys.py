@@ -160,6 +160,10 @@ class KeyRing:
         self._issued = {row.hash: KeyGrant.from_row(row) for row in rows if row.status(now) == "active"}
         self.closed = self.closed or bool(rows)
 
+    def names(self) -> set[str]:
+        """The names of the keys a request may present now."""
+        return {grant.name for _, grant in self._configured} | {grant.name for grant in self._issued.values()}
+
     def find(self, token: str) -> KeyGrant | None:
         presented = token.encode()
         # Every configured key is compared, always, so timing says nothing about which one matched.

@@ -1,4 +1,4 @@
-"""usage rows: requests and tokens per key, model and minute, for `openvertex usage`."""
+"""usage rows: requests and tokens per key, model and minute, for `openvertex usage` and the admin API."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ class UsageRow:
     key_name: str
     model: str
     minute: int
+    requests: int
+    prompt_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePoint:
+    """One key's usage in one step of a series, all models together."""
+
+    key_name: str
+    minute: int  # the step's first minute
     requests: int
     prompt_tokens: int
     output_tokens: int
@@ -48,5 +59,22 @@ class UsageStore:
                 (since_minute,),
             )
             return [UsageRow(*row) for row in rows]
+
+        return self._db.call(work)
+
+    def series(self, *, since_minute: int, step_minutes: int) -> list[UsagePoint]:
+        """Per key and step of `step_minutes` (steps counted from the epoch) since a minute: only
+        the steps with usage, by key, oldest first."""
+
+        def work(db: Connection) -> list[UsagePoint]:
+            # The step is cast so PostgreSQL divides integers, as SQLite does.
+            rows = db.execute(
+                "SELECT key_name, (minute / CAST(? AS INTEGER)) * CAST(? AS INTEGER) AS step_minute, "
+                "CAST(SUM(requests) AS BIGINT), CAST(SUM(prompt_tokens) AS BIGINT), "
+                "CAST(SUM(output_tokens) AS BIGINT) "
+                "FROM usage WHERE minute >= ? GROUP BY key_name, step_minute ORDER BY key_name, step_minute",
+                (step_minutes, step_minutes, since_minute),
+            )
+            return [UsagePoint(*row) for row in rows]
 
         return self._db.call(work)

@@ -17,7 +17,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp._internals import LlamaModel
 
-from openvertex.backends.base import BackendLoad, Capabilities, LiveCaches, RoleTokens, collect_stream
+from openvertex.backends.base import BackendLoad, CacheUsage, Capabilities, LiveCaches, RoleTokens, collect_stream
 from openvertex.backends.local import thinking
 from openvertex.backends.local.calls import FunctionCalling, plan_function_calling
 from openvertex.backends.local.digests import model_identity
@@ -61,6 +61,8 @@ Plan = tuple[list[int], Sampling, FunctionCalling | None, Snapshot | None, Image
 
 
 class LocalBackend:
+    kind = "local"
+
     def __init__(self, settings: LocalBackendSettings, *, kv_dir: Path | None = None) -> None:
         """`kv_dir`: where the KV of cached prefixes is kept on disk (None: in memory only)."""
         self.settings = settings
@@ -118,6 +120,10 @@ class LocalBackend:
 
     def load(self) -> BackendLoad:
         return self._supervisor.load()
+
+    def cache_usage(self) -> CacheUsage:
+        prefixes = self._prefixes
+        return CacheUsage(len(prefixes.names()), prefixes.memory_used(), prefixes.disk_used())
 
     async def start(self) -> None:
         await asyncio.gather(self._supervisor.start(), asyncio.to_thread(self._identify))

@@ -157,6 +157,11 @@ class Engine:
     def waiting(self) -> int:
         return len(self._waiting) + len(self._inbox)
 
+    def kv_tokens(self) -> int:
+        """Tokens whose KV the slots hold now (a finished slot's kept prefix included). Read from
+        any thread: each slot's context is replaced or grown whole, and its length read at once."""
+        return sum(len(slot.context) for slot in self._slots)
+
     def submit(self, job: Job) -> None:
         if job.candidates > len(self._slots):  # it could never start, and would hold up the queue
             raise ValueError(f"a job of {job.candidates} candidates on an engine of {len(self._slots)} slots")

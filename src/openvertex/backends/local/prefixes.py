@@ -78,6 +78,10 @@ class PrefixStore:
         self._names: dict[str, _Record] = {}  # context cache → the snapshot it uses
         self._lock = threading.Lock()
         self._disk_lock = threading.Lock()  # one writer at a time keeps the disk budget
+        # Bytes of snapshots on disk, as of a count of this store's changes to them: scanned again
+        # only once it wrote or removed a file since.
+        self._disk_changes = 0
+        self._disk_scan: tuple[int, int] | None = None
         if directory is not None:
             (directory / _NAMES).mkdir(parents=True, exist_ok=True)
             self._names = _read_records(directory / _NAMES)
@@ -93,6 +97,15 @@ class PrefixStore:
 
     def memory_used(self) -> int:
         return self._in_memory
+
+    def disk_used(self) -> int:
+        """Bytes of the snapshot files: cheap to poll (the folder is read again only after a change)."""
+        if self._directory is None:
+            return 0
+        changes = self._disk_changes  # a change during the scan leaves it stale: the next call scans again
+        if self._disk_scan is None or self._disk_scan[0] != changes:
+            self._disk_scan = (changes, _bytes_of(self._directory.glob(f"*{_SUFFIX}")))
+        return self._disk_scan[1]
 
     def get(self, key: str) -> Snapshot | None:
         """The snapshot, from memory or its checked file; None where it is missing or its file
@@ -142,8 +155,10 @@ class PrefixStore:
             self._loaded.pop(key, None)
         path = self._path(key)
         if path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            with self._disk_lock:  # every change is counted under it: none is lost
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                self._disk_changes += 1
 
     # ------------------------------------------------------------------ which cache uses which
 
@@ -202,7 +217,9 @@ class PrefixStore:
                 (self._directory / _NAMES / _record_file(name)).unlink()
         with self._disk_lock:  # no write of this process under way: its scratch files are done
             removed = _sweep_scratch(self._directory, now) + _sweep_scratch(self._directory / _NAMES, now)
-            return removed + self._sweep_snapshots(used, now)
+            removed += self._sweep_snapshots(used, now)
+            self._disk_changes += 1
+            return removed
 
     def _sweep_snapshots(self, used: set[str], now: float) -> int:
         """Remove the snapshots nothing uses (but those just written) and those of another model."""
@@ -245,6 +262,7 @@ class PrefixStore:
         with self._disk_lock:
             self._make_room(size, keep=path)
             _replace(path, pieces)
+            self._disk_changes += 1
 
     def _read(self, key: str) -> Snapshot | None:
         path = self._path(key)
@@ -263,6 +281,7 @@ class PrefixStore:
             with self._disk_lock, contextlib.suppress(FileNotFoundError):
                 if _identity(path.stat()) == read:  # not a good one a writer has put in its place since
                     path.unlink()
+                    self._disk_changes += 1
             return None
         self._touch(key)
         return snapshot
@@ -324,6 +343,14 @@ def _read_records(folder: Path) -> dict[str, _Record]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     return records
+
+
+def _bytes_of(paths: Iterable[Path]) -> int:
+    total = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
 
 
 def _replace(path: Path, pieces: Iterable[bytes]) -> None:

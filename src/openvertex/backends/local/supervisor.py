@@ -97,13 +97,23 @@ class EngineSupervisor:
 
     def load(self) -> BackendLoad:
         engine, (generated, prefilled) = self.engine, self._retired
+        slots, n_ctx = self.settings.n_parallel, self.settings.n_ctx
         if engine is None:
-            return BackendLoad(tokens_generated=generated, tokens_prefilled=prefilled)
+            return BackendLoad(
+                tokens_generated=generated,
+                tokens_prefilled=prefilled,
+                slots=slots,
+                kv_tokens=0,
+                kv_capacity=slots * n_ctx,
+            )
         return BackendLoad(
             engine.running(),
             engine.waiting(),
             generated + engine.tokens_generated,
             prefilled + engine.tokens_prefilled,
+            slots=slots,
+            kv_tokens=engine.kv_tokens(),
+            kv_capacity=slots * n_ctx,  # a KV stream of n_ctx cells per slot (engine.py)
         )
 
     async def start(self) -> None:
