@@ -119,6 +119,7 @@ def create_app(
         lifecycle=lifecycle,
         predict_model=settings.predict_model,
         console=console_api,
+        console_page=Console(),
     )
 
     @contextlib.asynccontextmanager
@@ -156,7 +157,6 @@ def create_app(
             *handlers.container_routes(settings.health_route, settings.predict_route),
             *handlers.routes(),
             *admin.routes(),
-            *Console().routes(),
         ],
         middleware=[Middleware(RecordRequests, metrics=metrics, timeline=timeline, untimed=_untimed(settings))],
         lifespan=lifespan,

@@ -112,6 +112,7 @@ _PATH_PARAMETERS: dict[str, JsonObject] = {
         "examples": ["gemini-2.5-flash:generateContent"],
     },
     "cache": {"type": "string", "description": "a context cache's id"},
+    "file": {"type": "string", "description": "one of the web console's files", "examples": ["app.js"]},
 }
 
 _STATUS_OK = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
@@ -287,6 +288,21 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "openapi": Operation(
         summary="This document.", tag="health", plain={"application/json": {"type": "object"}}, errors=()
+    ),
+    "console_page": Operation(
+        summary="The web console: a page that chats with any model on either surface, shows the server's "
+        "status, and manages keys with an admin key.",
+        tag="console",
+        plain={"text/html": {"type": "string"}},
+        errors=(),
+        native=True,
+    ),
+    "console_file": Operation(
+        summary="One of the web console's scripts or style sheets.",
+        tag="console",
+        plain={"text/javascript": {"type": "string"}, "text/css": {"type": "string"}},
+        errors=("404",),
+        native=True,
     ),
     "console_config": Operation(
         summary="For the web console: whether requests need an API key, whether admin keys exist, the version.",

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from openvertex.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from openvertex.http.auth import Authenticator
 from openvertex.http.body import INLINE_PARSE_BYTES, load_object, read_body, read_json, validate
+from openvertex.http.console import Console
 from openvertex.http.console_api import ConsoleApi
 from openvertex.http.disconnect import until_disconnect
 from openvertex.http.errors import error_body
@@ -45,6 +46,7 @@ class Handlers:
         lifecycle: Lifecycle | None = None,
         predict_model: str | None = None,
         console: ConsoleApi | None = None,
+        console_page: Console | None = None,
     ) -> None:
         self.service = service
         self.metrics = metrics
@@ -53,6 +55,7 @@ class Handlers:
         self.relay = relay  # relay endpoints (self-deployed); None: only `openapi` exists
         self.native = native
         self.console = console  # the JSON the web console reads; it checks keys itself
+        self.console_page = console_page  # the console's own files
         self.auth = auth
         self.max_body_bytes = max_body_bytes
         self.json_limits = json_limits or JsonLimits()
@@ -194,4 +197,5 @@ class Handlers:
             Route("/metrics", self.metrics_text, methods=["GET"], name="metrics"),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             *(self.console.routes() if self.console is not None else []),
+            *(self.console_page.routes() if self.console_page is not None else []),
         ]
