@@ -18,7 +18,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from openvertex.backends.fake import FakeBackend
-from openvertex.settings import EndpointSettings, Settings
+from openvertex.protocol import generate_content as gc
+from openvertex.settings import EndpointSettings, ModelRoute, Settings
 from tests.support.browser import chromium, screenshot
 from tests.support.media import text_png
 from tests.support.openai_upstream import WORDS, Upstream, upstream_server
@@ -416,3 +417,91 @@ def test_a_self_deployed_endpoint_from_the_playground(page: Page, tmp_path: Path
             expect(row).to_contain_text("healthy")
             assert "@" not in row.inner_text()
             screenshot(page, "16-endpoint-status")
+
+
+def test_a_stream_read_whatever_its_line_endings_and_reads(page: Page, fake_server: RunningServer) -> None:
+    """CRLF frames (the native surface's, sse-starlette's) split inside a line ending by the
+    network, and CR-only lines, are read as the frames they are."""
+    open_console(page, fake_server)
+    events = page.evaluate(
+        """async () => {
+        const { stream } = await import('/console/api.js');
+        const reads = ['data: {"a":1}\\r\\n\\r', '\\ndata: {"a":2}\\r', '\\n\\r\\n', 'data: {"a":3}\\r\\r',
+          'data: {"a"', ':4}\\r', '\\r'];
+        const real = window.fetch;
+        window.fetch = async () => new Response(new ReadableStream({
+          start(controller) {
+            for (const read of reads) controller.enqueue(new TextEncoder().encode(read));
+            controller.close();
+          },
+        }), {headers: {'content-type': 'text/event-stream'}});
+        const seen = [];
+        try {
+          for await (const event of stream('/anywhere', {})) seen.push(event.a);
+        } finally {
+          window.fetch = real;
+        }
+        return seen;
+      }"""
+    )
+    assert events == [1, 2, 3, 4]
+
+
+def test_an_exchange_without_an_answer_is_not_sent_again(
+    page: Page, fake_server: RunningServer, fake: FakeBackend
+) -> None:
+    """A blocked prompt's empty answer stays on the page but out of the next request: Gemini
+    refuses a turn without parts, and the prompt would block every request after it."""
+    fake.add([gc.GenerateContentResponse.model_validate({"promptFeedback": {"blockReason": "SAFETY"}})])
+    open_console(page, fake_server)
+    page.check("input[name=surface][value=native]")
+    send(page, "a blocked prompt")
+    expect(page.locator("li.turn.model .facts")).to_contain_text("SAFETY")
+    expect(page.locator("li.turn.model.failed")).to_have_count(1)
+    with page.expect_request(lambda request: ":streamGenerateContent" in request.url) as sent:
+        send(page, "another prompt")
+    assert json.loads(sent.value.post_data or "")["contents"] == [
+        {"role": "user", "parts": [{"text": "another prompt"}]}
+    ]
+    assert answer_text(page, 1) == "another prompt"
+
+
+def test_thoughts_go_back_only_where_the_server_reads_them_as_thoughts(page: Page, fake_server: RunningServer) -> None:
+    """With thoughts no longer shown (no thought_tag_marker), an earlier turn's thoughts are left
+    out of the OpenAI messages rather than sent as text the model said."""
+    open_console(page, fake_server)
+    message = page.evaluate(
+        """async () => {
+        const c = await import('/console/conversation.js');
+        const turn = {role: 'model', parts: [{text: 'hmm', thought: true}, {text: 'Answer', thoughtSignature: 'c2ln'}]};
+        const contents = [{role: 'user', parts: [{text: 'q'}]}, turn, {role: 'user', parts: [{text: 'q2'}]}];
+        const body = c.openaiBody('m', contents, c.readOptions({safety: {}}));
+        return [body.messages[1], body.extra_body];
+      }"""
+    )
+    assert message == [
+        {"role": "assistant", "content": "Answer", "extra_content": {"google": {"thought_signature": "c2ln"}}},
+        None,
+    ]
+
+
+def test_routes_offered_as_models_and_another_publishers_model_on_the_native_surface(
+    page: Page, tmp_path: Path
+) -> None:
+    """A route's glob is offered as a name it matches, and `meta/llama-3` is called on the native
+    surface as publishers/meta/models/llama-3, which the server routes back to `meta/*`."""
+    routes = [ModelRoute(model="google/gemini-*", backend="local"), ModelRoute(model="meta/*", backend="local")]
+    settings = Settings(port=0, state_dir=tmp_path / "state", routes=routes)
+    with serve(settings, backends={"local": FakeBackend()}) as server:
+        open_console(page, server)
+        options = page.locator("#model-list option")
+        assert [options.nth(i).get_attribute("value") for i in range(options.count())] == [
+            "google/gemini-2.5-flash",
+            "meta/gemini-2.5-flash",
+        ]
+        page.fill("#model", "meta/llama-3")
+        page.check("input[name=surface][value=native]")
+        with page.expect_request(lambda request: ":streamGenerateContent" in request.url) as sent:
+            send(page, "hello from the console")
+        assert "/publishers/meta/models/llama-3:streamGenerateContent?alt=sse" in sent.value.url
+        assert answer_text(page, 0) == "hello from the console"

@@ -69,25 +69,33 @@ export async function* stream(path, body, { key = keys.api(), signal } = {}) {
   if (!response.ok) throw await failure(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let pending = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    pending += value.replace(/\r\n/g, "\n");
-    let end;
-    while ((end = pending.indexOf("\n\n")) >= 0) {
-      const frame = pending.slice(0, end);
-      pending = pending.slice(end + 2);
-      const data = frame
-        .split("\n")
-        .filter((line) => line.startsWith("data:"))
-        .map((line) => line.slice(5).replace(/^ /, ""))
-        .join("\n");
-      if (!data) continue;
-      if (data === "[DONE]") return;
-      const event = JSON.parse(data);
-      const error = Array.isArray(event) ? event[0] && event[0].error : event.error;
-      if (error) throw errorOf(error.code || 500, event);
-      yield event;
+  let carriage = ""; // a CR that ends a read may be half of a CRLF split across two reads
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      const text = carriage + (done ? "" : value);
+      carriage = !done && text.endsWith("\r") ? "\r" : "";
+      // SSE lines end in CRLF, LF or CR (the native surface and sse-starlette write CRLF).
+      pending += (carriage ? text.slice(0, -1) : text).replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = pending.indexOf("\n\n")) >= 0) {
+        const frame = pending.slice(0, end);
+        pending = pending.slice(end + 2);
+        const data = frame
+          .split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (!data) continue;
+        if (data === "[DONE]") return;
+        const event = JSON.parse(data);
+        const error = Array.isArray(event) ? event[0] && event[0].error : event.error;
+        if (error) throw errorOf(error.code || 500, event);
+        yield event;
+      }
+      if (done) return;
     }
+  } finally {
+    reader.cancel().catch(() => {}); // a stream left early (an error, [DONE]) is not read on
   }
 }

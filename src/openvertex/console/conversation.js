@@ -156,7 +156,9 @@ function userMessages(turn) {
   return messages;
 }
 
-function modelMessage(turn) {
+// `tagged`: the request sets thought_tag_marker, so the server reads the tagged thoughts back as
+// thoughts; without it they would reach the model as text it had said, and are left out.
+function modelMessage(turn, tagged) {
   const thoughts = [];
   const texts = [];
   const calls = [];
@@ -176,7 +178,7 @@ function modelMessage(turn) {
     }
   }
   let content = texts.join("");
-  if (thoughts.length) content = `<${THOUGHT_MARKER}>${thoughts.join("")}</${THOUGHT_MARKER}>\n\n${content}`;
+  if (thoughts.length && tagged) content = `<${THOUGHT_MARKER}>${thoughts.join("")}</${THOUGHT_MARKER}>\n\n${content}`;
   const message = { role: "assistant", content: content || null };
   if (calls.length) message.tool_calls = calls;
   if (signature) message.extra_content = { google: { thought_signature: signature } };
@@ -187,7 +189,7 @@ export function openaiBody(model, contents, options) {
   const messages = [];
   if (options.system) messages.push({ role: "system", content: options.system });
   for (const turn of contents) {
-    if (turn.role === "model") messages.push(modelMessage(turn));
+    if (turn.role === "model") messages.push(modelMessage(turn, options.includeThoughts));
     else messages.push(...userMessages(turn));
   }
   const body = { model, messages };
@@ -308,5 +310,8 @@ export function paths(project, location, target, surface, stream) {
   if (target.kind === "endpoint") return `${base}/endpoints/${encodeURIComponent(target.id)}/chat/completions`;
   if (surface === "openai") return `${base}/endpoints/openapi/chat/completions`;
   const method = stream ? "streamGenerateContent?alt=sse" : "generateContent";
-  return `${base}/publishers/google/models/${encodeURIComponent(target.id)}:${method}`;
+  // `meta/llama-3` is publishers/meta/models/llama-3, as the server routes it back; a bare id is Google's.
+  const slash = target.id.indexOf("/");
+  const [publisher, model] = slash > 0 ? [target.id.slice(0, slash), target.id.slice(slash + 1)] : ["google", target.id];
+  return `${base}/publishers/${encodeURIComponent(publisher)}/models/${encodeURIComponent(model)}:${method}`;
 }

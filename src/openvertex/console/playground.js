@@ -23,9 +23,15 @@ function button(text, onClick, className = "quiet") {
   return element;
 }
 
-// A route's glob is offered with a model name in place of its wildcard.
+// A route's glob is offered as a model name it matches: a known one where it can (`google/gemini-*`
+// offers google/gemini-2.5-flash), else with a name in place of its wildcard.
+const KNOWN_MODELS = ["google/gemini-2.5-flash", "gemini-2.5-flash"];
+
 function suggestion(pattern) {
-  return pattern.includes("*") ? pattern.replace("*", "gemini-2.5-flash") : pattern;
+  if (!pattern.includes("*")) return pattern;
+  const escaped = pattern.split("*").map((piece) => piece.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
+  const glob = new RegExp(`^${escaped.join(".*")}$`);
+  return KNOWN_MODELS.find((name) => glob.test(name)) || pattern.replace("*", "gemini-2.5-flash");
 }
 
 function nativeModel(model) {
@@ -232,6 +238,11 @@ export class Playground {
         if (error instanceof ApiError && error.status === 401) this.needKey();
       }
     } finally {
+      if (this.items.includes(modelItem) && !modelTurn.parts.length) {
+        // No answer (a blocked prompt, a stop before the first token): shown, never sent again, as
+        // Gemini refuses a turn without parts and a blocked prompt would block each request after it.
+        userItem.failed = modelItem.failed = true;
+      }
       modelItem.pending = false;
       this.controller = null;
       $("stop").hidden = true;
