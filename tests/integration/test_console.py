@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from openvertex.backends.fake import FakeBackend
 from openvertex.protocol import generate_content as gc
@@ -505,3 +505,33 @@ def test_routes_offered_as_models_and_another_publishers_model_on_the_native_sur
             send(page, "hello from the console")
         assert "/publishers/meta/models/llama-3:streamGenerateContent?alt=sse" in sent.value.url
         assert answer_text(page, 0) == "hello from the console"
+
+
+def test_the_status_polls_once_however_often_its_tab_is_opened(page: Page, fake_server: RunningServer) -> None:
+    """Leaving the status tab and coming back while a reading is under way leaves one poll going,
+    not one more each time."""
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:  # each reading waits until let through
+        held.append(route)
+
+    page.route("**/console/api/status", hold)
+    open_console(page, fake_server, "status")
+    status = page.locator("section#status")
+    for _ in range(5):
+        page.evaluate("location.hash = '#playground'")
+        expect(status).to_be_hidden()
+        page.evaluate("location.hash = '#status'")
+        expect(status).to_be_visible()
+    deadline = time.monotonic() + 10
+    while len(held) < 6:
+        assert time.monotonic() < deadline, len(held)
+        page.wait_for_timeout(50)
+    answered = len(held)
+    for route in held[:answered]:
+        route.fulfill(json={"error": {"code": 503, "message": "held", "status": "UNAVAILABLE"}}, status=503)
+    while len(held) == answered:
+        assert time.monotonic() < deadline + 5
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(2500)  # past another poll's interval: any other round would have asked by now
+    assert len(held) == answered + 1

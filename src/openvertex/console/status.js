@@ -33,13 +33,15 @@ export class Status {
   constructor({ notice }) {
     this.notice = notice;
     this.timer = null;
+    this.polling = null; // the current round of polls: one stopped while its reading is under way ends there
   }
 
   start() {
-    if (this.timer) return;
+    if (this.polling) return;
+    const polling = (this.polling = {});
     const tick = async () => {
       await this.refresh();
-      if (this.timer) this.timer = setTimeout(tick, POLL_MS);
+      if (this.polling === polling) this.timer = setTimeout(tick, POLL_MS);
     };
     this.timer = setTimeout(tick, 0);
   }
@@ -47,6 +49,7 @@ export class Status {
   stop() {
     clearTimeout(this.timer);
     this.timer = null;
+    this.polling = null;
   }
 
   async refresh() {
