@@ -13,7 +13,7 @@ from openvertex.relay.model_member import top_level_members, with_model
 from openvertex.relay.replicas import Replica, ReplicaSet
 from openvertex.relay.stats import RelayStats, register_relay_readings
 from openvertex.relay.upstream_auth import BearerToken, GoogleToken, NoAuth, upstream_auth
-from openvertex.relay.usage import AnswerUsage, StreamUsage, Usage, asking_for_usage
+from openvertex.relay.usage import AnswerUsage, StreamUsage, Usage, asking_for_usage, meter_for
 from openvertex.settings import EndpointSettings
 
 # ---- the `model` member: only its bytes change -------------------------------------------------
@@ -178,6 +178,20 @@ def test_a_whole_answer_gives_its_top_level_usage() -> None:
     assert without.usage(complete=True) is None
 
 
+def test_an_embeddings_answer_counts_its_prompt_tokens_only() -> None:
+    answer = (
+        b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5]}],'
+        b'"usage":{"prompt_tokens":6,"total_tokens":6}}'
+    )
+    meter = meter_for("application/json", strip_usage_frame=False, operation="embeddings")
+    assert isinstance(meter, AnswerUsage)
+    assert _relayed(meter, [answer]) == answer
+    assert meter.usage(complete=True) == Usage(6, 0)
+    assert AnswerUsage().usage(complete=True) is None  # a chat answer needs completion_tokens
+    # An embeddings answer is never a stream: one that comes as one is not read.
+    assert meter_for("text/event-stream", strip_usage_frame=False, operation="embeddings") is None
+
+
 # ---- replicas: least outstanding requests, failures in a row, health -----------------------------
 
 
@@ -190,6 +204,9 @@ def _replicas(count: int, max_failures: int = 2) -> ReplicaSet:
 def test_replica_urls() -> None:
     replica = Replica.at("https://vllm.example:8443/v1/", "health")
     assert replica.chat_url == "https://vllm.example:8443/v1/chat/completions"
+    assert replica.embeddings_url == "https://vllm.example:8443/v1/embeddings"
+    assert replica.url_for("embeddings") == replica.embeddings_url
+    assert replica.url_for("chat/completions") == replica.chat_url
     assert replica.health_url == "https://vllm.example:8443/health"
     assert replica.origin == "https://vllm.example:8443"
     with pytest.raises(ValueError, match="http"):

@@ -1,5 +1,6 @@
-"""Self-deployed endpoints at the HTTP edge: `…/endpoints/{ID}/chat/completions` relayed to the
-endpoint's replicas, or answered by a configured backend as `endpoints/openapi` would.
+"""Self-deployed endpoints at the HTTP edge: `…/endpoints/{ID}/chat/completions` (and
+`…/embeddings`) relayed to the endpoint's replicas, or answered by a configured backend as
+`endpoints/openapi` would.
 
 The relayed answer keeps the upstream's status, content type and bytes; SSE frames go out as they
 arrive. A client that leaves a stream closes the upstream connection, which is how the container
@@ -7,7 +8,8 @@ learns; a whole answer is done upstream by its first byte, and its rest is read 
 The tokens the upstream reports using are counted for the key as any backend's are
 (relay/usage.py: a stream is asked for its usage, and the frame that adds is not relayed).
 The operator's blocklist applies as on every backend (relay/screen.py): a blocked prompt never
-goes upstream, and an answer's frames are held until the blocklist has read past them.
+goes upstream, and an answer's frames are held until the blocklist has read past them. Embeddings
+are neither screened (no text comes back) nor streamed; their prompt tokens are counted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,8 +29,9 @@ from starlette.types import Receive, Scope, Send
 from openvertex.errors import ApiError, InvalidArgumentError, NotFoundError
 from openvertex.http.body import INLINE_PARSE_BYTES, read_body
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
-from openvertex.relay import RelayEndpoints, UpstreamAnswer
+from openvertex.relay import RelayEndpoints, RelayPool, UpstreamAnswer
 from openvertex.relay.model_member import upstream_true, with_cache_salt, with_model
+from openvertex.relay.replicas import Operation
 from openvertex.relay.screen import AnswerScreen, StreamScreen, blocked_prompt, blocked_prompt_answer
 from openvertex.relay.usage import AnswerUsage, UsageMeter, asking_for_usage, meter_for
 from openvertex.request_record import RequestRecord, current_record
@@ -74,7 +77,13 @@ class RelayHandlers:
         self.max_body_bytes = max_body_bytes
         self.blocklist = blocklist if blocklist else None
 
-    async def relay(self, request: Request, endpoint_id: str) -> Response:
+    async def relay(
+        self,
+        request: Request,
+        endpoint_id: str,
+        *,
+        operation: Literal["chat/completions", "embeddings"] = "chat/completions",
+    ) -> Response:
         pool = self.endpoints.get(endpoint_id)
         if pool is None:
             raise NotFoundError(f"Endpoint `{endpoint_id}` not found.")
@@ -86,6 +95,11 @@ class RelayHandlers:
         # it would read otherwise (UTF-16, say) could carry what the edits are there to replace.
         small = len(raw) <= INLINE_PARSE_BYTES
         parsed = _json_object(raw) if small else await asyncio.to_thread(_json_object, raw)
+        if operation == "embeddings":
+            # No blocklist (an embedding holds no text to screen), no stream, no cache salt
+            # (vLLM's is for the prefix cache of generation): only `model` changes.
+            body = with_model(raw, pool.model) if small else await asyncio.to_thread(with_model, raw, pool.model)
+            return await self._forward(request, pool, body, record, operation, usage_added=False)
         if self.blocklist is not None:
             held = (
                 blocked_prompt(parsed, self.blocklist)
@@ -103,8 +117,21 @@ class RelayHandlers:
             body, usage_added = _upstream_body(raw, pool.model, salted)
         else:  # scanning a large body would hold up every stream on the loop
             body, usage_added = await asyncio.to_thread(_upstream_body, raw, pool.model, salted)
+        return await self._forward(request, pool, body, record, operation, usage_added=usage_added)
+
+    async def _forward(
+        self,
+        request: Request,
+        pool: RelayPool,
+        body: bytes,
+        record: RequestRecord,
+        operation: Operation,
+        *,
+        usage_added: bool,
+    ) -> Response:
+        """`body` sent to one of `pool`'s replicas, and its answer relayed as it comes."""
         content_type = request.headers.get("content-type", _JSON)
-        forwarding = asyncio.ensure_future(pool.forward(body, content_type))
+        forwarding = asyncio.ensure_future(pool.forward(body, content_type, operation=operation))
         try:
             # Until the answer starts, only the receive channel tells that the client left.
             answer = await until_disconnect(request.receive, forwarding)
@@ -115,8 +142,9 @@ class RelayHandlers:
         meter = screen = None
         if 200 <= answer.status < 300:
             answered_type = next((value for name, value in answer.headers if name == "content-type"), "")
-            meter = meter_for(answered_type, strip_usage_frame=usage_added)
-            screen = _screen_for(answered_type, self.blocklist)
+            meter = meter_for(answered_type, strip_usage_frame=usage_added, operation=operation)
+            if operation == "chat/completions":
+                screen = _screen_for(answered_type, self.blocklist)
         return RelayedResponse(answer, meter, record, screen)
 
 

@@ -1,5 +1,6 @@
-"""Relay endpoints: the self-deployed endpoints (`…/endpoints/{ID}/chat/completions`), a pass-through
-to OpenAI-compatible replicas (vLLM, TGI's Messages API, llama-server, another openvertex).
+"""Relay endpoints: the self-deployed endpoints (`…/endpoints/{ID}/chat/completions` and
+`…/embeddings`), a pass-through to OpenAI-compatible replicas (vLLM, TGI's Messages API,
+llama-server, another openvertex).
 
     endpoints.py     RelayEndpoints: every configured endpoint's pool, the aiohttp session they share, and health checks
     pool.py          RelayPool.forward: pick a replica, add auth, send, retry a failed connection elsewhere

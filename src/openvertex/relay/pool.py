@@ -1,9 +1,9 @@
 """One endpoint's forwarding: pick a replica, add the upstream's auth, send the body, and hand back
 the answer with its headers read. A connection that fails before the answer's status line arrived
-is tried on another replica, once each: nothing reached the client yet, and a chat completion has no
-effect beyond its answer, so running it again is safe (a replica shutting down resets the requests
-sent on its idle keep-alive connections). The answer, once it started, is the client's, whatever its
-status.
+is tried on another replica, once each: nothing reached the client yet, and a chat completion or an
+embedding has no effect beyond its answer, so running it again is safe (a replica shutting down
+resets the requests sent on its idle keep-alive connections). The answer, once it started, is the
+client's, whatever its status.
 
 Gateway failures raised here (rendered in Google's shape by the HTTP edge):
     UnavailableError       503  no replica in service, none reachable, or a malformed answer
@@ -19,7 +19,7 @@ import aiohttp
 
 from openvertex.errors import ApiError, DeadlineExceededError, UnavailableError
 from openvertex.http_clients import HttpClient
-from openvertex.relay.replicas import Replica, ReplicaSet
+from openvertex.relay.replicas import Operation, Replica, ReplicaSet
 from openvertex.relay.stats import RelayStats
 from openvertex.relay.upstream_auth import UpstreamAuth, upstream_auth
 from openvertex.settings import EndpointSettings
@@ -52,7 +52,9 @@ class RelayPool:
         """What `model` becomes on the way up: the served name, or None to drop it."""
         return self.settings.model
 
-    async def forward(self, body: bytes, content_type: str) -> UpstreamAnswer:
+    async def forward(
+        self, body: bytes, content_type: str, *, operation: Operation = "chat/completions"
+    ) -> UpstreamAnswer:
         self.stats.requests += 1
         started = time.monotonic()
         tried: list[Replica] = []
@@ -60,7 +62,7 @@ class RelayPool:
             if tried:
                 self.stats.retries += 1
             tried.append(replica)
-            answer = await self._send(replica, body, content_type, started)
+            answer = await self._send(replica, replica.url_for(operation), body, content_type, started)
             if answer is not None:
                 return answer
         self.stats.errors += 1
@@ -68,7 +70,9 @@ class RelayPool:
             raise UnavailableError(f"No replica of endpoint `{self.endpoint_id}` could be reached.")
         raise UnavailableError(f"Endpoint `{self.endpoint_id}` has no healthy replica.")
 
-    async def _send(self, replica: Replica, body: bytes, content_type: str, started: float) -> UpstreamAnswer | None:
+    async def _send(
+        self, replica: Replica, url: str, body: bytes, content_type: str, started: float
+    ) -> UpstreamAnswer | None:
         """The answer, or None when the connection failed and another replica may take the request."""
         try:
             headers = {"Content-Type": content_type, **await self.auth.headers(replica)}
@@ -77,9 +81,7 @@ class RelayPool:
             raise
         replica.outstanding += 1
         try:
-            response = await self.client.session.post(
-                replica.chat_url, data=body, headers=headers, timeout=self.timeout
-            )
+            response = await self.client.session.post(url, data=body, headers=headers, timeout=self.timeout)
         except aiohttp.ConnectionTimeoutError:
             self._connection_failed(replica, f"no connection within {self.settings.connect_timeout_s:g} s")
             return None

@@ -10,17 +10,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
+# What a relayed request asks of a replica: the path under its base URL (OpenAI's).
+Operation = Literal["chat/completions", "embeddings"]
 CHAT_PATH = "/chat/completions"
+EMBEDDINGS_PATH = "/embeddings"
 
 
 @dataclass(eq=False, slots=True)
 class Replica:
     url: str  # the base URL as configured, before /chat/completions
     chat_url: str
+    embeddings_url: str
     origin: str  # scheme://host[:port]
     health_url: str
     outstanding: int = 0  # requests sent and not yet answered in full
@@ -38,6 +43,9 @@ class Replica:
             port = None
         return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
+    def url_for(self, operation: Operation) -> str:
+        return self.embeddings_url if operation == "embeddings" else self.chat_url
+
     @classmethod
     def at(cls, url: str, health_path: str) -> Replica:
         parts = urlsplit(url)
@@ -45,7 +53,7 @@ class Replica:
             raise ValueError(f"an upstream URL needs http:// or https:// and a host: {url!r}")
         base = url.rstrip("/")
         origin = f"{parts.scheme}://{parts.netloc}"
-        return cls(base, base + CHAT_PATH, origin, origin + "/" + health_path.lstrip("/"))
+        return cls(base, base + CHAT_PATH, base + EMBEDDINGS_PATH, origin, origin + "/" + health_path.lstrip("/"))
 
 
 class ReplicaSet:

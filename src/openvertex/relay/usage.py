@@ -8,6 +8,7 @@ besides `model`), and that frame is left out of what the client gets, so the cli
 stream it asked for; every other frame passes byte for byte, as it arrives. A stream that ends
 without usage (the client left before it, or the upstream reports none) counts one output token
 per frame relayed, as vLLM, TGI and llama.cpp send a frame per token; its prompt is not counted.
+An embeddings answer (always whole) reports `prompt_tokens` only: its output counts none.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
 
 from openvertex.relay.model_member import top_level_members, upstream_true, with_member
+from openvertex.relay.replicas import Operation
 from openvertex.relay.sse_frames import SseFrames, frame_data, json_object
 
 _STREAM_OPTIONS = "stream_options"
@@ -62,13 +64,15 @@ def asking_for_usage(body: bytes) -> tuple[bytes, bool]:
     return with_member(text, top, _STREAM_OPTIONS, json.dumps(asked, separators=(",", ":"))).encode(), True
 
 
-def meter_for(content_type: str, *, strip_usage_frame: bool) -> UsageMeter | None:
+def meter_for(
+    content_type: str, *, strip_usage_frame: bool, operation: Operation = "chat/completions"
+) -> UsageMeter | None:
     """The meter for a successful answer of this content type; None where no usage can be read."""
     media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type == "text/event-stream":
+    if media_type == "text/event-stream" and operation == "chat/completions":
         return StreamUsage(strip_usage_frame=strip_usage_frame)
     if media_type == "application/json":
-        return AnswerUsage()
+        return AnswerUsage(prompt_only=operation == "embeddings")
     return None
 
 
@@ -126,9 +130,10 @@ class AnswerUsage:
 
     MAX_ANSWER_BYTES = 64 << 20
 
-    def __init__(self) -> None:
+    def __init__(self, *, prompt_only: bool = False) -> None:
         self._body = bytearray()
         self._kept = True
+        self._prompt_only = prompt_only  # an embeddings answer: `prompt_tokens` and no output
 
     def feed(self, chunk: bytes) -> bytes:
         if self._kept:
@@ -148,8 +153,8 @@ class AnswerUsage:
 
     def usage(self, *, complete: bool) -> Usage | None:
         """The top-level usage of a complete answer. Found from the end without parsing the whole
-        answer: chat completions put no other object named usage in it, and inside a string the
-        quotes of `"usage"` would be escaped."""
+        answer: chat completions and embeddings put no other object named usage in it, and inside a
+        string the quotes of `"usage"` would be escaped."""
         if not complete or not self._kept:
             return None
         body = self._body
@@ -162,15 +167,17 @@ class AnswerUsage:
                     value, _ = json.JSONDecoder().raw_decode(window)
                 except ValueError:
                     return None
-                return _usage(value)
+                return _usage(value, prompt_only=self._prompt_only)
         return None
 
 
-def _usage(value: Any) -> Usage | None:
-    """An OpenAI usage object's counts; None where it is not one."""
+def _usage(value: Any, *, prompt_only: bool = False) -> Usage | None:
+    """An OpenAI usage object's counts; None where it is not one. `prompt_only`: an embeddings
+    usage (`prompt_tokens`, `total_tokens`), whose output is none."""
     if not isinstance(value, dict):
         return None
-    prompt, output = value.get("prompt_tokens"), value.get("completion_tokens")
+    prompt = value.get("prompt_tokens")
+    output = 0 if prompt_only else value.get("completion_tokens")
     if not _count(prompt) or not _count(output):
         return None
     return Usage(prompt, output)
