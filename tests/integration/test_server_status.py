@@ -103,7 +103,7 @@ def test_status_counts_requests_in_their_bucket_but_not_its_own_polling(fake_ser
 
     (backend,) = status["backends"]
     assert backend["name"] == "local" and backend["kind"] == "fake" and backend["ready"] is True
-    assert backend["models"] == [route.model for route in Settings().routes]
+    assert backend["models"] == [route.model for route in Settings().routes if route.backend == "local"]
     assert backend["slots_total"] is None and backend["kv_tokens"] is None and backend["kv_capacity"] is None
     assert status["endpoints"] == []
     assert status["context_caches"] == {"count": 0, "bytes_memory": 0, "bytes_disk": 0}

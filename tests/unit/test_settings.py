@@ -11,18 +11,24 @@ from openvertex.backends.fake import FakeBackend
 from openvertex.errors import NotFoundError
 from openvertex.service.routing import Router
 from openvertex.service.tenants import Tenants
-from openvertex.settings import FakeBackendSettings, LocalBackendSettings, load_settings
+from openvertex.settings import EmbeddingBackendSettings, FakeBackendSettings, LocalBackendSettings, load_settings
 
 
 def test_defaults_route_google_models_to_the_embedded_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENVERTEX_CONFIG", raising=False)
     settings = load_settings()
     assert settings.host == "127.0.0.1" and settings.port == 8080
-    assert settings.backends == {"local": LocalBackendSettings()}
+    assert settings.backends == {
+        "local": LocalBackendSettings(),
+        "embedding": EmbeddingBackendSettings(type="embedding"),
+    }
     assert settings.max_body_bytes == 20 * 1024 * 1024
-    router = Router(backends={"local": FakeBackend()}, routes=settings.routes)
-    router.resolve("google/gemini-2.5-flash")
-    router.resolve("smollm2")
+    chat, embedding = FakeBackend(), FakeBackend()
+    router = Router(backends={"local": chat, "embedding": embedding}, routes=settings.routes)
+    assert router.resolve("google/gemini-2.5-flash") is chat
+    assert router.resolve("smollm2") is chat
+    for model in ("text-embedding-005", "google/gemini-embedding-001", "text-multilingual-embedding-002"):
+        assert router.resolve(model) is embedding, model
     with pytest.raises(NotFoundError):
         router.resolve("gpt-4o")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from openvertex.protocol import generate_content as gc
+from openvertex.protocol.embeddings import Embedding, EmbedRequest
 from openvertex.protocol.generate_content import GenerateContentRequest, GenerateContentResponse
 
 # Request fields beyond the common core, as native JSON paths: each is a 400 naming it unless the
@@ -49,6 +51,14 @@ class Capabilities:
     max_candidates: int = 8
     # Output tokens when a request sets none (Gemini models each declare one).
     max_output_tokens: int | None = None
+    # A model that writes (generateContent, chat completions); an embedding model does not.
+    generation: bool = True
+    # A model that embeds (embedContent, :predict, OpenAI embeddings), and the most it gives:
+    # dimensions (None: the upstream decides) and tokens read from one text.
+    embeddings: bool = False
+    embedding_dimensions: int | None = None
+    embedding_input_tokens: int | None = None
+    embedding_token_ids: bool = False  # OpenAI's token-array inputs mean something to it (its own vocabulary)
     # The backend issues and checks its own thought signatures (Gemini); else openvertex does.
     thought_signatures: bool = False
     # Prompt tokens the model reads (None: not known), and the fewest a context cache may hold.
@@ -74,6 +84,7 @@ class BackendLoad:
     waiting: int = 0  # requests admitted but not started
     tokens_generated: int = 0  # since start
     tokens_prefilled: int = 0  # prompt tokens computed since start (reused prefixes excluded)
+    texts_embedded: int = 0  # since start
     # A backend that calls an upstream over HTTP: since start.
     upstream_requests: int = 0
     upstream_errors: int = 0  # requests that ended in an error (after retries)
@@ -138,6 +149,10 @@ class Backend(Protocol):
 
     async def compute_tokens(self, request: GenerateContentRequest, *, model: str) -> list[RoleTokens]: ...
 
+    async def embed(self, request: EmbedRequest, *, model: str) -> list[Embedding]:
+        """One embedding per text, in order; only where `capabilities.embeddings` says so."""
+        ...
+
     async def cache_prefix(self, name: str, request: GenerateContentRequest, *, model: str, owner: str | None) -> None:
         """Get ready to reuse the context cache `name` (whose content `request` holds) as the
         prefix of later requests that name it in `cachedContent`. Called when the cache is made
@@ -155,6 +170,13 @@ class Backend(Protocol):
         the names given still do (another replica may have deleted or expired the others). Called
         at start and on schedule on every replica; a backend keeping nothing does nothing."""
         ...
+
+
+def reduce_dimensions(values: Sequence[float], dimensions: int | None) -> list[float]:
+    """The first `dimensions` values, scaled back to unit length (Matryoshka truncation)."""
+    kept = list(values if dimensions is None else values[:dimensions])
+    norm = math.sqrt(math.fsum(v * v for v in kept))
+    return [v / norm for v in kept] if norm > 0 else kept
 
 
 # A candidate that ends for one of these (the safety stage's blocks) withdraws what it said before.

@@ -6,6 +6,7 @@ It never stands in for the real engine where the behaviour is the engine's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable, Sequence
@@ -19,8 +20,11 @@ from openvertex.backends.base import (
     LiveCaches,
     RoleTokens,
     collect_stream,
+    reduce_dimensions,
 )
+from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
+from openvertex.protocol.embeddings import Embedding, EmbedRequest
 
 # A turn is the chunks of one answer; an exception in it is raised when the stream reaches it.
 Turn = Sequence[gc.GenerateContentResponse | Exception] | Exception
@@ -45,6 +49,7 @@ class FakeBackend:
             optional_fields=OPTIONAL_FIELDS,
         )
         self.requests: list[gc.GenerateContentRequest] = []
+        self.embedded: list[EmbedRequest] = []
         self.prefixes: dict[str, gc.GenerateContentRequest] = {}  # context caches announced, by name
 
     @classmethod
@@ -92,6 +97,21 @@ class FakeBackend:
             if isinstance(item, Exception):
                 raise item
             yield item
+
+    async def embed(self, request: EmbedRequest, *, model: str) -> list[Embedding]:
+        """With `embeddings` among its capabilities: a vector drawn from each text's digest (one
+        token per word), so equal texts embed equally and different ones apart."""
+        self.embedded.append(request)
+        if not self._capabilities.embeddings:
+            raise InvalidArgumentError("This model does not embed.")
+        size = self._capabilities.embedding_dimensions or 8
+        embeddings = []
+        for text in request.texts:
+            seed = hashlib.sha256(repr((text.text, text.tokens, text.task_type, text.title)).encode()).digest()
+            raw = [(seed[i % len(seed)] - 127.5) / 127.5 + i * 1e-3 for i in range(size)]
+            count = len(text.tokens) if text.tokens is not None else len((text.text or "").split())
+            embeddings.append(Embedding(reduce_dimensions(raw, text.output_dimensionality), count))
+        return embeddings
 
     async def count_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> int:
         return sum(len(tokens.ids) for tokens in await self.compute_tokens(request, model=model))

@@ -8,7 +8,13 @@ from typing import Any
 
 from openvertex.backends.base import Backend
 from openvertex.http_clients import HttpClients
-from openvertex.settings import BackendSettings, FakeBackendSettings, GeminiBackendSettings, LocalBackendSettings
+from openvertex.settings import (
+    BackendSettings,
+    EmbeddingBackendSettings,
+    FakeBackendSettings,
+    GeminiBackendSettings,
+    LocalBackendSettings,
+)
 
 
 def _local(settings: Any, directory: Path, clients: HttpClients) -> Backend:
@@ -32,8 +38,20 @@ def _gemini(settings: Any, directory: Path, clients: HttpClients) -> Backend:
     return GeminiBackend(settings, clients)
 
 
+def _embedding(settings: Any, directory: Path, clients: HttpClients) -> Backend:
+    from openvertex.backends.embedding.backend import EmbeddingBackend  # imports llama.cpp: only when used
+
+    assert isinstance(settings, EmbeddingBackendSettings)
+    return EmbeddingBackend(settings, directory)
+
+
 # (the backend's settings, its own directory under state_dir, the HTTP sessions) → the backend
-FACTORIES: dict[str, Callable[[Any, Path, HttpClients], Backend]] = {"local": _local, "fake": _fake, "gemini": _gemini}
+FACTORIES: dict[str, Callable[[Any, Path, HttpClients], Backend]] = {
+    "local": _local,
+    "fake": _fake,
+    "gemini": _gemini,
+    "embedding": _embedding,
+}
 
 
 def create_backend(settings: BackendSettings, directory: Path, clients: HttpClients) -> Backend:

@@ -67,7 +67,7 @@ def route_path(request: Request) -> str:
 def wraps_errors(request: Request) -> bool:
     """Whether this route answers errors in a one-element list."""
     path = route_path(request)
-    if path.endswith("/chat/completions") or path == "/v1/models":
+    if path.endswith(("/chat/completions", "/embeddings")) or path == "/v1/models":
         return True  # (/v1/models also serves the Gemini API, whose SDK reads a list too)
     return ":streamGenerateContent" in path and request.query_params.get("alt") != "sse"
 

@@ -66,6 +66,12 @@ def register_backend_readings(metrics: Metrics, router: Router) -> None:
         "openvertex_context_cache_bytes", "Bytes of context caches' KV snapshots kept.", "where", cache_bytes, "gauge"
     )
     metrics.reading(
+        "openvertex_texts_embedded_total",
+        "Texts embedded by embedding models.",
+        lambda: total("texts_embedded"),
+        "counter",
+    )
+    metrics.reading(
         "openvertex_prompt_tokens_computed_total",
         "Prompt tokens prefilled (reused prefixes excluded).",
         lambda: total("tokens_prefilled"),

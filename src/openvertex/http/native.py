@@ -20,6 +20,7 @@ from starlette.routing import Route
 from openvertex.errors import InvalidArgumentError, NotFoundError
 from openvertex.http.body import read_body, read_json
 from openvertex.http.disconnect import until_disconnect
+from openvertex.http.embeddings import EMBEDDING_METHODS, EmbeddingHandlers
 from openvertex.http.errors import error_body, native_error_body, route_path
 from openvertex.http.sse import JSON_ARRAY, NATIVE_SSE, STREAM_HEADERS, EventStreamResponse, Framed
 from openvertex.protocol import generate_content as gc
@@ -73,8 +74,10 @@ class NativeHandlers:
         caches: CachedContents,
         max_body_bytes: int,
         json_limits: JsonLimits,
+        embeddings: EmbeddingHandlers | None = None,
     ) -> None:
         self.service = service
+        self.embeddings = embeddings  # embedContent, batchEmbedContents, :predict
         self.caches = caches
         self.max_body_bytes = max_body_bytes
         self.json_limits = json_limits
@@ -90,7 +93,12 @@ class NativeHandlers:
         call = _model_call(request)
         if call.method is None:
             raise NotFoundError("The requested URL was not found on this server.")
-        self.service.backend(call)  # an unknown model is a 404 before its body is read
+        backend = self.service.backend(call)  # an unknown model is a 404 before its body is read
+        if call.method in EMBEDDING_METHODS:
+            if self.embeddings is None:
+                raise NotFoundError(f"Method `{call.method}` is not served here.")
+            model = self.embeddings.service.resolve(self.service.router.routed_id(call.model), backend)
+            return await self.embeddings.native(request, call, model)
         if call.method == "countTokens":
             counted = await self._body(request, gc.CountTokensRequest, call.dialect)
             count = (await self.service.count_tokens(counted, call)).to_json_dict()

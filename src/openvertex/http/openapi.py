@@ -17,6 +17,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.routing import BaseRoute, Route
 
 from openvertex.protocol import chat_completions as oa
+from openvertex.protocol import embeddings as em
 from openvertex.protocol import generate_content as gc
 
 _REF = "#/components/schemas/{model}"
@@ -77,6 +78,13 @@ _MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (ModelInfoList, "serialization"),
     (GenerateContentStream, "serialization"),
     (NativeError, "serialization"),
+    (em.OpenAIEmbeddingRequest, "validation"),
+    (em.OpenAIEmbeddingResponse, "serialization"),
+    (em.EmbedContentRequest, "validation"),
+    (em.BatchEmbedContentsRequest, "validation"),
+    (em.EmbeddingPredictRequest, "validation"),
+    (em.EmbedContentResponse, "serialization"),
+    (em.BatchEmbedContentsResponse, "serialization"),
 )
 
 _ERRORS = {
@@ -193,19 +201,45 @@ _CHAT = Operation(
     errors=("400", "401", "404", "429", "499", "500", "503", "504"),
 )
 
+_EMBEDDINGS = Operation(
+    summary="Create embeddings (OpenAI's embeddings: `input` as a string, strings or token arrays; `dimensions`; "
+    "`encoding_format` float or base64). Embedding models: text-embedding-*, gemini-embedding-*, "
+    "text-multilingual-embedding-*.",
+    tag="embeddings",
+    authenticated=True,
+    request=em.OpenAIEmbeddingRequest,
+    response=em.OpenAIEmbeddingResponse,
+    errors=("400", "401", "403", "404", "429", "500", "503", "504"),
+)
+
 _NATIVE_ERRORS = ("400", "401", "403", "404", "429", "499", "500", "503", "504")
 
 # Keyed by the route's name (its handler's name in routes.Handlers; for native routes, the part
 # before `@`, the rest naming the resource shape).
 OPERATIONS: dict[str, Operation] = {
     "model_call": Operation(
-        summary="generateContent, streamGenerateContent, countTokens or computeTokens on a model (by the path's "
-        "method); the request body and response are those of the method. streamGenerateContent answers "
-        "server-sent events with `alt=sse`, else one JSON array of responses.",
+        summary="generateContent, streamGenerateContent, countTokens or computeTokens on a model, or "
+        "embedContent, batchEmbedContents or predict ({instances: [{content, task_type, title}], parameters}) on an "
+        "embedding model (by the path's method); the request body and response are those of the method. "
+        "streamGenerateContent answers server-sent events with `alt=sse`, else one JSON array of responses.",
         tag="native",
         authenticated=True,
-        request=(gc.GenerateContentRequest, gc.CountTokensRequest, gc.ComputeTokensRequest),
-        response=(gc.GenerateContentResponse, GenerateContentStream, gc.CountTokensResponse, gc.ComputeTokensResponse),
+        request=(
+            gc.GenerateContentRequest,
+            gc.CountTokensRequest,
+            gc.ComputeTokensRequest,
+            em.EmbedContentRequest,
+            em.BatchEmbedContentsRequest,
+            em.EmbeddingPredictRequest,
+        ),
+        response=(
+            gc.GenerateContentResponse,
+            GenerateContentStream,
+            gc.CountTokensResponse,
+            gc.ComputeTokensResponse,
+            em.EmbedContentResponse,
+            em.BatchEmbedContentsResponse,
+        ),
         events=gc.GenerateContentResponse,
         errors=_NATIVE_ERRORS,
         native=True,
@@ -265,6 +299,8 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "vertex_chat": _CHAT,
     "chat": _CHAT,
+    "vertex_embeddings": _EMBEDDINGS,
+    "openai_embeddings": _EMBEDDINGS,
     "models": Operation(
         summary="List the configured models.",
         tag="models",

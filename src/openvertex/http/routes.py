@@ -17,6 +17,7 @@ from openvertex.http.body import INLINE_PARSE_BYTES, load_object, read_body, rea
 from openvertex.http.console import Console
 from openvertex.http.console_api import ConsoleApi
 from openvertex.http.disconnect import until_disconnect
+from openvertex.http.embeddings import EmbeddingHandlers
 from openvertex.http.errors import error_body
 from openvertex.http.lifecycle import Lifecycle
 from openvertex.http.native import NativeHandlers
@@ -47,6 +48,7 @@ class Handlers:
         predict_model: str | None = None,
         console: ConsoleApi | None = None,
         console_page: Console | None = None,
+        embeddings: EmbeddingHandlers | None = None,
     ) -> None:
         self.service = service
         self.metrics = metrics
@@ -56,6 +58,7 @@ class Handlers:
         self.native = native
         self.console = console  # the JSON the web console reads; it checks keys itself
         self.console_page = console_page  # the console's own files
+        self.embeddings = embeddings  # OpenAI's embeddings routes
         self.auth = auth
         self.max_body_bytes = max_body_bytes
         self.json_limits = json_limits or JsonLimits()
@@ -189,6 +192,7 @@ class Handlers:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             *self.native.routes(),
+            *(self.embeddings.routes() if self.embeddings is not None else []),
         ]
         return [
             *self.auth.guard_routes(api),

@@ -117,6 +117,29 @@ FINISH_REASON: Mapping[Dialect, Table] = {
         (17, "IMAGE_RECITATION"),
     ),
 }
+# An embedding's task type: the Gemini API's TaskType, Vertex's EmbedContentRequest.EmbeddingTaskType.
+TASK_TYPE = _listed(
+    "TASK_TYPE_UNSPECIFIED",
+    "RETRIEVAL_QUERY",
+    "RETRIEVAL_DOCUMENT",
+    "SEMANTIC_SIMILARITY",
+    "CLASSIFICATION",
+    "CLUSTERING",
+    "QUESTION_ANSWERING",
+    "FACT_VERIFICATION",
+    "CODE_RETRIEVAL_QUERY",
+)
+EMBEDDING_TASK_TYPE_VERTEX = _numbered(
+    (0, "UNSPECIFIED"),
+    (2, "RETRIEVAL_QUERY"),
+    (3, "RETRIEVAL_DOCUMENT"),
+    (4, "SEMANTIC_SIMILARITY"),
+    (5, "CLASSIFICATION"),
+    (6, "CLUSTERING"),
+    (7, "QUESTION_ANSWERING"),
+    (8, "FACT_VERIFICATION"),
+    (9, "CODE_RETRIEVAL_QUERY"),
+)
 BLOCK_REASON: Mapping[Dialect, Table] = {
     "vertex": _listed(
         "BLOCKED_REASON_UNSPECIFIED", "SAFETY", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "MODEL_ARMOR", "JAILBREAK"

@@ -130,6 +130,16 @@ def _check_contents(request: gc.GenerateContentRequest, caps: Capabilities, name
                     raise unsupported(name(f"{path}.functionResponse.{field}"), f"`{field}` (the Live API's)")
 
 
+def check_generates(caps: Capabilities) -> None:
+    """An embedding model is asked to write: a 400 that says what it answers instead."""
+    if not caps.generation:
+        raise InvalidArgumentError(
+            "This is an embedding model: it answers embedContent, batchEmbedContents, :predict and OpenAI "
+            "embeddings, not generateContent or chat completions.",
+            field="model",
+        )
+
+
 def check_capabilities(request: gc.GenerateContentRequest, caps: Capabilities, name: Namer = native_name) -> None:
     _check_generation(request.generation_config or gc.GenerationConfig(), caps, name)
     _check_optional(request, caps, name)

@@ -22,7 +22,7 @@ from openvertex.metrics import Metrics
 from openvertex.protocol import generate_content as gc
 from openvertex.request_record import RequestRecord, current_record
 from openvertex.service.cached_contents import CachedContents
-from openvertex.service.capabilities import Namer, check_capabilities, native_name
+from openvertex.service.capabilities import Namer, check_capabilities, check_generates, native_name
 from openvertex.service.grounding import Grounding, GroundingPolicy
 from openvertex.service.keys import check_model
 from openvertex.service.media import MediaReader
@@ -90,6 +90,7 @@ class Pipeline:
         record = current_record()
         record.model, record.backend = self.router.routed_id(model), self.router.name_of(backend)
         check_model(record, record.model)
+        check_generates(backend.capabilities)
         grounding = self.grounding.plan(request, backend.capabilities, name)
         if grounding is not None:
             request = grounding.without_search(request)

@@ -19,7 +19,17 @@ _PARENT = rf"projects/{_ID}/locations/{_ID}"
 _VERTEX_MODEL = re.compile(rf"(?:(?P<parent>{_PARENT})/)?publishers/(?P<publisher>{_ID})/models/(?P<model>{_ID})")
 _ENDPOINT = re.compile(rf"(?:(?P<parent>{_PARENT})/)?endpoints/(?P<endpoint>{_ID})")
 _GEMINI_MODEL = re.compile(rf"(?:models|tunedModels)/(?P<model>{_ID})")
-MODEL_METHODS = frozenset({"generateContent", "streamGenerateContent", "countTokens", "computeTokens"})
+MODEL_METHODS = frozenset(
+    {
+        "generateContent",
+        "streamGenerateContent",
+        "countTokens",
+        "computeTokens",
+        "embedContent",
+        "batchEmbedContents",
+        "predict",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from openvertex.backends.local.vision import ImageRows, PromptImage, Vision, ima
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError
 from openvertex.executors import BoundedExecutor, cores
 from openvertex.protocol import generate_content as gc
+from openvertex.protocol.embeddings import Embedding, EmbedRequest
 from openvertex.request_record import current_record
 from openvertex.settings import LocalBackendSettings
 
@@ -309,6 +310,9 @@ class LocalBackend:
         finally:
             self._release()
         return len(tokens)
+
+    async def embed(self, request: EmbedRequest, *, model: str) -> list[Embedding]:
+        raise InvalidArgumentError("This model writes; it does not embed (embedding models: text-embedding-*).")
 
     async def compute_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> list[RoleTokens]:
         loaded, _ = await self._supervisor.wait_loaded()
