@@ -190,16 +190,17 @@ def openai_request(body: em.OpenAIEmbeddingRequest, limits: EmbeddingLimits) -> 
     dimensions = _dimensions(body.dimensions, limits, "dimensions")
     raw = body.input
     inputs: list[str | list[int]]
+    single = isinstance(raw, str) or (bool(raw) and all(isinstance(item, int) for item in raw))
     if isinstance(raw, str):
         inputs = [raw]
-    elif raw and all(isinstance(item, int) for item in raw):
+    elif single:
         inputs = [list(raw)]  # type: ignore[arg-type]  # one token array
     else:
         inputs = list(raw)  # type: ignore[arg-type]  # strings, or token arrays
     _count(len(inputs), limits, "input")
     texts = []
     for i, item in enumerate(inputs):
-        where = "input" if isinstance(raw, str) or inputs[0] is raw else f"input[{i}]"
+        where = "input" if single else f"input[{i}]"
         if isinstance(item, str):
             texts.append(EmbedText(text=_text(item, limits, where), output_dimensionality=dimensions, where=where))
             continue
