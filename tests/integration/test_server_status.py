@@ -72,6 +72,7 @@ def test_models_and_endpoints_need_a_key_but_spend_none_of_its_quota(tmp_path: P
         v1 = httpx.get(f"{server.url}/v1/models", headers=key).json()  # its one request of the minute
         assert [model["id"] for model in listed.json()["models"]] == [model["id"] for model in v1["data"]]
         assert {model["backend"] for model in listed.json()["models"]} == {"local"}
+        assert all(model["writes"] and not model["embeds"] for model in listed.json()["models"])
         assert listed.json()["endpoints"] == [{"id": "pinned"}, {"id": "relayed"}]
         assert httpx.get(f"{server.url}/v1/models", headers=key).status_code == 429  # the quota was the API's
 

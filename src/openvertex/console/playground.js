@@ -86,7 +86,8 @@ export class Playground {
     const listed = await call("GET", "/console/api/models");
     const list = $("model-list");
     list.replaceChildren();
-    const names = [...new Set(listed.models.map((m) => suggestion(m.id)))];
+    // Models that write: an embedding model answers no chat.
+    const names = [...new Set(listed.models.filter((m) => m.writes !== false).map((m) => suggestion(m.id)))];
     for (const name of names) list.append(new Option(name, name));
     if (!$("model").value && names.length) $("model").value = names.find((n) => !n.includes("/")) || names[0];
     const select = $("endpoint");

@@ -66,7 +66,15 @@ class ConsoleApi:
 
     async def models(self, request: Request) -> Response:
         self.auth.identify(request, anonymous=True)  # no key needed where none exists, as config says
-        models = [{"id": model, "backend": self.router.name_of(backend)} for model, backend in self.router.models()]
+        models = [
+            {
+                "id": model,
+                "backend": self.router.name_of(backend),
+                "writes": backend.capabilities.generation,  # chat, generateContent
+                "embeds": backend.capabilities.embeddings,
+            }
+            for model, backend in self.router.models()
+        ]
         endpoint_ids = sorted({*self.relay.pools, *self.pinned_endpoints})
         return JSONResponse({"models": models, "endpoints": [{"id": endpoint_id} for endpoint_id in endpoint_ids]})
 

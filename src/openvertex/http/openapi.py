@@ -140,7 +140,9 @@ def _list(item: JsonObject) -> JsonObject:
 
 
 _CONSOLE_CONFIG = _object(keys_required=_BOOL, admin=_BOOL, version=_STRING)
-_CONSOLE_MODELS = _object(models=_list(_object(id=_STRING, backend=_STRING)), endpoints=_list(_object(id=_STRING)))
+_CONSOLE_MODELS = _object(
+    models=_list(_object(id=_STRING, backend=_STRING, writes=_BOOL, embeds=_BOOL)), endpoints=_list(_object(id=_STRING))
+)
 _BACKEND_STATUS = _object(
     name=_STRING,
     kind=_STRING,
