@@ -303,12 +303,19 @@ class SafetyConfig(_Section):
 class GroundingSettings(_Section):
     """What answers `googleSearch` (web_search_options) for backends without Google Search: a
     SearxNG instance (the self-hosted metasearch engine, by its JSON API), or a folder of documents
-    indexed once with SQLite FTS5. None: such a request is a 400 on those backends."""
+    indexed once with SQLite FTS5 (and an embedding model's vectors). None: such a request is a 400
+    on those backends."""
 
     provider: Literal["none", "corpus", "searxng"] = "none"
     corpus_dir: Path | None = None  # .txt, .md and .html files, read recursively
     # Where the corpus's documents are served, for their citations' URLs; None: file:// URLs.
     corpus_base_url: str | None = None
+    # How the corpus is searched: by its words (FTS5's bm25), by meaning (the cosine between the
+    # question's vector and each passage's, made by embedding_model and kept in the index), or both,
+    # fused by rank. Left at "hybrid" and with no embedding model to be had, the words alone (and a
+    # warning); asked for, with none, an error at start.
+    corpus_search: Literal["words", "meaning", "hybrid"] = "hybrid"
+    embedding_model: str = "text-embedding-005"  # routed as an OpenAI-surface `model` is; its backend must embed
     searxng_url: str | None = None
     max_sources: int = Field(4, ge=1, le=10)
     timeout_s: float = Field(10.0, gt=0)

@@ -25,7 +25,9 @@ from openvertex.errors import InvalidArgumentError, unsupported
 from openvertex.http_clients import HttpClients
 from openvertex.protocol import generate_content as gc
 from openvertex.service.capabilities import Namer
-from openvertex.service.search_providers import LocalCorpus, SearchProvider, Searxng, Source
+from openvertex.service.corpus_vectors import PassageEmbedder
+from openvertex.service.routing import Router
+from openvertex.service.search_providers import CorpusSearch, LocalCorpus, SearchProvider, Searxng, Source
 from openvertex.settings import GroundingSettings
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,9 @@ _MIN_OVERLAP = 0.5  # of a sentence's words found in a source, to support it wit
 
 
 class GroundingPolicy:
-    def __init__(self, settings: GroundingSettings, state_dir: Path, clients: HttpClients) -> None:
+    def __init__(self, settings: GroundingSettings, state_dir: Path, clients: HttpClients, router: Router) -> None:
+        """`router`: where the corpus's embedding model is found (a ValueError, at start, when the
+        configuration asks for a search by meaning that no backend here can embed)."""
         self._settings = settings
         self._search_url = settings.searxng_url.rstrip("/") + "/search" if settings.searxng_url else None
         self._provider: SearchProvider | None = None
@@ -56,7 +60,10 @@ class GroundingPolicy:
             self._provider = Searxng(settings.searxng_url, timeout_s=settings.timeout_s, clients=clients)
         elif settings.provider == "corpus" and settings.corpus_dir is not None:
             index = state_dir / "grounding" / "corpus.sqlite3"
-            self._provider = LocalCorpus(settings.corpus_dir, index, base_url=settings.corpus_base_url)
+            search, embedder = _corpus_search(settings, router)
+            self._provider = LocalCorpus(
+                settings.corpus_dir, index, base_url=settings.corpus_base_url, search=search, embedder=embedder
+            )
 
     def plan(self, request: gc.GenerateContentRequest, caps: Capabilities, name: Namer) -> Grounding | None:
         """A Grounding when this server searches for the request, else None; the 400s for search
@@ -88,6 +95,30 @@ class GroundingPolicy:
     async def close(self) -> None:
         if self._provider is not None:
             await self._provider.close()
+
+
+def _corpus_search(settings: GroundingSettings, router: Router) -> tuple[CorpusSearch, PassageEmbedder | None]:
+    """How the corpus is searched, and with which embedding model. A search by meaning needs
+    `embedding_model` routed to a backend that embeds: without one, "hybrid" left as the default
+    searches words alone (with a warning), and a search by meaning that was asked for is an error."""
+    if settings.corpus_search == "words":
+        return "words", None
+    name = settings.embedding_model
+    backend = router.find(name)
+    if backend is not None and backend.capabilities.embeddings:
+        return settings.corpus_search, PassageEmbedder(backend, name)
+    why = (
+        "is routed to no backend"
+        if backend is None
+        else f"is routed to {router.name_of(backend)!r}, which does not embed"
+    )
+    if "corpus_search" in settings.model_fields_set:
+        raise ValueError(
+            f'grounding.corpus_search = "{settings.corpus_search}" needs grounding.embedding_model to be an '
+            f"embedding model: `{name}` {why}"
+        )
+    log.warning("the grounding corpus is searched by its words only: the embedding model `%s` %s", name, why)
+    return "words", None
 
 
 @dataclass(slots=True)

@@ -3,9 +3,10 @@
 - `Searxng`: a SearxNG instance's JSON API (`/search?q=…&format=json`), the self-hosted
   metasearch engine.
 - `LocalCorpus`: a folder of documents (.txt, .md, .html), cut into passages and indexed with SQLite
-  FTS5 in `state_dir` at the first search after a start (again only if a file was added, changed or
-  removed since the index was built). A question's words, common English words left out, are
-  searched with OR (bm25 ranking), one passage per document.
+  FTS5 in `state_dir` at the server's start (again only if a file was added, changed or removed
+  since the index was built). A question's words, common English words left out, are searched with
+  OR (bm25 ranking); by meaning, the question's vector against each passage's (service/corpus_vectors.py);
+  or both, the two rankings fused. One passage per document.
 """
 
 from __future__ import annotations
@@ -13,18 +14,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import logging
 import re
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from openvertex.errors import UnavailableError
 from openvertex.http_clients import HttpClients, SessionSpec
+from openvertex.service import corpus_vectors
+from openvertex.service.corpus_vectors import EMBED_BATCH, Matrix, PassageEmbedder, PassageVectors
+
+log = logging.getLogger(__name__)
+
+CorpusSearch = Literal["words", "meaning", "hybrid"]
+_T = TypeVar("_T")
 
 _SUFFIXES = (".txt", ".md", ".html", ".htm")
 _PASSAGE_CHARS = 800
@@ -101,39 +111,89 @@ def _is_web_url(url: object) -> bool:
 
 
 class LocalCorpus:
-    def __init__(self, folder: Path, index: Path, *, base_url: str | None) -> None:
+    """A folder of documents searched by its words, by meaning (`embedder`'s vectors of its
+    passages) or both, fused by rank (`search`)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        index: Path,
+        *,
+        base_url: str | None,
+        search: CorpusSearch = "words",
+        embedder: PassageEmbedder | None = None,
+    ) -> None:
+        if (search == "words") != (embedder is None):
+            raise ValueError(f"a corpus searched by {search} needs an embedder, and only then")
         self._folder = folder.expanduser().resolve()
         self._index = index
         self._base_url = base_url.rstrip("/") if base_url else None
-        self._lock = threading.Lock()
+        self._search_by = search
+        self._embedder = embedder
+        self._lock = threading.Lock()  # the connection, used from worker threads
+        self._building = asyncio.Lock()
         self._db: sqlite3.Connection | None = None
+        self._vectors: PassageVectors | None = None
 
     async def start(self) -> None:
         """Index the folder now (at the server's start), not at the first question."""
-        await asyncio.to_thread(self._connected)
+        await self._ready()
+
+    async def _ready(self) -> None:
+        """The index built (its passages, and their vectors when searched by meaning); a build that
+        failed is tried again by the next search."""
+        if self._db is not None and (self._embedder is None or self._vectors is not None):
+            return
+        async with self._building:
+            if self._db is None:
+                await asyncio.to_thread(self._connected)
+            if self._embedder is not None and self._vectors is None:
+                self._vectors = await self._embed_passages(self._embedder)
 
     def _connected(self) -> None:
         with self._lock:
             self._open()
 
-    async def search(self, query: str, limit: int) -> list[Source]:
-        return await asyncio.to_thread(self._search, query, limit)
+    async def _embed_passages(self, embedder: PassageEmbedder) -> PassageVectors:
+        """Vectors for the passages without one: embedded on the event loop (the backend's own
+        async embed), read and written on a worker thread, a batch at a time."""
+        probe = await embedder.probe()
+        missing = await asyncio.to_thread(self._with_db, corpus_vectors.pending, embedder.model, probe)
+        for start in range(0, len(missing), EMBED_BATCH):
+            batch = missing[start : start + EMBED_BATCH]
+            matrix = await embedder.documents([(title, text) for _, title, text in batch])
+            await asyncio.to_thread(self._with_db, corpus_vectors.store, [rowid for rowid, _, _ in batch], matrix)
+        if missing:
+            log.info("embedded %d passages of the corpus with %s", len(missing), embedder.model)
+        return await asyncio.to_thread(self._with_db, corpus_vectors.load)
 
-    def _search(self, query: str, limit: int) -> list[Source]:
-        words = [word for word in dict.fromkeys(w.lower() for w in _WORD.findall(query)) if word not in _STOPWORDS]
-        if not words:
-            return []
-        # Each word quoted: a question's text is never read as FTS5 query syntax.
-        match = " OR ".join('"' + word.replace('"', '""') + '"' for word in words[:MAX_QUERY_WORDS])
+    def _with_db(self, call: Callable[..., _T], *args: Any) -> _T:
+        with self._lock:
+            return call(self._open(), *args)
+
+    async def search(self, query: str, limit: int) -> list[Source]:
+        await self._ready()
+        meant = None
+        if self._embedder is not None and query.strip():
+            meant = await self._embedder.query(query)
+        return await asyncio.to_thread(self._search, query, meant, limit)
+
+    def _search(self, query: str, meant: Matrix | None, limit: int) -> list[Source]:
+        candidates = limit * 8  # from each ranking: enough for `limit` documents, one passage each
+        rankings: list[list[int]] = []
         with self._lock:
             db = self._open()
-            rows = db.execute(
-                "SELECT path, title, text FROM passages WHERE passages MATCH ? ORDER BY bm25(passages) LIMIT ?",
-                (match, limit * 8),
-            ).fetchall()
+            if self._search_by != "meaning":
+                rankings.append(_word_ranking(db, query, candidates))
+            if meant is not None and self._vectors is not None:
+                rankings.append(self._vectors.nearest(meant, candidates))
+            ranked = rankings[0] if len(rankings) == 1 else corpus_vectors.fuse(rankings)
+            marks = ",".join("?" * len(ranked))
+            rows = db.execute(f"SELECT rowid, path, title, text FROM passages WHERE rowid IN ({marks})", ranked)
+            found = {rowid: (path, title, text) for rowid, path, title, text in rows}
         sources: list[Source] = []
         seen: set[str] = set()
-        for path, title, text in rows:  # the best passage of each document
+        for path, title, text in (found[rowid] for rowid in ranked if rowid in found):  # each document's best
             if path not in seen and len(sources) < limit:
                 seen.add(path)
                 sources.append(Source(self._uri(path), title, text))
@@ -163,9 +223,12 @@ class LocalCorpus:
         with sqlite3.connect(self._index) as db:
             db.execute("CREATE TABLE IF NOT EXISTS stamp (value TEXT)")
             db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS passages USING fts5(path UNINDEXED, title, text)")
+            for table in corpus_vectors.SCHEMA:
+                db.execute(table)
             known = db.execute("SELECT value FROM stamp").fetchone()
             if known is None or known[0] != stamp:
                 db.execute("DELETE FROM passages")
+                corpus_vectors.forget(db)  # whichever search this start makes, old vectors would misplace
                 for path in files:
                     relative = str(path.relative_to(self._folder))
                     title, passages = _read(path)
@@ -182,9 +245,23 @@ class LocalCorpus:
 
     def _close(self) -> None:
         with self._lock:
+            self._vectors = None
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _word_ranking(db: sqlite3.Connection, query: str, count: int) -> list[int]:
+    """The rowids of the passages that best match the question's words (bm25), best first."""
+    words = [word for word in dict.fromkeys(w.lower() for w in _WORD.findall(query)) if word not in _STOPWORDS]
+    if not words:
+        return []
+    # Each word quoted: a question's text is never read as FTS5 query syntax.
+    match = " OR ".join('"' + word.replace('"', '""') + '"' for word in words[:MAX_QUERY_WORDS])
+    rows = db.execute(
+        "SELECT rowid FROM passages WHERE passages MATCH ? ORDER BY bm25(passages) LIMIT ?", (match, count)
+    )
+    return [rowid for (rowid,) in rows]
 
 
 def _read(path: Path) -> tuple[str, list[str]]:
