@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from openvertex.backends.base import Backend
-from openvertex.backends.registry import create_backend
+from openvertex.backends.registry import create_backends
 from openvertex.errors import ApiError
 from openvertex.executors import shutdown_executors
 from openvertex.http.admin import AdminHandlers
@@ -236,10 +236,7 @@ def _authenticator(settings: Settings, database: Database) -> Authenticator:
 
 
 def _create_backends(settings: Settings, clients: HttpClients) -> dict[str, Backend]:
-    return {
-        name: create_backend(config, settings.state_dir / "kv" / name, clients)
-        for name, config in settings.backends.items()
-    }
+    return create_backends(settings.backends, settings.state_dir / "kv", clients)
 
 
 def _metrics(router: Router) -> Metrics:

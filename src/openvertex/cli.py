@@ -1,10 +1,11 @@
-"""`openvertex serve | models | keys | usage`: argument parsing and start-up only."""
+"""`openvertex serve | models | keys | usage | cassettes`: argument parsing and start-up only."""
 
 from __future__ import annotations
 
 import argparse
 import gc
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -15,12 +16,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from openvertex.cassettes import Cassettes, DamagedCassette, first_user_text, prune
 from openvertex.service.keys import KeySpec, issue_key
 from openvertex.settings import (
     BackendSettings,
     GeminiBackendSettings,
     LocalBackendSettings,
     ModelRoute,
+    RecordBackendSettings,
+    ReplayBackendSettings,
     Settings,
     load_settings,
 )
@@ -29,6 +33,7 @@ from openvertex.store.database import Database, database_for
 from openvertex.store.usage import UsageStore
 
 BASE_PATH = "/v1/projects/local/locations/us-central1/endpoints/openapi"
+DEFAULT_CASSETTES = "cassettes"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +66,22 @@ def _parser() -> argparse.ArgumentParser:
     usage = commands.add_parser("usage", help="requests and tokens per key and model")
     usage.add_argument("--config", type=Path, help="TOML configuration file")
     usage.add_argument("--hours", type=float, default=24.0, help="over the last this many hours (default 24)")
+    _cassette_commands(commands)
     return parser
+
+
+def _cassette_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cassettes = commands.add_parser("cassettes", help="the exchanges a record backend wrote (see README: CI)")
+    actions = cassettes.add_subparsers(dest="action", required=True)
+    listed = actions.add_parser("list", help="one line per recorded exchange")
+    listed.add_argument("dir", nargs="?", type=Path, default=Path(DEFAULT_CASSETTES))
+    show = actions.add_parser("show", help="an exchange's file, as pretty JSON")
+    show.add_argument("digest", help="the digest, or its first characters")
+    show.add_argument("--dir", type=Path, default=Path(DEFAULT_CASSETTES))
+    prune = actions.add_parser("prune", help="remove old exchanges and media no exchange uses")
+    prune.add_argument("dir", nargs="?", type=Path, default=Path(DEFAULT_CASSETTES))
+    prune.add_argument("--older-than", type=float, metavar="DAYS", help="exchanges recorded more than DAYS ago")
+    prune.add_argument("--unused-media", action="store_true", help="media no exchange refers to")
 
 
 def _positive(text: str) -> int:
@@ -199,6 +219,10 @@ def models(args: argparse.Namespace) -> None:
 
 
 def _served_by(backend: BackendSettings) -> str:
+    if isinstance(backend, RecordBackendSettings):
+        return f"backend {backend.backend}, recorded to {backend.cassettes}"
+    if isinstance(backend, ReplayBackendSettings):
+        return f"recordings in {backend.cassettes}" + (f", else backend {backend.fallback}" if backend.fallback else "")
     if isinstance(backend, LocalBackendSettings):
         return f"local model {backend.model}"
     if isinstance(backend, GeminiBackendSettings):
@@ -274,13 +298,54 @@ def usage(args: argparse.Namespace) -> None:
         print(f"{row.key_name}\t{row.model or '-'}\t{row.requests}\t{row.prompt_tokens}\t{row.output_tokens}")
 
 
+def cassettes(args: argparse.Namespace) -> None:
+    shelf = Cassettes(args.dir)
+    if not shelf.directory.is_dir():
+        raise SystemExit(f"{shelf.directory} is not a directory")
+    {"list": _list_cassettes, "show": _show_cassette, "prune": _prune_cassettes}[args.action](shelf, args)
+
+
+def _list_cassettes(shelf: Cassettes, args: argparse.Namespace) -> None:
+    print("digest\tmodel\tkind\tchunks\trecorded\tfirst user text")
+    for exchange in shelf.exchanges():
+        if isinstance(exchange, DamagedCassette):
+            print(f"{exchange.path.name}\t-\tdamaged\t-\t-\t{exchange.reason}")
+            continue
+        kind = "error" if exchange.error is not None else exchange.kind
+        chunks = len(exchange.chunks) if exchange.chunks is not None else "-"
+        text = " ".join((first_user_text(exchange.request) or "").split())
+        snippet = text if len(text) <= 60 else text[:57] + "..."
+        print(f"{exchange.digest}\t{exchange.model}\t{kind}\t{chunks}\t{_when(exchange.recorded_at)}\t{snippet}")
+
+
+def _show_cassette(shelf: Cassettes, args: argparse.Namespace) -> None:
+    found = shelf.matching(args.digest)
+    digests = {path.name.split(".")[0] for path in found}
+    if len(digests) != 1:
+        many = "more than one recorded exchange has" if digests else "no recorded exchange has"
+        raise SystemExit(f"{many} a digest starting {args.digest!r} in {shelf.directory}")
+    for path in found:  # its whole answer and its stream, where both were recorded
+        print(json.dumps(json.loads(path.read_bytes()), indent=2, ensure_ascii=False))
+
+
+def _prune_cassettes(shelf: Cassettes, args: argparse.Namespace) -> None:
+    if args.older_than is None and not args.unused_media:
+        raise SystemExit("say what to prune: --older-than DAYS, --unused-media, or both")
+    older = args.older_than * 86400 if args.older_than is not None else None
+    removed = prune(shelf, older_than_s=older, unused_media=args.unused_media, at=time.time())
+    for path in removed:
+        print(f"removed {path}")
+    print(f"{len(removed)} file(s) removed")
+
+
 def _when(moment: float | None) -> str:
     return "-" if moment is None else datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    {"serve": serve, "models": models, "keys": keys, "usage": usage}[args.command](args)
+    commands = {"serve": serve, "models": models, "keys": keys, "usage": usage, "cassettes": cassettes}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

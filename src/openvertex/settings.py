@@ -153,8 +153,35 @@ class EmbeddingBackendSettings(_Section):
         return self
 
 
+class RecordBackendSettings(_Section):
+    """Another configured backend, each generateContent exchange it answers (a stream with its
+    chunks' timing) written to a cassette directory, for a replay backend to answer offline."""
+
+    type: Literal["record"]
+    backend: str  # the name of the backend that answers (configured in [backends])
+    cassettes: Path  # the directory; made when the first exchange is written
+
+
+class ReplayBackendSettings(_Section):
+    """Answers recorded requests (a cassette directory a record backend wrote) exactly as they were
+    answered; a request with no recording goes to `fallback`, or gets a 400 FAILED_PRECONDITION
+    naming its digest and where it differs from the nearest recording."""
+
+    type: Literal["replay"]
+    cassettes: Path
+    fallback: str | None = None  # the name of a configured backend
+    # "original": a stream's chunks come at their recorded offsets, a whole answer after its
+    # recorded time; "none": at once.
+    timing: Literal["none", "original"] = "none"
+
+
 BackendSettings = Annotated[
-    LocalBackendSettings | FakeBackendSettings | GeminiBackendSettings | EmbeddingBackendSettings,
+    LocalBackendSettings
+    | FakeBackendSettings
+    | GeminiBackendSettings
+    | EmbeddingBackendSettings
+    | RecordBackendSettings
+    | ReplayBackendSettings,
     Field(discriminator="type"),
 ]
 

@@ -50,25 +50,34 @@ class PreparedNative:
     create_time: str
     enum_numbers: bool = False
 
-    def render(self, response: gc.GenerateContentResponse) -> dict[str, Any]:
+    def ids(self, response: gc.GenerateContentResponse) -> tuple[str, str]:
+        """The answer's id and time: its backend's where it gives them (Gemini's own, a recording's),
+        else openvertex's."""
+        return response.response_id or self.response_id, response.create_time or self.create_time
+
+    def render(self, response: gc.GenerateContentResponse, ids: tuple[str, str] | None = None) -> dict[str, Any]:
+        response_id, create_time = ids or self.ids(response)
         rendered = render_response(
             response,
             dialect=self.dialect,
             model_version=self.model_version,
-            response_id=self.response_id,
-            create_time=self.create_time,
+            response_id=response_id,
+            create_time=create_time,
         )
         return with_enum_numbers(rendered, self.dialect) if self.enum_numbers else rendered
 
 
 class _Rendering:
-    """A native stream's translation: each chunk rendered as its dialect writes it."""
+    """A native stream's translation: each chunk rendered as its dialect writes it, every one with
+    the first chunk's id and time."""
 
     def __init__(self, native: PreparedNative) -> None:
         self._native = native
+        self._ids: tuple[str, str] | None = None
 
     def feed(self, response: gc.GenerateContentResponse) -> list[dict[str, Any]]:
-        return [self._native.render(response)]
+        self._ids = self._ids or self._native.ids(response)
+        return [self._native.render(response, self._ids)]
 
     def finish(self) -> list[dict[str, Any]]:
         return []

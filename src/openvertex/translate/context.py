@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from openvertex.translate.tables import TOOL_CALL_ID_PREFIX
 
@@ -28,3 +29,14 @@ class ResponseContext:
     created: int = field(default_factory=lambda: int(time.time()))
     tool_call_id: Callable[[], str] = new_tool_call_id
     thought_marker: str | None = None
+
+
+def answer_created(create_time: str | None, ctx: ResponseContext) -> int:
+    """`created` of a chat completion: the answer's createTime where its backend gave one (Gemini's
+    own, a recording's: Vertex's facade reports its GenerateContent's time) [I], else the context's."""
+    if create_time:
+        try:
+            return int(datetime.fromisoformat(create_time.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            pass
+    return ctx.created

@@ -13,7 +13,7 @@ from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.arguments import ArgumentWriter, compact_json
 from openvertex.translate.citations import url_citations
-from openvertex.translate.context import ResponseContext
+from openvertex.translate.context import ResponseContext, answer_created
 from openvertex.translate.logprobs import logprobs_result_to_openai
 from openvertex.translate.tables import FINISH_REASON_DEFAULT, FINISH_REASON_TO_OPENAI
 from openvertex.translate.thoughts import close_tag, open_tag
@@ -196,7 +196,7 @@ def generate_content_to_completion(response: gc.GenerateContentResponse, ctx: Re
     choices = [candidate_to_choice(c, c.index if c.index is not None else i, ctx) for i, c in enumerate(candidates)]
     return oa.ChatCompletion(
         id=response.response_id or ctx.response_id,
-        created=ctx.created,
+        created=answer_created(response.create_time, ctx),
         model=ctx.model,
         choices=choices or [blocked_choice()],
         usage=usage_metadata_to_usage(response.usage_metadata or gc.UsageMetadata()),

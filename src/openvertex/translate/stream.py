@@ -9,7 +9,7 @@ from __future__ import annotations
 from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.citations import url_citations
-from openvertex.translate.context import ResponseContext
+from openvertex.translate.context import ResponseContext, answer_created
 from openvertex.translate.logprobs import logprobs_result_to_openai
 from openvertex.translate.response import PartTranslator, answer_spans
 from openvertex.translate.usage import usage_metadata_to_usage
@@ -26,11 +26,12 @@ class ChunkTranslator:
         self._spans: dict[int, list[tuple[int, str]]] = {}  # where its answer text parts went
         self._usage = gc.UsageMetadata()
         self._response_id: str | None = None
+        self._created: int | None = None
 
     def _chunk(self, index: int, delta: oa.Delta, finish_reason: str | None = None) -> oa.ChatCompletionChunk:
         return oa.ChatCompletionChunk(
             id=self._response_id or self._ctx.response_id,
-            created=self._ctx.created,
+            created=self._created or self._ctx.created,
             model=self._ctx.model,
             choices=[oa.ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)],
         )
@@ -39,7 +40,9 @@ class ChunkTranslator:
         return self._parts.setdefault(index, PartTranslator(self._ctx))
 
     def feed(self, response: gc.GenerateContentResponse) -> list[oa.ChatCompletionChunk]:
-        self._response_id = self._response_id or response.response_id
+        if self._response_id is None and response.response_id:  # the answer's own id and time, once
+            self._response_id = response.response_id
+            self._created = answer_created(response.create_time, self._ctx)
         if response.usage_metadata is not None:
             self._usage = response.usage_metadata
         chunks: list[oa.ChatCompletionChunk] = []
