@@ -92,3 +92,25 @@ def test_reasoning_effort_budgets(effort: str, budget: int) -> None:
 def test_tool_choice_modes(choice: str, mode: str) -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
     assert _translate(tools=tools, tool_choice=choice)["toolConfig"] == {"functionCallingConfig": {"mode": mode}}
+
+
+def test_an_answers_call_ids_come_from_its_own_response_id() -> None:
+    """A replayed answer (same responseId) translates to the same ids; one without an id gets new ones."""
+    from openvertex.protocol import generate_content as gc
+    from openvertex.translate.context import ResponseContext
+    from openvertex.translate.response import generate_content_to_completion
+
+    def answer(response_id: str | None) -> gc.GenerateContentResponse:
+        calls = [gc.Part(function_call=gc.FunctionCall(name="f", args={"n": n})) for n in range(2)]
+        content = gc.Content(role="model", parts=calls)
+        return gc.GenerateContentResponse(candidates=[gc.Candidate(content=content)], response_id=response_id)
+
+    def ids(response_id: str | None) -> list[str]:
+        completion = generate_content_to_completion(answer(response_id), ResponseContext(model="m"))
+        return [call.id for call in completion.choices[0].message.tool_calls or []]
+
+    first = ids("resp-1")
+    assert first == ids("resp-1") and len(set(first)) == 2
+    assert all(call_id.startswith("function-call-") for call_id in first)
+    assert set(first).isdisjoint(ids("resp-2"))
+    assert ids(None) != ids(None)

@@ -22,6 +22,16 @@ def new_tool_call_id() -> str:
     return f"{TOOL_CALL_ID_PREFIX}{uuid.uuid4()}"
 
 
+_CALL_IDS = uuid.UUID("7d3c5a1e-2b6f-4c8e-9a0d-5f1e3b7c9d24")  # the namespace of ids made from an answer's
+
+
+def answer_tool_call_id(response_id: str, candidate: int, call: int) -> str:
+    """The id of an answer's call, made from the answer's own responseId (its backend's, or a
+    recording's) where it has one: the same answer translates to the same ids, so a replayed
+    answer is the same bytes on the OpenAI surface too [I]."""
+    return f"{TOOL_CALL_ID_PREFIX}{uuid.uuid5(_CALL_IDS, f'{response_id}/{candidate}/{call}')}"
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseContext:
     model: str  # the request's model string, echoed verbatim (spec §1.3)

@@ -13,7 +13,7 @@ from openvertex.protocol import chat_completions as oa
 from openvertex.protocol import generate_content as gc
 from openvertex.translate.arguments import ArgumentWriter, compact_json
 from openvertex.translate.citations import url_citations
-from openvertex.translate.context import ResponseContext, answer_created
+from openvertex.translate.context import ResponseContext, answer_created, answer_tool_call_id
 from openvertex.translate.logprobs import logprobs_result_to_openai
 from openvertex.translate.tables import FINISH_REASON_DEFAULT, FINISH_REASON_TO_OPENAI
 from openvertex.translate.thoughts import close_tag, open_tag
@@ -39,6 +39,10 @@ class PartTranslator:
     """One candidate's parts → deltas; tracks the open thought tag and tool-call indexes."""
 
     ctx: ResponseContext
+    # The answer's own responseId (None: the backend gave none) and this candidate's index: what
+    # its calls' ids are made from.
+    response_id: str | None = None
+    candidate: int = 0
     in_thought: bool = False
     tool_calls: int = 0
     saw_tool_call: bool = field(default=False)
@@ -82,13 +86,13 @@ class PartTranslator:
             arguments = self._pieces(streamed.writer, call)
             index, call_id, name = streamed.index, streamed.id, streamed.name
         elif call.partial_args is not None or call.will_continue:
-            self.streamed = _StreamedCall(self.tool_calls, self.ctx.tool_call_id(), call.name or "")
+            self.streamed = _StreamedCall(self.tool_calls, self._call_id(), call.name or "")
             arguments = self._pieces(self.streamed.writer, call)
             index, call_id, name = self.streamed.index, self.streamed.id, self.streamed.name
             self.tool_calls += 1
         else:
             arguments = compact_json(call.args or {})
-            index, call_id, name = self.tool_calls, self.ctx.tool_call_id(), call.name or ""
+            index, call_id, name = self.tool_calls, self._call_id(), call.name or ""
             self.tool_calls += 1
         delta_call = oa.DeltaToolCall(
             index=index,
@@ -97,6 +101,11 @@ class PartTranslator:
             extra_content=_google(thought_signature=part.thought_signature) if part.thought_signature else None,
         )
         return oa.Delta(tool_calls=[delta_call])
+
+    def _call_id(self) -> str:
+        if self.response_id is None:
+            return self.ctx.tool_call_id()
+        return answer_tool_call_id(self.response_id, self.candidate, self.tool_calls)
 
     def _pieces(self, writer: ArgumentWriter, call: gc.FunctionCall) -> str:
         text = "".join(writer.feed(arg) for arg in call.partial_args or [])
@@ -152,8 +161,10 @@ def merge_deltas(deltas: list[oa.Delta]) -> oa.ResponseMessage:
     )
 
 
-def candidate_to_choice(candidate: gc.Candidate, index: int, ctx: ResponseContext) -> oa.Choice:
-    translator = PartTranslator(ctx)
+def candidate_to_choice(
+    candidate: gc.Candidate, index: int, ctx: ResponseContext, response_id: str | None = None
+) -> oa.Choice:
+    translator = PartTranslator(ctx, response_id=response_id, candidate=index)
     parts = candidate.content_parts()
     translated = [translator.translate(part) for part in parts]
     deltas = [d for d in translated if d is not None]
@@ -193,7 +204,10 @@ def blocked_choice() -> oa.Choice:
 
 def generate_content_to_completion(response: gc.GenerateContentResponse, ctx: ResponseContext) -> oa.ChatCompletion:
     candidates = response.candidates or []
-    choices = [candidate_to_choice(c, c.index if c.index is not None else i, ctx) for i, c in enumerate(candidates)]
+    choices = [
+        candidate_to_choice(c, c.index if c.index is not None else i, ctx, response.response_id)
+        for i, c in enumerate(candidates)
+    ]
     return oa.ChatCompletion(
         id=response.response_id or ctx.response_id,
         created=answer_created(response.create_time, ctx),

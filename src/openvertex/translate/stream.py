@@ -37,7 +37,9 @@ class ChunkTranslator:
         )
 
     def _translator(self, index: int) -> PartTranslator:
-        return self._parts.setdefault(index, PartTranslator(self._ctx))
+        if index not in self._parts:
+            self._parts[index] = PartTranslator(self._ctx, response_id=self._response_id, candidate=index)
+        return self._parts[index]
 
     def feed(self, response: gc.GenerateContentResponse) -> list[oa.ChatCompletionChunk]:
         if self._response_id is None and response.response_id:  # the answer's own id and time, once
