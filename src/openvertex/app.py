@@ -25,6 +25,7 @@ from openvertex.http.console import Console
 from openvertex.http.console_api import ConsoleApi
 from openvertex.http.embeddings import EmbeddingHandlers
 from openvertex.http.errors import api_error_handler, http_exception_handler, unexpected_error_handler
+from openvertex.http.faults import FaultHeader, connection_cut_handler
 from openvertex.http.lifecycle import Lifecycle
 from openvertex.http.metrics import register_backend_readings
 from openvertex.http.native import NativeHandlers
@@ -38,6 +39,7 @@ from openvertex.relay.stats import register_relay_readings
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.chat import ChatService
 from openvertex.service.embeddings import EmbeddingService
+from openvertex.service.faults import ConnectionCut, Faults
 from openvertex.service.grounding import GroundingPolicy
 from openvertex.service.keys import KeyRing, Quotas, keep_keys_and_usage
 from openvertex.service.media import MediaReader
@@ -92,6 +94,7 @@ def create_app(
         media=media,
         safety=safety,
         grounding=grounding,
+        faults=Faults(settings.faults),
     )
     auth = _authenticator(settings, database)
     keys = auth.keys
@@ -107,7 +110,7 @@ def create_app(
     )
     relay_handlers = RelayHandlers(relay, pinned, settings.max_body_bytes, safety.blocklist)
     embeddings = EmbeddingHandlers(
-        EmbeddingService(router, timeout_s=settings.request_timeout_s),
+        EmbeddingService(router, timeout_s=settings.request_timeout_s, faults=pipeline.faults),
         router,
         settings.max_body_bytes,
         json_limits,
@@ -165,10 +168,14 @@ def create_app(
             *handlers.routes(),
             *admin.routes(),
         ],
-        middleware=[Middleware(RecordRequests, metrics=metrics, timeline=timeline, untimed=_untimed(settings))],
+        middleware=[
+            Middleware(RecordRequests, metrics=metrics, timeline=timeline, untimed=_untimed(settings)),
+            Middleware(FaultHeader, allowed=settings.faults_from_header),
+        ],
         lifespan=lifespan,
         exception_handlers={
             ApiError: api_error_handler,
+            ConnectionCut: connection_cut_handler,
             HTTPException: http_exception_handler,
             Exception: unexpected_error_handler,
         },

@@ -356,6 +356,39 @@ class GroundingSettings(_Section):
         return self
 
 
+FaultKind = Literal[
+    "ok", "429", "503", "500", "deadline", "stream_error", "slow_first_byte", "slow_chunks", "cut", "safety"
+]
+
+
+class FaultRule(_Section):
+    """Gemini's failures injected on purpose (service/faults.py), for tests of a client's retry and
+    streaming code: the requests of a model and key that match get the faults of `sequence` in turn
+    (counted per rule and per key; then an answer, or the sequence again with `repeat`), or `fault`
+    with `probability`. The first rule that matches decides."""
+
+    model: str | None = None  # a glob on the routed model id (google/gemini-2.5-flash) or its bare name
+    key: str | None = None  # an API key's name, or the `key-…` fingerprint of a configured key
+    sequence: list[FaultKind] | None = Field(None, min_length=1)
+    repeat: bool = False
+    fault: FaultKind | None = None
+    probability: float = Field(1.0, ge=0.0, le=1.0)
+    seed: int | None = None  # the same draws on every run
+    after_chunks: int = Field(1, ge=0)  # stream_error, cut, safety: the chunks a stream sends first
+    delay_s: float = Field(1.0, ge=0.0, le=600.0)  # slow_first_byte, slow_chunks; deadline: before the 504
+    retry_after_s: float = Field(1.0, ge=0.0, le=3600.0)  # 429 and 503: Retry-After and RetryInfo; 0: none
+
+    @model_validator(mode="after")
+    def _sequence_or_fault(self) -> FaultRule:
+        if (self.sequence is None) == (self.fault is None):
+            raise ValueError("a fault rule needs `sequence` or `fault`, not both")
+        if self.sequence is not None and ("probability" in self.model_fields_set or self.seed is not None):
+            raise ValueError("`probability` and `seed` go with `fault`; a `sequence` is followed exactly")
+        if self.fault is not None and self.repeat:
+            raise ValueError("`repeat` goes with `sequence`")
+        return self
+
+
 def _default_state_dir() -> Path:
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "openvertex"
@@ -429,6 +462,10 @@ class Settings(BaseSettings):
     # requests reuse each other's prompt prefixes on the local engine; every other key is a tenant
     # of its own. {"team-a": ["ci", "alice"]}
     tenants: dict[str, list[str]] = Field(default_factory=dict)
+    # Gemini's failures injected on purpose, by model and key (FaultRule); and whether a request may
+    # ask for one itself by the `x-openvertex-fault` header (else a request that sends it is a 400).
+    faults: list[FaultRule] = Field(default_factory=list)
+    faults_from_header: bool = False
 
     @field_validator("tenants")
     @classmethod

@@ -5,6 +5,7 @@
   terminator): google-genai rejects any other line.
 - Native without `alt`: one JSON array, written element by element.
 An error after the stream began is one more event (array element) whose first key is `error`.
+A connection cut on purpose (service/faults.py) sends what was made and then no end at all.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from openvertex.errors import ApiError, InternalError, UnavailableError
 from openvertex.http.disconnect import ClientDisconnected, until_disconnect
+from openvertex.service.faults import ConnectionCut
 from openvertex.service.pipeline import Streamed
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,8 @@ class Framed(Generic[T]):
                 if items:
                     yield self._framed(items)
             self.tail = self._framing.end
+        except ConnectionCut:
+            raise  # the response is to end without its end
         except Exception as exc:
             if isinstance(exc, ApiError):
                 exc = streamed.rename(exc)
@@ -145,8 +149,12 @@ class EventStreamResponse(StreamingResponse):
         writer = _Writer(send)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async for chunk in events:
-                await writer.put(chunk)
+            try:
+                async for chunk in events:
+                    await writer.put(chunk)
+            except ConnectionCut:
+                await writer.finish(None)  # what was made goes out; the server then drops the connection
+                return
             await writer.finish(self._framed.tail)
         finally:
             writer.stop()
@@ -166,6 +174,7 @@ class _Writer:
         self._pending: list[bytes] = []
         self._size = 0
         self._more = True
+        self._cut = False
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._task = asyncio.ensure_future(self._run())
@@ -181,10 +190,12 @@ class _Writer:
             self._drained.clear()
             await self._drained.wait()
 
-    async def finish(self, tail: bytes) -> None:
-        """Send what is pending and `tail` as the response's last message."""
-        self._pending.append(tail)
+    async def finish(self, tail: bytes | None) -> None:
+        """Send what is pending and `tail` as the response's last message; None: what is pending,
+        and no last message (the response is left unfinished)."""
+        self._pending.append(tail or b"")
         self._more = False
+        self._cut = tail is None
         self._wake.set()
         await self._task
 
@@ -202,6 +213,7 @@ class _Writer:
             self._pending.clear()
             self._size = 0
             self._drained.set()
-            await self._send({"type": "http.response.body", "body": body, "more_body": more})
+            if body or more or not self._cut:  # cut: what is pending, and never the end
+                await self._send({"type": "http.response.body", "body": body, "more_body": more or self._cut})
             if not more:
                 return

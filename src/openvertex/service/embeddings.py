@@ -10,6 +10,7 @@ from openvertex.backends.base import Backend
 from openvertex.errors import DeadlineExceededError, InvalidArgumentError
 from openvertex.protocol.embeddings import Embedding, EmbedRequest
 from openvertex.request_record import current_record
+from openvertex.service.faults import Faults, before_answer
 from openvertex.service.keys import check_model
 from openvertex.service.routing import Router
 from openvertex.translate.embeddings import EmbeddingLimits
@@ -30,9 +31,10 @@ class EmbeddingModel:
 
 
 class EmbeddingService:
-    def __init__(self, router: Router, *, timeout_s: float) -> None:
+    def __init__(self, router: Router, *, timeout_s: float, faults: Faults | None = None) -> None:
         self.router = router
         self.timeout_s = timeout_s
+        self.faults = faults or Faults()
 
     def resolve(self, routed: str, backend: Backend) -> EmbeddingModel:
         """`backend` serves the model `routed`: the key must be allowed it, and it must embed."""
@@ -57,8 +59,12 @@ class EmbeddingService:
         )
 
     async def embed(self, model: EmbeddingModel, request: EmbedRequest) -> list[Embedding]:
+        fault = self.faults.draw_for_embedding(model.routed, current_record().key)
+        await before_answer(fault)
         try:
             async with asyncio.timeout(self.timeout_s):
+                if fault is not None and fault.kind == "slow_first_byte":
+                    await asyncio.sleep(fault.delay_s)
                 embeddings = await model.backend.embed(request, model=model.routed)
         except TimeoutError:
             raise DeadlineExceededError(f"The request did not finish within {self.timeout_s:g} s.") from None

@@ -23,6 +23,7 @@ from openvertex.protocol import generate_content as gc
 from openvertex.request_record import RequestRecord, current_record
 from openvertex.service.cached_contents import CachedContents
 from openvertex.service.capabilities import Namer, check_capabilities, check_generates, native_name
+from openvertex.service.faults import Fault, Faults, before_answer, stage_for
 from openvertex.service.grounding import Grounding, GroundingPolicy
 from openvertex.service.keys import check_model
 from openvertex.service.media import MediaReader
@@ -45,6 +46,7 @@ class Prepared:
     timeout_s: float  # until the answer must be complete
     safety: SafetyCheck | None = None  # what is checked here of the prompt and the answer
     grounding: Grounding | None = None  # the search done here for the request
+    fault: Fault | None = None  # injected on purpose (service/faults.py)
 
 
 class Pipeline:
@@ -60,8 +62,10 @@ class Pipeline:
         media: MediaReader,
         safety: SafetyPolicy,
         grounding: GroundingPolicy,
+        faults: Faults | None = None,
     ) -> None:
         self.router = router
+        self.faults = faults or Faults()
         self.media = media
         self.safety = safety
         self.grounding = grounding
@@ -91,6 +95,8 @@ class Pipeline:
         record.model, record.backend = self.router.routed_id(model), self.router.name_of(backend)
         check_model(record, record.model)
         check_generates(backend.capabilities)
+        fault = self.faults.draw(record.model, record.key)
+        await before_answer(fault)  # Gemini's errors before anything: the backend is not asked
         grounding = self.grounding.plan(request, backend.capabilities, name)
         if grounding is not None:
             request = grounding.without_search(request)
@@ -114,7 +120,9 @@ class Pipeline:
         if grounding is not None:
             request = await grounding.search(request)
         include_thoughts = bool(thinking and thinking.include_thoughts)
-        return Prepared(backend, request, model, include_thoughts, cached_tokens, deadline, safety, grounding)
+        return Prepared(
+            backend, request, model, include_thoughts, cached_tokens, deadline, safety, grounding, fault=fault
+        )
 
     async def prompt(
         self,
@@ -146,7 +154,7 @@ class Pipeline:
             return request
         return await self.media.inline(request, name)
 
-    def _stages(self, prepared: Prepared) -> list[Stage]:
+    def _stages(self, prepared: Prepared, *, streaming: bool) -> list[Stage]:
         stages: list[Stage] = []
         if self._signs(prepared.backend):
             stages.append(self.signer.stage())  # sees the thoughts it seals
@@ -157,6 +165,9 @@ class Pipeline:
         if prepared.safety is not None:
             stages.append(prepared.safety.stage())  # rates what the client would get
         stages.append(UsageCount(current_record(), prepared.cached_tokens))
+        fault = stage_for(prepared.fault, streaming=streaming)
+        if fault is not None:
+            stages.append(fault)  # last: it counts the chunks the client gets
         return stages
 
     async def generate(self, prepared: Prepared) -> gc.GenerateContentResponse:
@@ -171,7 +182,7 @@ class Pipeline:
     async def _run(self, prepared: Prepared, *, streaming: bool) -> AsyncGenerator[gc.GenerateContentResponse, None]:
         """The one loop: closing it (a client that left) closes the backend's stream, and the
         deadline cancels only the waits for the backend and the stages, never the consumer's work."""
-        stages = self._stages(prepared)
+        stages = self._stages(prepared, streaming=streaming)
         deadline = Deadline(prepared.timeout_s)
         clock = _StreamClock(self.metrics, current_record()) if streaming else None
         upstream: AsyncGenerator[gc.GenerateContentResponse, None] | None = None

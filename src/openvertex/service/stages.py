@@ -3,7 +3,8 @@
 A stage has one implementation for streamed and whole answers alike: a whole answer is its
 backend's answer fed as one chunk and the outputs merged, a stream is fed as it comes, so the two
 cannot drift. The stages in order: thought signing (service/signatures.py) → grounding metadata
-(service/grounding.py) → safety (service/safety.py) → thought hiding → usage.
+(service/grounding.py) → safety (service/safety.py) → thought hiding → usage → a fault injected on
+purpose (service/faults.py), when a request has one.
 """
 
 from __future__ import annotations
