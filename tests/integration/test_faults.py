@@ -24,7 +24,8 @@ from openvertex.backends.fake import FakeBackend
 from openvertex.protocol import generate_content as gc
 from openvertex.service import faults as faults_module
 from openvertex.service.keys import configured_key_name
-from openvertex.settings import FaultRule, Settings
+from openvertex.settings import EndpointSettings, FaultRule, Settings
+from tests.support.openai_upstream import Upstream, upstream_server
 from tests.support.server import RunningServer, serve
 
 MODEL = "gemini-2.5-flash"
@@ -275,6 +276,21 @@ def test_the_header_where_it_is_not_allowed_is_a_400_naming_it() -> None:
             error = _error(response)
             assert "x-openvertex-fault" in error["message"] and "faults_from_header" in error["message"]
         assert _request(server, "native", stream=False).status_code == 200
+
+
+def test_a_fault_asked_of_a_self_deployed_endpoint_is_a_400_naming_the_header() -> None:
+    with upstream_server(Upstream()) as upstream:
+        endpoint = EndpointSettings(upstreams=[upstream.url], health_interval_s=60)
+        with serve(_settings(header=True, endpoints={"7": endpoint}), backends=_backends()) as server:
+            url = f"{server.url}/v1beta1/projects/p/locations/l/endpoints/7/chat/completions"
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            headers = {"Authorization": "Bearer k"}
+            refused = httpx.post(url, json=body, headers={**headers, "x-openvertex-fault": "429"})
+            assert refused.status_code == 400 and refused.json()[0]["error"]["message"].startswith(
+                "x-openvertex-fault:"
+            )
+            assert upstream.bodies == []  # nothing went up
+            assert httpx.post(url, json=body, headers=headers).status_code == 200
 
 
 def test_embeddings_take_the_errors_but_not_the_stream_faults(server: RunningServer) -> None:

@@ -36,6 +36,7 @@ from openvertex.relay.screen import AnswerScreen, StreamScreen, blocked_prompt, 
 from openvertex.relay.usage import AnswerUsage, UsageMeter, asking_for_usage, meter_for
 from openvertex.request_record import RequestRecord, current_record
 from openvertex.service.blocklist import Blocklist
+from openvertex.service.faults import refuse_requested_fault
 from openvertex.service.keys import check_model
 from openvertex.settings import EndpointSettings
 
@@ -87,6 +88,7 @@ class RelayHandlers:
         pool = self.endpoints.get(endpoint_id)
         if pool is None:
             raise NotFoundError(f"Endpoint `{endpoint_id}` not found.")
+        refuse_requested_fault("self-deployed endpoints")
         record = current_record()
         record.model, record.backend = endpoint_id, f"endpoint:{endpoint_id}"
         check_model(record, endpoint_id)

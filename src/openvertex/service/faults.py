@@ -89,6 +89,14 @@ def end_request_fault(token: Token[Fault | None]) -> None:
     _requested.reset(token)
 
 
+def refuse_requested_fault(where: str) -> None:
+    """A 400 naming the header where a request asked for a fault that `where` cannot inject."""
+    if _requested.get() is not None:
+        raise InvalidArgumentError(
+            f"{where} relay their replicas' answers as they come: no fault is injected there", param=HEADER
+        )
+
+
 _HEADER_FORMAT = (
     f"{HEADER} must be `<kind>[;after_chunks=N][;delay_s=S][;retry_after_s=S]`, kind one of {', '.join(KINDS)}"
 )
