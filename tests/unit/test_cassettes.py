@@ -12,16 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from openvertex.backends.base import Backend
+from openvertex.backends.base import Backend, Capabilities
 from openvertex.backends.fake import FakeBackend
 from openvertex.backends.record import RecordingBackend
 from openvertex.backends.registry import create_backends
 from openvertex.backends.replay import ReplayBackend
 from openvertex.cassettes import Cassettes, Chunk, DamagedCassette, Exchange, nearest, normalise, seal
 from openvertex.cli import main
-from openvertex.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from openvertex.errors import FailedPreconditionError, InvalidArgumentError, UnauthenticatedError, UnavailableError
 from openvertex.http_clients import HttpClients
 from openvertex.protocol import generate_content as gc
+from openvertex.protocol.embeddings import EmbedRequest, EmbedText
+from openvertex.service.embeddings import EmbeddingService
+from openvertex.service.routing import Router
 from openvertex.settings import FakeBackendSettings, RecordBackendSettings, ReplayBackendSettings
 
 MODEL = "google/gemini-2.5-flash"
@@ -196,6 +199,40 @@ def test_refusals_are_recorded_and_transient_failures_are_not(tmp_path: Path) ->
         echoed = await replay.generate(_request("busy"), model=MODEL)  # not recorded: the fallback's
         assert echoed.candidates and echoed.candidates[0].content
         assert echoed.candidates[0].content.parts[0].text == "busy"
+
+    asyncio.run(run())
+
+
+def test_embeddings_are_the_fallbacks_when_it_embeds(tmp_path: Path) -> None:
+    """Not recorded, embeddings go to the fallback: the replay embeds where its fallback does, so an
+    embedding model routed to the replay is not refused as one that does not embed."""
+
+    async def run() -> None:
+        embedder = FakeBackend(capabilities=Capabilities(embeddings=True, embedding_dimensions=16))
+        replay = ReplayBackend(Cassettes(tmp_path), fallback=embedder)
+        service = EmbeddingService(Router(backends={"replay": replay}, routes=[]), timeout_s=5)
+        model = service.resolve("google/text-embedding-005", replay)
+        assert service.limits(model, "openai").dimensions == 16
+        embedded = await service.embed(model, EmbedRequest((EmbedText(text="hello there"),)))
+        assert len(embedded) == 1 and len(embedded[0].values) == 16
+        assert not ReplayBackend(Cassettes(tmp_path), fallback=FakeBackend()).capabilities.embeddings
+
+    asyncio.run(run())
+
+
+def test_a_rejected_credential_is_not_recorded_over_the_answer(tmp_path: Path) -> None:
+    """A 401 is about the recorder's credentials, not the request: it would come again only with
+    them, so it is not recorded (it would replace a good recording and answer every replay)."""
+
+    async def run() -> None:
+        inner = FakeBackend([_answer("fine"), UnauthenticatedError("Request had invalid authentication credentials.")])
+        recorder = RecordingBackend(inner, Cassettes(tmp_path))
+        await recorder.generate(_request("asked twice"), model=MODEL)
+        with pytest.raises(UnauthenticatedError):
+            await recorder.generate(_request("asked twice"), model=MODEL)
+        replayed = await ReplayBackend(Cassettes(tmp_path)).generate(_request("asked twice"), model=MODEL)
+        assert replayed.candidates and replayed.candidates[0].content
+        assert replayed.candidates[0].content.parts[0].text == "fine"
 
     asyncio.run(run())
 

@@ -2,8 +2,9 @@
 with each chunk's offset from the request's start) is written to a cassette directory.
 
 What is recorded: an answer that ended completely, and a refusal that would come again (an error
-of 4xx but 429 and 499: Gemini's INVALID_ARGUMENT, FAILED_PRECONDITION, PERMISSION_DENIED …,
+of 4xx but 401, 429 and 499: Gemini's INVALID_ARGUMENT, FAILED_PRECONDITION, PERMISSION_DENIED …,
 replayed as it came). What is not: a transient failure (429, 5xx, a deadline, a broken connection),
+a credential the upstream rejected (401: the recorder's, not the request's, and a replay has none),
 a stream cut short (an error after its first chunk, a client that left); an earlier recording of
 the same request stays. Failures on demand are the fault injection's job, not the cassettes'.
 """
@@ -24,11 +25,13 @@ from openvertex.protocol.embeddings import Embedding, EmbedRequest
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = frozenset({429, 499})  # and every 5xx
+# Not the request's answer: a wait (429), a client gone (499), the recorder's own credentials
+# (401); and every 5xx.
+_NOT_RECORDED = frozenset({401, 429, 499})
 
 
 def recordable(error: ApiError) -> bool:
-    return 400 <= error.http_status < 500 and error.http_status not in _TRANSIENT
+    return 400 <= error.http_status < 500 and error.http_status not in _NOT_RECORDED
 
 
 class RecordingBackend:

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 from openvertex.backends.base import (
     OPTIONAL_FIELDS,
@@ -75,7 +76,21 @@ class ReplayBackend:
         self.cassettes = cassettes
         self.fallback = fallback
         self.original_timing = timing == "original"
-        self.capabilities = CAPABILITIES
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Gemini's; and, as embeddings are never recorded but the fallback's, the fallback's
+        embedding ones (read each time: an embedding model knows its dimensions once loaded)."""
+        fallback = self.fallback.capabilities if self.fallback is not None else None
+        if fallback is None or not fallback.embeddings:
+            return CAPABILITIES
+        return replace(
+            CAPABILITIES,
+            embeddings=True,
+            embedding_dimensions=fallback.embedding_dimensions,
+            embedding_input_tokens=fallback.embedding_input_tokens,
+            embedding_token_ids=fallback.embedding_token_ids,
+        )
 
     def ready(self) -> bool:
         return True  # a fallback is configured on its own, and ready on its own
