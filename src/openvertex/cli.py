@@ -6,6 +6,7 @@ import argparse
 import gc
 import ipaddress
 import json
+import math
 import os
 import signal
 import socket
@@ -80,7 +81,7 @@ def _cassette_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     show.add_argument("--dir", type=Path, default=Path(DEFAULT_CASSETTES))
     prune = actions.add_parser("prune", help="remove old exchanges and media no exchange uses")
     prune.add_argument("dir", nargs="?", type=Path, default=Path(DEFAULT_CASSETTES))
-    prune.add_argument("--older-than", type=float, metavar="DAYS", help="exchanges recorded more than DAYS ago")
+    prune.add_argument("--older-than", type=_days, metavar="DAYS", help="exchanges recorded more than DAYS ago")
     prune.add_argument("--unused-media", action="store_true", help="media no exchange refers to")
 
 
@@ -88,6 +89,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _days(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:  # a negative age would reach into the future: every file (NaN: none)
+        raise argparse.ArgumentTypeError("must be a number of days, 0 or more")
     return value
 
 
@@ -325,7 +333,11 @@ def _show_cassette(shelf: Cassettes, args: argparse.Namespace) -> None:
         many = "more than one recorded exchange has" if digests else "no recorded exchange has"
         raise SystemExit(f"{many} a digest starting {args.digest!r} in {shelf.directory}")
     for path in found:  # its whole answer and its stream, where both were recorded
-        print(json.dumps(json.loads(path.read_bytes()), indent=2, ensure_ascii=False))
+        try:
+            exchange = json.loads(path.read_bytes())
+        except ValueError as error:
+            raise SystemExit(f"{path.name}: damaged: not JSON ({error})") from None
+        print(json.dumps(exchange, indent=2, ensure_ascii=False))
 
 
 def _prune_cassettes(shelf: Cassettes, args: argparse.Namespace) -> None:

@@ -325,3 +325,16 @@ def test_cli_lists_shows_and_prunes(tmp_path: Path, capsys: pytest.CaptureFixtur
         main(["cassettes", "prune", str(tmp_path)])
     with pytest.raises(SystemExit, match="no recorded exchange"):
         main(["cassettes", "show", "abc", "--dir", str(tmp_path)])
+
+
+def test_cli_prunes_nothing_by_a_negative_age_and_shows_a_damaged_file_as_damaged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path, digest = _written(tmp_path)
+    for days in ("-1", "nan", "inf"):  # recorded in the future: it would have removed every file
+        with pytest.raises(SystemExit):
+            main(["cassettes", "prune", str(tmp_path), "--older-than", days])
+    assert path.exists()
+    path.write_text("{")
+    with pytest.raises(SystemExit, match="damaged: not JSON"):
+        main(["cassettes", "show", digest[:8], "--dir", str(tmp_path)])
