@@ -40,6 +40,7 @@ Kind = Literal["whole", "stream"]
 KINDS: tuple[Kind, ...] = ("whole", "stream")
 _NAME = re.compile(r"^([0-9a-f]{64})\.(whole|stream)\.json$")
 _MEDIA_REFERENCE = re.compile(r'"sha256":\s*"([0-9a-f]{64})"')
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _NOT_ASKED = ("model", "cachedContent")  # names of resources, not what is asked
 
 
@@ -405,7 +406,8 @@ def referenced_media(cassettes: Cassettes) -> set[str]:
 
 def prune(cassettes: Cassettes, *, older_than_s: float | None, unused_media: bool, at: float) -> list[Path]:
     """Remove exchanges recorded more than `older_than_s` before `at` (a damaged file is kept: its
-    age cannot be trusted), then, with `unused_media`, the media no exchange names. What was removed."""
+    age cannot be trusted), then, with `unused_media`, the media (`media/<sha256>`) no exchange
+    names. What was removed."""
     removed = []
     if older_than_s is not None:
         for exchange in list(cassettes.exchanges()):
@@ -417,7 +419,9 @@ def prune(cassettes: Cassettes, *, older_than_s: float | None, unused_media: boo
     if unused_media and media.is_dir():
         keep = referenced_media(cassettes)
         for path in sorted(media.iterdir()):
-            if path.is_file() and path.name not in keep:
+            # Only what `write` makes: not a .gitkeep, a write under way, nor the other files of a
+            # folder `media` links to.
+            if _SHA256.fullmatch(path.name) and path.is_file() and path.name not in keep:
                 path.unlink()
                 removed.append(path)
     return removed

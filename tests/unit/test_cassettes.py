@@ -17,7 +17,7 @@ from openvertex.backends.fake import FakeBackend
 from openvertex.backends.record import RecordingBackend
 from openvertex.backends.registry import create_backends
 from openvertex.backends.replay import ReplayBackend
-from openvertex.cassettes import Cassettes, Chunk, DamagedCassette, Exchange, nearest, normalise, seal
+from openvertex.cassettes import Cassettes, Chunk, DamagedCassette, Exchange, nearest, normalise, prune, seal
 from openvertex.cli import main
 from openvertex.errors import FailedPreconditionError, InvalidArgumentError, UnauthenticatedError, UnavailableError
 from openvertex.http_clients import HttpClients
@@ -325,6 +325,23 @@ def test_cli_lists_shows_and_prunes(tmp_path: Path, capsys: pytest.CaptureFixtur
         main(["cassettes", "prune", str(tmp_path)])
     with pytest.raises(SystemExit, match="no recorded exchange"):
         main(["cassettes", "show", "abc", "--dir", str(tmp_path)])
+
+
+def test_pruning_media_removes_only_what_a_recording_wrote(tmp_path: Path) -> None:
+    """`media/` may be a link to a folder shared with other things, and hold a .gitkeep or a write
+    under way: only the unused media a record backend writes (`media/<sha256>`) are removed."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    kept = [shared / "notes.txt", shared / ".gitkeep", shared / f".{'1' * 64}.123.abcd.tmp"]
+    for path in kept:
+        path.write_text("not a recording's")
+    (shared / ("0" * 64)).write_bytes(b"an unused medium")
+    shelf = Cassettes(tmp_path / "cassettes")
+    shelf.directory.mkdir()
+    (shelf.directory / "media").symlink_to(shared)
+    removed = prune(shelf, older_than_s=None, unused_media=True, at=time.time())
+    assert [path.name for path in removed] == ["0" * 64]
+    assert all(path.exists() for path in kept)
 
 
 def test_cli_prunes_nothing_by_a_negative_age_and_shows_a_damaged_file_as_damaged(
