@@ -293,6 +293,15 @@ def test_a_fault_asked_of_a_self_deployed_endpoint_is_a_400_naming_the_header() 
             assert httpx.post(url, json=body, headers=headers).status_code == 200
 
 
+def test_a_fault_asked_of_count_tokens_is_a_400_naming_the_header(server: RunningServer) -> None:
+    url = f"{server.url}/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:countTokens"
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    headers = {"Authorization": "Bearer k"}
+    refused = httpx.post(url, json=body, headers={**headers, "x-openvertex-fault": "503"})
+    assert refused.status_code == 400 and refused.json()["error"]["message"].startswith("x-openvertex-fault:")
+    assert httpx.post(url, json=body, headers=headers).status_code == 200
+
+
 def test_embeddings_take_the_errors_but_not_the_stream_faults(server: RunningServer) -> None:
     body = {"model": "text-embedding-005", "input": "hello"}
     url = f"{server.url}/v1/embeddings"

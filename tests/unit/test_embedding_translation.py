@@ -96,3 +96,13 @@ def test_answers_in_each_shape() -> None:
     body = em.OpenAIEmbeddingRequest.model_validate({"model": "m", "input": "x", "encoding_format": "base64"})
     answer = translate.openai_response(body, [Embedding([1.0], token_count=2)])
     assert answer.data[0].embedding == "AACAPw==" and answer.usage.prompt_tokens == 2  # 1.0 as little-endian float32
+
+
+def test_the_packaged_models_dimensions_are_known_before_it_loads(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from openvertex.backends.embedding.backend import EmbeddingBackend
+    from openvertex.settings import EmbeddingBackendSettings
+
+    backend = EmbeddingBackend(EmbeddingBackendSettings(type="embedding"), Path(str(tmp_path)))
+    assert not backend.ready() and backend.capabilities.embedding_dimensions == 384

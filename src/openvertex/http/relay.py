@@ -88,7 +88,7 @@ class RelayHandlers:
         pool = self.endpoints.get(endpoint_id)
         if pool is None:
             raise NotFoundError(f"Endpoint `{endpoint_id}` not found.")
-        refuse_requested_fault("self-deployed endpoints")
+        refuse_requested_fault("self-deployed endpoints relay their replicas' answers as they come")
         record = current_record()
         record.model, record.backend = endpoint_id, f"endpoint:{endpoint_id}"
         check_model(record, endpoint_id)

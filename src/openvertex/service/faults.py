@@ -89,12 +89,10 @@ def end_request_fault(token: Token[Fault | None]) -> None:
     _requested.reset(token)
 
 
-def refuse_requested_fault(where: str) -> None:
-    """A 400 naming the header where a request asked for a fault that `where` cannot inject."""
+def refuse_requested_fault(why: str) -> None:
+    """A 400 naming the header where a request asked for a fault that cannot be injected (`why`)."""
     if _requested.get() is not None:
-        raise InvalidArgumentError(
-            f"{where} relay their replicas' answers as they come: no fault is injected there", param=HEADER
-        )
+        raise InvalidArgumentError(f"{why}: no fault is injected there", param=HEADER)
 
 
 _HEADER_FORMAT = (

@@ -13,6 +13,7 @@ from typing import Any
 from openvertex.backends.base import Backend
 from openvertex.errors import NotFoundError
 from openvertex.protocol import generate_content as gc
+from openvertex.service.faults import refuse_requested_fault
 from openvertex.service.pipeline import Pipeline, Prepared, Streamed
 from openvertex.service.routing import Router
 from openvertex.translate.context import new_response_id
@@ -131,6 +132,7 @@ class NativeService:
     # ------------------------------------------------------------------ tokens
 
     async def count_tokens(self, body: gc.CountTokensRequest, call: ModelCall) -> gc.CountTokensResponse:
+        refuse_requested_fault("countTokens answers no model's answer")
         """What the model would read for the request (a named cache's content included, not warmed)."""
         request = count_tokens_request(body)
         check_native_request(request)
@@ -146,6 +148,7 @@ class NativeService:
         )
 
     async def compute_tokens(self, body: gc.ComputeTokensRequest, call: ModelCall) -> gc.ComputeTokensResponse:
+        refuse_requested_fault("computeTokens answers no model's answer")
         request = gc.GenerateContentRequest(contents=body.contents or [])
         check_native_request(request)
         backend = self.backend(call)

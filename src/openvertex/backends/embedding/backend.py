@@ -18,7 +18,7 @@ from llama_cpp._logger import set_verbose as set_llama_verbose
 
 from openvertex.backends.base import BackendLoad, CacheUsage, Capabilities, LiveCaches, RoleTokens, reduce_dimensions
 from openvertex.backends.embedding.engine import EmbeddingEngine
-from openvertex.backends.embedding.model_files import gguf_path
+from openvertex.backends.embedding.model_files import declared_dimensions, gguf_path
 from openvertex.errors import InvalidArgumentError, UnavailableError
 from openvertex.protocol import generate_content as gc
 from openvertex.protocol.embeddings import Embedding, EmbedRequest, EmbedText
@@ -39,6 +39,9 @@ class EmbeddingBackend:
         self._engine: EmbeddingEngine | None = None
         self._load_error: str | None = None
         self._loaded = asyncio.Event()
+        # Known before the model loads where a folder says it, so a request's dimensions are judged
+        # while it loads too (a GGUF file tells once loaded).
+        self._dimensions = declared_dimensions(settings.model)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -46,7 +49,7 @@ class EmbeddingBackend:
         return Capabilities(
             generation=False,
             embeddings=True,
-            embedding_dimensions=engine.dimensions if engine is not None else None,
+            embedding_dimensions=engine.dimensions if engine is not None else self._dimensions,
             embedding_input_tokens=self.settings.max_text_tokens,
             embedding_token_ids=True,
             input_token_limit=self.settings.max_text_tokens,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -44,6 +45,18 @@ def model_folder(model: str) -> Path | None:
     raise FileNotFoundError(
         f"no embedding model at {path} (a GGUF file, a sentence-transformers folder, or one of {', '.join(PACKAGED)})"
     )
+
+
+def declared_dimensions(model: str) -> int | None:
+    """The vector size a sentence-transformers folder's config declares; None where it cannot tell."""
+    try:
+        folder = model_folder(model)
+        if folder is None:
+            return None
+        size = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("hidden_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def gguf_path(model: str, directory: Path) -> Path:
