@@ -53,3 +53,31 @@ def test_stored_vectors_are_kept_only_for_the_model_that_made_them(tmp_path: Pat
 def test_a_search_by_meaning_needs_an_embedder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs an embedder"):
         LocalCorpus(tmp_path, tmp_path / "index.sqlite3", base_url=None, search="hybrid")
+
+
+def test_a_hybrid_search_keeps_its_words_when_the_embedding_model_fails(tmp_path: Path) -> None:
+    import asyncio
+
+    from openvertex.backends.base import Capabilities
+    from openvertex.backends.fake import FakeBackend
+    from openvertex.errors import ApiError
+    from openvertex.service.corpus_vectors import PassageEmbedder
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "bread.md").write_text("# Bread\n\nKnead the dough and bake it for forty minutes.\n")
+    broken = FakeBackend(capabilities=Capabilities(embeddings=False))  # its embed raises a 400
+    corpus = {
+        search: LocalCorpus(
+            folder,
+            tmp_path / f"{search}.sqlite3",
+            base_url=None,
+            search=search,
+            embedder=PassageEmbedder(broken, "text-embedding-005"),
+        )
+        for search in ("hybrid", "meaning")
+    }
+    found = asyncio.run(corpus["hybrid"].search("how long to bake dough", 2))
+    assert [source.title for source in found] == ["Bread"]  # the words still find it
+    with pytest.raises(ApiError):  # asked for by meaning alone, the failure is the answer
+        asyncio.run(corpus["meaning"].search("how long to bake dough", 2))

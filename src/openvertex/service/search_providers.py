@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from openvertex.errors import UnavailableError
+from openvertex.errors import ApiError, UnavailableError
 from openvertex.http_clients import HttpClients, SessionSpec
 from openvertex.service import corpus_vectors
 from openvertex.service.corpus_vectors import EMBED_BATCH, Matrix, PassageEmbedder, PassageVectors
@@ -134,6 +134,7 @@ class LocalCorpus:
         self._building = asyncio.Lock()
         self._db: sqlite3.Connection | None = None
         self._vectors: PassageVectors | None = None
+        self._degraded = False  # a hybrid search fell back to words (logged once)
 
     async def start(self) -> None:
         """Index the folder now (at the server's start), not at the first question."""
@@ -172,10 +173,17 @@ class LocalCorpus:
             return call(self._open(), *args)
 
     async def search(self, query: str, limit: int) -> list[Source]:
-        await self._ready()
         meant = None
-        if self._embedder is not None and query.strip():
-            meant = await self._embedder.query(query)
+        try:
+            await self._ready()
+            if self._embedder is not None and query.strip():
+                meant = await self._embedder.query(query)
+        except ApiError as error:  # the embedding model failed: a hybrid search still has the words
+            if self._search_by != "hybrid" or self._db is None:
+                raise
+            if not self._degraded:
+                log.warning("the corpus is searched by its words only: the embedding model failed (%s)", error)
+                self._degraded = True
         return await asyncio.to_thread(self._search, query, meant, limit)
 
     def _search(self, query: str, meant: Matrix | None, limit: int) -> list[Source]:
