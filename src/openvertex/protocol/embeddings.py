@@ -16,20 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from openvertex.protocol import enums
 from openvertex.protocol.generate_content import Content, GeminiModel, enum_names
 
-TASK_TYPES = frozenset(
-    {
-        "TASK_TYPE_UNSPECIFIED",
-        "UNSPECIFIED",
-        "RETRIEVAL_QUERY",
-        "RETRIEVAL_DOCUMENT",
-        "SEMANTIC_SIMILARITY",
-        "CLASSIFICATION",
-        "CLUSTERING",
-        "QUESTION_ANSWERING",
-        "FACT_VERIFICATION",
-        "CODE_RETRIEVAL_QUERY",
-    }
-)
+# Task types by name: both dialects' (the Gemini API's TaskType, Vertex's EmbeddingTaskType).
+TASK_TYPES = (frozenset(enums.TASK_TYPE) | frozenset(enums.EMBEDDING_TASK_TYPE_VERTEX)) - {""}
 
 
 # ---------------------------------------------------------------- inside: what every surface becomes
