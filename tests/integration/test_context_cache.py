@@ -229,6 +229,31 @@ def test_a_restart_with_another_layout_rebuilds_the_prefix(tmp_path: Path) -> No
     assert new != old
 
 
+def test_a_restart_with_a_quantised_shared_kv_cache_rebuilds_the_prefix_and_answers(tmp_path: Path) -> None:
+    """The KV's number type and pool are part of the layout too: a snapshot of f16 KV in a stream
+    per slot is never restored into q8_0 KV in a shared pool (it is rebuilt there), and a seeded
+    request on that server is answered."""
+    settings = _settings(tmp_path)
+    f16 = LocalBackendSettings(n_parallel=2, n_ctx=2048, min_cached_content_tokens=64, flash_attention="on")
+    settings.backends["local"] = f16
+    with serve(settings) as first:
+        cache = _cache(_client(first), VERTEX_MODEL)
+    assert cache.name and cache.usage_metadata
+    [old] = (tmp_path / "kv" / "local").glob("*.kv")
+    settings.backends["local"] = f16.model_copy(update={"kv_type": "q8_0", "kv_unified": True})
+    with serve(settings) as second:
+        client = _client(second)
+        response = _ask(client, MODEL, cache.name)
+        usage = response.usage_metadata
+        assert usage is not None and usage.cached_content_token_count == cache.usage_metadata.total_token_count
+        assert metric(second, COMPUTED) >= cache.usage_metadata.total_token_count  # computed anew
+        seeded = types.GenerateContentConfig(max_output_tokens=16, seed=5, temperature=0.8)
+        answer = client.models.generate_content(model=MODEL, contents="Name a colour.", config=seeded)
+    [new] = (tmp_path / "kv" / "local").glob("*.kv")
+    assert new != old
+    assert answer.text and answer.candidates and answer.candidates[0].finish_reason in ("STOP", "MAX_TOKENS")
+
+
 def _wait_for(condition: object, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while not callable(condition) or not condition():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import llama_cpp
 import pytest
 from pydantic import ValidationError
 
 from openvertex.backends.fake import FakeBackend
+from openvertex.backends.local.backend import context_layout
 from openvertex.errors import NotFoundError
 from openvertex.service.routing import Router
 from openvertex.service.tenants import Tenants
@@ -66,6 +68,22 @@ def test_local_settings_that_cannot_work_together_are_refused() -> None:
     with pytest.raises(ValidationError, match=r"n_batch \(32\) must be at least n_parallel \(64\)"):
         LocalBackendSettings(n_parallel=64, n_batch=32)
     assert LocalBackendSettings(n_parallel=64, n_batch=64).n_batch == 64
+    # llama.cpp reads a quantised V cache only through flash attention (off by default).
+    with pytest.raises(ValidationError, match=r'kv_type "q8_0" needs flash attention .*set flash_attention = "on"'):
+        LocalBackendSettings(kv_type="q8_0")
+    assert LocalBackendSettings(kv_type="q8_0", flash_attention="auto").kv_type == "q8_0"
+
+
+def test_the_kv_options_are_part_of_the_snapshot_layout_and_the_defaults_add_nothing() -> None:
+    """A snapshot restores only into the layout it was made in (prefixes.py); the default layout
+    is the one servers kept snapshots in before the KV options existed."""
+    default = context_layout(LocalBackendSettings(flash_attention="on"))
+    assert default == f"llama.cpp {llama_cpp.__version__}|slots=8|ctx=4096|flash_attention=on"
+    others = [
+        context_layout(LocalBackendSettings(flash_attention="on", **options))  # type: ignore[arg-type]
+        for options in ({"kv_type": "q8_0"}, {"kv_unified": True}, {"kv_type": "q8_0", "kv_unified": True})
+    ]
+    assert len({default, *others}) == 4
 
 
 def test_the_refusal_reaches_a_configuration_file(tmp_path: Path) -> None:

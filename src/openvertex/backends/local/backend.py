@@ -84,16 +84,10 @@ class LocalBackend:
         if self.projector_path is not None and not self.projector_path.is_file():
             raise FileNotFoundError(f"mmproj: no projector file at {self.projector_path}")
         self._supervisor = EngineSupervisor(settings, self.model_path, self.projector_path)
-        # A snapshot depends on the model's content (and the projector's), llama.cpp's state format
-        # and the context's layout (it restores only into a context with as many KV streams, and
-        # with flash attention as it was: llama.cpp stores V transposed only without it).
-        layout = (
-            f"llama.cpp {llama_cpp.__version__}|slots={settings.n_parallel}|ctx={settings.n_ctx}"
-            f"|flash_attention={settings.flash_attention}"
-        )
+        # A snapshot depends on the model's content (and the projector's) and the context's layout.
         self._prefixes = PrefixStore(
             kv_dir,
-            partial(model_identity, self.model_path, self.projector_path, layout, keep=kv_dir),
+            partial(model_identity, self.model_path, self.projector_path, context_layout(settings), keep=kv_dir),
             memory_bytes=settings.cache_memory_bytes,
             disk_bytes=settings.cache_disk_bytes,
         )
@@ -390,6 +384,20 @@ class LocalBackend:
         have deleted them), of those no cache uses, of another model's, and of scratch files."""
         alive = await live(self._prefixes.names())
         await asyncio.to_thread(self._prefixes.sweep, alive, busy=set(self._builds))
+
+
+def context_layout(settings: LocalBackendSettings) -> str:
+    """What a KV snapshot restores only into the same of: llama.cpp's state format, as many KV
+    streams of as many cells, flash attention as it was (llama.cpp stores V transposed only
+    without it), the KV's number type and its pool (shared, or a stream per slot). The default KV
+    options add nothing, so the snapshots a server kept before they existed are still its own."""
+    layout = (
+        f"llama.cpp {llama_cpp.__version__}|slots={settings.n_parallel}|ctx={settings.n_ctx}"
+        f"|flash_attention={settings.flash_attention}"
+    )
+    if settings.kv_type != "f16":
+        layout += f"|kv_type={settings.kv_type}"
+    return layout + ("|kv_unified" if settings.kv_unified else "")
 
 
 def _tenant() -> str:

@@ -64,6 +64,7 @@ _FLASH_ATTENTION = {
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
+_KV_TYPE = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 
 
 @dataclass(eq=False)
@@ -108,13 +109,19 @@ class Engine:
         n_threads: int,
         n_embd: int | None = None,
         flash_attention: str = "off",
+        kv_type: str = "f16",
+        kv_unified: bool = False,
     ) -> None:
-        """`n_embd`: the model's embedding size, where prompts may hold images (a projector)."""
+        """`n_embd`: the model's embedding size, where prompts may hold images (a projector).
+        `kv_unified`: one pool of n_ctx * n_slots cells the slots share, instead of a stream each;
+        a sequence still ends at n_ctx (`_continue`), as the prompt planner bounds it. What else is
+        in the batch then changes a sequence's numbers a little (attention spans the pool)."""
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * n_slots
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = n_slots
-        params.kv_unified = False  # a KV stream per slot: n_ctx cells each
+        params.kv_unified = kv_unified  # else a KV stream per slot: n_ctx cells each
+        params.type_k = params.type_v = _KV_TYPE[kv_type]
         params.n_threads = params.n_threads_batch = n_threads
         params.flash_attn_type = _FLASH_ATTENTION[flash_attention]
         self._ctx = llama_cpp.llama_init_from_model(model, params)

@@ -294,7 +294,9 @@ class PrefixStore:
         if found.digests[:2] != (model, projector):
             raise UnusableSnapshot("another model computed it")
         if found.digests[2] != layout:
-            raise UnusableSnapshot("it was computed in another layout (llama.cpp, slots or context size)")
+            raise UnusableSnapshot(
+                "it was computed in another layout (llama.cpp, slots, context size, attention or KV cache)"
+            )
         return found.snapshot
 
     def _make_room(self, incoming: int, *, keep: Path) -> None:

@@ -193,6 +193,8 @@ class EngineSupervisor:
             n_threads=_threads(settings),
             n_embd=loaded.vision.n_embd if loaded.vision is not None else None,
             flash_attention=settings.flash_attention,
+            kv_type=settings.kv_type,
+            kv_unified=settings.kv_unified,
         )
         self._engine_started = time.monotonic()
         return engine
