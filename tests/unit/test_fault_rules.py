@@ -58,6 +58,20 @@ def test_a_seed_draws_alike() -> None:
     assert 5 < first.count("503") < 25
 
 
+def test_a_seeded_rule_draws_for_each_key_alone() -> None:
+    """One client's requests do not move another's draws: each key sees the same faults on every run."""
+    rule = FaultRule(fault="503", probability=0.5, seed=7)
+    alone = Faults([rule])
+    expected = [alone.draw(FLASH, "a") for _ in range(20)]
+    together = Faults([rule])
+    drawn = []
+    for _ in range(20):
+        together.draw(FLASH, "b")  # another client, in between
+        drawn.append(together.draw(FLASH, "a"))
+    assert drawn == expected
+    assert _kinds(Faults([rule]), 20, key="a") != _kinds(Faults([rule]), 20, key="b")  # each key its own draws
+
+
 def test_the_header_wins_over_the_rules() -> None:
     faults = Faults([FaultRule(sequence=["429"])])
     token = request_fault(parse_header("cut;after_chunks=2"))

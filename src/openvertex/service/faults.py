@@ -130,7 +130,9 @@ class Faults:
     def __init__(self, rules: Sequence[FaultRule] = ()) -> None:
         self.rules = list(rules)
         self._places: dict[tuple[int, str | None], int] = {}
-        self._draws = [random.Random(rule.seed) for rule in self.rules]
+        # A generator per rule and key, as sequences are: one client's draws never move another's,
+        # so a seeded rule gives each key the same faults on every run whatever else runs.
+        self._draws: dict[tuple[int, str | None], random.Random] = {}
 
     def draw(self, model: str, key: str | None) -> Fault | None:
         """The fault for a request of `model` (its routed id) by `key` (its name), if any: the
@@ -162,7 +164,11 @@ class Faults:
     def _next(self, index: int, rule: FaultRule, key: str | None) -> FaultKind:
         if rule.sequence is None:
             assert rule.fault is not None  # the rule's validator: one or the other
-            return rule.fault if self._draws[index].random() < rule.probability else "ok"
+            draws = self._draws.get((index, key))
+            if draws is None:
+                seed = None if rule.seed is None else f"{rule.seed}/{key or ''}"
+                draws = self._draws[(index, key)] = random.Random(seed)
+            return rule.fault if draws.random() < rule.probability else "ok"
         place = self._places.get((index, key), 0)
         self._places[(index, key)] = place + 1
         if rule.repeat:
