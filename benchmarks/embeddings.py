@@ -55,6 +55,8 @@ import httpx
 import numpy as np
 import openai
 
+from benchmarks.llama_server import cpu_facts
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "text-embedding-005"
 THREADS = os.cpu_count() or 2
@@ -534,14 +536,6 @@ def quality(
 # ---------------------------------------------------------------------- the run
 
 
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name:")), "unknown")
-
-
 def texts_for(pool: list[str], count: int, round_number: int) -> list[str]:
     """`count` texts from the pool, starting further along each round (the same for every contender)."""
     start = round_number * 97
@@ -607,7 +601,10 @@ def summary(per_round: list[dict[str, Any]], names: list[str]) -> dict[str, Any]
 
 
 def report(result: dict[str, Any]) -> None:
-    print(f"\n{result['cpu']}, {THREADS} cores; threads: openvertex engine {THREADS}, torch {result['torch_threads']}")
+    print(
+        f"\n{result['cpu']['model']}, {THREADS} cores; "
+        f"threads: openvertex engine {THREADS}, torch {result['torch_threads']}"
+    )
     rounds, load = result["rounds_run"], result["loadavg_start"]
     print(f"embeddings/s, medians of {rounds} interleaved rounds (load average at start {load})")
     print(
@@ -682,7 +679,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "embeddings/s at 1 and 32 clients, openvertex (HTTP) vs sentence-transformers, same model",
         "model": "all-MiniLM-L6-v2",
-        "cpu": cpu_model(),
+        "cpu": cpu_facts(),
         "cores": THREADS,
         "torch_threads": torch.get_num_threads(),
         "openvertex_engine_threads": THREADS,

@@ -227,15 +227,9 @@ def main() -> None:
                 measured["long_prompt_ttft_s"][name] = long_prompt_ttft(base, number)
             per_round.append(measured)
     finally:
-        for process, _ in started.values():
-            process.terminate()
-        for process, _ in started.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all([process for process, _ in started.values()])
     result = summary(per_round, list(servers), args.levels)
-    result |= {"threads": THREADS, "tokens_per_client": TOKENS, "tools_flags": args.tools_flags, "cpu": _cpu()}
+    result |= {"threads": THREADS, "tokens_per_client": TOKENS, "tools_flags": args.tools_flags, "cpu": cpu_facts()}
     result["rounds"] = per_round
     print(f"medians of {args.rounds} interleaved rounds, {THREADS} threads, {result['cpu']['model']}")
     print(f"{'clients':>7} {'server':>18} {'tok/s':>7} {'vs llama-server':>15} {'vs raw':>7} {'TTFT s':>7}")
@@ -282,7 +276,19 @@ def summary(per_round: list[dict[str, Any]], names: list[str], levels: list[int]
     return result
 
 
-def _cpu() -> dict[str, Any]:
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Ask every server to stop, then wait for each (killed past 30 s)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def cpu_facts() -> dict[str, Any]:
+    """The CPU's model name and the instruction-set flags llama.cpp's speed depends on."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"model name\s*:\s*(.*)", info)
     flags = re.search(r"flags\s*:\s*(.*)", info)

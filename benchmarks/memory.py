@@ -34,7 +34,7 @@ from statistics import median
 from typing import Any
 
 from benchmarks.concurrency import _free_port, _wait_ready
-from benchmarks.llama_server import MODEL_PATH, THREADS, _cpu, build_tools, load
+from benchmarks.llama_server import MODEL_PATH, THREADS, build_tools, cpu_facts, load, stop_all
 
 N_CTX = 4096  # per sequence: openvertex's default, and llama-server's -c / -np
 SLOTS = 8
@@ -156,14 +156,8 @@ def main() -> None:
             per_round.append(measured)
         after = {name: resident(process.pid) for name, (process, _) in started.items()}
     finally:
-        for process, _ in started.values():
-            process.terminate()
-        for process, _ in started.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-    result = summary(idle, after, per_round) | {"threads": THREADS, "n_ctx": N_CTX, "slots": SLOTS, "cpu": _cpu()}
+        stop_all([process for process, _ in started.values()])
+    result = summary(idle, after, per_round) | {"threads": THREADS, "n_ctx": N_CTX, "slots": SLOTS, "cpu": cpu_facts()}
     result["rounds"] = per_round
     report(result, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
