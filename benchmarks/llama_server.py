@@ -203,7 +203,9 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tools-flags", choices=["install", "default"], default="default")
-    parser.add_argument("--flash-attention", nargs="+", default=["off", "on"], help="openvertex's, one server each")
+    parser.add_argument(
+        "--flash-attention", nargs="+", default=["on", "fast", "off"], help="openvertex's, one server each"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/llama_server.json"))
     args = parser.parse_args()
     tools = build_tools(INSTALL_FLAGS if args.tools_flags == "install" else [])

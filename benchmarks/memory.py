@@ -45,16 +45,14 @@ LOCAL: dict[str, Any] = {"type": "local", "n_threads": THREADS}
 OPENVERTEX: dict[str, dict[str, Any] | None] = {
     "openvertex default": None,
     "openvertex local only": {"local": LOCAL},
-    "openvertex fa=on": {"local": LOCAL | {"flash_attention": "on"}},
-    "openvertex q8_0": {"local": LOCAL | {"flash_attention": "on", "kv_type": "q8_0"}},
+    "openvertex fa=off": {"local": LOCAL | {"flash_attention": "off"}},  # the KV reserved whole
+    "openvertex q8_0": {"local": LOCAL | {"kv_type": "q8_0"}},
     "openvertex unified": {"local": LOCAL | {"kv_unified": True}},
-    "openvertex unified q8_0": {"local": LOCAL | {"flash_attention": "on", "kv_type": "q8_0", "kv_unified": True}},
 }
 # name: (slots, llama-server's own flags beyond model, threads, context and slots).
 LLAMA_SERVER: dict[str, tuple[int, list[str]]] = {
     "llama-server -np 8": (SLOTS, []),
     "llama-server -np 8 q8_0": (SLOTS, ["-ctk", "q8_0", "-ctv", "q8_0"]),
-    "llama-server -np 8 -kvu": (SLOTS, ["--kv-unified"]),
     "llama-server -np 1": (1, []),  # idle only: one slot would queue 8 clients
 }
 

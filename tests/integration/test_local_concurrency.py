@@ -170,3 +170,45 @@ def test_seeded_answers_stay_the_same_under_load_with_and_without_flash_attentio
         with ThreadPoolExecutor(max_workers=4) as pool:
             together = dict(zip(seeds, pool.map(lambda s: _text(_ask(server, s)), seeds), strict=True))
     assert together == alone
+
+
+@pytest.mark.parametrize("flash_attention", ["on", "off", "fast"])
+def test_a_reused_prefix_gives_the_logprobs_of_the_same_prompt_cold(
+    tmp_path_factory: pytest.TempPathFactory, flash_attention: str
+) -> None:
+    """A conversation's next turn reuses the KV of the turn before and computes only its last few
+    tokens; the same prompt computed cold goes through in one chunk. With flash attention "on"
+    (reference kernels) and "off" both give the same logprobs to the last bit. "fast" picks its
+    kernel by the chunk's shape (tiled for 64 rows or more, row by row below), so the two differ:
+    the price the README names for its faster prefill."""
+    local = LocalBackendSettings(n_parallel=1, n_ctx=1024, min_implicit_cache_tokens=0, flash_attention=flash_attention)  # type: ignore[arg-type]
+    facts = " ".join(f"Fact {i}: the number {i * 7} is {'even' if i % 2 else 'odd'}." for i in range(30))
+    first_turn = [{"role": "user", "content": f"{facts} Which fact mentions 49?"}]
+
+    def ask(server: RunningServer, messages: list[dict[str, str]]) -> dict[str, object]:
+        body = {
+            "model": MODEL,
+            "messages": messages,
+            "max_tokens": 6,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 3,
+        }
+        response = httpx.post(server.chat_url, json=body, headers=AUTH, timeout=120)
+        assert response.status_code == 200, response.text
+        result: dict[str, object] = response.json()
+        return result
+
+    def cached(result: dict[str, object]) -> int:
+        return int(result["usage"]["prompt_tokens_details"]["cached_tokens"])  # type: ignore[index]
+
+    with serve(Settings(port=0, state_dir=tmp_path_factory.mktemp("state"), backends={"local": local})) as server:
+        answer = _text(ask(server, first_turn))[0]
+        second_turn = [*first_turn, {"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}]
+        warm = ask(server, second_turn)
+        ask(server, [{"role": "user", "content": "Name a colour."}])  # the one slot now holds another prompt
+        cold = ask(server, second_turn)
+    prompt_tokens = int(warm["usage"]["prompt_tokens"])  # type: ignore[index]
+    assert prompt_tokens - cached(warm) < 64 <= prompt_tokens - cached(cold)  # a few rows, then one chunk
+    same = [c["logprobs"] for c in warm["choices"]] == [c["logprobs"] for c in cold["choices"]]  # type: ignore[index]
+    assert same is (flash_attention != "fast")

@@ -105,4 +105,4 @@ def test_the_packaged_models_dimensions_are_known_before_it_loads(tmp_path: obje
     from openvertex.settings import EmbeddingBackendSettings
 
     backend = EmbeddingBackend(EmbeddingBackendSettings(type="embedding"), Path(str(tmp_path)))
-    assert not backend.ready() and backend.capabilities.embedding_dimensions == 384
+    assert backend.residency.state == "unloaded" and backend.capabilities.embedding_dimensions == 384

@@ -68,22 +68,26 @@ def test_local_settings_that_cannot_work_together_are_refused() -> None:
     with pytest.raises(ValidationError, match=r"n_batch \(32\) must be at least n_parallel \(64\)"):
         LocalBackendSettings(n_parallel=64, n_batch=32)
     assert LocalBackendSettings(n_parallel=64, n_batch=64).n_batch == 64
-    # llama.cpp reads a quantised V cache only through flash attention (off by default).
+    # llama.cpp reads a quantised V cache only through flash attention.
     with pytest.raises(ValidationError, match=r'kv_type "q8_0" needs flash attention .*set flash_attention = "on"'):
-        LocalBackendSettings(kv_type="q8_0")
-    assert LocalBackendSettings(kv_type="q8_0", flash_attention="auto").kv_type == "q8_0"
+        LocalBackendSettings(kv_type="q8_0", flash_attention="off")
+    for flash_attention in ("on", "fast", "auto"):
+        assert LocalBackendSettings(kv_type="q8_0", flash_attention=flash_attention).kv_type == "q8_0"
 
 
 def test_the_kv_options_are_part_of_the_snapshot_layout_and_the_defaults_add_nothing() -> None:
     """A snapshot restores only into the layout it was made in (prefixes.py); the default layout
     is the one servers kept snapshots in before the KV options existed."""
-    default = context_layout(LocalBackendSettings(flash_attention="on"))
-    assert default == f"llama.cpp {llama_cpp.__version__}|slots=8|ctx=4096|flash_attention=on"
+    default = context_layout(LocalBackendSettings())
+    assert default == f"llama.cpp {llama_cpp.__version__}|slots=8|ctx=4096|flash_attention=on|kernels=reference"
     others = [
-        context_layout(LocalBackendSettings(flash_attention="on", **options))  # type: ignore[arg-type]
+        context_layout(LocalBackendSettings(**options))  # type: ignore[arg-type]
         for options in ({"kv_type": "q8_0"}, {"kv_unified": True}, {"kv_type": "q8_0", "kv_unified": True})
     ]
-    assert len({default, *others}) == 4
+    # Each kernel choice sums in its own order: a snapshot made under one is not restored under another.
+    kernels = [context_layout(LocalBackendSettings(flash_attention=mode)) for mode in ("fast", "auto", "off")]
+    assert kernels[0].endswith("|flash_attention=fast")
+    assert len({default, *others, *kernels}) == 7
 
 
 def test_the_refusal_reaches_a_configuration_file(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from openvertex.protocol import generate_content as gc
 from openvertex.protocol.embeddings import Embedding, EmbedRequest
@@ -95,6 +95,12 @@ class BackendLoad:
     slots: int | None = None
     kv_tokens: int | None = None
     kv_capacity: int | None = None
+    # The bytes of its KV cache in memory now: pages of cells that hold nothing are given back
+    # (local/kv_pages.py). None: not known (the cache not found, or no such cache).
+    kv_resident_bytes: int | None = None
+    # A model held in this process's memory (residency.py): whether it is now. None: no such model.
+    model_state: Literal["unloaded", "loading", "loaded"] | None = None
+    model_loads: int = 0  # since start
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,7 @@ export class Status {
           b.ready ? "ready" : "not ready",
           `${b.slots_busy} / ${b.slots_total ?? "–"}`,
           String(b.queue),
-          b.kv_capacity ? `${b.kv_tokens} / ${b.kv_capacity} tokens` : "–",
+          b.kv_capacity ? `${b.kv_tokens} / ${b.kv_capacity} tokens${kvMemory(b)}` : "–",
           b.tokens_per_second.toFixed(1),
           String(b.tokens_generated),
         ]),
@@ -122,4 +122,10 @@ export class Status {
       series: [{ name: "tokens/s", values: series.map((p) => perSecond(p.tokens)) }],
     });
   }
+}
+
+// The KV cache's memory in use, where the server knows it (cells that hold nothing cost none).
+function kvMemory(backend) {
+  const bytes = backend.kv_resident_bytes;
+  return bytes === null || bytes === undefined ? "" : ` · ${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }

@@ -114,6 +114,7 @@ class ConsoleApi:
             "queue": load.waiting,
             "kv_tokens": load.kv_tokens,
             "kv_capacity": load.kv_capacity,
+            "kv_resident_bytes": load.kv_resident_bytes,
             "tokens_generated": load.tokens_generated,
             "tokens_per_second": round(tokens_per_second, 3),
             "upstream_requests": load.upstream_requests,

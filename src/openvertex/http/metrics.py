@@ -55,6 +55,41 @@ def register_backend_readings(metrics: Metrics, router: Router) -> None:
         lambda: float(sum(backend.load().kv_tokens or 0 for backend in router.backends.values())),
     )
 
+    metrics.labelled_reading(
+        "openvertex_kv_resident_bytes",
+        "Bytes of a local engine's KV cache in memory (cells that hold nothing cost none).",
+        "backend",
+        lambda: {
+            name: float(load.kv_resident_bytes)
+            for name, load in ((name, backend.load()) for name, backend in router.backends.items())
+            if load.kv_resident_bytes is not None
+        },
+        "gauge",
+    )
+
+    metrics.labelled_reading(
+        "openvertex_model_loaded",
+        "Whether a local model is in memory now (1), or let go or not yet loaded (0).",
+        "backend",
+        lambda: {
+            name: float(state == "loaded")
+            for name, state in ((name, backend.load().model_state) for name, backend in router.backends.items())
+            if state is not None
+        },
+        "gauge",
+    )
+
+    metrics.labelled_reading(
+        "openvertex_model_loads_total",
+        "Loads of a local model since start (a model let go loads again on use).",
+        "backend",
+        lambda: {
+            name: float(load.model_loads)
+            for name, load in ((name, backend.load()) for name, backend in router.backends.items())
+            if load.model_state is not None
+        },
+    )
+
     def cache_bytes() -> dict[str, float]:
         usages = [backend.cache_usage() for backend in router.backends.values()]
         return {

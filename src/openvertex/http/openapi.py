@@ -153,6 +153,7 @@ _BACKEND_STATUS = _object(
     queue=_INT,
     kv_tokens=_INT_OR_NULL,
     kv_capacity=_INT_OR_NULL,
+    kv_resident_bytes=_INT_OR_NULL,
     tokens_generated=_INT,
     tokens_per_second=_NUMBER,
     upstream_requests=_INT,

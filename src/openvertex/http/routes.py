@@ -154,6 +154,7 @@ class Handlers:
                 created=self.started,
                 owned_by="openvertex",
                 max_output_tokens=backend.capabilities.max_output_tokens,
+                status=oa.ModelStatus(value=state) if (state := backend.load().model_state) else None,
             )
             for model, backend in self.service.router.models()
         ]

@@ -379,12 +379,19 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = omit_none()
 
 
+class ModelStatus(BaseModel):
+    """Whether a local model is in memory (llama-server's router mode says it so)."""
+
+    value: Literal["unloaded", "loading", "loaded"]
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
     max_output_tokens: int | None = omit_none()  # when the backend declares one
+    status: ModelStatus | None = omit_none()  # a model this process holds in memory
 
 
 class ModelList(BaseModel):

@@ -1,17 +1,19 @@
 """The embedded embedding model as a backend: it embeds, counts and computes tokens, and writes nothing.
 
-The model loads at start on a worker thread (the packaged model is converted to GGUF the first
-time). A text becomes the model's input as: the task type's prompt (if configured), the title and a
-blank line (a RETRIEVAL_DOCUMENT's), then the text; cut to `max_text_tokens` (its last token kept
-[SEP]) unless autoTruncate is off, which makes a longer text a 400.
+The model loads on its first use (or at start, as configured) on a worker thread (the packaged
+model is converted to GGUF the first time), and may be let go when idle (residency.py). A text
+becomes the model's input as: the task type's prompt (if configured), the title and a blank line
+(a RETRIEVAL_DOCUMENT's), then the text; cut to `max_text_tokens` (its last token kept [SEP])
+unless autoTruncate is off, which makes a longer text a 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 from llama_cpp._logger import set_verbose as set_llama_verbose
@@ -19,6 +21,7 @@ from llama_cpp._logger import set_verbose as set_llama_verbose
 from openvertex.backends.base import BackendLoad, CacheUsage, Capabilities, LiveCaches, RoleTokens, reduce_dimensions
 from openvertex.backends.embedding.engine import EmbeddingEngine
 from openvertex.backends.embedding.model_files import declared_dimensions, gguf_path
+from openvertex.backends.residency import Residency, resident_memory_bytes
 from openvertex.errors import InvalidArgumentError, UnavailableError
 from openvertex.protocol import generate_content as gc
 from openvertex.protocol.embeddings import Embedding, EmbedRequest, EmbedText
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # Tokenising this much text in one request moves off the event loop.
 _INLINE_BYTES = 64 * 1024
+_DEFAULT_SIZE = 100 << 20  # what an embedding model is taken to need before a load measured it
 
 
 class EmbeddingBackend:
@@ -37,8 +41,18 @@ class EmbeddingBackend:
         self.settings = settings
         self._directory = directory
         self._engine: EmbeddingEngine | None = None
-        self._load_error: str | None = None
-        self._loaded = asyncio.Event()
+        self._in_flight = 0  # requests using the model now
+        self._load_bytes = 0  # what the last load added to the process's memory
+        self.residency = Residency(
+            f"embedding model {settings.model}",
+            load=self._open,
+            unload=self._close_engine,
+            idle=lambda: self._in_flight == 0,
+            size=lambda: self._load_bytes or _DEFAULT_SIZE,
+            keep_alive_s=settings.keep_alive_s,
+            load_timeout_s=settings.load_timeout_s,
+        )
+        self._read = self._embedded = 0  # by engines let go
         # Known before the model loads where a folder says it, so a request's dimensions are judged
         # while it loads too (a GGUF file tells once loaded).
         self._dimensions = declared_dimensions(settings.model)
@@ -56,27 +70,30 @@ class EmbeddingBackend:
         )
 
     def ready(self) -> bool:
-        return self._loaded.is_set()
+        return self.residency.serving()
 
     def load(self) -> BackendLoad:
-        engine = self._engine
-        if engine is None:
-            return BackendLoad()
-        return BackendLoad(tokens_prefilled=engine.tokens_read, texts_embedded=engine.texts_embedded)
+        engine, residency = self._engine, self.residency
+        read, embedded = (engine.tokens_read, engine.texts_embedded) if engine is not None else (0, 0)
+        return BackendLoad(
+            tokens_prefilled=self._read + read,
+            texts_embedded=self._embedded + embedded,
+            model_state=residency.state,
+            model_loads=residency.loads,
+        )
 
     def cache_usage(self) -> CacheUsage:
         return CacheUsage()
 
     async def start(self) -> None:
-        try:
-            self._engine = await asyncio.to_thread(self._open)
-        except Exception as error:
-            self._load_error = str(error)
-            log.exception("could not load the embedding model %s", self.settings.model)
-        finally:
-            self._loaded.set()
+        await self.residency.start(load=self.settings.load == "start")
 
-    def _open(self) -> EmbeddingEngine:
+    async def _open(self) -> None:
+        before = resident_memory_bytes()
+        self._engine = await asyncio.to_thread(self._new_engine)
+        self._load_bytes = max(resident_memory_bytes() - before, 0)
+
+    def _new_engine(self) -> EmbeddingEngine:
         set_llama_verbose(log.isEnabledFor(logging.DEBUG))
         path = gguf_path(self.settings.model, self._directory)
         return EmbeddingEngine(
@@ -88,15 +105,27 @@ class EmbeddingBackend:
         )
 
     async def close(self) -> None:
+        await self._close_engine()
+
+    async def _close_engine(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:
+            self._read += engine.tokens_read
+            self._embedded += engine.texts_embedded
             await asyncio.to_thread(engine.close)
 
-    async def _ready_engine(self) -> EmbeddingEngine:
-        await self._loaded.wait()
-        if self._engine is None:
-            raise UnavailableError(f"The embedding model could not be loaded: {self._load_error or 'closed'}.")
-        return self._engine
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[EmbeddingEngine]:
+        """The loaded engine (loaded first where it is not), not let go until the block ends."""
+        self._in_flight += 1
+        try:
+            await self.residency.use()
+            engine = self._engine
+            if engine is None:
+                raise UnavailableError("The embedding model is not loaded.")
+            yield engine
+        finally:
+            self._in_flight -= 1
 
     # ------------------------------------------------------------------ embeddings
 
@@ -129,14 +158,14 @@ class EmbeddingBackend:
         return [self._input(engine, text) for text in request.texts]
 
     async def embed(self, request: EmbedRequest, *, model: str) -> list[Embedding]:
-        engine = await self._ready_engine()
-        size = sum(len(text.text or "") for text in request.texts)
-        inputs = (
-            await asyncio.to_thread(self._inputs, engine, request)
-            if size > _INLINE_BYTES
-            else self._inputs(engine, request)
-        )
-        vectors = await engine.embed([tokens for tokens, _ in inputs])
+        async with self._using() as engine:
+            size = sum(len(text.text or "") for text in request.texts)
+            inputs = (
+                await asyncio.to_thread(self._inputs, engine, request)
+                if size > _INLINE_BYTES
+                else self._inputs(engine, request)
+            )
+            vectors = await engine.embed([tokens for tokens, _ in inputs])
         return [
             Embedding(reduce_dimensions(vector.tolist(), text.output_dimensionality), len(tokens), truncated)
             for vector, (tokens, truncated), text in zip(vectors, inputs, request.texts, strict=True)
@@ -154,13 +183,13 @@ class EmbeddingBackend:
         return "\n".join(part.text or "" for content in contents for part in content.parts)
 
     async def count_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> int:
-        engine = await self._ready_engine()
-        return len(engine.tokenize(self._texts(request)))
+        async with self._using() as engine:
+            return len(engine.tokenize(self._texts(request)))
 
     async def compute_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> list[RoleTokens]:
-        engine = await self._ready_engine()
-        ids = engine.tokenize(self._texts(request))
-        return [RoleTokens("user", ids, [engine.piece(token) for token in ids])]
+        async with self._using() as engine:
+            ids = engine.tokenize(self._texts(request))
+            return [RoleTokens("user", ids, [engine.piece(token) for token in ids])]
 
     # ------------------------------------------------------------------ what it does not do
 

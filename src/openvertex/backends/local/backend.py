@@ -21,6 +21,7 @@ from openvertex.backends.base import BackendLoad, CacheUsage, Capabilities, Live
 from openvertex.backends.local import thinking
 from openvertex.backends.local.calls import FunctionCalling, plan_function_calling
 from openvertex.backends.local.digests import model_identity
+from openvertex.backends.local.engine import Engine
 from openvertex.backends.local.grammar import JSON_MIME, SUPPORTED_MIME_TYPES, TOOL_CALL_END_TAG, TOOL_CALL_TAG, Grammar
 from openvertex.backends.local.jobs import CandidateDone, Job, Snapshotted
 from openvertex.backends.local.media_text import READABLE_MIME_PREFIXES, RECOGNISERS, MediaText
@@ -39,6 +40,7 @@ from openvertex.backends.local.snapshots import Snapshot
 from openvertex.backends.local.supervisor import EngineSupervisor, LoadedModel
 from openvertex.backends.local.thinking import thinking_budget
 from openvertex.backends.local.vision import ImageRows, PromptImage, Vision, image_rows
+from openvertex.backends.residency import Residency, resident_memory_bytes
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError
 from openvertex.executors import BoundedExecutor, cores
 from openvertex.protocol import generate_content as gc
@@ -107,21 +109,46 @@ class LocalBackend:
         self._repeat_penalty = _first(settings.repeat_penalty, model_defaults.repeat_penalty, 1.0)
         self._dynamic_budget = settings.dynamic_thinking_budget
         self._in_flight = 0  # requests admitted: being planned, waiting or running
+        self._load_bytes = 0  # what the last load added to the process's memory
+        self.residency = Residency(
+            self.model_path.name,
+            load=self._open,
+            unload=self._supervisor.unload,
+            idle=lambda: self._in_flight == 0 and not self._builds,
+            size=self._size,
+            keep_alive_s=settings.keep_alive_s,
+            load_timeout_s=settings.load_timeout_s,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     def ready(self) -> bool:
-        return self._supervisor.ready()
+        residency = self.residency
+        return residency.serving() and (residency.state != "loaded" or self._supervisor.ready())
 
     def load(self) -> BackendLoad:
-        return self._supervisor.load()
+        residency = self.residency
+        return replace(self._supervisor.load(), model_state=residency.state, model_loads=residency.loads)
 
     def cache_usage(self) -> CacheUsage:
         prefixes = self._prefixes
         return CacheUsage(len(prefixes.names()), prefixes.memory_used(), prefixes.disk_used())
 
     async def start(self) -> None:
-        await asyncio.gather(self._supervisor.start(), asyncio.to_thread(self._identify))
+        await asyncio.gather(
+            self.residency.start(load=self.settings.load == "start"), asyncio.to_thread(self._identify)
+        )
+
+    async def _open(self) -> None:
+        before = resident_memory_bytes()
+        await self._supervisor.open()
+        self._load_bytes = max(resident_memory_bytes() - before, 0)
+
+    def _size(self) -> int:
+        """Bytes the model holds (loaded: what its load added, and its KV in use) or would take."""
+        if self.residency.state != "loaded":
+            return self._load_bytes or self.model_path.stat().st_size
+        return self._load_bytes + (self._supervisor.load().kv_resident_bytes or 0)
 
     def _identify(self) -> None:
         """Hash the model files (once per file: digests.py keeps it) while the model loads."""
@@ -132,6 +159,12 @@ class LocalBackend:
 
     async def close(self) -> None:
         await self._supervisor.close()
+
+    async def _loaded(self) -> tuple[LoadedModel, Engine]:
+        """The model and its engine, loaded first where they are not (the caller is admitted:
+        the model is not let go while it is in use)."""
+        await self.residency.use()
+        return self._supervisor.loaded_now()
 
     def _admit(self) -> None:
         """Bounded admission, before any work is done for the request: past the slots and the
@@ -170,7 +203,7 @@ class LocalBackend:
         self._admit()  # before any await or work: the check and the count cannot race
         release = True
         try:
-            loaded, engine = await self._supervisor.wait_loaded()
+            loaded, engine = await self._loaded()
             planning = asyncio.wrap_future(self._planning.submit(self._plan, loaded, engine.n_ctx, request))
             try:
                 prompt, sampling, tools, restore, images = await asyncio.shield(planning)
@@ -297,9 +330,9 @@ class LocalBackend:
     # ------------------------------------------------------------------ tokens and cached prefixes
 
     async def count_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> int:
-        loaded, _ = await self._supervisor.wait_loaded()
         self._admit()  # tokenizing a large body is work like any other: it takes a place
         try:
+            loaded, _ = await self._loaded()
             tokens, _, _, _ = await self._planning.run(self._prompt, loaded, request, limit=COUNT_LIMIT)
         finally:
             self._release()
@@ -309,9 +342,7 @@ class LocalBackend:
         raise InvalidArgumentError("This model writes; it does not embed (embedding models: text-embedding-*).")
 
     async def compute_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> list[RoleTokens]:
-        loaded, _ = await self._supervisor.wait_loaded()
-
-        def compute() -> list[RoleTokens]:
+        def compute(loaded: LoadedModel) -> list[RoleTokens]:
             conversation, opening, _, _, images = self._conversation(loaded, request)
             tokenize = _tokenizer(loaded.model, loaded.vision, images)
             turns = prompt_turns(
@@ -321,7 +352,8 @@ class LocalBackend:
 
         self._admit()
         try:
-            return await self._planning.run(compute)
+            loaded, _ = await self._loaded()
+            return await self._planning.run(compute, loaded)
         finally:
             self._release()
 
@@ -352,14 +384,18 @@ class LocalBackend:
     async def _prefix_key(
         self, request: gc.GenerateContentRequest, owner: str | None
     ) -> tuple[str, list[int], list[PromptImage]]:
-        loaded, engine = await self._supervisor.wait_loaded()
-        tokens, _, _, images = await self._planning.run(self._prompt, loaded, request, limit=engine.n_ctx - 1)
+        self._admit()
+        try:
+            loaded, engine = await self._loaded()
+            tokens, _, _, images = await self._planning.run(self._prompt, loaded, request, limit=engine.n_ctx - 1)
+        finally:
+            self._release()
         return await asyncio.to_thread(self._prefixes.key, owner, tokens), tokens, images
 
     async def _build_prefix(self, key: str, tokens: list[int], images: list[PromptImage]) -> None:
         self._admit()
         try:
-            loaded, _ = await self._supervisor.wait_loaded()
+            loaded, _ = await self._loaded()
             sampling = self._sampling(loaded, gc.GenerationConfig(), None, room=1)
             encoded = await self._planning.run(_encode, loaded.vision, images)
             job = Job(tokens, sampling, 1, tenant=_tenant(), snapshot=True, images=encoded)
@@ -388,12 +424,15 @@ class LocalBackend:
 
 def context_layout(settings: LocalBackendSettings) -> str:
     """What a KV snapshot restores only into the same of: llama.cpp's state format, as many KV
-    streams of as many cells, flash attention as it was (llama.cpp stores V transposed only
-    without it), the KV's number type and its pool (shared, or a stream per slot). The default KV
-    options add nothing, so the snapshots a server kept before they existed are still its own."""
+    streams of as many cells, flash attention and its kernels as they were (llama.cpp stores V
+    transposed only without it; each kernel sums in its own order), the KV's number type and its
+    pool (shared, or a stream per slot). The default KV options add nothing, so a layout names
+    only what differs from them. "on" names its kernels: before it had reference kernels, "on"
+    meant the shape-chosen ones ("fast" now), and those snapshots hold other numbers."""
+    attention = "on|kernels=reference" if settings.flash_attention == "on" else settings.flash_attention
     layout = (
         f"llama.cpp {llama_cpp.__version__}|slots={settings.n_parallel}|ctx={settings.n_ctx}"
-        f"|flash_attention={settings.flash_attention}"
+        f"|flash_attention={attention}"
     )
     if settings.kv_type != "f16":
         layout += f"|kv_type={settings.kv_type}"

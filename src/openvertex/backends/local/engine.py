@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
+from openvertex.backends.compute_turns import TURNS
 from openvertex.backends.local.jobs import (
     CandidateDone,
     Deliver,
@@ -50,6 +51,9 @@ from openvertex.backends.local.jobs import (
     TextDelta,
     TokenLogprob,
 )
+from openvertex.backends.local.kernels import use_reference_kernels
+from openvertex.backends.local.kv_pages import KvPages, kv_shape
+from openvertex.backends.local.llama_lib import Unavailable
 from openvertex.backends.local.sampling import SequenceSampler, candidate_seed
 from openvertex.backends.local.scheduling import WaitingRoom
 from openvertex.backends.local.snapshots import Snapshot
@@ -61,7 +65,8 @@ log = logging.getLogger(__name__)
 MIN_SHARED_PREFIX = 16  # tokens a copy from another slot's KV must save to be worth copying
 _FLASH_ATTENTION = {
     "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,  # with reference kernels (kernels.py)
+    "fast": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
 _KV_TYPE = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
@@ -108,7 +113,7 @@ class Engine:
         n_batch: int,
         n_threads: int,
         n_embd: int | None = None,
-        flash_attention: str = "off",
+        flash_attention: str = "on",
         kv_type: str = "f16",
         kv_unified: bool = False,
     ) -> None:
@@ -127,6 +132,14 @@ class Engine:
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context")
+        self._turns = TURNS.join(n_threads)
+        if flash_attention == "on":
+            try:
+                use_reference_kernels(self._ctx)
+            except Unavailable:
+                TURNS.leave(self._turns)
+                llama_cpp.llama_free(self._ctx)
+                raise
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
@@ -150,10 +163,48 @@ class Engine:
         self._on_exit = on_exit
         self._outbox: list[tuple[Job, Event]] = []
         self._copying: set[int] = set()  # seq ids in a KV copy that the next decode carries out
+        # The KV cache's memory, given back where cells hold nothing (kv_pages.py); per slot only
+        # with a stream each (in a shared pool a sequence's cells are not in position order).
+        self._pages = self._locate_kv(model, _KV_TYPE[kv_type], kv_unified) if flash_attention != "off" else None
+        self._trims = self._pages is not None and not kv_unified
         self.tokens_generated = 0
         self.tokens_prefilled = 0
         self._thread = threading.Thread(target=self._run, name="openvertex-engine", daemon=True)
         self._thread.start()
+
+    def _locate_kv(self, model: llama_cpp.llama_model_p, kv_type: int, unified: bool) -> KvPages | None:
+        """Write cell 0 of the first streams, find the KV cache by that mark, then give all of
+        its memory back (with the mark gone, every cell is free and reads as zeros again)."""
+        try:
+            shape = kv_shape(model, self._ctx, kv_type, unified)
+        except Unavailable:
+            return None
+        marked = 1 if unified else min(2, len(self._slots))
+        batch = self._batch
+        for seq_id in range(marked):
+            batch.token[seq_id] = 0
+            batch.pos[seq_id] = 0
+            batch.n_seq_id[seq_id] = 1
+            batch.seq_id[seq_id][0] = seq_id
+            batch.logits[seq_id] = seq_id == marked - 1
+        batch.n_tokens = marked
+        with TURNS.turn():
+            status = llama_cpp.llama_decode(self._ctx, batch)
+        pages = KvPages.find(shape, marked) if status == 0 else None
+        llama_cpp.llama_memory_clear(self._memory, True)
+        if pages is not None:
+            try:
+                pages.release_all()
+            except Unavailable:
+                log.exception("could not give the KV cache's memory back")
+                return None
+        return pages
+
+    def _trim(self, slot: Slot, first_cell: int) -> None:
+        """The slot's cells from `first_cell` on hold nothing now: give back their memory, unless
+        a KV copy from or to the slot is still to run (it moves whole streams)."""
+        if self._trims and self._pages is not None and slot.seq_id not in self._copying:
+            self._pages.release(slot.seq_id, first_cell)
 
     def alive(self) -> bool:
         return not self._exited and self._thread.is_alive()
@@ -168,6 +219,10 @@ class Engine:
         """Tokens whose KV the slots hold now (a finished slot's kept prefix included). Read from
         any thread: each slot's context is replaced or grown whole, and its length read at once."""
         return sum(len(slot.context) for slot in self._slots)
+
+    def kv_resident_bytes(self) -> int | None:
+        """The KV cache's bytes in memory now; None where its memory was not found (kv_pages.py)."""
+        return self._pages.resident_bytes() if self._pages is not None else None
 
     def submit(self, job: Job) -> None:
         if job.candidates > len(self._slots):  # it could never start, and would hold up the queue
@@ -198,6 +253,7 @@ class Engine:
             self._stopping = True
             self._signal.notify()
         self._thread.join()
+        TURNS.leave(self._turns)
         llama_cpp.llama_batch_free(self._batch)
         if self._image_batch is not None:
             llama_cpp.llama_batch_free(self._image_batch)
@@ -326,6 +382,7 @@ class Engine:
             reuse = min(_reusable(primary, job.prompt, job.tenant), limit)
         llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, reuse, -1)
         primary.context = job.prompt[:reuse]
+        self._trim(primary, reuse)
         self._starts += 1
         for slot in (primary, *siblings):
             slot.tenant, slot.started = job.tenant, self._starts
@@ -360,10 +417,12 @@ class Engine:
             return
         llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
         primary.context = []
+        self._trim(primary, 0)
         state = ctypes.cast(ctypes.c_char_p(snapshot.state), ctypes.POINTER(ctypes.c_uint8))  # no copy
         if llama_cpp.llama_state_seq_set_data(self._ctx, state, len(snapshot.state), primary.seq_id) == 0:
             log.warning("a cached prefix's KV could not be restored; computing the prompt instead")
             llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
+            self._trim(primary, 0)
             return
         primary.context = list(snapshot.tokens)
         primary.tenant = job.tenant
@@ -389,8 +448,9 @@ class Engine:
         outputs, batched = self._fill_batch()
         if not batched:
             return
-        status = llama_cpp.llama_decode(self._ctx, self._batch)
-        self._copying.clear()  # the decode moved the copies' data first
+        with TURNS.turn():
+            status = llama_cpp.llama_decode(self._ctx, self._batch)
+        copied, self._copying = self._copying, set()  # the decode moved the copies' data first
         if status != 0:
             # The batch failed as a whole and its sequences' KV may be half written: the jobs
             # in it end, their slots start clean; the jobs that were not in it go on.
@@ -399,6 +459,8 @@ class Engine:
             for job in _jobs(batched):
                 self._fail(job, error)
             return
+        for seq_id in copied:  # a copy moved a whole stream: its cells past the context hold nothing
+            self._trim(self._slots[seq_id], len(self._slots[seq_id].context))
         for slot, index in outputs:
             sequence = slot.sequence
             if sequence is None:
@@ -481,7 +543,8 @@ class Engine:
         if image.non_causal:
             llama_cpp.llama_set_causal_attn(self._ctx, False)
         try:
-            status = llama_cpp.llama_decode(self._ctx, batch)
+            with TURNS.turn():
+                status = llama_cpp.llama_decode(self._ctx, batch)
         finally:
             if image.non_causal:
                 llama_cpp.llama_set_causal_attn(self._ctx, True)
@@ -632,6 +695,7 @@ class Engine:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.context = []
             slot.tenant = None
+            self._trim(slot, 0)
 
 
 def _reusable(slot: Slot, prompt: list[int], tenant: str) -> int:

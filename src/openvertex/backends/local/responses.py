@@ -134,7 +134,9 @@ def chunk(
             logprobs_result=logprobs_result(event.logprobs),
         )
     else:
-        content = gc.Content(role="model", parts=parts) if parts else None
+        # Gemini's last chunk keeps its content, without parts where nothing is left to say
+        # (`{"role": "model"}`): a client reading `candidates[0].content.parts` finds it.
+        content = gc.Content(role="model", parts=parts)
         candidate = gc.Candidate(index=event.candidate, content=content, finish_reason=event.finish_reason)
     return gc.GenerateContentResponse(candidates=[candidate], usage_metadata=usage, model_version=model)
 

@@ -1,5 +1,6 @@
 """The local model's lifetime: load it off the event loop, keep an engine running on it (a dead one is
-replaced, with backoff when it keeps dying), and route each job's events to whoever follows the job."""
+replaced, with backoff when it keeps dying), let go of both when asked (residency.py decides when),
+and route each job's events to whoever follows the job."""
 
 from __future__ import annotations
 
@@ -79,10 +80,8 @@ class EngineSupervisor:
         self.settings = settings
         self.model_path = model_path
         self.projector_path = projector_path
-        self.loaded: LoadedModel | None = None  # None until loaded, and once closed
+        self.loaded: LoadedModel | None = None  # None until loaded, once let go, and once closed
         self.engine: Engine | None = None  # None while a dead one is being replaced
-        self._load_done = asyncio.Event()
-        self._load_error: str | None = None
         self._queues: dict[Job, asyncio.Queue[Event]] = {}  # jobs in flight and where their events go
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restarting: asyncio.Task[None] | None = None  # replacing an engine that died
@@ -114,22 +113,23 @@ class EngineSupervisor:
             slots=slots,
             kv_tokens=engine.kv_tokens(),
             kv_capacity=slots * n_ctx,  # a KV stream of n_ctx cells per slot (engine.py)
+            kv_resident_bytes=engine.kv_resident_bytes(),
         )
 
-    async def start(self) -> None:
+    async def open(self) -> None:
+        """Load the model and start an engine on it (raises where it cannot)."""
         self._loop = asyncio.get_running_loop()
-        try:
-            await asyncio.to_thread(self._load)
-            self._check_engine()
-        except Exception as error:
-            self._load_error = str(error)
-            log.exception("could not load %s", self.model_path)
-        finally:
-            self._load_done.set()
+        await asyncio.to_thread(self._load)
+        self._check_engine()
 
     def _load(self) -> None:
-        loaded = self.loaded = load_model(self.settings, self.model_path, self.projector_path)
-        self.engine = self._new_engine(loaded)  # last: ready() once everything a request needs is here
+        loaded = load_model(self.settings, self.model_path, self.projector_path)
+        try:
+            self.engine = self._new_engine(loaded)
+        except BaseException:
+            _close_model(loaded)
+            raise
+        self.loaded = loaded  # last: a request plans once everything it needs is here
         log.info(
             "loaded %s (%d slots of %d tokens, %d threads)",
             self.model_path.name,
@@ -140,25 +140,28 @@ class EngineSupervisor:
 
     async def close(self) -> None:
         self._closing.set()
+        await self.unload()
+
+    async def unload(self) -> None:
+        """Let go of the engine and the model (their memory with them); `load` brings them back.
+        Jobs still there are cancelled: the caller lets go of an idle model only."""
         if self._restarting is not None:  # a restart under way finishes first (it cannot be cut mid-build)
             await self._restarting
+            self._restarting = None
         for job in self._queues:
             job.cancelled.set()
-        if self.engine is not None:
-            await asyncio.to_thread(self.engine.close)
-        if self.loaded is not None:
-            if self.loaded.vision is not None:
-                self.loaded.vision.close()
-            self.loaded.model.close()  # type: ignore[no-untyped-call]
+        engine, loaded = self.engine, self.loaded
         self.engine = self.loaded = None
+        if engine is not None:
+            self._retired = (self._retired[0] + engine.tokens_generated, self._retired[1] + engine.tokens_prefilled)
+            await asyncio.to_thread(engine.close)
+        if loaded is not None:
+            _close_model(loaded)
 
-    async def wait_loaded(self) -> tuple[LoadedModel, Engine]:
-        """The model and a live engine, once the load is over; else 503."""
-        await self._load_done.wait()
+    def loaded_now(self) -> tuple[LoadedModel, Engine]:
+        """The model and a live engine; 503 where there are none (not loaded, or restarting)."""
         if self.loaded is None:
-            raise UnavailableError(
-                f"The model could not be loaded: {self._load_error or 'the server is shutting down'}"
-            )
+            raise UnavailableError("The model is not loaded.")
         return self.loaded, self.live_engine()
 
     def live_engine(self) -> Engine:
@@ -257,6 +260,12 @@ class EngineSupervisor:
             events = self._queues.get(job)
             if events is not None:  # a consumer that already left gets nothing
                 events.put_nowait(event)
+
+
+def _close_model(loaded: LoadedModel) -> None:
+    if loaded.vision is not None:
+        loaded.vision.close()
+    loaded.model.close()  # type: ignore[no-untyped-call]
 
 
 class Subscription:

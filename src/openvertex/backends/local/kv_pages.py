@@ -1,0 +1,204 @@
+"""The KV cache's memory, paid for as it is used.
+
+llama.cpp reserves a context's whole KV cache when it loads (n_ctx cells in each slot's stream)
+and zeroes it, so every page is resident from the start: 720 MiB for SmolLM2's 8 slots of 4,096
+tokens, most of which no request ever reaches. The memory is anonymous, so a page given back to
+the kernel (madvise MADV_DONTNEED) reads as zeros again, exactly as llama.cpp left it, and costs
+nothing until a cell on it is written; the same idea as vAttention's KV cache in virtual memory
+that is backed on demand. At load every page goes back; afterwards the engine gives back the
+cells a slot no longer holds (`release`). A slot's sequence fills its stream from cell 0 in
+position order (llama.cpp allocates from the lowest free cell, and the engine only ever drops a
+sequence's tail), so the cells past a slot's context are exactly the free ones.
+
+Where the cache is: llama.cpp's C API does not say, so `locate` writes one token's KV into
+sequence 0 (and sequence 1, to see the stream stride), then looks through the process's
+anonymous memory for that pattern alone: one row per layer's K and V at the tensor strides the
+model's shapes give, and every other byte of the cache's span zero. Anything else (a GPU build,
+flash attention off, whose V is stored transposed, a model whose layers differ) finds no such
+place, and the cache then stays as llama.cpp made it. Linux only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import llama_cpp
+import numpy as np
+
+from openvertex.backends.local.llama_lib import Unavailable, bind, ggml
+
+log = logging.getLogger(__name__)
+
+PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4
+_ALIGNMENT = 32  # ggml's tensor alignment in a CPU buffer
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.restype = ctypes.c_int
+
+
+@dataclass(frozen=True)
+class KvShape:
+    """The KV cache's tensors as llama.cpp lays them out in one buffer: for each layer K, then V,
+    each [row bytes per cell] x [cells per stream] x [streams], padded to ggml's alignment."""
+
+    layers: int
+    k_row: int
+    v_row: int
+    cells: int
+    streams: int
+
+    def tensors(self) -> Iterator[tuple[int, int]]:
+        """(offset from the buffer's start, row bytes) of each tensor, in buffer order."""
+        offset = 0
+        for _ in range(self.layers):
+            for row in (self.k_row, self.v_row):
+                yield offset, row
+                offset += _aligned(row * self.cells * self.streams)
+
+    @property
+    def size(self) -> int:
+        return sum(_aligned(row * self.cells * self.streams) for row in (self.k_row, self.v_row)) * self.layers
+
+
+def kv_shape(
+    model: llama_cpp.llama_model_p, context: llama_cpp.llama_context_p, kv_type: int, unified: bool
+) -> KvShape:
+    """What the model's hyperparameters say the KV cache of `context` looks like."""
+    row_size = bind(ggml, "ggml_row_size", ctypes.c_size_t, ctypes.c_int, ctypes.c_int64)
+    heads = llama_cpp.llama_model_n_head(model)
+    head = llama_cpp.llama_model_n_embd(model) // heads
+    arch = _metadata(model, "general.architecture")
+    k_head = int(_metadata(model, f"{arch}.attention.key_length") or head)
+    v_head = int(_metadata(model, f"{arch}.attention.value_length") or head)
+    kv_heads = llama_cpp.llama_model_n_head_kv(model)
+    streams = 1 if unified else llama_cpp.llama_n_seq_max(context)
+    cells = llama_cpp.llama_n_ctx(context) if unified else llama_cpp.llama_n_ctx_seq(context)
+    return KvShape(
+        layers=llama_cpp.llama_model_n_layer(model),
+        k_row=int(row_size(kv_type, k_head * kv_heads)),
+        v_row=int(row_size(kv_type, v_head * kv_heads)),
+        cells=cells,
+        streams=streams,
+    )
+
+
+class KvPages:
+    """The located KV cache: gives back the pages of cells that hold nothing."""
+
+    def __init__(self, base: int, shape: KvShape) -> None:
+        self.base = base
+        self.shape = shape
+
+    @classmethod
+    def find(cls, shape: KvShape, marked_streams: int) -> KvPages | None:
+        """The one place in this process's anonymous memory that holds a KV cache of `shape`
+        whose cell 0 is written in the first `marked_streams` streams and nothing else; None where
+        there is no such place, or more than one."""
+        if not sys.platform.startswith("linux"):
+            return None
+        found = [
+            base
+            for start, end in _anonymous_mappings(shape.size)
+            for base in _marked(start, end, shape, marked_streams)
+        ]
+        if len(found) != 1:
+            log.info("the KV cache's memory was not found (%d candidates): it stays reserved whole", len(found))
+            return None
+        return cls(found[0], shape)
+
+    def release(self, stream: int, first_cell: int = 0) -> None:
+        """Give back the pages of cells `first_cell` onward of `stream`, in every layer: they
+        read as zeros (as llama.cpp left them at load) and cost no memory until written. Only
+        whole pages inside those cells' bytes go back; the caller guarantees the cells are free."""
+        cells = self.shape.cells
+        for offset, row in self.shape.tensors():
+            start = self.base + offset + (stream * cells + first_cell) * row
+            end = self.base + offset + (stream + 1) * cells * row
+            _dont_need(start, end)
+
+    def release_all(self) -> None:
+        _dont_need(self.base, self.base + self.shape.size)
+
+    def resident_bytes(self) -> int:
+        """Bytes of the cache in memory now: its pages present and this process's alone (a page
+        only read since it was given back maps the kernel's shared zero page, which costs
+        nothing). From /proc/self/pagemap; any thread may ask."""
+        first = self.base // PAGE
+        pages = -(-(self.base + self.shape.size) // PAGE) - first
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(first * 8)
+            entries = np.frombuffer(pagemap.read(pages * 8), dtype=np.uint64)
+        owned = (entries >> np.uint64(63)) & (entries >> np.uint64(56)) & np.uint64(1)  # present, exclusive
+        return int(np.count_nonzero(owned)) * PAGE
+
+
+def _aligned(size: int) -> int:
+    return -(-size // _ALIGNMENT) * _ALIGNMENT
+
+
+def _metadata(model: llama_cpp.llama_model_p, key: str) -> str | None:
+    buffer = ctypes.create_string_buffer(128)
+    length = llama_cpp.llama_model_meta_val_str(model, key.encode(), buffer, len(buffer))
+    return buffer.value.decode() if length >= 0 else None
+
+
+def _dont_need(start: int, end: int) -> None:
+    first, last = -(-start // PAGE) * PAGE, end // PAGE * PAGE  # whole pages inside only
+    if last > first and _libc.madvise(first, last - first, _MADV_DONTNEED) != 0:
+        raise Unavailable(f"madvise failed: errno {ctypes.get_errno()}")
+
+
+def _anonymous_mappings(at_least: int) -> Iterator[tuple[int, int]]:
+    """Readable and writable private mappings without a file, of `at_least` bytes."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) == 5 and fields[1].startswith("rw") and fields[1].endswith("p"):
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                if end - start >= at_least:
+                    yield start, end
+
+
+def _marked(start: int, end: int, shape: KvShape, marked_streams: int) -> Iterator[int]:
+    """Where in [start, end) the KV cache begins. A candidate is each written page (the cache's
+    first page holds its first row, and maybe the allocator's header before it). The first V row
+    follows the empty cells that end the first K tensor, so its first written byte, rounded down
+    to ggml's alignment, is where V begins: the base is that less V's offset. A base is kept when
+    every marked row begins with written bytes just where the shape puts it, with zeros before
+    it, and no page wholly inside the cache's span is written but those the rows fall on."""
+    memory = np.frombuffer(memoryview((ctypes.c_char * (end - start)).from_address(start)), dtype=np.uint8)
+    words = memory.view(np.uint64)
+    written = np.asarray(words.reshape(-1, PAGE // 8).any(axis=1), dtype=bool)  # untouched pages map nothing
+    tensors = list(shape.tensors())
+    rows = [(offset + stream * shape.cells * row, row) for offset, row in tensors for stream in range(marked_streams)]
+    v_offset = tensors[1][0]
+    for page in np.flatnonzero(written):
+        low = int(page) * PAGE  # from `start`
+        if low + shape.size > end - start:
+            break
+        window = memory[low + v_offset : low + v_offset + PAGE + _ALIGNMENT].copy()  # live memory: read once
+        first = np.flatnonzero(window)
+        if not len(first):
+            continue
+        base = low + int(first[0]) // _ALIGNMENT * _ALIGNMENT  # from `start`
+        if base >= low + PAGE or base + shape.size > end - start:
+            continue
+        if all(_row_begins_at(memory, base + offset, offset > 0) for offset, _ in rows):
+            inside = written[-(-base // PAGE) : (base + shape.size) // PAGE].copy()
+            for offset, row in rows:
+                first_page, last_page = (base + offset) // PAGE, (base + offset + row - 1) // PAGE
+                inside[max(first_page - -(-base // PAGE), 0) : last_page - -(-base // PAGE) + 1] = False
+            if not inside.any():
+                yield start + base
+
+
+def _row_begins_at(memory: np.ndarray[tuple[int], np.dtype[np.uint8]], at: int, zeros_before: bool) -> bool:
+    """A written row begins at `at`: its first aligned block is written (one value at least) and,
+    where the bytes before it are the cache's own, the block before it is not."""
+    return bool(memory[at : at + _ALIGNMENT].any()) and not (zeros_before and memory[at - _ALIGNMENT : at].any())
