@@ -4,10 +4,13 @@ idle ones first, never one in use), bounded waits and failed loads; with stand-i
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from openvertex.backends.compute_turns import ComputeTurns
+from openvertex.backends.compute_thread import ComputeThread
 from openvertex.backends.residency import Residency, Roster
 from openvertex.errors import UnavailableError
 
@@ -151,16 +154,28 @@ def test_the_load_at_start_holds_readiness_until_it_is_done() -> None:
     asyncio.run(scenario())
 
 
-def test_engines_take_turns_only_while_their_threads_outnumber_the_cores() -> None:
-    turns = ComputeTurns(cores=2)
-    chat = turns.join(2)
-    assert not turns.shared()
-    embedding = turns.join(2)
-    assert turns.shared()
-    with turns.turn():
-        assert turns._lock.locked()
-    turns.leave(embedding)
-    assert not turns.shared()
-    with turns.turn():
-        assert not turns._lock.locked()
-    turns.leave(chat)
+def test_every_computation_runs_on_one_thread_whoever_asks() -> None:
+    """One OpenMP team for the process: calls from several threads all run on the compute thread,
+    one at a time, and each caller gets its own result or exception."""
+    compute = ComputeThread()
+    running = threading.Lock()
+    seen: list[int] = []
+
+    def step(value: int) -> int:
+        assert running.acquire(blocking=False), "two computations at once"
+        try:
+            seen.append(threading.get_ident())
+            time.sleep(0.01)
+            if value < 0:
+                raise ValueError("bad step")
+            return value * 2
+        finally:
+            running.release()
+
+    with ThreadPoolExecutor(max_workers=4) as callers:
+        results = list(callers.map(lambda v: compute.run(step, v), range(8)))
+    assert results == [v * 2 for v in range(8)]
+    assert len(set(seen)) == 1 and seen[0] != threading.get_ident()
+    with pytest.raises(ValueError, match="bad step"):
+        compute.run(step, -1)
+    assert compute.run(lambda: compute.run(step, 3)) == 6  # from the compute thread itself: no deadlock

@@ -21,7 +21,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from openvertex.backends.compute_turns import TURNS
+from openvertex.backends.compute_thread import COMPUTE
 from openvertex.errors import InternalError, ResourceExhaustedError
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,8 @@ class EmbeddingEngine:
         context.n_seq_max = max_sequences
         context.kv_unified = True  # no per-sequence share of n_ctx: a text may use the whole batch
         context.n_threads = context.n_threads_batch = n_threads
-        self._turns = TURNS.join(n_threads)
         self._ctx = llama_cpp.llama_init_from_model(self._model, context)
         if not self._ctx:
-            TURNS.leave(self._turns)
             llama_cpp.llama_model_free(self._model)
             raise RuntimeError("llama.cpp could not create an embedding context")
         self._memory = llama_cpp.llama_get_memory(self._ctx)  # none for an encoder-only model
@@ -123,7 +121,6 @@ class EmbeddingEngine:
             self._stopping = True
             self._signal.notify()
         self._thread.join(timeout=30)
-        TURNS.leave(self._turns)
         if not self._thread.is_alive():
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
@@ -182,8 +179,7 @@ class EmbeddingEngine:
         if self._memory:
             llama_cpp.llama_memory_clear(self._memory, True)
         try:
-            with TURNS.turn():
-                status = llama_cpp.llama_encode(self._ctx, batch)  # an encoder-only model: one pass, no KV
+            status = COMPUTE.run(llama_cpp.llama_encode, self._ctx, batch)  # encoder-only: one pass, no KV
             if status != 0:
                 raise InternalError(f"llama.cpp could not embed this batch (llama_encode returned {status}).")
             for seq_id, (job, index) in enumerate(taken):

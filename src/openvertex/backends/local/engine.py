@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
-from openvertex.backends.compute_turns import TURNS
+from openvertex.backends.compute_thread import COMPUTE
 from openvertex.backends.local.jobs import (
     CandidateDone,
     Deliver,
@@ -132,12 +132,10 @@ class Engine:
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context")
-        self._turns = TURNS.join(n_threads)
         if flash_attention == "on":
             try:
                 use_reference_kernels(self._ctx)
             except Unavailable:
-                TURNS.leave(self._turns)
                 llama_cpp.llama_free(self._ctx)
                 raise
         self._memory = llama_cpp.llama_get_memory(self._ctx)
@@ -163,10 +161,11 @@ class Engine:
         self._on_exit = on_exit
         self._outbox: list[tuple[Job, Event]] = []
         self._copying: set[int] = set()  # seq ids in a KV copy that the next decode carries out
-        # The KV cache's memory, given back where cells hold nothing (kv_pages.py); per slot only
-        # with a stream each (in a shared pool a sequence's cells are not in position order).
-        self._pages = self._locate_kv(model, _KV_TYPE[kv_type], kv_unified) if flash_attention != "off" else None
-        self._trims = self._pages is not None and not kv_unified
+        # The KV cache's memory, given back where cells hold nothing (kv_pages.py), once the
+        # engine's thread has found it; per slot only with a stream each (in a shared pool a
+        # sequence's cells are not in position order). Flash attention off stores V transposed.
+        self._pages: KvPages | None = None
+        self._kv = (model, _KV_TYPE[kv_type], kv_unified) if flash_attention != "off" else None
         self.tokens_generated = 0
         self.tokens_prefilled = 0
         self._thread = threading.Thread(target=self._run, name="openvertex-engine", daemon=True)
@@ -188,8 +187,7 @@ class Engine:
             batch.seq_id[seq_id][0] = seq_id
             batch.logits[seq_id] = seq_id == marked - 1
         batch.n_tokens = marked
-        with TURNS.turn():
-            status = llama_cpp.llama_decode(self._ctx, batch)
+        status = COMPUTE.run(llama_cpp.llama_decode, self._ctx, batch)
         pages = KvPages.find(shape, marked) if status == 0 else None
         llama_cpp.llama_memory_clear(self._memory, True)
         if pages is not None:
@@ -203,8 +201,9 @@ class Engine:
     def _trim(self, slot: Slot, first_cell: int) -> None:
         """The slot's cells from `first_cell` on hold nothing now: give back their memory, unless
         a KV copy from or to the slot is still to run (it moves whole streams)."""
-        if self._trims and self._pages is not None and slot.seq_id not in self._copying:
-            self._pages.release(slot.seq_id, first_cell)
+        pages, kv = self._pages, self._kv
+        if pages is not None and kv is not None and not kv[2] and slot.seq_id not in self._copying:
+            pages.release(slot.seq_id, first_cell)
 
     def alive(self) -> bool:
         return not self._exited and self._thread.is_alive()
@@ -253,7 +252,6 @@ class Engine:
             self._stopping = True
             self._signal.notify()
         self._thread.join()
-        TURNS.leave(self._turns)
         llama_cpp.llama_batch_free(self._batch)
         if self._image_batch is not None:
             llama_cpp.llama_batch_free(self._image_batch)
@@ -263,6 +261,8 @@ class Engine:
 
     def _run(self) -> None:
         try:
+            if self._kv is not None:  # off the event loop's threads: it reads through memory
+                self._pages = self._locate_kv(*self._kv)
             self._serve()
         except BaseException:  # the thread must not end unseen: the owner restarts the engine
             log.critical("the engine thread failed", exc_info=True)
@@ -448,8 +448,7 @@ class Engine:
         outputs, batched = self._fill_batch()
         if not batched:
             return
-        with TURNS.turn():
-            status = llama_cpp.llama_decode(self._ctx, self._batch)
+        status = COMPUTE.run(llama_cpp.llama_decode, self._ctx, self._batch)
         copied, self._copying = self._copying, set()  # the decode moved the copies' data first
         if status != 0:
             # The batch failed as a whole and its sequences' KV may be half written: the jobs
@@ -543,8 +542,7 @@ class Engine:
         if image.non_causal:
             llama_cpp.llama_set_causal_attn(self._ctx, False)
         try:
-            with TURNS.turn():
-                status = llama_cpp.llama_decode(self._ctx, batch)
+            status = COMPUTE.run(llama_cpp.llama_decode, self._ctx, batch)
         finally:
             if image.non_causal:
                 llama_cpp.llama_set_causal_attn(self._ctx, True)

@@ -34,7 +34,7 @@ import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 from llama_cpp._logger import llama_log_callback
 
-from openvertex.backends.compute_turns import TURNS
+from openvertex.backends.compute_thread import COMPUTE
 from openvertex.backends.local.media_text import opened_image
 from openvertex.errors import InvalidArgumentError
 from openvertex.protocol import generate_content as gc
@@ -103,7 +103,6 @@ class Vision:
                 f"{projector} is not a vision projector openvertex can run (audio-only, or M-RoPE positions)"
             )
         self._context = context
-        self._turns = TURNS.join(n_threads)  # it computes beside the engine
         self.n_embd: int = llama_cpp.llama_model_n_embd(model)
         self._n_batch = n_batch  # an image whose rows attend both ways is decoded in one batch
         self._lock = threading.Lock()  # one mtmd call at a time: its context is not thread-safe
@@ -118,7 +117,6 @@ class Vision:
             if self._context:
                 mtmd.mtmd_free(self._context)
                 self._context = None
-                TURNS.leave(self._turns)
 
     # ------------------------------------------------------------------ prompts
 
@@ -215,8 +213,7 @@ class Vision:
     def _encode(
         self, chunk: mtmd.mtmd_input_chunk_p, placeholders: tuple[int, ...], image: PromptImage
     ) -> EncodedImage:
-        with TURNS.turn():
-            status = mtmd.mtmd_encode_chunk(self._context, chunk)
+        status = COMPUTE.run(mtmd.mtmd_encode_chunk, self._context, chunk)
         if status != 0:
             raise InvalidArgumentError("the projector could not encode the image", param=image.param)
         output = mtmd.mtmd_get_output_embd(self._context)
