@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -173,9 +174,23 @@ def test_every_computation_runs_on_one_thread_whoever_asks() -> None:
             running.release()
 
     with ThreadPoolExecutor(max_workers=4) as callers:
-        results = list(callers.map(lambda v: compute.run(step, v), range(8)))
+        results = list(callers.map(lambda v: compute.run(f"engine {v % 2}", lambda: step(v)), range(8)))
     assert results == [v * 2 for v in range(8)]
     assert len(set(seen)) == 1 and seen[0] != threading.get_ident()
     with pytest.raises(ValueError, match="bad step"):
-        compute.run(step, -1)
-    assert compute.run(lambda: compute.run(step, 3)) == 6  # from the compute thread itself: no deadlock
+        compute.run("engine 0", lambda: step(-1))
+    assert compute.run("a", lambda: compute.run("b", lambda: step(3))) == 6  # from the compute thread: no deadlock
+
+
+def test_the_thread_goes_to_the_engine_that_used_least_of_it_and_waits_a_moment_for_one_owed_it() -> None:
+    compute = ComputeThread(anticipation_s=0.003)
+    compute._used = {"chat": 0.2, "embedding": 1.5}
+    compute._waiting = {"chat": deque([object()]), "embedding": deque([object()])}  # type: ignore[list-item]
+    assert compute.next_owner(now=10.0) == ("chat", 0.0)
+    compute._waiting["chat"].clear()
+    compute._finished = {"chat": 9.999}  # it stepped a millisecond ago, and is owed the thread
+    owner, wait_s = compute.next_owner(now=10.0)
+    assert owner is None and 0 < wait_s <= 0.003
+    assert compute.next_owner(now=10.01) == ("embedding", 0.0)  # it did not come back in time
+    compute._used["chat"] = 2.0  # it had its share: nobody waits for it
+    assert compute.next_owner(now=10.0) == ("embedding", 0.0)

@@ -68,10 +68,15 @@ class Residency:
             return
         self._starting = True
         try:
-            with contextlib.suppress(UnavailableError):  # logged; requests get the 503
-                await self.use()
+            loading = self._begin_load()
+            if loading is not None:
+                await asyncio.shield(loading)  # however long it takes: /readyz waits for it
         finally:
             self._starting = False
+
+    def done(self) -> None:
+        """A use ended: the model's idle time counts from now."""
+        self.last_used = time.monotonic()
 
     def size(self) -> int:
         return self._size()
@@ -87,10 +92,10 @@ class Residency:
             return
         if self._error is not None:
             raise UnavailableError(f"The model could not be loaded: {self._error}")
-        if self._loading is None:
-            self._loading = asyncio.ensure_future(self._load_now())
+        loading = self._begin_load()
         try:
-            await asyncio.wait_for(asyncio.shield(self._loading), self.load_timeout_s)
+            if loading is not None:
+                await asyncio.wait_for(asyncio.shield(loading), self.load_timeout_s)
         except TimeoutError:
             raise UnavailableError(
                 f"The model {self.what} is still loading (over {self.load_timeout_s:g} s); try again shortly.",
@@ -99,19 +104,32 @@ class Residency:
         if not self.loaded():
             raise UnavailableError(f"The model could not be loaded: {self._error or 'it was let go'}")
 
+    def _begin_load(self) -> asyncio.Future[None] | None:
+        """The load under way, started here where none is; None once loaded or failed."""
+        if self.state == "loaded" or self._error is not None:
+            return None
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self._load_now())
+        return self._loading
+
     async def _load_now(self) -> None:
         try:
             async with self._transition:
                 if self.state == "loaded":
                     return
+                self.state = "loading"  # counted by the budget from now: another load makes room for it too
                 if self.roster is not None:
-                    await self.roster.make_room(self)
-                self.state = "loading"
+                    try:
+                        await self.roster.make_room(self)
+                    except Exception:  # another model's unload failed: this one loads all the same
+                        log.exception("could not make room for %s", self.what)
                 started = time.monotonic()
                 try:
                     await self._load()
-                except Exception as error:
+                except BaseException as error:
                     self.state = "unloaded"
+                    if not isinstance(error, Exception):
+                        raise  # cancelled (shutting down): no cause to remember
                     self._error = str(error) or type(error).__name__
                     log.exception("could not load %s", self.what)
                     return
@@ -162,12 +180,14 @@ class Roster:
         if self.budget_bytes is None:
             return
         while True:
-            loaded = [r for r in self.residents.values() if r is not coming and r.state == "loaded"]
-            if sum(r.size() for r in loaded) + coming.size() <= self.budget_bytes:
+            held = [r for r in self.residents.values() if r is not coming and r.state != "unloaded"]
+            if sum(r.size() for r in held) + coming.size() <= self.budget_bytes:
                 return
-            idle = sorted((r for r in loaded if r.idle()), key=lambda r: r.last_used)
+            idle = sorted((r for r in held if r.loaded() and r.idle()), key=lambda r: r.last_used)
             if not idle:
-                log.warning("loading %s passes models_memory_bytes: every other model is in use", coming.what)
+                log.warning(
+                    "loading %s passes models_memory_bytes: every other model is in use or loading", coming.what
+                )
                 return
             await idle[0].let_go(f"models_memory_bytes: {coming.what} is loading")
 

@@ -12,17 +12,7 @@ import typing
 from functools import cache
 from typing import Any, Literal, Self
 
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_serializer,
-)
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 from openvertex.protocol import enums
@@ -182,15 +172,8 @@ Role = Literal["user", "model"]
 
 class Content(GeminiModel):
     role: Role | None = None
-    parts: list[Part] = Field(default_factory=list)  # Gemini leaves it out of an empty answer
-
-    @model_serializer(mode="wrap")
-    def _without_empty_parts(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """As Gemini writes one: `{"role": "model"}` where nothing is left to say."""
-        data: dict[str, Any] = handler(self)
-        if not self.parts:
-            data.pop("parts", None)
-        return data
+    # Gemini leaves it out where nothing is left to say: `{"role": "model"}`.
+    parts: list[Part] = Field(default_factory=list, exclude_if=lambda parts: not parts)
 
     def text(self) -> str:
         """Its text parts joined, thoughts left out."""

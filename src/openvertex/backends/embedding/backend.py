@@ -90,8 +90,9 @@ class EmbeddingBackend:
 
     async def _open(self) -> None:
         before = resident_memory_bytes()
-        self._engine = await asyncio.to_thread(self._new_engine)
+        engine = self._engine = await asyncio.to_thread(self._new_engine)
         self._load_bytes = max(resident_memory_bytes() - before, 0)
+        self._dimensions = engine.dimensions  # known from now on, loaded or not
 
     def _new_engine(self) -> EmbeddingEngine:
         set_llama_verbose(log.isEnabledFor(logging.DEBUG))
@@ -125,7 +126,27 @@ class EmbeddingBackend:
                 raise UnavailableError("The embedding model is not loaded.")
             yield engine
         finally:
-            self._in_flight -= 1
+            self._stop_using()
+
+    def _stop_using(self) -> None:
+        self._in_flight -= 1
+        self.residency.done()
+
+    async def _tokenized(self, engine: EmbeddingEngine, request: EmbedRequest) -> list[tuple[list[int], bool]]:
+        """A large request's texts tokenized on a worker thread, the model in use until that
+        thread is done: a caller that leaves does not let the model go under it."""
+        tokenizing = asyncio.ensure_future(asyncio.to_thread(self._inputs, engine, request))
+        try:
+            return await asyncio.shield(tokenizing)
+        except asyncio.CancelledError:
+            self._in_flight += 1  # released when the thread ends
+            tokenizing.add_done_callback(self._tokenizing_done)
+            raise
+
+    def _tokenizing_done(self, done: asyncio.Future[list[tuple[list[int], bool]]]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: nobody waits for it any more
+        self._stop_using()
 
     # ------------------------------------------------------------------ embeddings
 
@@ -160,11 +181,7 @@ class EmbeddingBackend:
     async def embed(self, request: EmbedRequest, *, model: str) -> list[Embedding]:
         async with self._using() as engine:
             size = sum(len(text.text or "") for text in request.texts)
-            inputs = (
-                await asyncio.to_thread(self._inputs, engine, request)
-                if size > _INLINE_BYTES
-                else self._inputs(engine, request)
-            )
+            inputs = await self._tokenized(engine, request) if size > _INLINE_BYTES else self._inputs(engine, request)
             vectors = await engine.embed([tokens for tokens, _ in inputs])
         return [
             Embedding(reduce_dimensions(vector.tolist(), text.output_dimensionality), len(tokens), truncated)

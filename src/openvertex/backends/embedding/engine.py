@@ -179,7 +179,9 @@ class EmbeddingEngine:
         if self._memory:
             llama_cpp.llama_memory_clear(self._memory, True)
         try:
-            status = COMPUTE.run(llama_cpp.llama_encode, self._ctx, batch)  # encoder-only: one pass, no KV
+            status = COMPUTE.run(
+                self, lambda: llama_cpp.llama_encode(self._ctx, batch)
+            )  # encoder-only: one pass, no KV
             if status != 0:
                 raise InternalError(f"llama.cpp could not embed this batch (llama_encode returned {status}).")
             for seq_id, (job, index) in enumerate(taken):

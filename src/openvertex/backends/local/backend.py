@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import llama_cpp
 from llama_cpp._internals import LlamaModel
@@ -60,6 +60,7 @@ MAX_CANDIDATES = 8  # Vertex's limit for n
 # countTokens counts prompts of any length (up to the body limit), not only those that fit.
 COUNT_LIMIT = 1 << 24
 
+T = TypeVar("T")
 Plan = tuple[list[int], Sampling, FunctionCalling | None, Snapshot | None, ImageRows]
 
 
@@ -110,6 +111,9 @@ class LocalBackend:
         self._dynamic_budget = settings.dynamic_thinking_budget
         self._in_flight = 0  # requests admitted: being planned, waiting or running
         self._load_bytes = 0  # what the last load added to the process's memory
+        self._file_bytes = self.model_path.stat().st_size + (
+            self.projector_path.stat().st_size if self.projector_path is not None else 0
+        )
         self.residency = Residency(
             self.model_path.name,
             load=self._open,
@@ -145,10 +149,13 @@ class LocalBackend:
         self._load_bytes = max(resident_memory_bytes() - before, 0)
 
     def _size(self) -> int:
-        """Bytes the model holds (loaded: what its load added, and its KV in use) or would take."""
+        """Bytes the model holds (loaded: what its load added, at least its file, and its KV in
+        use) or would take. What a load adds to the process is measured while other work runs
+        too, so the file's size is the floor."""
+        held = max(self._load_bytes, self._file_bytes)
         if self.residency.state != "loaded":
-            return self._load_bytes or self.model_path.stat().st_size
-        return self._load_bytes + (self._supervisor.load().kv_resident_bytes or 0)
+            return held
+        return held + (self._supervisor.load().kv_resident_bytes or 0)
 
     def _identify(self) -> None:
         """Hash the model files (once per file: digests.py keeps it) while the model loads."""
@@ -180,6 +187,25 @@ class LocalBackend:
 
     def _release(self) -> None:
         self._in_flight -= 1
+        self.residency.done()
+
+    async def _on_model(self, work: Callable[[LoadedModel, Engine], T]) -> T:
+        """`work` on a planning thread, admitted until the thread is done: a caller that leaves
+        does not let the model go while the thread still reads it."""
+        self._admit()
+        release = True
+        try:
+            loaded, engine = await self._loaded()
+            planning = asyncio.wrap_future(self._planning.submit(work, loaded, engine))
+            try:
+                return await asyncio.shield(planning)
+            except asyncio.CancelledError:
+                release = False
+                planning.add_done_callback(self._release_after)
+                raise
+        finally:
+            if release:
+                self._release()
 
     def _release_after(self, planning: asyncio.Future[Any]) -> None:
         if not planning.cancelled():
@@ -330,12 +356,8 @@ class LocalBackend:
     # ------------------------------------------------------------------ tokens and cached prefixes
 
     async def count_tokens(self, request: gc.GenerateContentRequest, *, model: str) -> int:
-        self._admit()  # tokenizing a large body is work like any other: it takes a place
-        try:
-            loaded, _ = await self._loaded()
-            tokens, _, _, _ = await self._planning.run(self._prompt, loaded, request, limit=COUNT_LIMIT)
-        finally:
-            self._release()
+        # Tokenizing a large body is work like any other: it takes a place.
+        tokens, _, _, _ = await self._on_model(lambda loaded, _: self._prompt(loaded, request, limit=COUNT_LIMIT))
         return len(tokens)
 
     async def embed(self, request: EmbedRequest, *, model: str) -> list[Embedding]:
@@ -350,12 +372,7 @@ class LocalBackend:
             )
             return [RoleTokens(role, ids, [_piece(loaded.model, token) for token in ids]) for role, ids in turns]
 
-        self._admit()
-        try:
-            loaded, _ = await self._loaded()
-            return await self._planning.run(compute, loaded)
-        finally:
-            self._release()
+        return await self._on_model(lambda loaded, _: compute(loaded))
 
     async def cache_prefix(
         self, name: str, request: gc.GenerateContentRequest, *, model: str, owner: str | None
@@ -384,12 +401,9 @@ class LocalBackend:
     async def _prefix_key(
         self, request: gc.GenerateContentRequest, owner: str | None
     ) -> tuple[str, list[int], list[PromptImage]]:
-        self._admit()
-        try:
-            loaded, engine = await self._loaded()
-            tokens, _, _, images = await self._planning.run(self._prompt, loaded, request, limit=engine.n_ctx - 1)
-        finally:
-            self._release()
+        tokens, _, _, images = await self._on_model(
+            lambda loaded, engine: self._prompt(loaded, request, limit=engine.n_ctx - 1)
+        )
         return await asyncio.to_thread(self._prefixes.key, owner, tokens), tokens, images
 
     async def _build_prefix(self, key: str, tokens: list[int], images: list[PromptImage]) -> None:

@@ -52,7 +52,7 @@ from openvertex.backends.local.jobs import (
     TokenLogprob,
 )
 from openvertex.backends.local.kernels import use_reference_kernels
-from openvertex.backends.local.kv_pages import KvPages, kv_shape
+from openvertex.backends.local.kv_pages import KvPages, KvShape, kv_shape
 from openvertex.backends.local.llama_lib import Unavailable
 from openvertex.backends.local.sampling import SequenceSampler, candidate_seed
 from openvertex.backends.local.scheduling import WaitingRoom
@@ -61,6 +61,7 @@ from openvertex.backends.local.stop import StopMatcher
 from openvertex.errors import ApiError, InternalError
 
 log = logging.getLogger(__name__)
+_LOCATING = threading.Lock()
 
 MIN_SHARED_PREFIX = 16  # tokens a copy from another slot's KV must save to be worth copying
 _FLASH_ATTENTION = {
@@ -132,13 +133,13 @@ class Engine:
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context")
-        if flash_attention == "on":
-            try:
+        try:
+            if flash_attention == "on":
                 use_reference_kernels(self._ctx)
-            except Unavailable:
-                llama_cpp.llama_free(self._ctx)
-                raise
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
+            self._memory = llama_cpp.llama_get_memory(self._ctx)
+        except BaseException:
+            llama_cpp.llama_free(self._ctx)
+            raise
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._n_batch = n_batch
@@ -165,6 +166,8 @@ class Engine:
         # engine's thread has found it; per slot only with a stream each (in a shared pool a
         # sequence's cells are not in position order). Flash attention off stores V transposed.
         self._pages: KvPages | None = None
+        self._kv_changes = 0  # decodes and trims: what can change the KV's resident memory
+        self._kv_resident: tuple[int, int] | None = None  # (changes, bytes) when last read
         self._kv = (model, _KV_TYPE[kv_type], kv_unified) if flash_attention != "off" else None
         self.tokens_generated = 0
         self.tokens_prefilled = 0
@@ -178,6 +181,10 @@ class Engine:
             shape = kv_shape(model, self._ctx, kv_type, unified)
         except Unavailable:
             return None
+        with _LOCATING:  # one engine's mark at a time: another's cache never looks like its own
+            return self._mark_and_find(shape, unified)
+
+    def _mark_and_find(self, shape: KvShape, unified: bool) -> KvPages | None:
         marked = 1 if unified else min(2, len(self._slots))
         batch = self._batch
         for seq_id in range(marked):
@@ -187,7 +194,7 @@ class Engine:
             batch.seq_id[seq_id][0] = seq_id
             batch.logits[seq_id] = seq_id == marked - 1
         batch.n_tokens = marked
-        status = COMPUTE.run(llama_cpp.llama_decode, self._ctx, batch)
+        status = COMPUTE.run(self, lambda: llama_cpp.llama_decode(self._ctx, batch))
         pages = KvPages.find(shape, marked) if status == 0 else None
         llama_cpp.llama_memory_clear(self._memory, True)
         if pages is not None:
@@ -203,7 +210,12 @@ class Engine:
         a KV copy from or to the slot is still to run (it moves whole streams)."""
         pages, kv = self._pages, self._kv
         if pages is not None and kv is not None and not kv[2] and slot.seq_id not in self._copying:
-            pages.release(slot.seq_id, first_cell)
+            self._kv_changes += 1
+            try:
+                pages.release(slot.seq_id, first_cell)
+            except Unavailable:  # the memory stays resident; the engine goes on
+                log.exception("could not give KV memory back; keeping all of it from now on")
+                self._pages = None
 
     def alive(self) -> bool:
         return not self._exited and self._thread.is_alive()
@@ -220,8 +232,14 @@ class Engine:
         return sum(len(slot.context) for slot in self._slots)
 
     def kv_resident_bytes(self) -> int | None:
-        """The KV cache's bytes in memory now; None where its memory was not found (kv_pages.py)."""
-        return self._pages.resident_bytes() if self._pages is not None else None
+        """The KV cache's bytes in memory now; None where its memory was not found (kv_pages.py).
+        Read again only after the engine wrote or gave back KV since the last reading."""
+        pages, changes, known = self._pages, self._kv_changes, self._kv_resident
+        if pages is None:
+            return None
+        if known is None or known[0] != changes:
+            known = self._kv_resident = (changes, pages.resident_bytes())
+        return known[1]
 
     def submit(self, job: Job) -> None:
         if job.candidates > len(self._slots):  # it could never start, and would hold up the queue
@@ -386,6 +404,8 @@ class Engine:
         self._starts += 1
         for slot in (primary, *siblings):
             slot.tenant, slot.started = job.tenant, self._starts
+        for sibling in siblings:  # its old KV is another prompt's (maybe another tenant's) until the copy
+            sibling.context = []
         primary.pending = job.prompt[reuse:]
         primary.siblings = siblings
         for candidate, slot in enumerate([primary, *siblings]):
@@ -448,8 +468,11 @@ class Engine:
         outputs, batched = self._fill_batch()
         if not batched:
             return
-        status = COMPUTE.run(llama_cpp.llama_decode, self._ctx, self._batch)
-        copied, self._copying = self._copying, set()  # the decode moved the copies' data first
+        status = COMPUTE.run(self, lambda: llama_cpp.llama_decode(self._ctx, self._batch))
+        self._kv_changes += 1
+        copied = self._copying
+        if status == 0:  # the decode moved the copies' data first (a failed one may not have)
+            self._copying = set()
         if status != 0:
             # The batch failed as a whole and its sequences' KV may be half written: the jobs
             # in it end, their slots start clean; the jobs that were not in it go on.
@@ -542,11 +565,12 @@ class Engine:
         if image.non_causal:
             llama_cpp.llama_set_causal_attn(self._ctx, False)
         try:
-            status = COMPUTE.run(llama_cpp.llama_decode, self._ctx, batch)
+            status = COMPUTE.run(self, lambda: llama_cpp.llama_decode(self._ctx, batch))
         finally:
             if image.non_causal:
                 llama_cpp.llama_set_causal_attn(self._ctx, True)
-        self._copying.clear()
+        if status == 0:
+            self._copying.clear()
         if status != 0:
             log.error("llama_decode returned %d for an image's embeddings", status)
             self._fail(

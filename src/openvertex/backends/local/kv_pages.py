@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -102,11 +103,16 @@ class KvPages:
         there is no such place, or more than one."""
         if not sys.platform.startswith("linux"):
             return None
-        found = [
-            base
-            for start, end in _anonymous_mappings(shape.size)
-            for base in _marked(start, end, shape, marked_streams)
-        ]
+        descriptor = os.open("/proc/self/mem", os.O_RDONLY)
+        try:
+            memory = _Memory(descriptor)
+            found = [
+                base
+                for start, end in _anonymous_mappings(shape.size)
+                for base in _marked(memory, start, end, shape, marked_streams)
+            ]
+        finally:
+            os.close(descriptor)
         if len(found) != 1:
             log.info("the KV cache's memory was not found (%d candidates): it stays reserved whole", len(found))
             return None
@@ -128,7 +134,7 @@ class KvPages:
     def resident_bytes(self) -> int:
         """Bytes of the cache in memory now: its pages present and this process's alone (a page
         only read since it was given back maps the kernel's shared zero page, which costs
-        nothing). From /proc/self/pagemap; any thread may ask."""
+        nothing). From /proc/self/pagemap, 2 MiB read for each GiB of KV; any thread may ask."""
         first = self.base // PAGE
         pages = -(-(self.base + self.shape.size) // PAGE) - first
         with open("/proc/self/pagemap", "rb") as pagemap:
@@ -155,50 +161,88 @@ def _dont_need(start: int, end: int) -> None:
 
 
 def _anonymous_mappings(at_least: int) -> Iterator[tuple[int, int]]:
-    """Readable and writable private mappings without a file, of `at_least` bytes."""
+    """Readable and writable private mappings without a file (or the brk heap), of `at_least` bytes."""
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split()
-            if len(fields) == 5 and fields[1].startswith("rw") and fields[1].endswith("p"):
+            anonymous = len(fields) == 5 or (len(fields) == 6 and fields[5] == "[heap]")
+            if anonymous and fields[1].startswith("rw") and fields[1].endswith("p"):
                 start, end = (int(bound, 16) for bound in fields[0].split("-"))
                 if end - start >= at_least:
                     yield start, end
 
 
-def _marked(start: int, end: int, shape: KvShape, marked_streams: int) -> Iterator[int]:
-    """Where in [start, end) the KV cache begins. A candidate is each written page (the cache's
-    first page holds its first row, and maybe the allocator's header before it). The first V row
-    follows the empty cells that end the first K tensor, so its first written byte, rounded down
-    to ggml's alignment, is where V begins: the base is that less V's offset. A base is kept when
-    every marked row begins with written bytes just where the shape puts it, with zeros before
-    it, and no page wholly inside the cache's span is written but those the rows fall on."""
-    memory = np.frombuffer(memoryview((ctypes.c_char * (end - start)).from_address(start)), dtype=np.uint8)
-    words = memory.view(np.uint64)
-    written = np.asarray(words.reshape(-1, PAGE // 8).any(axis=1), dtype=bool)  # untouched pages map nothing
+class _Memory:
+    """This process's memory read through /proc/self/mem: copies, never pointers, so a range
+    another thread unmaps meanwhile is an OSError here, not a crash."""
+
+    def __init__(self, descriptor: int) -> None:
+        self._descriptor = descriptor
+
+    def read(self, address: int, size: int) -> np.ndarray[tuple[int], np.dtype[np.uint8]]:
+        data = os.pread(self._descriptor, size, address)
+        if len(data) != size:
+            raise OSError(f"short read at {address:#x}")
+        return np.frombuffer(data, dtype=np.uint8)
+
+    def written_pages(self, start: int, end: int) -> np.ndarray[tuple[int], np.dtype[np.bool_]]:
+        """Which pages of [start, end) hold a byte other than zero (read a chunk at a time)."""
+        chunk = 16 << 20
+        parts = [
+            self.read(at, min(chunk, end - at)).view(np.uint64).reshape(-1, PAGE // 8).any(axis=1)
+            for at in range(start, end, chunk)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
+def _marked(memory: _Memory, start: int, end: int, shape: KvShape, marked_streams: int) -> Iterator[int]:
+    """Where in [start, end) the KV cache begins. The cache's first page holds its first row (and
+    maybe the allocator's header before it), so a candidate is a written page from which every
+    marked row's page (or the next one) is written: one vector test over all pages. For those
+    few, the first V row follows the empty cells that end the first K tensor, so its first written
+    byte, rounded down to ggml's alignment, is where V begins: the base is that less V's offset. A
+    base is kept when every marked row begins with written bytes just where the shape puts it,
+    with zeros before it, and no page wholly inside the cache's span is written but those the
+    rows fall on."""
+    try:
+        written = memory.written_pages(start, end)
+    except OSError:  # unmapped while read: not a cache that is still there
+        return
     tensors = list(shape.tensors())
     rows = [(offset + stream * shape.cells * row, row) for offset, row in tensors for stream in range(marked_streams)]
+    span_pages = -(-shape.size // PAGE) + 1
+    if len(written) < span_pages:
+        return
+    candidates = written[: len(written) - span_pages + 1].copy()
+    padded = np.concatenate([written, np.zeros(1, dtype=bool)])
+    for offset, _ in rows:
+        shift = offset // PAGE
+        candidates &= padded[shift : shift + len(candidates)] | padded[shift + 1 : shift + 1 + len(candidates)]
     v_offset = tensors[1][0]
-    for page in np.flatnonzero(written):
-        low = int(page) * PAGE  # from `start`
-        if low + shape.size > end - start:
-            break
-        window = memory[low + v_offset : low + v_offset + PAGE + _ALIGNMENT].copy()  # live memory: read once
-        first = np.flatnonzero(window)
-        if not len(first):
+    for page in np.flatnonzero(candidates):
+        low = start + int(page) * PAGE
+        try:
+            first = np.flatnonzero(memory.read(low + v_offset, PAGE + _ALIGNMENT))
+            if not len(first):
+                continue
+            base = low + int(first[0]) // _ALIGNMENT * _ALIGNMENT
+            if base >= low + PAGE or base + shape.size > end:
+                continue
+            if not all(_row_begins_at(memory, base + offset, offset > 0) for offset, _ in rows):
+                continue
+        except OSError:
             continue
-        base = low + int(first[0]) // _ALIGNMENT * _ALIGNMENT  # from `start`
-        if base >= low + PAGE or base + shape.size > end - start:
-            continue
-        if all(_row_begins_at(memory, base + offset, offset > 0) for offset, _ in rows):
-            inside = written[-(-base // PAGE) : (base + shape.size) // PAGE].copy()
-            for offset, row in rows:
-                first_page, last_page = (base + offset) // PAGE, (base + offset + row - 1) // PAGE
-                inside[max(first_page - -(-base // PAGE), 0) : last_page - -(-base // PAGE) + 1] = False
-            if not inside.any():
-                yield start + base
+        first_inside = -(-(base - start) // PAGE)
+        inside = written[first_inside : (base - start + shape.size) // PAGE].copy()
+        for offset, row in rows:
+            first_page, last_page = (base - start + offset) // PAGE, (base - start + offset + row - 1) // PAGE
+            inside[max(first_page - first_inside, 0) : max(last_page - first_inside + 1, 0)] = False
+        if not inside.any():
+            yield base
 
 
-def _row_begins_at(memory: np.ndarray[tuple[int], np.dtype[np.uint8]], at: int, zeros_before: bool) -> bool:
+def _row_begins_at(memory: _Memory, at: int, zeros_before: bool) -> bool:
     """A written row begins at `at`: its first aligned block is written (one value at least) and,
     where the bytes before it are the cache's own, the block before it is not."""
-    return bool(memory[at : at + _ALIGNMENT].any()) and not (zeros_before and memory[at - _ALIGNMENT : at].any())
+    around = memory.read(at - _ALIGNMENT, 2 * _ALIGNMENT)
+    return bool(around[_ALIGNMENT:].any()) and not (zeros_before and around[:_ALIGNMENT].any())

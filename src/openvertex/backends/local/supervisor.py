@@ -86,6 +86,7 @@ class EngineSupervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restarting: asyncio.Task[None] | None = None  # replacing an engine that died
         self._closing = asyncio.Event()
+        self._halt = asyncio.Event()  # set while letting go (and closed): a restart under way stops
         self._engine_started = 0.0  # monotonic time the current engine started
         self._failures = 0  # engine deaths in a row, each soon after the previous start
         self._retired = (0, 0)  # tokens generated and prefilled by engines that died
@@ -119,6 +120,7 @@ class EngineSupervisor:
     async def open(self) -> None:
         """Load the model and start an engine on it (raises where it cannot)."""
         self._loop = asyncio.get_running_loop()
+        self._halt.clear()
         await asyncio.to_thread(self._load)
         self._check_engine()
 
@@ -145,7 +147,8 @@ class EngineSupervisor:
     async def unload(self) -> None:
         """Let go of the engine and the model (their memory with them); `load` brings them back.
         Jobs still there are cancelled: the caller lets go of an idle model only."""
-        if self._restarting is not None:  # a restart under way finishes first (it cannot be cut mid-build)
+        self._halt.set()  # a restart waiting out its backoff stops at once; one building finishes
+        if self._restarting is not None:
             await self._restarting
             self._restarting = None
         for job in self._queues:
@@ -229,9 +232,9 @@ class EngineSupervisor:
         except Exception:  # its memory is lost; a new one can still start
             log.exception("could not free the engine that stopped")
         while True:
-            with contextlib.suppress(TimeoutError):  # close() cuts the delay short
-                await asyncio.wait_for(self._closing.wait(), delay)
-            if self._closing.is_set() or self.loaded is None:
+            with contextlib.suppress(TimeoutError):  # unload() and close() cut the delay short
+                await asyncio.wait_for(self._halt.wait(), delay)
+            if self._halt.is_set() or self.loaded is None:
                 return
             try:
                 self.engine = await asyncio.to_thread(self._new_engine, self.loaded)

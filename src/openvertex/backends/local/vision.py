@@ -213,7 +213,7 @@ class Vision:
     def _encode(
         self, chunk: mtmd.mtmd_input_chunk_p, placeholders: tuple[int, ...], image: PromptImage
     ) -> EncodedImage:
-        status = COMPUTE.run(mtmd.mtmd_encode_chunk, self._context, chunk)
+        status = COMPUTE.run(self, lambda: mtmd.mtmd_encode_chunk(self._context, chunk))
         if status != 0:
             raise InvalidArgumentError("the projector could not encode the image", param=image.param)
         output = mtmd.mtmd_get_output_embd(self._context)
