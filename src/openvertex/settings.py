@@ -61,10 +61,10 @@ class LocalBackendSettings(_ResidentModel):
     # llama.cpp's flash attention. "on": with one kernel for every row (llama.cpp's reference CPU
     # kernels), so a row's numbers never depend on how its prompt was cut into steps or on what
     # else runs: a seeded answer is the same bit for bit cold, from a reused prefix (the next
-    # turn, a context cache) and under load; it decodes ~10-15% faster than "off" and prefills
-    # long prompts ~12% slower. "fast": llama.cpp's kernels chosen by each step's shape (as
-    # llama-server): long prompts prefill ~1.4x faster than "on", but a reused prefix then gives
-    # logprobs a little apart from the same prompt cold. "auto": llama.cpp decides whether, per
+    # turn, a context cache) and under load; it decodes as fast as "fast" and faster than "off".
+    # "fast": llama.cpp's kernels chosen by each step's shape (as llama-server): long prompts
+    # prefill ~1.35x faster than "on", but a reused prefix then gives logprobs a little apart
+    # from the same prompt cold. "auto": llama.cpp decides whether, per
     # device (on a CPU: as "fast"). "off": attention as plain matrix products, also bit-exact.
     # On a GPU build, the GPU's own kernels run whatever this says.
     flash_attention: Literal["on", "fast", "auto", "off"] = "on"

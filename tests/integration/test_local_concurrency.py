@@ -36,6 +36,10 @@ def _ask(server: RunningServer, seed: int, topic: int | None = None, **extra: ob
         "temperature": 1.0,
         **extra,
     }
+    return _post(server, body)
+
+
+def _post(server: RunningServer, body: dict[str, object]) -> dict[str, object]:
     response = httpx.post(server.chat_url, json=body, headers=AUTH, timeout=120)
     assert response.status_code == 200, response.text
     result: dict[str, object] = response.json()
@@ -186,18 +190,8 @@ def test_a_reused_prefix_gives_the_logprobs_of_the_same_prompt_cold(
     first_turn = [{"role": "user", "content": f"{facts} Which fact mentions 49?"}]
 
     def ask(server: RunningServer, messages: list[dict[str, str]]) -> dict[str, object]:
-        body = {
-            "model": MODEL,
-            "messages": messages,
-            "max_tokens": 6,
-            "temperature": 0,
-            "logprobs": True,
-            "top_logprobs": 3,
-        }
-        response = httpx.post(server.chat_url, json=body, headers=AUTH, timeout=120)
-        assert response.status_code == 200, response.text
-        result: dict[str, object] = response.json()
-        return result
+        body = {"model": MODEL, "messages": messages, "max_tokens": 6, "temperature": 0, "logprobs": True}
+        return _post(server, body | {"top_logprobs": 3})
 
     def cached(result: dict[str, object]) -> int:
         return int(result["usage"]["prompt_tokens_details"]["cached_tokens"])  # type: ignore[index]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from openvertex.backends.base import BackendLoad
 from openvertex.metrics import Metrics
 from openvertex.service.routing import Router
 
@@ -55,39 +56,34 @@ def register_backend_readings(metrics: Metrics, router: Router) -> None:
         lambda: float(sum(backend.load().kv_tokens or 0 for backend in router.backends.values())),
     )
 
+    def per_local_backend(read: Callable[[BackendLoad], float | None]) -> Callable[[], dict[str, float]]:
+        """One reading for each backend that has it (a local engine's, a resident model's)."""
+
+        def readings() -> dict[str, float]:
+            values = ((name, read(backend.load())) for name, backend in router.backends.items())
+            return {name: value for name, value in values if value is not None}
+
+        return readings
+
     metrics.labelled_reading(
         "openvertex_kv_resident_bytes",
         "Bytes of a local engine's KV cache in memory (cells that hold nothing cost none).",
         "backend",
-        lambda: {
-            name: float(load.kv_resident_bytes)
-            for name, load in ((name, backend.load()) for name, backend in router.backends.items())
-            if load.kv_resident_bytes is not None
-        },
+        per_local_backend(lambda load: load.kv_resident_bytes),
         "gauge",
     )
-
     metrics.labelled_reading(
         "openvertex_model_loaded",
         "Whether a local model is in memory now (1), or let go or not yet loaded (0).",
         "backend",
-        lambda: {
-            name: float(state == "loaded")
-            for name, state in ((name, backend.load().model_state) for name, backend in router.backends.items())
-            if state is not None
-        },
+        per_local_backend(lambda load: None if load.model_state is None else float(load.model_state == "loaded")),
         "gauge",
     )
-
     metrics.labelled_reading(
         "openvertex_model_loads_total",
         "Loads of a local model since start (a model let go loads again on use).",
         "backend",
-        lambda: {
-            name: float(load.model_loads)
-            for name, load in ((name, backend.load()) for name, backend in router.backends.items())
-            if load.model_state is not None
-        },
+        per_local_backend(lambda load: None if load.model_state is None else load.model_loads),
     )
 
     def cache_bytes() -> dict[str, float]:

@@ -162,17 +162,26 @@ class Engine:
         self._on_exit = on_exit
         self._outbox: list[tuple[Job, Event]] = []
         self._copying: set[int] = set()  # seq ids in a KV copy that the next decode carries out
-        # The KV cache's memory, given back where cells hold nothing (kv_pages.py), once the
-        # engine's thread has found it; per slot only with a stream each (in a shared pool a
-        # sequence's cells are not in position order). Flash attention off stores V transposed.
-        self._pages: KvPages | None = None
+        # The KV cache's memory, given back where cells hold nothing (kv_pages.py); per slot only
+        # with a stream each (in a shared pool a sequence's cells are not in position order).
+        # Flash attention off stores V transposed.
         self._kv_changes = 0  # decodes and trims: what can change the KV's resident memory
         self._kv_resident: tuple[int, int] | None = None  # (changes, bytes) when last read
         self._kv = (model, _KV_TYPE[kv_type], kv_unified) if flash_attention != "off" else None
         self.tokens_generated = 0
         self.tokens_prefilled = 0
+        self._pages = self._find_kv()  # before any job, so a ready engine's KV memory is known
         self._thread = threading.Thread(target=self._run, name="openvertex-engine", daemon=True)
         self._thread.start()
+
+    def _find_kv(self) -> KvPages | None:
+        if self._kv is None:
+            return None
+        try:
+            return self._locate_kv(*self._kv)
+        except Exception:  # /proc unreadable here, say: the KV stays reserved whole
+            log.exception("could not look for the KV cache's memory")
+            return None
 
     def _locate_kv(self, model: llama_cpp.llama_model_p, kv_type: int, unified: bool) -> KvPages | None:
         """Write cell 0 of the first streams, find the KV cache by that mark, then give all of
@@ -279,8 +288,6 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            if self._kv is not None:  # off the event loop's threads: it reads through memory
-                self._pages = self._locate_kv(*self._kv)
             self._serve()
         except BaseException:  # the thread must not end unseen: the owner restarts the engine
             log.critical("the engine thread failed", exc_info=True)
