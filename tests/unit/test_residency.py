@@ -190,7 +190,11 @@ def test_the_thread_goes_to_the_engine_that_used_least_of_it_and_waits_a_moment_
     compute._waiting["chat"].clear()
     compute._finished = {"chat": 9.999}  # it stepped a millisecond ago, and is owed the thread
     owner, wait_s = compute.next_owner(now=10.0)
-    assert owner is None and 0 < wait_s <= 0.003
+    assert owner is None and wait_s is not None and 0 < wait_s <= 0.003
     assert compute.next_owner(now=10.01) == ("embedding", 0.0)  # it did not come back in time
     compute._used["chat"] = 2.0  # it had its share: nobody waits for it
     assert compute.next_owner(now=10.0) == ("embedding", 0.0)
+    compute._waiting["embedding"].clear()
+    assert compute.next_owner(now=10.0) == (None, None)  # nothing to run: wait for a step
+    compute.forget("chat")
+    assert "chat" not in compute._used and "chat" not in compute._finished

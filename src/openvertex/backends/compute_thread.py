@@ -59,22 +59,30 @@ class ComputeThread:
             return compute()
         step: _Step[T] = _Step(owner, compute)
         with self._changed:
-            self._waiting.setdefault(owner, deque()).append(step)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="openvertex-compute", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._serve, name="openvertex-compute", daemon=True)
+                thread.start()  # before it is kept: a thread that could not start is tried again
+                self._thread = thread
+            self._waiting.setdefault(owner, deque()).append(step)
             self._changed.notify()
         step.done.wait()
         if step.error is not None:
             raise step.error
         return step.result  # type: ignore[return-value]
 
-    def next_owner(self, now: float) -> tuple[Hashable | None, float]:
-        """Whose step runs next: the waiting owner that used least lately, or (None, how long to
-        wait) when an owner that used less stepped just now and is likely to step again."""
+    def forget(self, owner: Hashable) -> None:
+        """`owner` is gone (an engine closed): nothing of it is kept."""
+        with self._changed:
+            for kept in (self._used, self._finished, self._waiting):
+                kept.pop(owner, None)
+
+    def next_owner(self, now: float) -> tuple[Hashable | None, float | None]:
+        """Whose step runs next: the waiting owner that used least lately; or (None, how long to
+        wait) when an owner that used less stepped just now and is likely to step again, and
+        (None, None) when no step waits."""
         waiting = [owner for owner, steps in self._waiting.items() if steps]
         if not waiting:
-            return None, 0.0
+            return None, None
         chosen = min(waiting, key=lambda owner: self._used.get(owner, 0.0))
         owed = [
             self._finished[owner] + self._anticipation_s - now
@@ -83,7 +91,7 @@ class ComputeThread:
             and self._used.get(owner, 0.0) < self._used.get(chosen, 0.0)
             and now - self._finished[owner] < self._anticipation_s
         ]
-        return (None, max(owed)) if owed else (chosen, 0.0)
+        return (None, max(*owed, 1e-4)) if owed else (chosen, 0.0)
 
     def _serve(self) -> None:
         self._thread_id = threading.get_ident()
@@ -93,19 +101,20 @@ class ComputeThread:
                     owner, wait_s = self.next_owner(time.monotonic())
                     if owner is not None:
                         break
-                    self._changed.wait(wait_s or None)
+                    self._changed.wait(wait_s)
                 step = self._waiting[owner].popleft()
             started = time.monotonic()
             try:
                 step.result = step.compute()
             except BaseException as error:  # the caller's to handle
                 step.error = error
+            finally:
+                step.done.set()  # the caller goes on whatever happens to the bookkeeping below
             ended = time.monotonic()
             with self._changed:
                 self._decay(ended)
                 self._used[owner] = self._used.get(owner, 0.0) + (ended - started)
                 self._finished[owner] = ended
-            step.done.set()
 
     def _decay(self, now: float) -> None:
         factor = 0.5 ** ((now - self._decayed_at) / self._half_life_s)

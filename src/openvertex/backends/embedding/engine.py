@@ -121,6 +121,7 @@ class EmbeddingEngine:
             self._stopping = True
             self._signal.notify()
         self._thread.join(timeout=30)
+        COMPUTE.forget(self)
         if not self._thread.is_alive():
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)

@@ -203,9 +203,11 @@ class Engine:
             batch.seq_id[seq_id][0] = seq_id
             batch.logits[seq_id] = seq_id == marked - 1
         batch.n_tokens = marked
-        status = COMPUTE.run(self, lambda: llama_cpp.llama_decode(self._ctx, batch))
-        pages = KvPages.find(shape, marked) if status == 0 else None
-        llama_cpp.llama_memory_clear(self._memory, True)
+        try:
+            status = COMPUTE.run(self, lambda: llama_cpp.llama_decode(self._ctx, batch))
+            pages = KvPages.find(shape, marked) if status == 0 else None
+        finally:
+            llama_cpp.llama_memory_clear(self._memory, True)
         if pages is not None:
             try:
                 pages.release_all()
@@ -219,12 +221,13 @@ class Engine:
         a KV copy from or to the slot is still to run (it moves whole streams)."""
         pages, kv = self._pages, self._kv
         if pages is not None and kv is not None and not kv[2] and slot.seq_id not in self._copying:
-            self._kv_changes += 1
             try:
                 pages.release(slot.seq_id, first_cell)
             except Unavailable:  # the memory stays resident; the engine goes on
                 log.exception("could not give KV memory back; keeping all of it from now on")
                 self._pages = None
+            finally:
+                self._kv_changes += 1  # after: a reading taken meanwhile is not kept as the new one
 
     def alive(self) -> bool:
         return not self._exited and self._thread.is_alive()
@@ -279,6 +282,7 @@ class Engine:
             self._stopping = True
             self._signal.notify()
         self._thread.join()
+        COMPUTE.forget(self)
         llama_cpp.llama_batch_free(self._batch)
         if self._image_batch is not None:
             llama_cpp.llama_batch_free(self._image_batch)
@@ -446,7 +450,9 @@ class Engine:
         primary.context = []
         self._trim(primary, 0)
         state = ctypes.cast(ctypes.c_char_p(snapshot.state), ctypes.POINTER(ctypes.c_uint8))  # no copy
-        if llama_cpp.llama_state_seq_set_data(self._ctx, state, len(snapshot.state), primary.seq_id) == 0:
+        restored = llama_cpp.llama_state_seq_set_data(self._ctx, state, len(snapshot.state), primary.seq_id)
+        self._kv_changes += 1
+        if restored == 0:
             log.warning("a cached prefix's KV could not be restored; computing the prompt instead")
             llama_cpp.llama_memory_seq_rm(self._memory, primary.seq_id, -1, -1)
             self._trim(primary, 0)
@@ -576,6 +582,7 @@ class Engine:
         finally:
             if image.non_causal:
                 llama_cpp.llama_set_causal_attn(self._ctx, True)
+        self._kv_changes += 1
         if status == 0:
             self._copying.clear()
         if status != 0:

@@ -210,7 +210,7 @@ def _marked(memory: _Memory, start: int, end: int, shape: KvShape, marked_stream
         return
     tensors = list(shape.tensors())
     rows = [(offset + stream * shape.cells * row, row) for offset, row in tensors for stream in range(marked_streams)]
-    span_pages = -(-shape.size // PAGE) + 1
+    span_pages = -(-shape.size // PAGE)  # a base late in its page is checked against `end` below
     if len(written) < span_pages:
         return
     candidates = written[: len(written) - span_pages + 1].copy()
@@ -244,5 +244,7 @@ def _marked(memory: _Memory, start: int, end: int, shape: KvShape, marked_stream
 def _row_begins_at(memory: _Memory, at: int, zeros_before: bool) -> bool:
     """A written row begins at `at`: its first aligned block is written (one value at least) and,
     where the bytes before it are the cache's own, the block before it is not."""
+    if not zeros_before:
+        return bool(memory.read(at, _ALIGNMENT).any())
     around = memory.read(at - _ALIGNMENT, 2 * _ALIGNMENT)
-    return bool(around[_ALIGNMENT:].any()) and not (zeros_before and around[:_ALIGNMENT].any())
+    return bool(around[_ALIGNMENT:].any()) and not around[:_ALIGNMENT].any()

@@ -117,6 +117,7 @@ class Vision:
             if self._context:
                 mtmd.mtmd_free(self._context)
                 self._context = None
+                COMPUTE.forget(self)
 
     # ------------------------------------------------------------------ prompts
 
