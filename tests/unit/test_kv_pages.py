@@ -25,9 +25,27 @@ def region() -> Iterator[np.ndarray[tuple[int], np.dtype[np.uint8]]]:
     """An anonymous mapping holding a zeroed cache of SHAPE, as llama.cpp leaves it at load."""
     memory = mmap.mmap(-1, HEADER + SHAPE.size + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     view = np.frombuffer(memory, dtype=np.uint8)
-    view[:HEADER] = 0xA5  # the allocator's header
+    _header(view)
     view[HEADER : HEADER + SHAPE.size] = 0  # written, as llama.cpp's clear writes it: every page resident
     yield view  # the mapping goes with the last view of it
+
+
+def _header(view: np.ndarray[tuple[int], np.dtype[np.uint8]]) -> np.ndarray[tuple[int], np.dtype[np.uint8]]:
+    """The allocator's bookkeeping before the cache, ending in glibc's chunk header: the size of a
+    block that is a mapping of its own."""
+    view[:HEADER] = 0xA5
+    view[HEADER - 8 : HEADER] = np.frombuffer(((HEADER + SHAPE.size) | 0x2).to_bytes(8, "little"), np.uint8)
+    return view
+
+
+def test_a_cache_inside_a_heap_among_other_allocations_is_left_alone(
+    region: np.ndarray[tuple[int], np.dtype[np.uint8]],
+) -> None:
+    region[HEADER - 8 : HEADER] = np.frombuffer(
+        (HEADER + SHAPE.size).to_bytes(8, "little"), np.uint8
+    )  # not mapped alone
+    _mark(region, 2)
+    assert KvPages.find(SHAPE, 2) is None
 
 
 def _address(view: np.ndarray[tuple[int], np.dtype[np.uint8]]) -> int:
@@ -69,7 +87,7 @@ def test_two_places_that_match_are_not_told_apart(region: np.ndarray[tuple[int],
     other = np.frombuffer(
         mmap.mmap(-1, HEADER + SHAPE.size + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype=np.uint8
     )
-    other[:HEADER] = 0xA5
+    _header(other)
     _mark(region, 2)
     _mark(other, 2)
     assert KvPages.find(SHAPE, 2) is None
@@ -95,7 +113,7 @@ def test_free_cells_give_their_pages_back_and_read_as_zeros(
     assert pages.resident_bytes() < whole
     pages.release_all()
     assert pages.resident_bytes() <= 2 * PAGE  # the pages the cache shares with its header and what follows
-    assert np.array_equal(region[:HEADER], np.full(HEADER, 0xA5, dtype=np.uint8))  # never the header
+    assert np.array_equal(region[:HEADER], _header(np.zeros(HEADER, dtype=np.uint8)))  # never the header
     assert not region[PAGE : (HEADER + SHAPE.size) // PAGE * PAGE].any()  # all but the shared pages
 
 

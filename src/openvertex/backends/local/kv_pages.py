@@ -110,6 +110,7 @@ class KvPages:
                 base
                 for start, end in _anonymous_mappings(shape.size)
                 for base in _marked(memory, start, end, shape, marked_streams)
+                if _own_mapping(memory, base, shape.size)
             ]
         finally:
             os.close(descriptor)
@@ -239,6 +240,20 @@ def _marked(memory: _Memory, start: int, end: int, shape: KvShape, marked_stream
             inside[max(first_page - first_inside, 0) : max(last_page - first_inside + 1, 0)] = False
         if not inside.any():
             yield base
+
+
+_IS_MMAPPED = 0x2  # glibc's chunk header: the size word's bit for a chunk that is a mapping of its own
+
+
+def _own_mapping(memory: _Memory, base: int, size: int) -> bool:
+    """Whether the allocation at `base` is a mapping of its own (glibc's allocator maps large
+    blocks whole; its header, just before the block, says so): no other allocation shares a page
+    that is given back. A cache inside a heap among other allocations is left reserved whole."""
+    try:
+        header = int.from_bytes(memory.read(base - 8, 8).tobytes(), "little")
+    except OSError:
+        return False
+    return bool(header & _IS_MMAPPED) and header & ~0x7 >= size
 
 
 def _row_begins_at(memory: _Memory, at: int, zeros_before: bool) -> bool:
