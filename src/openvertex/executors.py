@@ -28,6 +28,24 @@ P = ParamSpec("P")
 _POOLS: weakref.WeakSet[BoundedExecutor] = weakref.WeakSet()
 
 
+async def outlived(running: asyncio.Future[T], *, hold: Callable[[], None], release: Callable[[], None]) -> T:
+    """The result of work running on a thread, which a caller that leaves cannot stop: what the
+    caller held (a place in a queue, a model in use) is then held again for the thread (`hold`)
+    and given back when the thread ends (`release`), so nothing lets it go under the thread."""
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        hold()
+        running.add_done_callback(lambda done: _released(done, release))
+        raise
+
+
+def _released(done: asyncio.Future[Any], release: Callable[[], None]) -> None:
+    if not done.cancelled():
+        done.exception()  # retrieved: work nobody waits for may have failed (a 400)
+    release()
+
+
 def cores() -> int:
     """The cores this process may run on."""
     try:

@@ -23,6 +23,7 @@ from openvertex.backends.embedding.engine import EmbeddingEngine
 from openvertex.backends.embedding.model_files import declared_dimensions, gguf_path
 from openvertex.backends.residency import Residency, resident_memory_bytes
 from openvertex.errors import InvalidArgumentError, UnavailableError
+from openvertex.executors import outlived
 from openvertex.protocol import generate_content as gc
 from openvertex.protocol.embeddings import Embedding, EmbedRequest, EmbedText
 from openvertex.settings import EmbeddingBackendSettings
@@ -118,7 +119,7 @@ class EmbeddingBackend:
     @contextlib.asynccontextmanager
     async def _using(self) -> AsyncIterator[EmbeddingEngine]:
         """The loaded engine (loaded first where it is not), not let go until the block ends."""
-        self._in_flight += 1
+        self._hold()
         try:
             await self.residency.use()
             engine = self._engine
@@ -136,17 +137,10 @@ class EmbeddingBackend:
         """A large request's texts tokenized on a worker thread, the model in use until that
         thread is done: a caller that leaves does not let the model go under it."""
         tokenizing = asyncio.ensure_future(asyncio.to_thread(self._inputs, engine, request))
-        try:
-            return await asyncio.shield(tokenizing)
-        except asyncio.CancelledError:
-            self._in_flight += 1  # released when the thread ends
-            tokenizing.add_done_callback(self._tokenizing_done)
-            raise
+        return await outlived(tokenizing, hold=self._hold, release=self._stop_using)
 
-    def _tokenizing_done(self, done: asyncio.Future[list[tuple[list[int], bool]]]) -> None:
-        if not done.cancelled():
-            done.exception()  # retrieved: nobody waits for it any more
-        self._stop_using()
+    def _hold(self) -> None:
+        self._in_flight += 1
 
     # ------------------------------------------------------------------ embeddings
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import llama_cpp
 from llama_cpp._internals import LlamaModel
@@ -42,7 +42,7 @@ from openvertex.backends.local.thinking import thinking_budget
 from openvertex.backends.local.vision import ImageRows, PromptImage, Vision, image_rows
 from openvertex.backends.residency import Residency, resident_memory_bytes
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError
-from openvertex.executors import BoundedExecutor, cores
+from openvertex.executors import BoundedExecutor, cores, outlived
 from openvertex.protocol import generate_content as gc
 from openvertex.protocol.embeddings import Embedding, EmbedRequest
 from openvertex.request_record import current_record
@@ -193,24 +193,16 @@ class LocalBackend:
         """`work` on a planning thread, admitted until the thread is done: a caller that leaves
         does not let the model go while the thread still reads it."""
         self._admit()
-        release = True
         try:
             loaded, engine = await self._loaded()
             planning = asyncio.wrap_future(self._planning.submit(work, loaded, engine))
-            try:
-                return await asyncio.shield(planning)
-            except asyncio.CancelledError:
-                release = False
-                planning.add_done_callback(self._release_after)
-                raise
+            return await outlived(planning, hold=self._hold, release=self._release)
         finally:
-            if release:
-                self._release()
+            self._release()
 
-    def _release_after(self, planning: asyncio.Future[Any]) -> None:
-        if not planning.cancelled():
-            planning.exception()  # retrieved: a plan nobody waits for may have failed (a 400)
-        self._release()
+    def _hold(self) -> None:
+        """A place kept past its request, for a thread still working for it (no check: it is held)."""
+        self._in_flight += 1
 
     # ------------------------------------------------------------------ generation
 
@@ -227,18 +219,12 @@ class LocalBackend:
     ) -> AsyncGenerator[gc.GenerateContentResponse, None]:
         """The one generator between the engine and the caller: closing it early cancels the job."""
         self._admit()  # before any await or work: the check and the count cannot race
-        release = True
         try:
             loaded, engine = await self._loaded()
             planning = asyncio.wrap_future(self._planning.submit(self._plan, loaded, engine.n_ctx, request))
-            try:
-                prompt, sampling, tools, restore, images = await asyncio.shield(planning)
-            except asyncio.CancelledError:
-                # The client left, but the thread plans on: its place stays taken until then,
-                # so clients that hang up at once cannot pile up work that nothing counts.
-                release = False
-                planning.add_done_callback(self._release_after)
-                raise
+            # A client that leaves does not stop the thread planning: its place stays taken until
+            # then, so clients that hang up at once cannot pile up work that nothing counts.
+            prompt, sampling, tools, restore, images = await outlived(planning, hold=self._hold, release=self._release)
             candidates = (request.generation_config or gc.GenerationConfig()).candidate_count or 1
             chunks = ChunkBuilder(
                 model=model,
@@ -277,8 +263,7 @@ class LocalBackend:
                             if not running:
                                 break
         finally:
-            if release:
-                self._release()
+            self._release()
 
     # ------------------------------------------------------------------ planning
 
