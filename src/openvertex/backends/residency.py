@@ -42,7 +42,7 @@ class Residency:
         load_timeout_s: float,
     ) -> None:
         """`what`: the model, for messages. `size`: its bytes in memory now (loaded), or what it is
-        expected to take (not loaded: its file's size until a load measured it)."""
+        expected to take (not loaded: its file's size until a load measured it, `load_bytes`)."""
         self.what = what
         self._load, self._unload, self.idle, self._size = load, unload, idle, size
         self.keep_alive_s = keep_alive_s
@@ -52,6 +52,7 @@ class Residency:
         self.last_used = time.monotonic()
         self.loads = 0
         self.load_seconds = 0.0  # the last load's
+        self.load_bytes = 0  # what the last load added to the process's memory (other work runs meanwhile)
         self._loading: asyncio.Future[None] | None = None
         self._error: str | None = None  # a load that failed fails every later use: the cause is set up
         self._starting = False
@@ -123,7 +124,7 @@ class Residency:
                         await self.roster.make_room(self)
                     except Exception:  # another model's unload failed: this one loads all the same
                         log.exception("could not make room for %s", self.what)
-                started = time.monotonic()
+                started, before = time.monotonic(), resident_memory_bytes()
                 try:
                     await self._load()
                 except BaseException as error:
@@ -133,6 +134,7 @@ class Residency:
                     self._error = str(error) or type(error).__name__
                     log.exception("could not load %s", self.what)
                     return
+                self.load_bytes = max(resident_memory_bytes() - before, 0)
                 self.state = "loaded"
                 self.loads += 1
                 self.load_seconds = time.monotonic() - started

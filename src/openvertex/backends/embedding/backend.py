@@ -21,7 +21,7 @@ from llama_cpp._logger import set_verbose as set_llama_verbose
 from openvertex.backends.base import BackendLoad, CacheUsage, Capabilities, LiveCaches, RoleTokens, reduce_dimensions
 from openvertex.backends.embedding.engine import EmbeddingEngine
 from openvertex.backends.embedding.model_files import declared_dimensions, gguf_path
-from openvertex.backends.residency import Residency, resident_memory_bytes
+from openvertex.backends.residency import Residency
 from openvertex.errors import InvalidArgumentError, UnavailableError
 from openvertex.executors import outlived
 from openvertex.protocol import generate_content as gc
@@ -43,13 +43,12 @@ class EmbeddingBackend:
         self._directory = directory
         self._engine: EmbeddingEngine | None = None
         self._in_flight = 0  # requests using the model now
-        self._load_bytes = 0  # what the last load added to the process's memory
         self.residency = Residency(
             f"embedding model {settings.model}",
             load=self._open,
             unload=self._close_engine,
             idle=lambda: self._in_flight == 0,
-            size=lambda: self._load_bytes or _DEFAULT_SIZE,
+            size=lambda: self.residency.load_bytes or _DEFAULT_SIZE,
             keep_alive_s=settings.keep_alive_s,
             load_timeout_s=settings.load_timeout_s,
         )
@@ -90,9 +89,7 @@ class EmbeddingBackend:
         await self.residency.start(load=self.settings.load == "start")
 
     async def _open(self) -> None:
-        before = resident_memory_bytes()
         engine = self._engine = await asyncio.to_thread(self._new_engine)
-        self._load_bytes = max(resident_memory_bytes() - before, 0)
         self._dimensions = engine.dimensions  # known from now on, loaded or not
 
     def _new_engine(self) -> EmbeddingEngine:

@@ -40,7 +40,7 @@ from openvertex.backends.local.snapshots import Snapshot
 from openvertex.backends.local.supervisor import EngineSupervisor, LoadedModel
 from openvertex.backends.local.thinking import thinking_budget
 from openvertex.backends.local.vision import ImageRows, PromptImage, Vision, image_rows
-from openvertex.backends.residency import Residency, resident_memory_bytes
+from openvertex.backends.residency import Residency
 from openvertex.errors import InvalidArgumentError, ResourceExhaustedError
 from openvertex.executors import BoundedExecutor, cores, outlived
 from openvertex.protocol import generate_content as gc
@@ -110,13 +110,12 @@ class LocalBackend:
         self._repeat_penalty = _first(settings.repeat_penalty, model_defaults.repeat_penalty, 1.0)
         self._dynamic_budget = settings.dynamic_thinking_budget
         self._in_flight = 0  # requests admitted: being planned, waiting or running
-        self._load_bytes = 0  # what the last load added to the process's memory
         self._file_bytes = self.model_path.stat().st_size + (
             self.projector_path.stat().st_size if self.projector_path is not None else 0
         )
         self.residency = Residency(
             self.model_path.name,
-            load=self._open,
+            load=self._supervisor.open,
             unload=self._supervisor.unload,
             idle=lambda: self._in_flight == 0 and not self._builds,
             size=self._size,
@@ -143,16 +142,11 @@ class LocalBackend:
             self.residency.start(load=self.settings.load == "start"), asyncio.to_thread(self._identify)
         )
 
-    async def _open(self) -> None:
-        before = resident_memory_bytes()
-        await self._supervisor.open()
-        self._load_bytes = max(resident_memory_bytes() - before, 0)
-
     def _size(self) -> int:
         """Bytes the model holds (loaded: what its load added, at least its file, and its KV in
         use) or would take. What a load adds to the process is measured while other work runs
         too, so the file's size is the floor."""
-        held = max(self._load_bytes, self._file_bytes)
+        held = max(self.residency.load_bytes, self._file_bytes)
         if self.residency.state != "loaded":
             return held
         return held + (self._supervisor.load().kv_resident_bytes or 0)
