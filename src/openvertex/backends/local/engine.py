@@ -167,31 +167,27 @@ class Engine:
         # Flash attention off stores V transposed.
         self._kv_changes = 0  # decodes and trims: what can change the KV's resident memory
         self._kv_resident: tuple[int, int] | None = None  # (changes, bytes) when last read
-        self._kv = (model, _KV_TYPE[kv_type], kv_unified) if flash_attention != "off" else None
+        self._kv_per_slot = not kv_unified
         self.tokens_generated = 0
         self.tokens_prefilled = 0
-        self._pages = self._find_kv()  # before any job, so a ready engine's KV memory is known
+        # Before any job, so a ready engine's KV memory is known.
+        self._pages = self._find_kv(model, _KV_TYPE[kv_type], kv_unified) if flash_attention != "off" else None
         self._thread = threading.Thread(target=self._run, name="openvertex-engine", daemon=True)
         self._thread.start()
 
-    def _find_kv(self) -> KvPages | None:
-        if self._kv is None:
-            return None
-        try:
-            return self._locate_kv(*self._kv)
-        except Exception:  # /proc unreadable here, say: the KV stays reserved whole
-            log.exception("could not look for the KV cache's memory")
-            return None
-
-    def _locate_kv(self, model: llama_cpp.llama_model_p, kv_type: int, unified: bool) -> KvPages | None:
+    def _find_kv(self, model: llama_cpp.llama_model_p, kv_type: int, unified: bool) -> KvPages | None:
         """Write cell 0 of the first streams, find the KV cache by that mark, then give all of
         its memory back (with the mark gone, every cell is free and reads as zeros again)."""
         try:
             shape = kv_shape(model, self._ctx, kv_type, unified)
         except Unavailable:
             return None
-        with _LOCATING:  # one engine's mark at a time: another's cache never looks like its own
-            return self._mark_and_find(shape, unified)
+        try:
+            with _LOCATING:  # one engine's mark at a time: another's cache never looks like its own
+                return self._mark_and_find(shape, unified)
+        except Exception:  # /proc unreadable here, say: the KV stays reserved whole
+            log.exception("could not look for the KV cache's memory")
+            return None
 
     def _mark_and_find(self, shape: KvShape, unified: bool) -> KvPages | None:
         marked = 1 if unified else min(2, len(self._slots))
@@ -219,8 +215,8 @@ class Engine:
     def _trim(self, slot: Slot, first_cell: int) -> None:
         """The slot's cells from `first_cell` on hold nothing now: give back their memory, unless
         a KV copy from or to the slot is still to run (it moves whole streams)."""
-        pages, kv = self._pages, self._kv
-        if pages is not None and kv is not None and not kv[2] and slot.seq_id not in self._copying:
+        pages = self._pages
+        if pages is not None and self._kv_per_slot and slot.seq_id not in self._copying:
             try:
                 pages.release(slot.seq_id, first_cell)
             except Unavailable:  # the memory stays resident; the engine goes on
@@ -483,10 +479,7 @@ class Engine:
             return
         status = COMPUTE.run(self, lambda: llama_cpp.llama_decode(self._ctx, self._batch))
         self._kv_changes += 1
-        copied = self._copying
-        if status == 0:  # the decode moved the copies' data first (a failed one may not have)
-            self._copying = set()
-        if status != 0:
+        if status != 0:  # its pending copies stay guarded: a failed decode may not have moved them
             # The batch failed as a whole and its sequences' KV may be half written: the jobs
             # in it end, their slots start clean; the jobs that were not in it go on.
             log.error("llama_decode returned %d; failing the %d sequences in its batch", status, len(batched))
@@ -494,6 +487,7 @@ class Engine:
             for job in _jobs(batched):
                 self._fail(job, error)
             return
+        copied, self._copying = self._copying, set()  # the decode moved the copies' data first
         for seq_id in copied:  # a copy moved a whole stream: its cells past the context hold nothing
             self._trim(self._slots[seq_id], len(self._slots[seq_id].context))
         for slot, index in outputs:
@@ -583,14 +577,13 @@ class Engine:
             if image.non_causal:
                 llama_cpp.llama_set_causal_attn(self._ctx, True)
         self._kv_changes += 1
-        if status == 0:
-            self._copying.clear()
-        if status != 0:
+        if status != 0:  # its pending copies stay guarded, as in _step
             log.error("llama_decode returned %d for an image's embeddings", status)
             self._fail(
                 job, InternalError(f"The local engine could not decode an image (llama_decode returned {status}).")
             )
             return
+        self._copying.clear()  # moved by the decode, before its rows
         slot.context += slot.pending[:run]
         slot.pending = slot.pending[run:]
         self.tokens_prefilled += run

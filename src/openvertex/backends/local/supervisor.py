@@ -85,8 +85,7 @@ class EngineSupervisor:
         self._queues: dict[Job, asyncio.Queue[Event]] = {}  # jobs in flight and where their events go
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restarting: asyncio.Task[None] | None = None  # replacing an engine that died
-        self._closing = asyncio.Event()
-        self._halt = asyncio.Event()  # set while letting go (and closed): a restart under way stops
+        self._halt = asyncio.Event()  # set while letting go (and once closed): no engine is restarted
         self._engine_started = 0.0  # monotonic time the current engine started
         self._failures = 0  # engine deaths in a row, each soon after the previous start
         self._retired = (0, 0)  # tokens generated and prefilled by engines that died
@@ -141,11 +140,10 @@ class EngineSupervisor:
         )
 
     async def close(self) -> None:
-        self._closing.set()
         await self.unload()
 
     async def unload(self) -> None:
-        """Let go of the engine and the model (their memory with them); `load` brings them back.
+        """Let go of the engine and the model (their memory with them); `open` brings them back.
         Jobs still there are cancelled: the caller lets go of an idle model only."""
         self._halt.set()  # a restart waiting out its backoff stops at once; one building finishes
         if self._restarting is not None:
@@ -213,7 +211,7 @@ class EngineSupervisor:
 
     def _engine_failed(self, engine: Engine) -> None:
         """Every request it had fails fast with 503, /readyz turns red, and a new engine starts."""
-        if engine is not self.engine or self._closing.is_set():
+        if engine is not self.engine or self._halt.is_set():
             return
         self.engine = None
         self._retired = (self._retired[0] + engine.tokens_generated, self._retired[1] + engine.tokens_prefilled)
