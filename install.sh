@@ -23,12 +23,20 @@ export CMAKE_ARGS
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 
-key=$(printf '%s|%s|%s' "$LLAMA_CPP_VERSION" "$CMAKE_ARGS" "$(uname -m)" | sha256sum | cut -c1-16)
+# patches/llama.cpp-attention.patch: flash attention's reference mode (which openvertex uses for
+# seeded answers that do not depend on the batch) runs llama.cpp's tiled kernel for every row, so
+# prompts prefill as fast as with the shape-chosen kernels. It is applied to the vendored llama.cpp.
+PATCH=patches/llama.cpp-attention.patch
+key=$(printf '%s|%s|%s|%s' "$LLAMA_CPP_VERSION" "$CMAKE_ARGS" "$(uname -m)" "$(sha256sum < "$PATCH")" | sha256sum | cut -c1-16)
 wheels="${XDG_CACHE_HOME:-$HOME/.cache}/openvertex/wheels/$key"
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $LLAMA_CPP_VERSION (CMAKE_ARGS=$CMAKE_ARGS); this takes a few minutes"
-  .venv/bin/python -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
-    -w "$wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"
+  source=$(mktemp -d)
+  trap 'rm -rf "$source"' EXIT
+  .venv/bin/python -m pip download --quiet --no-deps --no-binary :all: -d "$source" "llama-cpp-python==$LLAMA_CPP_VERSION"
+  tar -xzf "$source"/llama_cpp_python-"$LLAMA_CPP_VERSION".tar.gz -C "$source"
+  patch --quiet -p1 -d "$source/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp" < "$PATCH"
+  .venv/bin/python -m pip wheel --quiet --no-deps --no-cache-dir -w "$wheels" "$source/llama_cpp_python-$LLAMA_CPP_VERSION"
 fi
 # Always this wheel, even over one already installed with other build flags.
 .venv/bin/python -m pip install --quiet --no-deps --force-reinstall "$wheels"/llama_cpp_python-*.whl

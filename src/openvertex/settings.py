@@ -58,14 +58,16 @@ class LocalBackendSettings(_ResidentModel):
     n_threads: int | None = Field(None, ge=1)  # None: every core
     n_batch: int = Field(512, ge=32)  # tokens per decode step, prompts included
     n_gpu_layers: int = Field(0, ge=-1)  # layers offloaded to a GPU build of llama.cpp; -1: all
-    # llama.cpp's flash attention. "on": with one kernel for every row (llama.cpp's reference CPU
-    # kernels), so a row's numbers never depend on how its prompt was cut into steps or on what
-    # else runs: a seeded answer is the same bit for bit cold, from a reused prefix (the next
-    # turn, a context cache) and under load; it decodes as fast as "fast" and faster than "off".
-    # "fast": llama.cpp's kernels chosen by each step's shape (as llama-server): long prompts
-    # prefill ~1.35x faster than "on", but a reused prefix then gives logprobs a little apart
-    # from the same prompt cold. "auto": llama.cpp decides whether, per
-    # device (on a CPU: as "fast"). "off": attention as plain matrix products, also bit-exact.
+    # llama.cpp's flash attention. "on": one kernel for every row (the CPU backend's reference
+    # mode), so a row's numbers never depend on how its prompt was cut into steps or on what else
+    # runs: a seeded answer is the same bit for bit cold, from a reused prefix (the next turn, a
+    # context cache) and under load. In the llama.cpp that install.sh builds (patched: the tiled
+    # kernel for every row) prompts prefill as fast as with "fast"; in a released build (the
+    # row-at-a-time kernel) a 2,000-token prompt prefills ~1.4x slower. "fast": llama.cpp's kernels
+    # chosen by each step's shape (as llama-server): a reused prefix then gives logprobs a little
+    # apart from the same prompt cold; it decodes against a long context (2,000 tokens) ~1.2x
+    # faster than the patched "on". "auto": llama.cpp decides whether, per device (on a CPU: as
+    # "fast"). "off": attention as plain matrix products, also bit-exact, slower.
     # On a GPU build, the GPU's own kernels run whatever this says.
     flash_attention: Literal["on", "fast", "auto", "off"] = "on"
     # The KV cache's number type (llama.cpp's type_k and type_v): "q8_0" holds it in 53% of the

@@ -24,6 +24,7 @@ from openvertex.backends.local.digests import model_identity
 from openvertex.backends.local.engine import Engine
 from openvertex.backends.local.grammar import JSON_MIME, SUPPORTED_MIME_TYPES, TOOL_CALL_END_TAG, TOOL_CALL_TAG, Grammar
 from openvertex.backends.local.jobs import CandidateDone, Job, Snapshotted
+from openvertex.backends.local.kernels import row_kernels
 from openvertex.backends.local.media_text import READABLE_MIME_PREFIXES, RECOGNISERS, MediaText
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
 from openvertex.backends.local.prefixes import PrefixStore
@@ -420,9 +421,10 @@ def context_layout(settings: LocalBackendSettings) -> str:
     streams of as many cells, flash attention and its kernels as they were (llama.cpp stores V
     transposed only without it; each kernel sums in its own order), the KV's number type and its
     pool (shared, or a stream per slot). The default KV options add nothing, so a layout names
-    only what differs from them. "on" names its kernels: before it had reference kernels, "on"
-    meant the shape-chosen ones ("fast" now), and those snapshots hold other numbers."""
-    attention = "on|kernels=reference" if settings.flash_attention == "on" else settings.flash_attention
+    only what differs from them. "on" names its kernels (kernels.py: the tiled kernel of a patched
+    build, or llama.cpp's row-at-a-time reference kernel): before it had either, "on" meant the
+    shape-chosen ones ("fast" now), and each holds other numbers."""
+    attention = f"on|kernels={row_kernels()}" if settings.flash_attention == "on" else settings.flash_attention
     layout = (
         f"llama.cpp {llama_cpp.__version__}|slots={settings.n_parallel}|ctx={settings.n_ctx}"
         f"|flash_attention={attention}"

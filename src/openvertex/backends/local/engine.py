@@ -66,7 +66,7 @@ _LOCATING = threading.Lock()
 MIN_SHARED_PREFIX = 16  # tokens a copy from another slot's KV must save to be worth copying
 _FLASH_ATTENTION = {
     "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,  # with reference kernels (kernels.py)
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,  # one kernel for every row (kernels.py)
     "fast": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }

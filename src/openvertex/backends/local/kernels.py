@@ -6,11 +6,16 @@ more cached tokens of a lone stream, a row-at-a-time one otherwise. They sum in 
 so a row's logits depend on how its prompt was cut into steps and on what else ran: a prefix
 reused from an earlier request gives other numbers than the same prompt computed cold.
 
-The CPU backend has a reference mode (`ggml_backend_cpu_set_use_ref`) that computes every row
-with the row-at-a-time kernel, skipping masked cells, in cell order: a row's result then depends
-only on its own query and its own sequence's KV. Decoding is as fast as with the shape-chosen
-kernels (the row-at-a-time kernel is what a decode step of a few tokens uses anyway); long
-prompts prefill slower (benchmarks/llama_server.py measures both).
+The CPU backend has a reference mode (`ggml_backend_cpu_set_use_ref`) that computes every row with
+one kernel, in cell order: a row's result then depends only on its own query, mask and KV.
+
+- In llama.cpp as released, that kernel is the row-at-a-time one. Decoding is as fast as with the
+  shape-chosen kernels; long prompts prefill slower (about 1.4x on a 2,000-token prompt).
+- install.sh builds llama.cpp with `llama.cpp/attention.patch`, where the reference mode runs the
+  tiled kernel for every row count instead (its numbers for a row do not depend on the tile's
+  other rows), packs a K tile once for the heads that share it and transposes it with vector
+  shuffles: prompts prefill as fast as with the shape-chosen kernels, and decode steps stay as
+  fast. Such a build offers `ggml_backend_cpu_set_use_ref_fa_tiled` beside the setter.
 
 llama.cpp's C API has no handle to a context's backends, so this reaches them through the
 scheduler (`llama_context::get_sched`, a C++ method the library exports) and sets the mode
@@ -20,29 +25,51 @@ through the CPU backend's registry, which is how llama.cpp itself finds backend-
 from __future__ import annotations
 
 import ctypes
+from functools import cache
+from typing import Literal
 
 import llama_cpp
 
 from openvertex.backends.local.llama_lib import Unavailable, bind, ggml, llama
 
 _SET_USE_REF = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_bool)
+_TILED = b"ggml_backend_cpu_set_use_ref_fa_tiled"  # only in a build with llama.cpp/attention.patch
+
+Kernels = Literal["tiled", "reference"]
+
+
+def _proc_address(registry: int | None, name: bytes) -> int | None:
+    proc_address = bind(ggml, "ggml_backend_reg_get_proc_address", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)
+    address: int | None = proc_address(registry, name)
+    return address
+
+
+@cache
+def row_kernels() -> Kernels:
+    """Which kernel this llama.cpp build's reference mode computes every attention row with:
+    "tiled" (built with llama.cpp/attention.patch) or "reference" (llama.cpp as released)."""
+    try:
+        registry_by_name = bind(ggml, "ggml_backend_reg_by_name", ctypes.c_void_p, ctypes.c_char_p)
+        registry = registry_by_name(b"CPU")
+        return "tiled" if registry and _proc_address(registry, _TILED) else "reference"
+    except Unavailable:
+        return "reference"
 
 
 def use_reference_kernels(context: llama_cpp.llama_context_p) -> None:
-    """Every CPU backend of `context` computes attention with one kernel for every row, from its
-    next step on. Raises `Unavailable` where this llama.cpp build offers no way to, or where the
-    context has no CPU backend."""
+    """Every CPU backend of `context` computes attention with one kernel for every row
+    (`row_kernels()` says which), from its next step on. Raises `Unavailable` where this llama.cpp
+    build offers no way to, or where the context has no CPU backend."""
     get_sched = bind(llama, "_ZNK13llama_context9get_schedEv", ctypes.c_void_p, ctypes.c_void_p)
     n_backends = bind(ggml, "ggml_backend_sched_get_n_backends", ctypes.c_int, ctypes.c_void_p)
     backend_at = bind(ggml, "ggml_backend_sched_get_backend", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
     device_of = bind(ggml, "ggml_backend_get_device", ctypes.c_void_p, ctypes.c_void_p)
     registry_of = bind(ggml, "ggml_backend_dev_backend_reg", ctypes.c_void_p, ctypes.c_void_p)
-    proc_address = bind(ggml, "ggml_backend_reg_get_proc_address", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)
     sched = get_sched(ctypes.cast(context, ctypes.c_void_p))
     cpu_backends = 0
     for index in range(n_backends(sched)):
         backend = backend_at(sched, index)
-        address = proc_address(registry_of(device_of(backend)), b"ggml_backend_cpu_set_use_ref")
+        address = _proc_address(registry_of(device_of(backend)), b"ggml_backend_cpu_set_use_ref")
         if address:  # only the CPU backend's registry knows the call
             _SET_USE_REF(address)(backend, True)
             cpu_backends += 1

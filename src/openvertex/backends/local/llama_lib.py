@@ -1,7 +1,7 @@
 """What the engine calls in llama.cpp beyond llama-cpp-python's bindings.
 
 llama-cpp-python binds llama.cpp's C API. A few things the engine needs are not in it: the
-CPU backend's reference kernels (kernels.py) and the KV cache's memory (kv_pages.py). They are
+CPU backend's reference mode (kernels.py) and the KV cache's memory (kv_pages.py). They are
 reached here, through ggml's own C functions and one C++ method the library exports, in the
 pinned llama.cpp; where a build lacks one, `bind` raises and the caller goes without.
 """
