@@ -248,7 +248,7 @@ class LocalBackend:
                                 continue
                             if isinstance(event, CandidateDone):
                                 running.discard(candidate)
-                            yield chunks.feed(replace(event, candidate=candidate))
+                            yield chunks.feed(replace(event, candidate=candidate) if first else event)
                             if running and all(chunks.settled(c) for c in running):
                                 # Each forced call left repeats one already made: the turn ends here
                                 # (leaving the block cancels the job and frees its slots).

@@ -149,6 +149,9 @@ def merge_text(events: list[Event]) -> list[Event]:
             merged.extend(run)
             continue
         deltas = [event for event in run if isinstance(event, TextDelta)]
+        if len(deltas) == 1:  # the common case while the reader keeps up: nothing to join
+            merged.append(deltas[0])
+            continue
         text = "".join(delta.text for delta in deltas)
         logprobs = tuple(logprob for delta in deltas for logprob in delta.logprobs)
         last = deltas[-1]
