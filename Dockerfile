@@ -16,9 +16,9 @@ ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_LLAMAFILE=OFF"
 COPY patches/llama.cpp-attention.patch /tmp/
 RUN python -m venv /opt/openvertex \
  && /opt/openvertex/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/openvertex/bin/pip download --no-cache-dir --no-deps --no-binary :all: -d /tmp/llama "llama-cpp-python==0.3.36" \
+ && /opt/openvertex/bin/pip download --no-cache-dir --no-deps --no-binary llama-cpp-python -d /tmp/llama "llama-cpp-python==0.3.36" \
  && tar -xzf /tmp/llama/llama_cpp_python-0.3.36.tar.gz -C /tmp/llama \
- && patch -p1 -d /tmp/llama/llama_cpp_python-0.3.36/vendor/llama.cpp < /tmp/llama.cpp-attention.patch \
+ && patch --fuzz=0 -p1 -d /tmp/llama/llama_cpp_python-0.3.36/vendor/llama.cpp < /tmp/llama.cpp-attention.patch \
  && /opt/openvertex/bin/pip install --no-cache-dir /tmp/llama/llama_cpp_python-0.3.36 \
  && rm -rf /tmp/llama /tmp/llama.cpp-attention.patch
 WORKDIR /src

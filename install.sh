@@ -33,9 +33,9 @@ if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $LLAMA_CPP_VERSION (CMAKE_ARGS=$CMAKE_ARGS); this takes a few minutes"
   source=$(mktemp -d)
   trap 'rm -rf "$source"' EXIT
-  .venv/bin/python -m pip download --quiet --no-deps --no-binary :all: -d "$source" "llama-cpp-python==$LLAMA_CPP_VERSION"
+  .venv/bin/python -m pip download --quiet --no-deps --no-binary llama-cpp-python -d "$source" "llama-cpp-python==$LLAMA_CPP_VERSION"
   tar -xzf "$source"/llama_cpp_python-"$LLAMA_CPP_VERSION".tar.gz -C "$source"
-  patch --quiet -p1 -d "$source/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp" < "$PATCH"
+  patch --quiet --fuzz=0 -p1 -d "$source/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp" < "$PATCH"
   .venv/bin/python -m pip wheel --quiet --no-deps --no-cache-dir -w "$wheels" "$source/llama_cpp_python-$LLAMA_CPP_VERSION"
 fi
 # Always this wheel, even over one already installed with other build flags.

@@ -7,15 +7,18 @@ so a row's logits depend on how its prompt was cut into steps and on what else r
 reused from an earlier request gives other numbers than the same prompt computed cold.
 
 The CPU backend has a reference mode (`ggml_backend_cpu_set_use_ref`) that computes every row with
-one kernel, in cell order: a row's result then depends only on its own query, mask and KV.
+one kernel: a row's result then depends only on its own query, its mask and its sequence's KV
+cells where they are (with a KV stream per slot, cell i holds position i).
 
 - In llama.cpp as released, that kernel is the row-at-a-time one. Decoding is as fast as with the
-  shape-chosen kernels; long prompts prefill slower (about 1.4x on a 2,000-token prompt).
-- install.sh builds llama.cpp with `llama.cpp/attention.patch`, where the reference mode runs the
-  tiled kernel for every row count instead (its numbers for a row do not depend on the tile's
-  other rows), packs a K tile once for the heads that share it and transposes it with vector
-  shuffles: prompts prefill as fast as with the shape-chosen kernels, and decode steps stay as
-  fast. Such a build offers `ggml_backend_cpu_set_use_ref_fa_tiled` beside the setter.
+  shape-chosen kernels; long prompts prefill slower (about 1.5x on a 2,000-token prompt).
+- install.sh builds llama.cpp with `patches/llama.cpp-attention.patch`, where the reference mode
+  runs the tiled kernel for every row count instead (its numbers for a row do not depend on the
+  tile's other rows), packs a K tile once for the heads that share it and transposes it with
+  vector shuffles: prompts prefill as fast as with the shape-chosen kernels; decoding against a
+  long context is slower than with either (2,000 cached tokens: about 0.85x the released kernel).
+  Such a build offers `ggml_backend_cpu_set_use_ref_fa_tiled` beside the setter. The tiled kernel
+  takes an F16 or F32 KV; a quantised one goes row at a time in either build.
 
 llama.cpp's C API has no handle to a context's backends, so this reaches them through the
 scheduler (`llama_context::get_sched`, a C++ method the library exports) and sets the mode
@@ -33,7 +36,7 @@ import llama_cpp
 from openvertex.backends.local.llama_lib import Unavailable, bind, ggml, llama
 
 _SET_USE_REF = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_bool)
-_TILED = b"ggml_backend_cpu_set_use_ref_fa_tiled"  # only in a build with llama.cpp/attention.patch
+_TILED = b"ggml_backend_cpu_set_use_ref_fa_tiled"  # only in a build with patches/llama.cpp-attention.patch
 
 Kernels = Literal["tiled", "reference"]
 
@@ -46,8 +49,8 @@ def _proc_address(registry: int | None, name: bytes) -> int | None:
 
 @cache
 def row_kernels() -> Kernels:
-    """Which kernel this llama.cpp build's reference mode computes every attention row with:
-    "tiled" (built with llama.cpp/attention.patch) or "reference" (llama.cpp as released)."""
+    """Which kernel this llama.cpp build's reference mode computes every attention row of an F16
+    KV with: "tiled" (built with patches/llama.cpp-attention.patch) or "reference" (as released)."""
     try:
         registry_by_name = bind(ggml, "ggml_backend_reg_by_name", ctypes.c_void_p, ctypes.c_char_p)
         registry = registry_by_name(b"CPU")
