@@ -34,6 +34,7 @@ import codecs
 import ctypes
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,6 +63,7 @@ from openvertex.errors import ApiError, InternalError
 
 log = logging.getLogger(__name__)
 _LOCATING = threading.Lock()
+_KV_SEARCHES = 3  # tries at finding the KV cache by its mark
 
 MIN_SHARED_PREFIX = 16  # tokens a copy from another slot's KV must save to be worth copying
 _FLASH_ATTENTION = {
@@ -201,7 +203,14 @@ class Engine:
         batch.n_tokens = marked
         try:
             status = COMPUTE.run(self, lambda: llama_cpp.llama_decode(self._ctx, batch))
-            pages = KvPages.find(shape, marked) if status == 0 else None
+            pages = None
+            for _ in range(_KV_SEARCHES if status == 0 else 0):
+                # Other threads map and unmap memory meanwhile (another server's engine let go of,
+                # a load): a search that found no single place is tried again, with the mark kept
+                pages = KvPages.find(shape, marked)
+                if pages is not None:
+                    break
+                time.sleep(0.05)
         finally:
             llama_cpp.llama_memory_clear(self._memory, True)
         if pages is not None:
