@@ -182,9 +182,9 @@ def test_a_reused_prefix_gives_the_logprobs_of_the_same_prompt_cold(
 ) -> None:
     """A conversation's next turn reuses the KV of the turn before and computes only its last few
     tokens; the same prompt computed cold goes through in one chunk. With flash attention "on"
-    (reference kernels) and "off" both give the same logprobs to the last bit. "fast" picks its
-    kernel by the chunk's shape (tiled for 64 rows or more, row by row below), so the two differ:
-    the price the README names for its faster prefill."""
+    (one kernel for every row) and "off" both give the same logprobs to the last bit. "fast" picks
+    its kernel by the chunk's shape (tiled for 64 rows or more, row by row below), so the two
+    differ: the price the README names for it."""
     local = LocalBackendSettings(n_parallel=1, n_ctx=1024, min_implicit_cache_tokens=0, flash_attention=flash_attention)  # type: ignore[arg-type]
     facts = " ".join(f"Fact {i}: the number {i * 7} is {'even' if i % 2 else 'odd'}." for i in range(30))
     first_turn = [{"role": "user", "content": f"{facts} Which fact mentions 49?"}]
