@@ -211,6 +211,8 @@ class Engine:
                 if pages is not None:
                     break
                 time.sleep(0.05)
+            if pages is None and status == 0:
+                log.warning("the KV cache's memory was not found: it stays reserved whole")
         finally:
             llama_cpp.llama_memory_clear(self._memory, True)
         if pages is not None:

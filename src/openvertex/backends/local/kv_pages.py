@@ -115,7 +115,7 @@ class KvPages:
         finally:
             os.close(descriptor)
         if len(found) != 1:
-            log.info("the KV cache's memory was not found (%d candidates): it stays reserved whole", len(found))
+            log.warning("no single place in memory holds the KV cache's mark (%d candidates)", len(found))
             return None
         return cls(found[0], shape)
 
