@@ -101,7 +101,7 @@ def test_one_kernel_for_every_row_computes_the_attention_the_others_do(model: ll
     plain = last_logits(model, False, CUTS["one chunk"], attention=False)
     for cut in ("one chunk", "a few rows at a time"):
         ours = last_logits(model, True, CUTS[cut], beside=True)
-        if row_kernels() == "tiled":
+        if row_kernels("f16") == "tiled":
             assert np.array_equal(ours, released)
         assert np.abs(ours - plain).max() < 0.05 * np.abs(plain).max()
         assert np.argmax(ours) == np.argmax(plain)
@@ -117,6 +117,6 @@ def test_with_the_shape_chosen_kernels_the_cut_shows_in_the_logits(model: llama_
 def test_the_installed_llama_cpp_runs_the_tiled_kernel_for_every_row() -> None:
     """install.sh builds llama.cpp with patches/llama.cpp-attention.patch; a llama-cpp-python
     installed otherwise runs the released row-at-a-time kernel (as exact, slower to prefill)."""
-    if row_kernels() != "tiled" and not os.environ.get("OPENVERTEX_REQUIRE_TILED_ATTENTION"):
+    if row_kernels("f16") != "tiled" and not os.environ.get("OPENVERTEX_REQUIRE_TILED_ATTENTION"):
         pytest.skip("llama-cpp-python was not built with patches/llama.cpp-attention.patch")
-    assert row_kernels() == "tiled"
+    assert row_kernels("f16") == "tiled"

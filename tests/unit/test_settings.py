@@ -81,8 +81,10 @@ def test_the_kv_options_are_part_of_the_snapshot_layout_and_the_defaults_add_not
     their defaults add nothing to it."""
     default = context_layout(LocalBackendSettings())
     # "on" names the kernel its reference mode runs: a patched build's tiled one or the released one
-    assert default == f"llama.cpp {llama_cpp.__version__}|slots=8|ctx=4096|flash_attention=on|kernels={row_kernels()}"
-    assert row_kernels() in {"tiled", "reference"}
+    assert (
+        default == f"llama.cpp {llama_cpp.__version__}|slots=8|ctx=4096|flash_attention=on|kernels={row_kernels('f16')}"
+    )
+    assert row_kernels("f16") in {"tiled", "reference"}
     others = [
         context_layout(LocalBackendSettings(**options))  # type: ignore[arg-type]
         for options in ({"kv_type": "q8_0"}, {"kv_unified": True}, {"kv_type": "q8_0", "kv_unified": True})

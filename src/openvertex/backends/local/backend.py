@@ -424,7 +424,7 @@ def context_layout(settings: LocalBackendSettings) -> str:
     only what differs from them. "on" names its kernels (kernels.py: the tiled kernel of a patched
     build, or llama.cpp's row-at-a-time reference kernel): before it had either, "on" meant the
     shape-chosen ones ("fast" now), and each holds other numbers."""
-    kernels = row_kernels() if settings.kv_type == "f16" else "reference"  # a quantised KV goes row at a time
+    kernels = row_kernels(settings.kv_type)
     attention = f"on|kernels={kernels}" if settings.flash_attention == "on" else settings.flash_attention
     layout = (
         f"llama.cpp {llama_cpp.__version__}|slots={settings.n_parallel}|ctx={settings.n_ctx}"

@@ -204,15 +204,17 @@ class Engine:
         try:
             status = COMPUTE.run(self, lambda: llama_cpp.llama_decode(self._ctx, batch))
             pages = None
-            for _ in range(_KV_SEARCHES if status == 0 else 0):
+            if status == 0:
                 # Other threads map and unmap memory meanwhile (another server's engine let go of,
                 # a load): a search that found no single place is tried again, with the mark kept
-                pages = KvPages.find(shape, marked)
-                if pages is not None:
-                    break
-                time.sleep(0.05)
-            if pages is None and status == 0:
-                log.warning("the KV cache's memory was not found: it stays reserved whole")
+                for attempt in range(_KV_SEARCHES):
+                    if attempt:
+                        time.sleep(0.05)
+                    pages = KvPages.find(shape, marked)
+                    if pages is not None:
+                        break
+                else:
+                    log.warning("the KV cache's memory was not found: it stays reserved whole")
         finally:
             llama_cpp.llama_memory_clear(self._memory, True)
         if pages is not None:

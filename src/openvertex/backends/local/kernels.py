@@ -47,21 +47,26 @@ def _proc_address(registry: int | None, name: bytes) -> int | None:
     return address
 
 
+def row_kernels(kv_type: str) -> Kernels:
+    """Which kernel this llama.cpp build's reference mode computes every attention row over a KV
+    of `kv_type` with: "tiled" (built with patches/llama.cpp-attention.patch, an F16 KV) or
+    "reference" (as released, or a quantised KV, which the tiled kernel does not take)."""
+    return "tiled" if kv_type == "f16" and _patched() else "reference"
+
+
 @cache
-def row_kernels() -> Kernels:
-    """Which kernel this llama.cpp build's reference mode computes every attention row of an F16
-    KV with: "tiled" (built with patches/llama.cpp-attention.patch) or "reference" (as released)."""
+def _patched() -> bool:
     try:
         registry_by_name = bind(ggml, "ggml_backend_reg_by_name", ctypes.c_void_p, ctypes.c_char_p)
         registry = registry_by_name(b"CPU")
-        return "tiled" if registry and _proc_address(registry, _TILED) else "reference"
+        return bool(registry and _proc_address(registry, _TILED))
     except Unavailable:
-        return "reference"
+        return False
 
 
 def use_reference_kernels(context: llama_cpp.llama_context_p) -> None:
     """Every CPU backend of `context` computes attention with one kernel for every row
-    (`row_kernels()` says which), from its next step on. Raises `Unavailable` where this llama.cpp
+    (`row_kernels` says which), from its next step on. Raises `Unavailable` where this llama.cpp
     build offers no way to, or where the context has no CPU backend."""
     get_sched = bind(llama, "_ZNK13llama_context9get_schedEv", ctypes.c_void_p, ctypes.c_void_p)
     n_backends = bind(ggml, "ggml_backend_sched_get_n_backends", ctypes.c_int, ctypes.c_void_p)
