@@ -65,9 +65,9 @@ class LocalBackendSettings(_ResidentModel):
     # kernel for every row) prompts prefill as fast as with "fast"; in a released build (the
     # row-at-a-time kernel) a 2,000-token prompt prefills ~1.4x slower. "fast": llama.cpp's kernels
     # chosen by each step's shape (as llama-server): a reused prefix then gives logprobs a little
-    # apart from the same prompt cold; it decodes against a long context (2,000 tokens) ~1.2x
-    # faster than the patched "on". "auto": llama.cpp decides whether, per device (on a CPU: as
-    # "fast"). "off": attention as plain matrix products, also bit-exact, slower.
+    # apart from the same prompt cold; against a long context it decodes as fast as the patched
+    # "on". "auto": llama.cpp decides whether, per device (on a CPU: as "fast"). "off": attention
+    # as plain matrix products, also bit-exact, slower.
     # On a GPU build, the GPU's own kernels run whatever this says.
     flash_attention: Literal["on", "fast", "auto", "off"] = "on"
     # The KV cache's number type (llama.cpp's type_k and type_v): "q8_0" holds it in 53% of the

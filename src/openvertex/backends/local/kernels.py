@@ -14,9 +14,9 @@ cells where they are (with a KV stream per slot, cell i holds position i).
   shape-chosen kernels; long prompts prefill slower (about 1.5x on a 2,000-token prompt).
 - install.sh builds llama.cpp with `patches/llama.cpp-attention.patch`, where the reference mode
   runs the tiled kernel for every row count instead (its numbers for a row do not depend on the
-  tile's other rows), packs a K tile once for the heads that share it and transposes it with
-  vector shuffles: prompts prefill as fast as with the shape-chosen kernels; decoding against a
-  long context is slower than with either (2,000 cached tokens: about 0.85x the released kernel).
+  tile's other rows); a decode step's tile (the heads that share a KV head) reads K and V in
+  place, with the same arithmetic as a packed tile: prompts prefill, and decode steps decode, as
+  fast as with the shape-chosen kernels.
   Such a build offers `ggml_backend_cpu_set_use_ref_fa_tiled` beside the setter. The tiled kernel
   takes an F16 or F32 KV; a quantised one goes row at a time in either build.
 
