@@ -1,11 +1,13 @@
 """Flash attention with one kernel for every row (kernels.py), on the real model: a position's
-logits do not depend on how its prompt was cut into steps."""
+logits do not depend on how its prompt was cut into steps. Tiny random models of other attention
+shapes (tests/support/tiny_llama.py) reach the kernel's paths that SmolLM2's never takes."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import llama_cpp
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from openvertex.backends.local.kernels import row_kernels, use_reference_kernels
 from openvertex.backends.local.model import resolve_model_path
+from tests.support.tiny_llama import VOCAB, write_tiny_llama
 
 PROMPT = [100 + (i * 37) % 4000 for i in range(150)]  # past a 64-row tile and a 64-cell KV tile
 OTHER = [200 + (i * 53) % 4000 for i in range(150)]
@@ -30,10 +33,17 @@ def model() -> Iterator[llama_cpp.llama_model_p]:
 
 
 def last_logits(
-    model: llama_cpp.llama_model_p, reference: bool, steps: list[int], *, beside: bool = False, attention: bool = True
+    model: llama_cpp.llama_model_p,
+    reference: bool,
+    steps: list[int],
+    *,
+    beside: bool = False,
+    attention: bool = True,
+    prompts: tuple[list[int], list[int]] = (PROMPT, OTHER),
 ) -> np.ndarray:
-    """The logits after PROMPT, computed in steps of the given sizes, in a fresh context (with a KV
-    stream per sequence); `beside`: each step also carries as many tokens of another sequence."""
+    """The logits after the first of `prompts`, computed in steps of the given sizes, in a fresh
+    context (with a KV stream per sequence); `beside`: each step also carries as many tokens of the
+    second."""
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 1024, 512, 512, 2
     params.kv_unified = False
@@ -49,7 +59,7 @@ def last_logits(
         position = 0
         for size in steps:
             batch.n_tokens = 0
-            for seq_id, tokens in ((0, PROMPT), (1, OTHER)) if beside else ((0, PROMPT),):
+            for seq_id, tokens in enumerate(prompts[: 2 if beside else 1]):
                 for i in range(size):
                     n = batch.n_tokens
                     batch.token[n] = tokens[position + i]
@@ -60,7 +70,7 @@ def last_logits(
                     batch.n_tokens = n + 1
             assert llama_cpp.llama_decode(context, batch) == 0
             position += size
-        assert position == len(PROMPT)
+        assert position == len(prompts[0])
         n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
         logits = llama_cpp.llama_get_logits_ith(context, steps[-1] - 1)
         return np.ctypeslib.as_array(ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)).copy()
@@ -120,3 +130,42 @@ def test_the_installed_llama_cpp_runs_the_tiled_kernel_for_every_row() -> None:
     if row_kernels("f16") != "tiled" and not os.environ.get("OPENVERTEX_REQUIRE_TILED_ATTENTION"):
         pytest.skip("llama-cpp-python was not built with patches/llama.cpp-attention.patch")
     assert row_kernels("f16") == "tiled"
+
+
+# Head size, query heads, KV heads: sizes that are no multiple of a vector (20: 8 + 8 + 4; 40:
+# 16 + 16 + 8), and a decode step's tile of 6, 7 or 1 rows (the heads that share a KV head).
+SHAPES = [(20, 6, 1), (24, 7, 1), (40, 4, 4)]
+TINY_PROMPTS = ([3 + (i * 37) % (VOCAB - 3) for i in range(150)], [3 + (i * 53) % (VOCAB - 3) for i in range(150)])
+
+
+@pytest.fixture(scope="module", params=SHAPES, ids=lambda shape: "head {}, {} heads over {}".format(*shape))
+def tiny_model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[llama_cpp.llama_model_p]:
+    head_dim, heads, kv_heads = request.param
+    path = write_tiny_llama(
+        Path(tmp_path_factory.mktemp("tiny")) / "tiny.gguf", head_dim=head_dim, heads=heads, kv_heads=kv_heads
+    )
+    llama_cpp.llama_backend_init()
+    loaded = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+    assert loaded
+    yield loaded
+    llama_cpp.llama_model_free(loaded)
+
+
+def test_other_attention_shapes_get_the_same_logits_however_the_prompt_was_cut(
+    tiny_model: llama_cpp.llama_model_p,
+) -> None:
+    """A decode step's few rows take the kernel's in-place path, a prompt chunk's the packed one;
+    the heads' sizes leave remainders in both. Every cut gives the chunk's numbers to the bit, and
+    the same with another sequence in every step."""
+    whole = last_logits(tiny_model, True, CUTS["one chunk"], prompts=TINY_PROMPTS)
+    for cut in ("a chunk, then rows one by one", "chunks of 64 rows and fewer", "a few rows at a time"):
+        assert np.array_equal(last_logits(tiny_model, True, CUTS[cut], prompts=TINY_PROMPTS), whole), cut
+        assert np.array_equal(last_logits(tiny_model, True, CUTS[cut], beside=True, prompts=TINY_PROMPTS), whole), cut
+    plain = last_logits(tiny_model, False, CUTS["one chunk"], attention=False, prompts=TINY_PROMPTS)
+    assert np.abs(whole - plain).max() < 0.01 * np.abs(plain).max()
+    # The model is one whose logits show a summation order: llama.cpp's own choice of kernel by
+    # shape (which sums in other orders) moves them.
+    shape_chosen = last_logits(tiny_model, False, CUTS["a chunk, then rows one by one"], prompts=TINY_PROMPTS)
+    assert not np.array_equal(shape_chosen, last_logits(tiny_model, False, CUTS["one chunk"], prompts=TINY_PROMPTS))
