@@ -21,15 +21,18 @@ PROMPT = [100 + (i * 37) % 4000 for i in range(150)]  # past a 64-row tile and a
 OTHER = [200 + (i * 53) % 4000 for i in range(150)]
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[llama_cpp.llama_model_p]:
+def loaded_model(path: Path) -> Iterator[llama_cpp.llama_model_p]:
+    """The model at `path`, loaded for a fixture's scope."""
     llama_cpp.llama_backend_init()
-    loaded = llama_cpp.llama_model_load_from_file(
-        str(resolve_model_path("smollm2")).encode(), llama_cpp.llama_model_default_params()
-    )
+    loaded = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
     assert loaded
     yield loaded
     llama_cpp.llama_model_free(loaded)
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[llama_cpp.llama_model_p]:
+    yield from loaded_model(resolve_model_path("smollm2"))
 
 
 def last_logits(
@@ -146,11 +149,7 @@ def tiny_model(
     path = write_tiny_llama(
         Path(tmp_path_factory.mktemp("tiny")) / "tiny.gguf", head_dim=head_dim, heads=heads, kv_heads=kv_heads
     )
-    llama_cpp.llama_backend_init()
-    loaded = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
-    assert loaded
-    yield loaded
-    llama_cpp.llama_model_free(loaded)
+    yield from loaded_model(path)
 
 
 def test_other_attention_shapes_get_the_same_logits_however_the_prompt_was_cut(
