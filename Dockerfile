@@ -10,17 +10,17 @@ RUN apt-get update \
 # llama.cpp for a portable CPU baseline, not the build machine's: no -march=native (on x86-64,
 # ggml's defaults: AVX2, FMA and F16C, any CPU since 2013); no llamafile sgemm, whose tiling
 # depends on the batch (seeded requests stay reproducible under load).
-# Patched as install.sh patches it: flash attention's reference mode runs the tiled kernel for
-# every row (patches/llama.cpp-attention.patch).
+# Patched as install.sh patches it (patches/): flash attention's reference mode runs the tiled
+# kernel for every row, and Q4_1 weights are repacked for the CPU.
 ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_LLAMAFILE=OFF"
-COPY patches/llama.cpp-attention.patch /tmp/
+COPY patches/ /tmp/patches/
 RUN python -m venv /opt/openvertex \
  && /opt/openvertex/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/openvertex/bin/pip download --no-cache-dir --no-deps --no-binary llama-cpp-python -d /tmp/llama "llama-cpp-python==0.3.36" \
  && tar -xzf /tmp/llama/llama_cpp_python-0.3.36.tar.gz -C /tmp/llama \
- && patch --fuzz=0 -p1 -d /tmp/llama/llama_cpp_python-0.3.36/vendor/llama.cpp < /tmp/llama.cpp-attention.patch \
+ && for patch in /tmp/patches/*.patch; do patch --fuzz=0 -p1 -d /tmp/llama/llama_cpp_python-0.3.36/vendor/llama.cpp < "$patch" || exit 1; done \
  && /opt/openvertex/bin/pip install --no-cache-dir /tmp/llama/llama_cpp_python-0.3.36 \
- && rm -rf /tmp/llama /tmp/llama.cpp-attention.patch
+ && rm -rf /tmp/llama /tmp/patches
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src

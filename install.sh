@@ -23,11 +23,14 @@ export CMAKE_ARGS
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 
-# patches/llama.cpp-attention.patch: flash attention's reference mode (which openvertex uses for
-# seeded answers that do not depend on the batch) runs llama.cpp's tiled kernel for every row, so
-# prompts prefill as fast as with the shape-chosen kernels. It is applied to the vendored llama.cpp.
-PATCH=patches/llama.cpp-attention.patch
-key=$(printf '%s|%s|%s|%s' "$LLAMA_CPP_VERSION" "$CMAKE_ARGS" "$(uname -m)" "$(sha256sum < "$PATCH")" | sha256sum | cut -c1-16)
+# patches/*.patch, applied in name order to the vendored llama.cpp:
+# - llama.cpp-attention.patch: flash attention's reference mode (which openvertex uses for seeded
+#   answers that do not depend on the batch) runs llama.cpp's tiled kernel for every row, so
+#   prompts prefill as fast as with the shape-chosen kernels;
+# - llama.cpp-q4_1-repack.patch: Q4_1 weights (the default model's) are repacked for the CPU as
+#   llama.cpp repacks Q4_0, 8 rows at a time, with every row's numbers independent of the batch.
+PATCHES=(patches/*.patch)
+key=$(printf '%s|%s|%s|%s' "$LLAMA_CPP_VERSION" "$CMAKE_ARGS" "$(uname -m)" "$(cat "${PATCHES[@]}" | sha256sum)" | sha256sum | cut -c1-16)
 wheels="${XDG_CACHE_HOME:-$HOME/.cache}/openvertex/wheels/$key"
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $LLAMA_CPP_VERSION (CMAKE_ARGS=$CMAKE_ARGS); this takes a few minutes"
@@ -35,7 +38,9 @@ if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   trap 'rm -rf "$source"' EXIT
   .venv/bin/python -m pip download --quiet --no-deps --no-binary llama-cpp-python -d "$source" "llama-cpp-python==$LLAMA_CPP_VERSION"
   tar -xzf "$source"/llama_cpp_python-"$LLAMA_CPP_VERSION".tar.gz -C "$source"
-  patch --quiet --fuzz=0 -p1 -d "$source/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp" < "$PATCH"
+  for patch in "${PATCHES[@]}"; do
+    patch --quiet --fuzz=0 -p1 -d "$source/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp" < "$patch"
+  done
   .venv/bin/python -m pip wheel --quiet --no-deps --no-cache-dir -w "$wheels" "$source/llama_cpp_python-$LLAMA_CPP_VERSION"
 fi
 # Always this wheel, even over one already installed with other build flags.

@@ -2,20 +2,27 @@
 shape a test asks for: heads of any size (20 values, not a multiple of a vector's 8 or 16) and any
 number of query heads per KV head. Its weights are random, so its words mean nothing, but
 llama.cpp loads it and computes with it as with any model: a way to reach the attention kernel's
-paths that SmolLM2's shape (9 heads of 64 over 3 KV heads) never takes. Written in milliseconds.
+paths that SmolLM2's shape (9 heads of 64 over 3 KV heads) never takes. Its layers' matrices are
+F32, or quantised to Q4_1 (as SmolLM2's are) for the tests of the weights' kernels. Written in
+milliseconds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import gguf
 import numpy as np
 
 VOCAB = 96  # three special tokens, then single characters
+Weights = Literal["f32", "q4_1"]
 
 
-def write_tiny_llama(path: Path, *, head_dim: int, heads: int, kv_heads: int, layers: int = 2) -> Path:
+def write_tiny_llama(
+    path: Path, *, head_dim: int, heads: int, kv_heads: int, layers: int = 2, weights: Weights = "f32"
+) -> Path:
+    """`weights`: "f32", or "q4_1" for the layers' matrices (whose rows then hold whole blocks of 32)."""
     n_embd, n_ff = head_dim * heads, 2 * head_dim * heads
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(1024)
@@ -38,7 +45,12 @@ def write_tiny_llama(path: Path, *, head_dim: int, heads: int, kv_heads: int, la
     rng = np.random.default_rng(0)
 
     def tensor(name: str, *shape: int, scale: float = 0.3) -> None:
-        writer.add_tensor(name, (rng.standard_normal(shape) * scale / np.sqrt(shape[-1])).astype(np.float32))
+        values = (rng.standard_normal(shape) * scale / np.sqrt(shape[-1])).astype(np.float32)
+        if weights == "q4_1" and name.startswith("blk."):
+            q4_1 = gguf.GGMLQuantizationType.Q4_1
+            writer.add_tensor(name, gguf.quants.quantize(values, q4_1), raw_dtype=q4_1)
+        else:
+            writer.add_tensor(name, values)
 
     tensor("token_embd.weight", VOCAB, n_embd, scale=1.0 * np.sqrt(n_embd))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from openvertex.backends.fake import FakeBackend
 from openvertex.backends.local.backend import context_layout
-from openvertex.backends.local.kernels import row_kernels
+from openvertex.backends.local.kernels import repacks_q4_1, row_kernels
 from openvertex.errors import NotFoundError
 from openvertex.service.routing import Router
 from openvertex.service.tenants import Tenants
@@ -80,9 +80,11 @@ def test_the_kv_options_are_part_of_the_snapshot_layout_and_the_defaults_add_not
     """A snapshot restores only into the layout it was made in (prefixes.py); the KV options at
     their defaults add nothing to it."""
     default = context_layout(LocalBackendSettings())
-    # "on" names the kernel its reference mode runs: a patched build's tiled one or the released one
-    assert (
-        default == f"llama.cpp {llama_cpp.__version__}|slots=8|ctx=4096|flash_attention=on|kernels={row_kernels('f16')}"
+    # "on" names the kernel its reference mode runs (a patched build's tiled one or the released
+    # one), and a build that repacks Q4_1 weights says so: their products sum in another order.
+    weights = "|weights=q4_1x8" if repacks_q4_1() else ""
+    assert default == (
+        f"llama.cpp {llama_cpp.__version__}|slots=8|ctx=4096|flash_attention=on|kernels={row_kernels('f16')}{weights}"
     )
     assert row_kernels("f16") in {"tiled", "reference"}
     others = [
@@ -91,7 +93,7 @@ def test_the_kv_options_are_part_of_the_snapshot_layout_and_the_defaults_add_not
     ]
     # Each kernel choice sums in its own order: a snapshot made under one is not restored under another.
     kernels = [context_layout(LocalBackendSettings(flash_attention=mode)) for mode in ("fast", "auto", "off")]
-    assert kernels[0].endswith("|flash_attention=fast")
+    assert kernels[0].endswith(f"|flash_attention=fast{weights}")
     assert len({default, *others, *kernels}) == 7
 
 

@@ -24,7 +24,7 @@ from openvertex.backends.local.digests import model_identity
 from openvertex.backends.local.engine import Engine
 from openvertex.backends.local.grammar import JSON_MIME, SUPPORTED_MIME_TYPES, TOOL_CALL_END_TAG, TOOL_CALL_TAG, Grammar
 from openvertex.backends.local.jobs import CandidateDone, Job, Snapshotted
-from openvertex.backends.local.kernels import row_kernels
+from openvertex.backends.local.kernels import repacks_q4_1, row_kernels
 from openvertex.backends.local.media_text import READABLE_MIME_PREFIXES, RECOGNISERS, MediaText
 from openvertex.backends.local.model import resolve_model_path, sampling_defaults
 from openvertex.backends.local.prefixes import PrefixStore
@@ -423,7 +423,8 @@ def context_layout(settings: LocalBackendSettings) -> str:
     pool (shared, or a stream per slot). The default KV options add nothing, so a layout names
     only what differs from them. "on" names its kernels (kernels.py: the tiled kernel of a patched
     build, or llama.cpp's row-at-a-time reference kernel): before it had either, "on" meant the
-    shape-chosen ones ("fast" now), and each holds other numbers."""
+    shape-chosen ones ("fast" now), and each holds other numbers. So do Q4_1 weights repacked for
+    the CPU (a patched build) and the same weights as they are."""
     kernels = row_kernels(settings.kv_type)
     attention = f"on|kernels={kernels}" if settings.flash_attention == "on" else settings.flash_attention
     layout = (
@@ -432,6 +433,8 @@ def context_layout(settings: LocalBackendSettings) -> str:
     )
     if settings.kv_type != "f16":
         layout += f"|kv_type={settings.kv_type}"
+    if repacks_q4_1():
+        layout += "|weights=q4_1x8"
     return layout + ("|kv_unified" if settings.kv_unified else "")
 
 

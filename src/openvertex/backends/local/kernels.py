@@ -20,6 +20,11 @@ cells where they are (with a KV stream per slot, cell i holds position i).
   Such a build offers `ggml_backend_cpu_set_use_ref_fa_tiled` beside the setter. The tiled kernel
   takes an F16 or F32 KV; a quantised one goes row at a time in either build.
 
+The weights' matrix products are the other half of a row's numbers. install.sh also applies
+`patches/llama.cpp-q4_1-repack.patch`, with which Q4_1 weights (the default model's) are repacked
+for the CPU, as llama.cpp repacks Q4_0: 8 weight rows against 1 to 4 activation rows at a time,
+each output the same operations in the same order whatever the batch. Such a build answers
+`ggml_backend_cpu_repacks_q4_1` (`repacks_q4_1`).
 llama.cpp's C API has no handle to a context's backends, so this reaches them through the
 scheduler (`llama_context::get_sched`, a C++ method the library exports) and sets the mode
 through the CPU backend's registry, which is how llama.cpp itself finds backend-specific calls.
@@ -37,6 +42,8 @@ from openvertex.backends.local.llama_lib import Unavailable, bind, ggml, llama
 
 _SET_USE_REF = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_bool)
 _TILED = b"ggml_backend_cpu_set_use_ref_fa_tiled"  # only in a build with patches/llama.cpp-attention.patch
+_REPACKS_Q4_1 = b"ggml_backend_cpu_repacks_q4_1"  # only in a build with patches/llama.cpp-q4_1-repack.patch
+_ANSWER = ctypes.CFUNCTYPE(ctypes.c_bool)
 
 Kernels = Literal["tiled", "reference"]
 
@@ -55,13 +62,26 @@ def row_kernels(kv_type: str) -> Kernels:
 
 
 @cache
+def repacks_q4_1() -> bool:
+    """Whether this llama.cpp build repacks Q4_1 weights for the CPU (and computes their products
+    in another order than the plain path: a KV computed with one is not the other's)."""
+    address = _cpu_proc_address(_REPACKS_Q4_1)
+    return bool(address and _ANSWER(address)())
+
+
+@cache
 def _patched() -> bool:
+    return _cpu_proc_address(_TILED) is not None
+
+
+def _cpu_proc_address(name: bytes) -> int | None:
+    """`name` in the CPU backend's registry: None where this build does not know it."""
     try:
         registry_by_name = bind(ggml, "ggml_backend_reg_by_name", ctypes.c_void_p, ctypes.c_char_p)
         registry = registry_by_name(b"CPU")
-        return bool(registry and _proc_address(registry, _TILED))
+        return _proc_address(registry, name) if registry else None
     except Unavailable:
-        return False
+        return None
 
 
 def use_reference_kernels(context: llama_cpp.llama_context_p) -> None:
