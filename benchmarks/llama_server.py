@@ -9,7 +9,9 @@ file and threads, each server in turn (the order rotated every round):
 
 - streaming load at 1, 8 and 16 clients, 128 new tokens each: tok/s and median time to the first
   token, openvertex and llama-server alternately;
-- the raw batched ceiling: llama-batched-bench's generation speed at those sequence counts;
+- the raw batched ceiling: llama-batched-bench's generation speed at those sequence counts, as
+  built for llama-server, and built as install.sh builds openvertex's library (its flags and
+  patches/*.patch): the ceiling of openvertex's own kernels;
 - a cold 2,000-token prompt: time to the first token (a fresh prompt each round).
 
     .venv/bin/python -m benchmarks.llama_server [--levels 1 8 16] [--rounds 3] [--out FILE]
@@ -48,6 +50,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "openve
 LONG_PROMPT_TOKENS = 2000
 N_CTX = 1024  # per sequence, both servers
 # install.sh's flags for the library: no llamafile sgemm, native ISA without AMX.
+PATCHES = sorted(Path(__file__).resolve().parent.parent.joinpath("patches").glob("*.patch"))  # install.sh's
 INSTALL_FLAGS = [
     "-DGGML_LLAMAFILE=OFF",
     "-DGGML_NATIVE=ON",
@@ -86,14 +89,25 @@ def vendored_source() -> Path:
     return source
 
 
-def build_tools(flags: list[str]) -> Path:
-    """llama-server and llama-batched-bench built with `flags`; the folder they are in."""
-    key = hashlib.sha256(f"{llama_cpp.__version__}|{'|'.join(flags)}".encode()).hexdigest()[:16]
+def build_tools(flags: list[str], *, patches: list[Path] | None = None) -> Path:
+    """llama-server and llama-batched-bench built with `flags` (and `patches` applied to the
+    source); the folder they are in."""
+    applied = b"".join(patch.read_bytes() for patch in patches or [])
+    key = hashlib.sha256(f"{llama_cpp.__version__}|{'|'.join(flags)}".encode() + applied).hexdigest()[:16]
     out = CACHE / "llama-tools" / key
     if (out / "llama-server").is_file() and (out / "llama-batched-bench").is_file():
         return out
     source = vendored_source()
     build = CACHE / "llama-tools" / f"build-{key}"
+    if patches:
+        patched = CACHE / "llama-tools" / f"source-{key}"
+        shutil.rmtree(patched, ignore_errors=True)
+        shutil.copytree(source, patched)
+        for patch in patches:
+            subprocess.run(
+                ["patch", "--quiet", "--fuzz=0", "-p1", "-d", str(patched), "-i", str(patch.resolve())], check=True
+            )
+        source = patched
     configure = ["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF"]
     subprocess.run([*configure, "-DBUILD_SHARED_LIBS=OFF", *flags], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
@@ -105,6 +119,8 @@ def build_tools(flags: list[str]) -> Path:
     for tool in ("llama-server", "llama-batched-bench"):
         shutil.copy2(build / "bin" / tool, out / tool)
     shutil.rmtree(build)
+    if patches:
+        shutil.rmtree(source)
     return out
 
 
@@ -209,6 +225,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/llama_server.json"))
     args = parser.parse_args()
     tools = build_tools(INSTALL_FLAGS if args.tools_flags == "install" else [])
+    own_tools = build_tools(INSTALL_FLAGS, patches=PATCHES)
     slots = max(args.levels)
     started: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     per_round: list[dict[str, Any]] = []
@@ -220,8 +237,12 @@ def main() -> None:
         for base in servers.values():
             load(base, 1, 0)  # warm-up
         for number in range(1, args.rounds + 1):
-            ceiling = batched_ceiling(tools, args.levels)
-            measured: dict[str, Any] = {"raw_tokens_per_s": ceiling, "levels": {}, "long_prompt_ttft_s": {}}
+            measured: dict[str, Any] = {
+                "raw_tokens_per_s": batched_ceiling(tools, args.levels),
+                "raw_own_tokens_per_s": batched_ceiling(own_tools, args.levels),
+                "levels": {},
+                "long_prompt_ttft_s": {},
+            }
             order = list(servers)[number % len(servers) :] + list(servers)[: number % len(servers)]  # rotated
             for clients in args.levels:
                 measured["levels"][clients] = {name: load(servers[name], clients, number) for name in order}
@@ -234,12 +255,15 @@ def main() -> None:
     result |= {"threads": THREADS, "tokens_per_client": TOKENS, "tools_flags": args.tools_flags, "cpu": cpu_facts()}
     result["rounds"] = per_round
     print(f"medians of {args.rounds} interleaved rounds, {THREADS} threads, {result['cpu']['model']}")
-    print(f"{'clients':>7} {'server':>18} {'tok/s':>7} {'vs llama-server':>15} {'vs raw':>7} {'TTFT s':>7}")
+    print(
+        f"{'clients':>7} {'server':>18} {'tok/s':>7} {'vs llama-server':>15} {'vs raw':>7}"
+        f" {'vs own raw':>10} {'TTFT s':>7}"
+    )
     for clients, level in result["levels"].items():
         for name, figures in level.items():
             print(
                 f"{clients:>7} {name:>18} {figures['tokens_per_s']:>7.1f} {figures['vs_llama_server']:>15.2f}"
-                f" {figures['vs_raw']:>7.2f} {figures['ttft_median_s']:>7.3f}"
+                f" {figures['vs_raw']:>7.2f} {figures['vs_own_raw']:>10.2f} {figures['ttft_median_s']:>7.3f}"
             )
     for name, figures in result["long_prompt_ttft_s"].items():
         print(
@@ -259,6 +283,7 @@ def summary(per_round: list[dict[str, Any]], names: list[str], levels: list[int]
             mine = [r["levels"][clients][name] for r in per_round]
             peers = [r["levels"][clients][PEER] for r in per_round]
             raws = [r["raw_tokens_per_s"].get(clients, float("nan")) for r in per_round]
+            own_raws = [r["raw_own_tokens_per_s"].get(clients, float("nan")) for r in per_round]
             level[name] = {
                 "tokens_per_s": median(m["tokens_per_s"] for m in mine),
                 "ttft_median_s": median(m["ttft_median_s"] for m in mine),
@@ -266,6 +291,7 @@ def summary(per_round: list[dict[str, Any]], names: list[str], levels: list[int]
                     m["tokens_per_s"] / p["tokens_per_s"] for m, p in zip(mine, peers, strict=True)
                 ),
                 "vs_raw": median(m["tokens_per_s"] / raw for m, raw in zip(mine, raws, strict=True)),
+                "vs_own_raw": median(m["tokens_per_s"] / raw for m, raw in zip(mine, own_raws, strict=True)),
             }
         result["levels"][str(clients)] = level
     for name in names:
