@@ -15,16 +15,19 @@ import numpy as np
 import pytest
 
 from openvertex.backends.local.kernels import repacks_q4_1
+from openvertex.backends.local.model import resolve_model_path
+from openvertex.backends.local.supervisor import load_model
+from openvertex.settings import LocalBackendSettings
 from tests.support.llama_steps import CUTS, last_logits, loaded_model
 from tests.support.tiny_llama import VOCAB, write_tiny_llama
 
-# 150 tokens: steps of 150 rows (37 gemms of 4, then 2 gemvs), of 3 (gemvs) and of 1, 9, 13, 64.
+# 150 tokens: steps of 150 rows (37 gemms of 4, then 2 gemvs), of 3 (gemvs) and of 1, 9, 13, 64, 140.
 PROMPTS = ([3 + (i * 41) % (VOCAB - 3) for i in range(150)], [3 + (i * 59) % (VOCAB - 3) for i in range(150)])
 
 
 @pytest.fixture(scope="module")
 def tiny_q4_1(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 128 wide (4 blocks a row), matrices of 64 to 256 rows
+    # rows of 128 or 256 weights (4 or 8 blocks), matrices of 64 to 256 rows
     path = Path(tmp_path_factory.mktemp("tiny")) / "tiny-q4_1.gguf"
     return write_tiny_llama(path, head_dim=32, heads=4, kv_heads=2, weights="q4_1")
 
@@ -54,7 +57,7 @@ def test_repacked_weights_compute_what_the_weights_as_they_are_do(
     repacked: llama_cpp.llama_model_p, as_they_are: llama_cpp.llama_model_p
 ) -> None:
     """The same products summed in another order: equal to float rounding, on a model small
-    enough that rounding stays rounding (SmolLM2's 30 layers amplify it to a tenth of a logit)."""
+    enough that rounding stays rounding (SmolLM2's 30 layers amplify it to up to a logit)."""
     for cut in ("one chunk", "a few rows at a time"):
         ours = last_logits(repacked, True, CUTS[cut], beside=True, prompts=PROMPTS)
         theirs = last_logits(as_they_are, True, CUTS[cut], prompts=PROMPTS)
@@ -76,3 +79,15 @@ def test_the_installed_llama_cpp_repacks_q4_1_weights(
         last_logits(repacked, True, one_chunk, prompts=PROMPTS),
         last_logits(as_they_are, True, one_chunk, prompts=PROMPTS),
     )
+
+
+def test_the_local_model_is_read_not_mapped_where_its_weights_are_repacked() -> None:
+    """Repacked weights live in memory of their own: the model file, mapped as well, would stay
+    resident beside them. A build that repacks reads the file; one that does not maps it."""
+    path = resolve_model_path("smollm2")
+    loaded = load_model(LocalBackendSettings(), path, None)
+    try:
+        mapped = str(path.resolve()) in Path("/proc/self/maps").read_text()
+        assert mapped is not repacks_q4_1()
+    finally:
+        loaded.model.close()

@@ -25,6 +25,7 @@ The weights' matrix products are the other half of a row's numbers. install.sh a
 for the CPU, as llama.cpp repacks Q4_0: 8 weight rows against 1 to 4 activation rows at a time,
 each output the same operations in the same order whatever the batch. Such a build answers
 `ggml_backend_cpu_repacks_q4_1` (`repacks_q4_1`).
+
 llama.cpp's C API has no handle to a context's backends, so this reaches them through the
 scheduler (`llama_context::get_sched`, a C++ method the library exports) and sets the mode
 through the CPU backend's registry, which is how llama.cpp itself finds backend-specific calls.
