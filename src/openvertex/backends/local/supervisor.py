@@ -22,6 +22,7 @@ from openvertex.backends.local import thinking
 from openvertex.backends.local.engine import Engine
 from openvertex.backends.local.grammar import GrammarCompiler, GrammarLimits
 from openvertex.backends.local.jobs import CandidateDone, Event, Failed, Job, Snapshotted, TextDelta
+from openvertex.backends.local.kernels import repacks_q4_1
 from openvertex.backends.local.prompt import ChatTemplate
 from openvertex.backends.local.responses import merge_text
 from openvertex.backends.local.vision import Vision
@@ -52,6 +53,12 @@ def load_model(settings: LocalBackendSettings, model_path: Path, projector_path:
     set_llama_verbose(log.isEnabledFor(logging.DEBUG))  # llama.cpp's own log lines
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = settings.n_gpu_layers
+    if settings.n_gpu_layers == 0 and repacks_q4_1():
+        # Weights repacked for the CPU (Q4_1 here, Q4_0 and Q4_K in any llama.cpp) live in memory of
+        # their own, and a mapped file's pages would stay resident beside them (SmolLM2: 65 MiB
+        # more, idle). Read, not mapped, the weights are held once; a model with nothing to
+        # repack loses only the sharing of its file's pages with other processes.
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
     model = LlamaModel(path_model=str(model_path), params=params, verbose=False)
     bos, eos = _special_text(model, model.token_bos()), _special_text(model, model.token_eos())
     source = model.metadata().get("tokenizer.chat_template")
