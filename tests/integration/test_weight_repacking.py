@@ -16,7 +16,7 @@ import pytest
 
 from openvertex.backends.local.kernels import repacks_q4_1
 from openvertex.backends.local.model import resolve_model_path
-from openvertex.backends.local.supervisor import load_model
+from openvertex.backends.local.supervisor import load_model, model_params
 from openvertex.settings import LocalBackendSettings
 from tests.support.llama_steps import CUTS, last_logits, loaded_model
 from tests.support.tiny_llama import VOCAB, write_tiny_llama
@@ -81,13 +81,25 @@ def test_the_installed_llama_cpp_repacks_q4_1_weights(
     )
 
 
-def test_the_local_model_is_read_not_mapped_where_its_weights_are_repacked() -> None:
+def test_the_local_model_is_read_not_mapped_where_its_weights_are_repacked(tiny_q4_1: Path) -> None:
     """Repacked weights live in memory of their own: the model file, mapped as well, would stay
-    resident beside them. A build that repacks reads the file; one that does not maps it."""
+    resident beside them. A build that repacks reads a Q4_1 file; one that does not maps it, and a
+    model with no Q4_1 weights is mapped either way. (Other tests may hold SmolLM2's file mapped:
+    what counts is whether loading it adds a mapping.)"""
     path = resolve_model_path("smollm2")
+    before = mappings_of(path)
     loaded = load_model(LocalBackendSettings(), path, None)
     try:
-        mapped = str(path.resolve()) in Path("/proc/self/maps").read_text()
-        assert mapped is not repacks_q4_1()
+        assert (mappings_of(path) > before) is not repacks_q4_1()
     finally:
         loaded.model.close()
+    mapped = llama_cpp.llama_model_default_params().load_mode
+    f32 = write_tiny_llama(tiny_q4_1.with_name("tiny-f32.gguf"), head_dim=32, heads=4, kv_heads=2)
+    assert model_params(LocalBackendSettings(), f32).load_mode == mapped
+    assert model_params(LocalBackendSettings(), tiny_q4_1).load_mode == (
+        llama_cpp.LLAMA_LOAD_MODE_NONE if repacks_q4_1() else mapped
+    )
+
+
+def mappings_of(path: Path) -> int:
+    return Path("/proc/self/maps").read_text().count(str(path.resolve()))

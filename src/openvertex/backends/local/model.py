@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from openvertex.backends.local.llama_lib import bind, ggml
 from openvertex.settings import DEFAULT_MODEL_ALIAS
 
 
@@ -69,3 +71,23 @@ def sampling_defaults(model: str) -> SamplingDefaults:
 def model_id(model: str) -> str:
     """The id a client sends for this model: the alias, or the file name without .gguf."""
     return model if model in ALIASES else Path(model).name.removesuffix(".gguf")
+
+
+class _GgufInitParams(ctypes.Structure):
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+
+def tensor_types(path: Path) -> frozenset[int]:
+    """The ggml types of a GGUF file's tensors, from its header alone (ggml's own reader, in
+    milliseconds); none where the file cannot be read (loading it then says why)."""
+    init = bind(ggml, "gguf_init_from_file", ctypes.c_void_p, ctypes.c_char_p, _GgufInitParams)  # type: ignore[arg-type]
+    count = bind(ggml, "gguf_get_n_tensors", ctypes.c_int64, ctypes.c_void_p)
+    type_of = bind(ggml, "gguf_get_tensor_type", ctypes.c_int, ctypes.c_void_p, ctypes.c_int64)
+    free = bind(ggml, "gguf_free", None, ctypes.c_void_p)
+    context = init(str(path).encode(), _GgufInitParams(True, None))
+    if not context:
+        return frozenset()
+    try:
+        return frozenset(type_of(context, i) for i in range(count(context)))
+    finally:
+        free(context)

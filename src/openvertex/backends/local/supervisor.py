@@ -23,6 +23,7 @@ from openvertex.backends.local.engine import Engine
 from openvertex.backends.local.grammar import GrammarCompiler, GrammarLimits
 from openvertex.backends.local.jobs import CandidateDone, Event, Failed, Job, Snapshotted, TextDelta
 from openvertex.backends.local.kernels import repacks_q4_1
+from openvertex.backends.local.model import tensor_types
 from openvertex.backends.local.prompt import ChatTemplate
 from openvertex.backends.local.responses import merge_text
 from openvertex.backends.local.vision import Vision
@@ -48,17 +49,21 @@ class LoadedModel:
     vision: Vision | None  # the projector, when one is configured
 
 
+def model_params(settings: LocalBackendSettings, model_path: Path) -> llama_cpp.llama_model_params:
+    """How llama.cpp loads the model: its layers on the GPU as configured; mapped, as llama.cpp maps
+    a model, unless its Q4_1 weights are repacked for the CPU into memory of their own, beside
+    which the mapped file's pages would stay resident (SmolLM2: 63 MiB more, idle): then read."""
+    params: llama_cpp.llama_model_params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = settings.n_gpu_layers
+    if settings.n_gpu_layers == 0 and repacks_q4_1() and llama_cpp.GGML_TYPE_Q4_1 in tensor_types(model_path):
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+    return params
+
+
 def load_model(settings: LocalBackendSettings, model_path: Path, projector_path: Path | None) -> LoadedModel:
     """Read the model file (and projector): slow, so called on a worker thread."""
     set_llama_verbose(log.isEnabledFor(logging.DEBUG))  # llama.cpp's own log lines
-    params = llama_cpp.llama_model_default_params()
-    params.n_gpu_layers = settings.n_gpu_layers
-    if settings.n_gpu_layers == 0 and repacks_q4_1():
-        # Weights repacked for the CPU (Q4_1 here, Q4_0 and Q4_K in any llama.cpp) live in memory of
-        # their own, and a mapped file's pages would stay resident beside them (SmolLM2: 65 MiB
-        # more, idle). Read, not mapped, the weights are held once; a model with nothing to
-        # repack loses only the sharing of its file's pages with other processes.
-        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+    params = model_params(settings, model_path)
     model = LlamaModel(path_model=str(model_path), params=params, verbose=False)
     bos, eos = _special_text(model, model.token_bos()), _special_text(model, model.token_eos())
     source = model.metadata().get("tokenizer.chat_template")
