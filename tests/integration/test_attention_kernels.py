@@ -14,7 +14,7 @@ import pytest
 
 from openvertex.backends.local.kernels import row_kernels
 from openvertex.backends.local.model import resolve_model_path
-from tests.support.llama_steps import CUTS, last_logits, loaded_model
+from tests.support.llama_steps import CUTS, last_logits, loaded_model, logits_of_every_cut
 from tests.support.tiny_llama import VOCAB, write_tiny_llama
 
 
@@ -91,10 +91,7 @@ def test_other_attention_shapes_get_the_same_logits_however_the_prompt_was_cut(
     """A decode step's few rows take the kernel's in-place path, a prompt chunk's the packed one;
     the heads' sizes leave remainders in both. Every cut gives the chunk's numbers to the bit, and
     the same with another sequence in every step."""
-    whole = last_logits(tiny_model, True, CUTS["one chunk"], prompts=TINY_PROMPTS)
-    for cut in ("a chunk, then rows one by one", "chunks of 64 rows and fewer", "a few rows at a time"):
-        assert np.array_equal(last_logits(tiny_model, True, CUTS[cut], prompts=TINY_PROMPTS), whole), cut
-        assert np.array_equal(last_logits(tiny_model, True, CUTS[cut], beside=True, prompts=TINY_PROMPTS), whole), cut
+    whole = logits_of_every_cut(tiny_model, TINY_PROMPTS)
     plain = last_logits(tiny_model, False, CUTS["one chunk"], attention=False, prompts=TINY_PROMPTS)
     assert np.abs(whole - plain).max() < 0.01 * np.abs(plain).max()
     # The model is one whose logits show a summation order: llama.cpp's own choice of kernel by

@@ -18,7 +18,7 @@ from openvertex.backends.local.kernels import repacks_q4_1
 from openvertex.backends.local.model import resolve_model_path
 from openvertex.backends.local.supervisor import load_model, model_params
 from openvertex.settings import LocalBackendSettings
-from tests.support.llama_steps import CUTS, last_logits, loaded_model
+from tests.support.llama_steps import CUTS, last_logits, loaded_model, logits_of_every_cut
 from tests.support.tiny_llama import VOCAB, write_tiny_llama
 
 # 150 tokens: steps of 150 rows (37 gemms of 4, then 2 gemvs), of 3 (gemvs) and of 1, 9, 13, 64, 140.
@@ -47,10 +47,7 @@ def test_with_repacked_weights_a_position_gets_the_same_logits_however_many_rows
 ) -> None:
     """A row goes through gemm in a step of four rows or more and through gemv past the last
     multiple of four: the same numbers to the bit either way, alone or beside another sequence."""
-    whole = last_logits(repacked, True, CUTS["one chunk"], prompts=PROMPTS)
-    for cut in ("a chunk, then rows one by one", "chunks of 64 rows and fewer", "a few rows at a time"):
-        assert np.array_equal(last_logits(repacked, True, CUTS[cut], prompts=PROMPTS), whole), cut
-        assert np.array_equal(last_logits(repacked, True, CUTS[cut], beside=True, prompts=PROMPTS), whole), cut
+    logits_of_every_cut(repacked, PROMPTS)
 
 
 def test_repacked_weights_compute_what_the_weights_as_they_are_do(

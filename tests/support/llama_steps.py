@@ -81,3 +81,13 @@ CUTS = {
     "chunks of 64 rows and fewer": [64, 64, 13, 9],
     "a few rows at a time": [3] * 50,
 }
+
+
+def logits_of_every_cut(model: llama_cpp.llama_model_p, prompts: tuple[list[int], list[int]]) -> np.ndarray:
+    """The logits after the first of `prompts` in one chunk, checked to be those of every other cut
+    to the bit, alone and with the second prompt beside it in every step."""
+    whole = last_logits(model, True, CUTS["one chunk"], prompts=prompts)
+    for cut in ("a chunk, then rows one by one", "chunks of 64 rows and fewer", "a few rows at a time"):
+        assert np.array_equal(last_logits(model, True, CUTS[cut], prompts=prompts), whole), cut
+        assert np.array_equal(last_logits(model, True, CUTS[cut], beside=True, prompts=prompts), whole), cut
+    return whole

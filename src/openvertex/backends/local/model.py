@@ -1,4 +1,5 @@
-"""Which GGUF file to run: registered aliases (the embedded default) or any path."""
+"""Which GGUF file to run: registered aliases (the embedded default) or any path, and what its
+header says of its tensors."""
 
 from __future__ import annotations
 
